@@ -1,0 +1,37 @@
+"""What both app factories share: base resources, middlewares and health checks."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from services.common.health import Health, setup_health
+from services.common.http import MAX_BODY_BYTES, setup_http
+from services.common.keys import CHANNELS, PG_POOL, REDIS, SETTINGS
+from services.common.resources import postgres_ctx, redis_ctx
+from shared.channels import Channels
+from shared.settings import Settings
+
+
+def base_app(settings: Settings, service: str) -> web.Application:
+    """An application with settings, channels, Postgres and Redis wired in, plus /healthz and /readyz."""
+    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    app[SETTINGS] = settings
+    app[CHANNELS] = Channels(settings.redis_prefix)
+    setup_http(app)
+
+    async def check_postgres() -> object:
+        return await app[PG_POOL].fetchval("SELECT 1")
+
+    async def check_redis() -> object:
+        return await app[REDIS].ping()
+
+    setup_health(
+        app,
+        Health(
+            service,
+            settings.instance_id,
+            checks={"postgres": check_postgres, "redis": check_redis},
+        ),
+    )
+    app.cleanup_ctx.extend([postgres_ctx, redis_ctx])
+    return app

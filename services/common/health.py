@@ -1,0 +1,59 @@
+"""/healthz and /readyz (house-style §2.6): liveness without dependencies, readiness with them."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from services.common.http import json_response
+
+
+@dataclass(slots=True)
+class Health:
+    """Readiness state of one process; `draining` flips on shutdown so balancers stop sending."""
+
+    service: str
+    instance_id: str
+    draining: bool = False
+    checks: dict[str, Callable[[], Awaitable[object]]] = field(default_factory=dict)
+
+
+HEALTH = web.AppKey("health", Health)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    health = request.app[HEALTH]
+    return json_response(
+        {"ok": True, "service": health.service, "instanceId": health.instance_id}
+    )
+
+
+async def readyz(request: web.Request) -> web.Response:
+    health = request.app[HEALTH]
+    if health.draining:
+        return json_response({"error": "draining"}, status=503)
+    failures: dict[str, str] = {}
+    for name, check in health.checks.items():
+        try:
+            async with asyncio.timeout(1.0):
+                await check()
+        except Exception as err:  # noqa: BLE001 - any failure means not ready
+            failures[name] = err.__class__.__name__
+    if failures:
+        names = ", ".join(f"{k} ({v})" for k, v in failures.items())
+        return json_response({"error": f"dependency unavailable: {names}"}, status=503)
+    return json_response({"ok": True})
+
+
+def setup_health(app: web.Application, health: Health) -> None:
+    app[HEALTH] = health
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+
+    async def _mark_draining(app: web.Application) -> None:
+        app[HEALTH].draining = True
+
+    app.on_shutdown.append(_mark_draining)

@@ -1,0 +1,150 @@
+"""aiohttp pieces both processes use: error middleware, request ids, JSON bodies and replies."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+import structlog
+from aiohttp import web
+
+from shared.errors import (
+    BadRequest,
+    DependencyDown,
+    DomainError,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
+
+logger = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 1024 * 1024
+REQUEST_ID = web.RequestKey("request_id", str)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def json_response(
+    data: Any, *, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(data),
+        status=status,
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def error_response(status: int, message: str) -> web.Response:
+    return json_response({"error": message}, status=status)
+
+
+@web.middleware
+async def request_id_middleware(
+    request: web.Request, handler: Handler
+) -> web.StreamResponse:
+    """Take X-Request-Id (or make one) and bind it to the log context of the request."""
+    request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+    request[REQUEST_ID] = request_id
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    return await handler(request)
+
+
+async def add_request_id_header(
+    request: web.Request, response: web.StreamResponse
+) -> None:
+    """on_response_prepare hook: every response, streams included, carries X-Request-Id."""
+    request_id = request.get(REQUEST_ID) or request.headers.get("X-Request-Id")
+    if request_id:
+        response.headers["X-Request-Id"] = request_id
+
+
+def setup_http(app: web.Application) -> None:
+    """Middlewares and hooks every process installs, in this order."""
+    app.middlewares.extend([request_id_middleware, error_middleware])
+    app.on_response_prepare.append(add_request_id_header)
+
+
+def _status_message(exc: web.HTTPException) -> str:
+    if exc.status == 404:
+        return "Not found"
+    if exc.status == 405:
+        return (
+            f"Method not allowed: {exc.reason}" if exc.reason else "Method not allowed"
+        )
+    if exc.status == 413:
+        return "Request body too large (limit 1 MiB)"
+    return exc.reason or "Error"
+
+
+@web.middleware
+async def error_middleware(
+    request: web.Request, handler: Handler
+) -> web.StreamResponse:
+    """Domain errors become {"error": msg} with their status; nothing leaks a traceback."""
+    try:
+        return await handler(request)
+    except DomainError as err:
+        message = getattr(err, "rest_message", None) or err.message
+        return error_response(err.http_status, message)
+    except web.HTTPException as exc:
+        if exc.status < 400 or exc.content_type == "application/json":
+            raise
+        if exc.status == 405:
+            return error_response(
+                405, f"Method {request.method} not allowed on {request.path}"
+            )
+        return error_response(exc.status, _status_message(exc))
+    except (ConnectionError, OSError) as err:
+        logger.warning(
+            "dependency failure on %s %s: %s", request.method, request.path, err
+        )
+        return error_response(503, f"Service unavailable: {err.__class__.__name__}")
+    except Exception:
+        logger.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(500, "Internal server error")
+
+
+async def read_json_body(request: web.Request, *, required: bool = True) -> Any:
+    """Parse a JSON body with the contract's rules (api.md §2, §9.23): 413, 415, 400."""
+    content_type = request.headers.get("Content-Type", "")
+    if request.body_exists and content_type:
+        mime = content_type.split(";", 1)[0].strip().lower()
+        if not (
+            mime == "application/json"
+            or (mime.startswith("application/") and mime.endswith("+json"))
+        ):
+            raise UnsupportedMediaType(
+                f"Unsupported Content-Type: {mime}; send application/json"
+            )
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        raise PayloadTooLarge("Request body too large (limit 1 MiB)")
+    body = await read_body_limited(request)
+    if not body.strip():
+        if required:
+            raise BadRequest("Request body is required (JSON object)")
+        return {}
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as err:
+        raise BadRequest(f"Body is not valid JSON: {err}") from err
+
+
+async def read_body_limited(request: web.Request) -> bytes:
+    """Read the body, refusing (413) as soon as it passes 1 MiB, before parsing anything."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise PayloadTooLarge("Request body too large (limit 1 MiB)")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def dependency_down(name: str, err: BaseException) -> DependencyDown:
+    return DependencyDown(f"{name} unavailable: {err.__class__.__name__}")

@@ -1,0 +1,79 @@
+"""The warm session-list cache (api.md §4.1): Redis-backed, never the source of truth.
+
+Lists are cached as the exact response bytes under a hash keyed by the query. Every writer
+of session data calls `invalidate_sessions`, which bumps a generation counter, drops the
+hash and announces it on the invalidations channel (for in-process copies). A reader that
+missed stores its Postgres result only if the generation did not move while it read, so a
+write that races a fill can never leave a stale list behind.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from redis.exceptions import RedisError
+
+from shared.channels import Channels
+from shared.redisconn import Redis
+
+logger = logging.getLogger(__name__)
+
+LIST_TTL_SECONDS = 300
+
+# KEYS[1] generation, KEYS[2] lists hash; ARGV[1] generation seen before the read,
+# ARGV[2] field, ARGV[3] body, ARGV[4] ttl
+_STORE_IF_CURRENT = """
+local gen = redis.call('GET', KEYS[1]) or '0'
+if gen == ARGV[1] then
+  redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+  redis.call('EXPIRE', KEYS[2], tonumber(ARGV[4]))
+  return 1
+end
+return 0
+"""
+
+
+async def generation(redis: Redis, channels: Channels) -> str:
+    value = await redis.get(channels.cache_sessions_generation())
+    if value is None:
+        return "0"
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+async def get_list(redis: Redis, channels: Channels, query_key: str) -> bytes | None:
+    value = await redis.hget(channels.cache_sessions_lists(), query_key)
+    return value if isinstance(value, bytes) else None
+
+
+async def store_list(
+    redis: Redis, channels: Channels, query_key: str, seen_generation: str, body: bytes
+) -> bool:
+    stored = await redis.eval(
+        _STORE_IF_CURRENT,
+        2,
+        channels.cache_sessions_generation(),
+        channels.cache_sessions_lists(),
+        seen_generation,
+        query_key,
+        body,
+        LIST_TTL_SECONDS,
+    )
+    return bool(stored)
+
+
+async def invalidate_sessions(redis: Redis, channels: Channels) -> None:
+    """Drop every cached list; raises RedisError when Redis is unreachable."""
+    async with redis.pipeline(transaction=True) as pipe:
+        _ = pipe.incr(channels.cache_sessions_generation())
+        _ = pipe.delete(channels.cache_sessions_lists())
+        _ = pipe.publish(channels.cache_invalidations, b"sessions")
+        await pipe.execute()
+
+
+async def try_invalidate_sessions(redis: Redis, channels: Channels) -> bool:
+    try:
+        await invalidate_sessions(redis, channels)
+    except (RedisError, OSError) as err:
+        logger.warning("cache invalidation failed: %s", err)
+        return False
+    return True

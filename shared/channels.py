@@ -1,0 +1,89 @@
+"""Redis channel and key names (api.md §6), defined once for every process and internal service.
+
+Per-session names carry the session id inside literal braces so that it is a Redis Cluster
+hash tag: sharded pub/sub can carry the fan-out without renaming anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+VERSION = "v1"
+
+
+@dataclass(frozen=True, slots=True)
+class Channels:
+    """Names under one `REDIS_PREFIX`; tests use a unique prefix per run."""
+
+    prefix: str = "routa"
+
+    @property
+    def base(self) -> str:
+        return f"{self.prefix}:{VERSION}"
+
+    # pub/sub, part of the public contract
+    def session_events(self, session_id: str) -> str:
+        return f"{self.base}:session:{{{session_id}}}:events"
+
+    @property
+    def session_events_pattern(self) -> str:
+        return f"{self.base}:session:*:events"
+
+    def workspace_sessions(self, workspace_id: str) -> str:
+        return f"{self.base}:workspace:{workspace_id}:sessions"
+
+    @property
+    def workspace_sessions_pattern(self) -> str:
+        return f"{self.base}:workspace:*:sessions"
+
+    def workspace_notes(self, workspace_id: str) -> str:
+        return f"{self.base}:workspace:{workspace_id}:notes"
+
+    @property
+    def workspace_notes_pattern(self) -> str:
+        return f"{self.base}:workspace:*:notes"
+
+    def workspace_tasks(self, workspace_id: str) -> str:
+        return f"{self.base}:workspace:{workspace_id}:tasks"
+
+    @property
+    def workspace_tasks_pattern(self) -> str:
+        return f"{self.base}:workspace:*:tasks"
+
+    # stream of JSON-RPC requests from internal services
+    @property
+    def commands(self) -> str:
+        return f"{self.base}:commands"
+
+    @property
+    def commands_group(self) -> str:
+        return "gateways"
+
+    # between gateway instances (internal to the product)
+    def gateway_rpc(self, instance_id: str) -> str:
+        return f"{self.base}:gateway:{instance_id}:rpc"
+
+    def gateway_control(self, instance_id: str) -> str:
+        return f"{self.base}:gateway:{instance_id}:control"
+
+    def reply(self, token: str) -> str:
+        return f"{self.base}:reply:{token}"
+
+    # cache, never the source of truth
+    @property
+    def cache_base(self) -> str:
+        return f"{self.base}:cache"
+
+    def cache_sessions_generation(self) -> str:
+        return f"{self.cache_base}:sessions:gen"
+
+    def cache_sessions_lists(self) -> str:
+        return f"{self.cache_base}:sessions:lists"
+
+    @property
+    def cache_invalidations(self) -> str:
+        """Pub/sub: a process that changed cached data says so here, so in-process copies drop."""
+        return f"{self.cache_base}:invalidations"
+
+    def idempotency(self, workspace_id: str, key: str) -> str:
+        return f"{self.base}:idem:{workspace_id}:{key}"

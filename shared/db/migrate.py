@@ -1,0 +1,108 @@
+"""Forward-only `.sql` migrations, applied at start-up under an advisory lock.
+
+Both processes call `migrate()` from their first cleanup context; the lock makes concurrent
+starts safe. Each file runs in one transaction with its `schema_migrations` row, and a
+recorded file whose checksum changed stops the start-up: an applied file is never edited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import sys
+from dataclasses import dataclass
+from importlib import resources
+
+import asyncpg
+
+from shared.db.connect import ensure_database
+
+logger = logging.getLogger(__name__)
+
+# Arbitrary constant shared by every process of this product.
+MIGRATION_LOCK_ID = 0x524F555441  # "ROUTA"
+
+CREATE_TABLE = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    text PRIMARY KEY,
+    checksum   text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+class MigrationError(RuntimeError):
+    pass
+
+
+def load_migrations() -> list[Migration]:
+    folder = resources.files("shared.db") / "migrations"
+    files = sorted(
+        (f for f in folder.iterdir() if f.name.endswith(".sql")), key=lambda f: f.name
+    )
+    return [Migration(f.name.removesuffix(".sql"), f.read_text("utf-8")) for f in files]
+
+
+async def apply_migrations(conn: asyncpg.Connection) -> list[str]:
+    """Apply what is missing on `conn`; returns the versions applied now."""
+    applied_now: list[str] = []
+    await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_ID)
+    try:
+        await conn.execute(CREATE_TABLE)
+        rows = await conn.fetch("SELECT version, checksum FROM schema_migrations")
+        recorded = {r["version"]: r["checksum"] for r in rows}
+        for migration in load_migrations():
+            known = recorded.get(migration.version)
+            if known is not None:
+                if known != migration.checksum:
+                    raise MigrationError(
+                        f"migration {migration.version} changed after it was applied"
+                    )
+                continue
+            async with conn.transaction():
+                await conn.execute(migration.sql)
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, checksum) VALUES ($1, $2)",
+                    migration.version,
+                    migration.checksum,
+                )
+            applied_now.append(migration.version)
+            logger.info("applied migration %s", migration.version)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_ID)
+    return applied_now
+
+
+async def migrate(database_url: str) -> list[str]:
+    """Create the database when missing, then apply pending migrations."""
+    await ensure_database(database_url)
+    conn = await asyncpg.connect(database_url)
+    try:
+        return await apply_migrations(conn)
+    finally:
+        await conn.close()
+
+
+def main() -> None:
+    """`routa-migrate`: apply migrations to DATABASE_URL and exit."""
+    from shared.settings import Settings
+
+    logging.basicConfig(level=logging.INFO)
+    settings = Settings()
+    applied = asyncio.run(migrate(settings.database_url))
+    sys.stdout.write(f"applied: {', '.join(applied) or 'nothing (up to date)'}\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""SQL for `session_events`, the append-only per-session event log (api.md §3.2)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from shared.db.connect import Connection, Executor
+from shared.errors import SessionNotFound
+
+BUMP_COUNTER = """
+UPDATE sessions SET last_event_id = last_event_id + $2, last_activity = now()
+WHERE session_id = $1 RETURNING last_event_id
+"""
+
+RANGE = """
+SELECT event_id, payload FROM session_events
+WHERE session_id = $1 AND event_id > $2
+ORDER BY event_id
+LIMIT $3
+"""
+
+LATEST_TURN_START = """
+SELECT max(event_id) FROM session_events WHERE session_id = $1 AND kind = 'user_message'
+"""
+
+OF_KINDS = """
+SELECT event_id, payload FROM session_events
+WHERE session_id = $1 AND kind = ANY($2::text[])
+ORDER BY event_id
+"""
+
+COUNT = "SELECT count(*) FROM session_events WHERE session_id = $1"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    event_id: int
+    payload: bytes  # the event object as JSON, exactly as published and streamed
+
+
+def build_payload(session_id: str, event_id: int, params: dict[str, Any]) -> bytes:
+    """The event object: the agent's params with our sessionId and the eventId (api.md §9.1)."""
+    body: dict[str, Any] = {"sessionId": session_id, "eventId": str(event_id)}
+    body.update((k, v) for k, v in params.items() if k not in ("sessionId", "eventId"))
+    return orjson.dumps(body)
+
+
+def kind_of(params: dict[str, Any]) -> str:
+    update = params.get("update")
+    if isinstance(update, dict):
+        kind = update.get("sessionUpdate")
+        if isinstance(kind, str):
+            return kind
+    return "unknown"
+
+
+async def append(
+    conn: Connection,
+    session_id: uuid.UUID,
+    params_list: Sequence[dict[str, Any]],
+) -> list[StoredEvent]:
+    """Store events with the session's next contiguous ids, in one transaction.
+
+    `params_list` holds `session/update` params (`{"update": {...}, ...}`); the counter on the
+    session row serialises writers, so any process may append.
+    """
+    if not params_list:
+        return []
+    sid = str(session_id)
+    async with conn.transaction():
+        last = await conn.fetchval(BUMP_COUNTER, session_id, len(params_list))
+        if last is None:
+            raise SessionNotFound(sid)
+        first = last - len(params_list) + 1
+        events = [
+            StoredEvent(first + i, build_payload(sid, first + i, params))
+            for i, params in enumerate(params_list)
+        ]
+        await conn.copy_records_to_table(
+            "session_events",
+            records=[
+                (session_id, ev.event_id, kind_of(params), ev.payload.decode())
+                for ev, params in zip(events, params_list, strict=True)
+            ],
+            columns=["session_id", "event_id", "kind", "payload"],
+        )
+    return events
+
+
+async def after(
+    conn: Executor,
+    session_id: uuid.UUID,
+    after_id: int,
+    limit: int | None = None,
+) -> list[StoredEvent]:
+    rows = await conn.fetch(RANGE, session_id, after_id, limit)
+    return [StoredEvent(r["event_id"], r["payload"].encode()) for r in rows]
+
+
+async def latest_turn_start(conn: Executor, session_id: uuid.UUID) -> int | None:
+    """eventId of the latest `user_message`, or None when the session has had no prompt."""
+    value = await conn.fetchval(LATEST_TURN_START, session_id)
+    return int(value) if value is not None else None
+
+
+async def of_kinds(
+    conn: Executor, session_id: uuid.UUID, kinds: Sequence[str]
+) -> list[StoredEvent]:
+    rows = await conn.fetch(OF_KINDS, session_id, list(kinds))
+    return [StoredEvent(r["event_id"], r["payload"].encode()) for r in rows]
+
+
+async def count(conn: Executor, session_id: uuid.UUID) -> int:
+    return int(await conn.fetchval(COUNT, session_id))

@@ -1,0 +1,341 @@
+"""SQL for the `sessions` table."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+
+from shared.db.connect import Connection, Executor
+from shared.jsonutil import iso
+from shared.models.session import Session, SessionRef
+from shared.providers import resume_capabilities_for
+
+STALE_AFTER = timedelta(days=7)
+
+# status is what the owner wrote, unless its lease ran out: then no live agent is known.
+_SELECT = """
+SELECT session_id::text AS session_id, workspace_id, name, cwd, branch, provider, role,
+       mode_id, model, parent_session_id::text AS parent_session_id, specialist_id,
+       routa_agent_id, acp_status, acp_error,
+       CASE WHEN status <> 'closed' AND (lease_expires_at IS NULL OR lease_expires_at < now())
+            THEN 'closed' ELSE status END AS status,
+       CASE WHEN lease_expires_at >= now() THEN owner_instance_id END AS owner_instance_id,
+       created_at, last_activity, last_event_id, auto_approve_permissions,
+       custom_command, custom_args, mcp_servers
+FROM sessions
+"""
+
+GET = _SELECT + "WHERE session_id = $1"
+
+LIST = (
+    "SELECT * FROM ("  # noqa: S608 - constant fragments, values are $n parameters
+    + _SELECT
+    + """
+WHERE ($1::text IS NULL OR workspace_id = $1)
+  AND ($2::uuid IS NULL OR parent_session_id = $2)
+) s
+WHERE ($3::text IS NULL OR s.status = $3)
+ORDER BY s.created_at DESC, s.session_id
+LIMIT $4
+"""
+)
+
+INSERT = """
+INSERT INTO sessions (session_id, workspace_id, name, cwd, branch, provider, role, mode_id,
+                      model, parent_session_id, specialist_id, acp_status, status,
+                      owner_instance_id, lease_expires_at, auto_approve_permissions,
+                      custom_command, custom_args, mcp_servers, idempotency_key)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
+        CASE WHEN $14::text IS NULL THEN NULL ELSE now() + make_interval(secs => $15) END,
+        $16, $17, $18, $19, $20)
+"""
+
+FIND_IDEMPOTENT = """
+SELECT session_id::text FROM sessions
+WHERE workspace_id = $1 AND idempotency_key = $2
+  AND created_at > now() - make_interval(secs => $3)
+ORDER BY created_at DESC LIMIT 1
+"""
+
+RENAME = "UPDATE sessions SET name = $2, updated_at = now() WHERE session_id = $1 RETURNING workspace_id"
+
+DELETE = "DELETE FROM sessions WHERE session_id = $1 RETURNING workspace_id, owner_instance_id"
+
+SET_STATE = """
+UPDATE sessions SET acp_status = $2, status = $3, acp_error = $4, updated_at = now()
+WHERE session_id = $1 RETURNING workspace_id
+"""
+
+SET_MODE = "UPDATE sessions SET mode_id = $2, updated_at = now() WHERE session_id = $1"
+SET_MODEL = "UPDATE sessions SET model = $2, updated_at = now() WHERE session_id = $1"
+SET_AGENT_ID = (
+    "UPDATE sessions SET routa_agent_id = $2, updated_at = now() WHERE session_id = $1"
+)
+
+CLAIM_OWNER = """
+UPDATE sessions SET owner_instance_id = $2, lease_expires_at = now() + make_interval(secs => $3)
+WHERE session_id = $1
+  AND (owner_instance_id IS NULL OR owner_instance_id = $2 OR lease_expires_at IS NULL
+       OR lease_expires_at < now())
+RETURNING session_id
+"""
+
+RENEW_LEASES = """
+UPDATE sessions SET lease_expires_at = now() + make_interval(secs => $2)
+WHERE owner_instance_id = $1 AND session_id = ANY($3::uuid[])
+"""
+
+RELEASE_OWNER = """
+UPDATE sessions SET owner_instance_id = NULL, lease_expires_at = NULL
+WHERE session_id = $1 AND owner_instance_id = $2
+"""
+
+CHILDREN = """
+SELECT session_id::text AS session_id, name,
+       CASE WHEN status <> 'closed' AND (lease_expires_at IS NULL OR lease_expires_at < now())
+            THEN 'closed' ELSE status END AS status
+FROM sessions WHERE parent_session_id = $1 ORDER BY created_at
+"""
+
+REF = """
+SELECT session_id::text AS session_id, name,
+       CASE WHEN status <> 'closed' AND (lease_expires_at IS NULL OR lease_expires_at < now())
+            THEN 'closed' ELSE status END AS status
+FROM sessions WHERE session_id = $1
+"""
+
+
+def parse_session_id(value: str | None) -> uuid.UUID | None:
+    """A UUID, or None for anything that cannot be one of our ids (which then is unknown)."""
+    if not value:
+        return None
+    try:
+        return uuid.UUID(value)
+    except (ValueError, TypeError, AttributeError):
+        return None
+
+
+def _continuity(
+    status: str, acp_status: str, last_activity: datetime, provider: str
+) -> str:
+    if status != "closed":
+        return "active"
+    if datetime.now(UTC) - last_activity > STALE_AFTER:
+        return "stale"
+    caps = resume_capabilities_for(provider)
+    return "restorable" if caps.get("supported") else "interrupted"
+
+
+def row_to_session(row: asyncpg.Record) -> Session:
+    return Session(
+        session_id=row["session_id"],
+        name=row["name"],
+        workspace_id=row["workspace_id"],
+        cwd=row["cwd"],
+        branch=row["branch"],
+        provider=row["provider"],
+        role=row["role"],
+        mode_id=row["mode_id"],
+        model=row["model"],
+        parent_session_id=row["parent_session_id"],
+        specialist_id=row["specialist_id"],
+        routa_agent_id=row["routa_agent_id"],
+        acp_status=row["acp_status"],
+        acp_error=row["acp_error"] if row["acp_status"] == "error" else None,
+        status=row["status"],
+        created_at=iso(row["created_at"]),
+        last_activity=iso(row["last_activity"]),
+        owner_instance_id=row["owner_instance_id"],
+        continuity_status=_continuity(
+            row["status"], row["acp_status"], row["last_activity"], row["provider"]
+        ),
+        resume_capabilities=resume_capabilities_for(row["provider"]),
+    )
+
+
+@dataclass(slots=True)
+class SessionRow:
+    """Everything the gateway needs to (re)start a session's agent."""
+
+    session: Session
+    last_event_id: int
+    auto_approve_permissions: bool
+    custom_command: str | None
+    custom_args: list[str] | None
+    mcp_servers: list[Any]
+
+
+async def get(conn: Executor, session_id: str) -> Session | None:
+    sid = parse_session_id(session_id)
+    if sid is None:
+        return None
+    row = await conn.fetchrow(GET, sid)
+    return row_to_session(row) if row else None
+
+
+async def get_row(conn: Executor, session_id: str) -> SessionRow | None:
+    sid = parse_session_id(session_id)
+    if sid is None:
+        return None
+    row = await conn.fetchrow(GET, sid)
+    if row is None:
+        return None
+    return SessionRow(
+        session=row_to_session(row),
+        last_event_id=row["last_event_id"],
+        auto_approve_permissions=row["auto_approve_permissions"],
+        custom_command=row["custom_command"],
+        custom_args=row["custom_args"],
+        mcp_servers=row["mcp_servers"] or [],
+    )
+
+
+async def list_sessions(
+    conn: Executor,
+    *,
+    workspace_id: str | None = None,
+    parent_session_id: uuid.UUID | None = None,
+    status: str | None = None,
+    limit: int | None = None,
+) -> list[Session]:
+    """Newest first; `status` filters on the effective status (after the lease check)."""
+    rows = await conn.fetch(LIST, workspace_id, parent_session_id, status, limit)
+    return [row_to_session(r) for r in rows]
+
+
+@dataclass(slots=True)
+class NewSession:
+    session_id: uuid.UUID
+    workspace_id: str
+    cwd: str
+    provider: str
+    role: str = "CRAFTER"
+    name: str | None = None
+    branch: str | None = None
+    mode_id: str | None = None
+    model: str | None = None
+    parent_session_id: uuid.UUID | None = None
+    specialist_id: str | None = None
+    acp_status: str = "connecting"
+    status: str = "idle"
+    owner_instance_id: str | None = None
+    lease_ttl: float = 15.0
+    auto_approve_permissions: bool = False
+    custom_command: str | None = None
+    custom_args: list[str] | None = None
+    mcp_servers: list[Any] = field(default_factory=list)
+    idempotency_key: str | None = None
+
+
+async def insert(conn: Connection, new: NewSession) -> None:
+    await conn.execute(
+        INSERT,
+        new.session_id,
+        new.workspace_id,
+        new.name,
+        new.cwd,
+        new.branch,
+        new.provider,
+        new.role,
+        new.mode_id,
+        new.model,
+        new.parent_session_id,
+        new.specialist_id,
+        new.acp_status,
+        new.status,
+        new.owner_instance_id,
+        new.lease_ttl,
+        new.auto_approve_permissions,
+        new.custom_command,
+        new.custom_args,
+        new.mcp_servers,
+        new.idempotency_key,
+    )
+
+
+async def find_idempotent(
+    conn: Connection, workspace_id: str, key: str, window: float
+) -> str | None:
+    value = await conn.fetchval(FIND_IDEMPOTENT, workspace_id, key, window)
+    return str(value) if value is not None else None
+
+
+async def rename(conn: Executor, session_id: uuid.UUID, name: str) -> str | None:
+    """Returns the workspace id, or None when the session does not exist."""
+    value = await conn.fetchval(RENAME, session_id, name)
+    return str(value) if value is not None else None
+
+
+async def delete(conn: Executor, session_id: uuid.UUID) -> asyncpg.Record | None:
+    return await conn.fetchrow(DELETE, session_id)
+
+
+async def set_state(
+    conn: Executor,
+    session_id: uuid.UUID,
+    *,
+    acp_status: str,
+    status: str,
+    acp_error: str | None = None,
+) -> str | None:
+    value = await conn.fetchval(SET_STATE, session_id, acp_status, status, acp_error)
+    return str(value) if value is not None else None
+
+
+async def set_mode(conn: Executor, session_id: uuid.UUID, mode_id: str) -> None:
+    await conn.execute(SET_MODE, session_id, mode_id)
+
+
+async def set_model(conn: Executor, session_id: uuid.UUID, model: str) -> None:
+    await conn.execute(SET_MODEL, session_id, model)
+
+
+async def set_agent_id(conn: Executor, session_id: uuid.UUID, agent_id: str) -> None:
+    await conn.execute(SET_AGENT_ID, session_id, agent_id)
+
+
+async def claim_owner(
+    conn: Executor,
+    session_id: uuid.UUID,
+    instance_id: str,
+    ttl: float,
+) -> bool:
+    """Take (or keep) ownership when nobody holds a live lease; True when we own it now."""
+    return await conn.fetchval(CLAIM_OWNER, session_id, instance_id, ttl) is not None
+
+
+async def renew_leases(
+    conn: Executor,
+    instance_id: str,
+    ttl: float,
+    session_ids: Sequence[uuid.UUID],
+) -> None:
+    await conn.execute(RENEW_LEASES, instance_id, ttl, list(session_ids))
+
+
+async def release_owner(
+    conn: Executor, session_id: uuid.UUID, instance_id: str
+) -> None:
+    await conn.execute(RELEASE_OWNER, session_id, instance_id)
+
+
+async def children(conn: Executor, session_id: uuid.UUID) -> list[SessionRef]:
+    rows = await conn.fetch(CHILDREN, session_id)
+    return [
+        SessionRef(session_id=r["session_id"], name=r["name"], status=r["status"])
+        for r in rows
+    ]
+
+
+async def ref(conn: Executor, session_id: uuid.UUID) -> SessionRef | None:
+    row = await conn.fetchrow(REF, session_id)
+    if row is None:
+        return None
+    return SessionRef(
+        session_id=row["session_id"], name=row["name"], status=row["status"]
+    )

@@ -1,0 +1,60 @@
+"""Session lifecycle messages on the workspace channel (api.md §6, §9.14, §9.24).
+
+Every writer of session data calls `session_changed` after its Postgres commit: it keeps the
+list cache true and tells internal services and dashboards what changed.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal
+
+from redis.exceptions import RedisError
+
+from shared.cache import invalidate_sessions
+from shared.channels import Channels
+from shared.jsonutil import dumps, now_iso
+from shared.redisconn import Redis
+
+logger = logging.getLogger(__name__)
+
+LifecycleType = Literal["session:created", "session:updated", "session:deleted"]
+
+
+def lifecycle_message(
+    type_: LifecycleType, session_id: str, workspace_id: str, changes: dict[str, Any]
+) -> bytes:
+    return dumps(
+        {
+            "type": type_,
+            "sessionId": session_id,
+            "workspaceId": workspace_id,
+            "changes": changes,
+            "at": now_iso(),
+        }
+    )
+
+
+async def session_changed(
+    redis: Redis,
+    channels: Channels,
+    type_: LifecycleType,
+    session_id: str,
+    workspace_id: str,
+    changes: dict[str, Any],
+) -> bool:
+    """Invalidate the list cache and publish the lifecycle message.
+
+    Returns False (and logs) when Redis is unreachable: Postgres already holds the change and
+    readers fall back to it, so a Redis outage never fails the write.
+    """
+    try:
+        await invalidate_sessions(redis, channels)
+        await redis.publish(
+            channels.workspace_sessions(workspace_id),
+            lifecycle_message(type_, session_id, workspace_id, changes),
+        )
+    except (RedisError, OSError) as err:
+        logger.warning("lifecycle publish failed for session %s: %s", session_id, err)
+        return False
+    return True
