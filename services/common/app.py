@@ -7,6 +7,7 @@ from aiohttp import web
 from services.common.health import Health, setup_health
 from services.common.http import MAX_BODY_BYTES, setup_http
 from services.common.keys import CHANNELS, PG_POOL, REDIS, SETTINGS
+from services.common.metrics import setup_metrics
 from services.common.resources import postgres_ctx, redis_ctx
 from shared.channels import Channels
 from shared.settings import Settings
@@ -18,6 +19,7 @@ def base_app(settings: Settings, service: str) -> web.Application:
     app[SETTINGS] = settings
     app[CHANNELS] = Channels(settings.redis_prefix)
     setup_http(app)
+    setup_metrics(app)
 
     async def check_postgres() -> object:
         return await app[PG_POOL].fetchval("SELECT 1")
