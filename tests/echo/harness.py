@@ -1,0 +1,167 @@
+"""A recording ACP client and a spawner for the echo agent process (real subprocess, SDK client side)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+from acp import Client, RequestError, spawn_agent_process, text_block
+from acp.client.connection import ClientSideConnection
+from acp.connection import StreamDirection, StreamEvent
+from acp.schema import (
+    AllowedOutcome,
+    DeniedOutcome,
+    ReadTextFileResponse,
+    RequestPermissionResponse,
+    WriteTextFileResponse,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+WAIT = 10.0  # hang guard for condition waits, never a timing assertion
+
+
+class RecordingClient:
+    """Records the wire (via a raw observer) and answers permission and fs requests."""
+
+    def __init__(self) -> None:
+        self.updates: list[
+            dict[str, Any]
+        ] = []  # params of every incoming session/update
+        self.requests: list[dict[str, Any]] = []  # every request the agent sent us
+        self.responses: list[dict[str, Any]] = []  # every response the agent sent us
+        self.typed_updates: list[tuple[str, Any]] = []
+        self.permission: dict[
+            str, str
+        ] = {}  # sessionId -> optionId | "cancelled" | "hold"
+        self.permission_asked = asyncio.Event()
+        self.fs_errors: dict[str, str] = {}  # path -> error message to answer with
+        self._changed = asyncio.Event()
+
+    # -- raw observer -------------------------------------------------------------
+    def observe(self, event: StreamEvent) -> None:
+        if event.direction is not StreamDirection.INCOMING:
+            return
+        message = event.message
+        method = message.get("method")
+        if method == "session/update":
+            self.updates.append(message["params"])
+        elif method is not None:
+            self.requests.append(message)
+        else:
+            self.responses.append(message)
+        self._changed.set()
+
+    async def wait_for(self, predicate: Callable[[], bool]) -> None:
+        async with asyncio.timeout(WAIT):
+            while not predicate():
+                self._changed.clear()
+                await self._changed.wait()
+
+    def session_updates(self, session_id: str) -> list[dict[str, Any]]:
+        return [p["update"] for p in self.updates if p["sessionId"] == session_id]
+
+    # -- Client protocol ----------------------------------------------------------
+    async def session_update(self, session_id: str, update: Any, **_: Any) -> None:
+        self.typed_updates.append((session_id, update))
+
+    async def request_permission(
+        self, session_id: str, tool_call: Any, options: Any, **_: Any
+    ) -> RequestPermissionResponse:
+        self.permission_asked.set()
+        choice = self.permission.get(session_id, "allow_once")
+        if choice == "hold":
+            await asyncio.Event().wait()  # until the connection closes
+        if choice == "cancelled":
+            return RequestPermissionResponse(outcome=DeniedOutcome(outcome="cancelled"))
+        return RequestPermissionResponse(
+            outcome=AllowedOutcome(outcome="selected", option_id=choice)
+        )
+
+    async def read_text_file(
+        self,
+        session_id: str,
+        path: str,
+        line: int | None = None,
+        limit: int | None = None,
+        **_: Any,
+    ) -> ReadTextFileResponse:
+        if path in self.fs_errors:
+            raise RequestError(-32002, self.fs_errors[path])
+        return ReadTextFileResponse(content=Path(path).read_text())
+
+    async def write_text_file(
+        self, session_id: str, path: str, content: str, **_: Any
+    ) -> WriteTextFileResponse:
+        if path in self.fs_errors:
+            raise RequestError(-32002, self.fs_errors[path])
+        Path(path).write_text(content)
+        return WriteTextFileResponse()
+
+
+@dataclass
+class Echo:
+    """A running echo agent process and our connection to it."""
+
+    conn: ClientSideConnection
+    process: asyncio.subprocess.Process
+    client: RecordingClient
+    stderr: bytearray = field(default_factory=bytearray)
+    stderr_changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def new_session(self, cwd: Path) -> str:
+        response = await self.conn.new_session(cwd=str(cwd), mcp_servers=[])
+        return response.session_id
+
+    async def prompt(self, session_id: str, text: str) -> str:
+        response = await self.conn.prompt(
+            session_id=session_id, prompt=[text_block(text)]
+        )
+        return response.stop_reason
+
+    async def raw_request(self, method: str, params: dict[str, Any]) -> Any:
+        """A request the SDK has no typed method for (e.g. legacy session/set_model)."""
+        return await self.conn._conn.send_request(method, params)
+
+    async def wait_stderr(self, size: int) -> None:
+        async with asyncio.timeout(WAIT):
+            while len(self.stderr) < size and self.process.returncode is None:
+                self.stderr_changed.clear()
+                await self.stderr_changed.wait()
+
+
+async def _drain(echo: Echo) -> None:
+    """Read stderr continuously (an undrained pipe would block the agent, acp.md §2.6.1)."""
+    stream = echo.process.stderr
+    assert stream is not None
+    while chunk := await stream.read(65536):
+        echo.stderr.extend(chunk)
+        echo.stderr_changed.set()
+    echo.stderr_changed.set()
+
+
+@contextlib.asynccontextmanager
+async def spawn_echo() -> AsyncIterator[Echo]:
+    """Start `python -m services.echo` and initialize it."""
+    client = RecordingClient()
+    async with spawn_agent_process(
+        cast(Client, client),  # duck-typed: implements only what echo calls
+        sys.executable,
+        "-m",
+        "services.echo",
+        cwd=REPO_ROOT,
+        env={"PYTHONPATH": str(REPO_ROOT)},
+        observers=[client.observe],
+    ) as (conn, process):
+        echo = Echo(conn=conn, process=process, client=client)
+        drain = asyncio.create_task(_drain(echo))
+        try:
+            yield echo
+        finally:
+            drain.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await drain
