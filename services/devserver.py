@@ -1,0 +1,347 @@
+"""`routa-dev`: the whole system on http://localhost:3000 from one command (api.md §1).
+
+Uses the Postgres and Redis named by DATABASE_URL / REDIS_URL when they answer, else starts
+private ones from PyPI wheels under DATA_DIR; then one gateway, one query service and the
+origin (nginx when installed, else the aiohttp router). Like honcho: when one child dies, the
+rest is stopped. Ctrl-C / SIGTERM stops children first, then the embedded servers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiohttp import ClientError, ClientSession, ClientTimeout, web
+from yarl import URL
+
+from services.devtools import nginx
+from services.devtools.embedded import (
+    EmbeddedPostgres,
+    EmbeddedRedis,
+    free_port,
+    port_is_free,
+    postgres_answers,
+    redis_answers,
+)
+from services.devtools.origin import Backend, Upstreams, create_origin_app
+from shared.settings import Settings
+
+READY_TIMEOUT = 60.0
+STOP_TIMEOUT = 10.0
+
+
+def say(line: str) -> None:
+    """The run command talks to a terminal, not to a log pipeline."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "")
+    return int(value) if value.strip() else default
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    data_dir: Path
+    database_url: str
+    redis_url: str
+    origin_host: str
+    origin_port: int
+    gateway_port: int
+    query_port: int
+    origin: str  # "auto" | "nginx" | "aiohttp"
+
+    @classmethod
+    def parse(cls, argv: Sequence[str] | None) -> Options:
+        defaults = Settings()
+        parser = argparse.ArgumentParser(
+            prog="routa-dev",
+            description="Run Postgres, Redis, one gateway, one query service "
+            "and the origin on http://localhost:3000.",
+        )
+        parser.add_argument(
+            "--port",
+            type=int,
+            default=_env_int("ORIGIN_PORT", 3000),
+            help="origin port (env ORIGIN_PORT, default 3000)",
+        )
+        parser.add_argument(
+            "--host",
+            default=os.environ.get("ORIGIN_HOST", "localhost"),
+            help="origin host (env ORIGIN_HOST, default localhost)",
+        )
+        parser.add_argument(
+            "--gateway-port",
+            type=int,
+            default=_env_int("GATEWAY_PORT", 8001),
+            help="gateway port, a free one if taken (env GATEWAY_PORT)",
+        )
+        parser.add_argument(
+            "--query-port",
+            type=int,
+            default=_env_int("QUERY_PORT", 8002),
+            help="query service port, a free one if taken (env QUERY_PORT)",
+        )
+        parser.add_argument(
+            "--origin",
+            choices=["auto", "nginx", "aiohttp"],
+            default=os.environ.get("ORIGIN", "auto"),
+            help="nginx when installed (auto), or force one (env ORIGIN)",
+        )
+        args = parser.parse_args(argv)
+        return cls(
+            data_dir=defaults.data_dir.resolve(),
+            database_url=defaults.database_url,
+            redis_url=defaults.redis_url,
+            origin_host=args.host,
+            origin_port=args.port,
+            gateway_port=args.gateway_port,
+            query_port=args.query_port,
+            origin=args.origin,
+        )
+
+
+@dataclass
+class Child:
+    name: str
+    proc: asyncio.subprocess.Process
+    pump: asyncio.Task[None]
+
+
+@dataclass
+class DevServer:
+    """Owns every process it starts and stops them in reverse dependency order."""
+
+    options: Options
+    postgres: EmbeddedPostgres | None = None
+    redis: EmbeddedRedis | None = None
+    children: list[Child] = field(default_factory=list)
+    origin_runner: web.AppRunner | None = None
+    stop_requested: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def _ensure_postgres(self) -> str:
+        url = self.options.database_url
+        if await postgres_answers(url):
+            return url
+        say(f"postgres at {_redact(url)} does not answer; starting an embedded one")
+        self.postgres = EmbeddedPostgres(self.options.data_dir / "postgres" / "data")
+        await asyncio.to_thread(self.postgres.start)
+        database = URL(url).path.lstrip("/") or "routa"
+        return self.postgres.url(database)
+
+    async def _ensure_redis(self) -> str:
+        url = self.options.redis_url
+        if await redis_answers(url):
+            return url
+        say(f"redis at {_redact(url)} does not answer; starting an embedded one")
+        self.redis = EmbeddedRedis(self.options.data_dir / "redis")
+        await asyncio.to_thread(self.redis.start)
+        return self.redis.url
+
+    async def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> Child:
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C goes to us; we stop children in order
+        )
+        child = Child(name, proc, asyncio.create_task(_pump(name, proc)))
+        self.children.append(child)
+        return child
+
+    async def _start_origin(self, upstreams: Upstreams, env: dict[str, str]) -> str:
+        host, port = self.options.origin_host, self.options.origin_port
+        binary = nginx.nginx_binary()
+        if self.options.origin == "nginx" and binary is None:
+            raise SystemExit("--origin nginx: nginx is not on PATH")
+        if binary is not None and self.options.origin != "aiohttp":
+            health_port = free_port()
+            await self._serve(
+                create_origin_app(upstreams, proxy_all=False), "127.0.0.1", health_port
+            )
+            prefix = self.options.data_dir / "nginx"
+            listen = [f"127.0.0.1:{port}"]
+            if host in {"localhost", "::1"} and _ipv6_loopback():
+                listen.append(f"[::1]:{port}")
+            text = nginx.render_config(
+                prefix, listen, upstreams, f"127.0.0.1:{health_port}"
+            )
+            conf = nginx.write_config(prefix, text)
+            await self._spawn("nginx", nginx.command(binary, prefix, conf), env)
+            return "nginx"
+        await self._serve(create_origin_app(upstreams), host, port)
+        return "aiohttp router"
+
+    async def _serve(self, app: web.Application, host: str, port: int) -> None:
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        self.origin_runner = runner
+        await web.TCPSite(runner, host, port).start()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.stop_requested.set)
+        try:
+            return await self._run()
+        finally:
+            await self._shutdown()
+
+    async def _run(self) -> int:
+        opts = self.options
+        if not port_is_free(opts.origin_port):
+            say(f"port {opts.origin_port} is taken; set ORIGIN_PORT or --port")
+            return 2
+        opts.data_dir.mkdir(parents=True, exist_ok=True)
+        database_url, redis_url = await asyncio.gather(
+            self._ensure_postgres(), self._ensure_redis()
+        )
+        gateway_port = free_port(opts.gateway_port)
+        query_port = free_port(opts.query_port)
+        if query_port == gateway_port:
+            query_port = free_port()
+        base_env = {
+            **os.environ,
+            "DATABASE_URL": database_url,
+            "REDIS_URL": redis_url,
+            "DATA_DIR": str(opts.data_dir),
+            "HOST": "127.0.0.1",
+            "PYTHONUNBUFFERED": "1",
+        }
+        py = sys.executable
+        await self._spawn(
+            "gateway",
+            [py, "-m", "services.gateway"],
+            {**base_env, "PORT": str(gateway_port)},
+        )
+        await self._spawn(
+            "query", [py, "-m", "services.query"], {**base_env, "PORT": str(query_port)}
+        )
+        upstreams = Upstreams(
+            Backend("gateway", URL(f"http://127.0.0.1:{gateway_port}")),
+            Backend("query", URL(f"http://127.0.0.1:{query_port}")),
+        )
+        kind = await self._start_origin(upstreams, base_env)
+        origin = f"http://{opts.origin_host}:{opts.origin_port}"
+        say(f"origin    {origin}  ({kind})")
+        say(f"gateway   {upstreams.gateway.url}")
+        say(f"query     {upstreams.query.url}")
+        say(
+            f"postgres  {_redact(database_url)}{'  (embedded)' if self.postgres else ''}"
+        )
+        say(f"redis     {_redact(redis_url)}{'  (embedded)' if self.redis else ''}")
+        say(f"data dir  {opts.data_dir}")
+
+        ready = asyncio.create_task(
+            _wait_healthy(f"http://127.0.0.1:{opts.origin_port}")
+        )
+        stop = asyncio.create_task(self.stop_requested.wait())
+        exits = {asyncio.create_task(c.proc.wait()): c for c in self.children}
+        try:
+            pending: set[asyncio.Task[object]] = {ready, stop, *exits}
+            while True:
+                done, pending = await asyncio.wait(
+                    pending, return_when=asyncio.FIRST_COMPLETED
+                )
+                if stop in done:
+                    say("stopping")
+                    return 0
+                for task in done & set(exits):
+                    child = exits[task]  # type: ignore[index]
+                    say(
+                        f"{child.name} exited with status {child.proc.returncode}; stopping the rest"
+                    )
+                    return 1
+                if ready in done:
+                    if ready.result():
+                        say(f"ready: {origin}/healthz answers 200")
+                    else:
+                        say(
+                            f"not healthy after {READY_TIMEOUT:.0f}s; still trying, see the logs above"
+                        )
+        finally:
+            for task in (ready, stop, *exits):
+                task.cancel()
+            await asyncio.gather(ready, stop, *exits, return_exceptions=True)
+
+    async def _shutdown(self) -> None:
+        """Children first (SIGTERM, then SIGKILL after a grace), then origin, then embedded servers."""
+        for child in self.children:
+            if child.proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    child.proc.send_signal(signal.SIGTERM)
+        for child in self.children:
+            try:
+                async with asyncio.timeout(STOP_TIMEOUT):
+                    await child.proc.wait()
+            except TimeoutError:
+                say(f"{child.name} did not stop in {STOP_TIMEOUT:.0f}s; killing it")
+                with contextlib.suppress(ProcessLookupError):
+                    child.proc.kill()
+                await child.proc.wait()
+            with contextlib.suppress(asyncio.CancelledError):
+                await child.pump
+        if self.origin_runner is not None:
+            await self.origin_runner.cleanup()
+        if self.redis is not None:
+            await asyncio.to_thread(self.redis.stop)
+        if self.postgres is not None:
+            await asyncio.to_thread(self.postgres.stop)
+
+
+async def _pump(name: str, proc: asyncio.subprocess.Process) -> None:
+    """Copy a child's output to ours, each line prefixed with its name (as honcho does)."""
+    assert proc.stdout is not None
+    async for raw in proc.stdout:
+        say(f"{name:<8}| {raw.decode(errors='replace').rstrip()}")
+
+
+async def _wait_healthy(origin: str) -> bool:
+    """True once the origin's /healthz answers 200 (it checks both backends)."""
+    async with ClientSession(timeout=ClientTimeout(total=2)) as session:
+        try:
+            async with asyncio.timeout(READY_TIMEOUT):
+                while True:
+                    try:
+                        async with session.get(f"{origin}/healthz") as resp:
+                            if resp.status == 200:
+                                return True
+                    except (ClientError, OSError, TimeoutError):
+                        pass
+                    await asyncio.sleep(0.2)
+        except TimeoutError:
+            return False
+
+
+def _redact(url: str) -> str:
+    parsed = URL(url)
+    return str(parsed.with_password("***")) if parsed.password else url
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    options = Options.parse(argv)
+    sys.exit(asyncio.run(DevServer(options).run()))
+
+
+if __name__ == "__main__":
+    main()
