@@ -77,3 +77,60 @@ async def try_invalidate_sessions(redis: Redis, channels: Channels) -> bool:
         logger.warning("cache invalidation failed: %s", err)
         return False
     return True
+
+
+# Entries with a freshness bound: the body plus `<field>#until` (epoch ms). Some answers
+# change without a writer (a lease runs out, lastActivity moves during a turn); the bound
+# makes such an entry a miss once it may be stale. Readers that find no `#until` field
+# treat the entry as valid until the next invalidation.
+_STORE_IF_CURRENT_UNTIL = """
+local gen = redis.call('GET', KEYS[1]) or '0'
+if gen == ARGV[1] then
+  redis.call('HSET', KEYS[2], ARGV[2], ARGV[3], ARGV[2] .. '#until', ARGV[5])
+  redis.call('EXPIRE', KEYS[2], tonumber(ARGV[4]))
+  return 1
+end
+return 0
+"""
+
+
+async def read_list_entry(
+    redis: Redis, channels: Channels, query_key: str
+) -> tuple[bytes | None, int | None, str]:
+    """(body, until epoch ms, current generation) in one round trip."""
+    async with redis.pipeline(transaction=False) as pipe:
+        _ = pipe.hmget(
+            channels.cache_sessions_lists(), [query_key, f"{query_key}#until"]
+        )
+        _ = pipe.get(channels.cache_sessions_generation())
+        (body, until), gen = await pipe.execute()
+    body_bytes = body if isinstance(body, bytes) else None
+    until_ms = int(until) if until is not None else None
+    if gen is None:
+        gen_str = "0"
+    else:
+        gen_str = gen.decode() if isinstance(gen, bytes) else str(gen)
+    return body_bytes, until_ms, gen_str
+
+
+async def store_list_until(
+    redis: Redis,
+    channels: Channels,
+    query_key: str,
+    seen_generation: str,
+    body: bytes,
+    until_ms: int,
+) -> bool:
+    """Like `store_list`, with a freshness bound; stores only if the generation is unchanged."""
+    stored = await redis.eval(
+        _STORE_IF_CURRENT_UNTIL,
+        2,
+        channels.cache_sessions_generation(),
+        channels.cache_sessions_lists(),
+        seen_generation,
+        query_key,
+        body,
+        LIST_TTL_SECONDS,
+        until_ms,
+    )
+    return bool(stored)

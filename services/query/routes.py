@@ -1,9 +1,15 @@
-"""Route table of the query service: each module adds its own routes."""
+"""Route table of the query service: each module adds its own routes and contexts."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
+from services.query import notes, sessions, tasks, workspaces
+
 
 def setup(app: web.Application) -> None:
-    """Filled in by the query service modules (sessions, notes, tasks, workspaces)."""
+    """Sessions first: it registers /api/sessions/events before /api/sessions/{id}."""
+    sessions.setup(app)
+    notes.setup(app)
+    tasks.setup(app)
+    workspaces.setup(app)

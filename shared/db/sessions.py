@@ -339,3 +339,95 @@ async def ref(conn: Executor, session_id: uuid.UUID) -> SessionRef | None:
     return SessionRef(
         session_id=row["session_id"], name=row["name"], status=row["status"]
     )
+
+
+# --- query service writes (delete, disconnect) and the list cache's freshness bound ---
+
+DELETE_WITH_LIVE_OWNER = """
+DELETE FROM sessions WHERE session_id = $1
+RETURNING workspace_id,
+          CASE WHEN lease_expires_at >= now() THEN owner_instance_id END AS owner_instance_id
+"""
+
+# One statement: read the state before (under the row lock), close, release ownership.
+CLOSE_AND_RELEASE = """
+WITH prev AS (
+    SELECT session_id, workspace_id, acp_status,
+           CASE WHEN status <> 'closed' AND (lease_expires_at IS NULL OR lease_expires_at < now())
+                THEN 'closed' ELSE status END AS status,
+           CASE WHEN lease_expires_at >= now() THEN owner_instance_id END AS owner_instance_id
+    FROM sessions WHERE session_id = $1 FOR UPDATE
+)
+UPDATE sessions s
+SET acp_status = 'closed', status = 'closed', acp_error = NULL,
+    owner_instance_id = NULL, lease_expires_at = NULL, updated_at = now()
+FROM prev WHERE s.session_id = prev.session_id
+RETURNING prev.workspace_id, prev.acp_status, prev.status, prev.owner_instance_id
+"""
+
+# Seconds until the first live lease runs out (a session's effective status flips to closed
+# then without anyone writing), and whether any turn is running (lastActivity moves).
+LIST_FRESHNESS = """
+SELECT extract(epoch FROM min(lease_expires_at) - now())::float8 AS lease_left,
+       bool_or(status = 'active') AS any_active
+FROM sessions
+WHERE status <> 'closed' AND lease_expires_at >= now()
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class DeletedSession:
+    workspace_id: str
+    owner_instance_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ClosedSession:
+    """The state a session had before it was closed by the query service."""
+
+    workspace_id: str
+    previous_acp_status: str
+    previous_status: str
+    owner_instance_id: str | None
+
+    @property
+    def was_closed(self) -> bool:
+        return self.previous_acp_status == "closed" and self.previous_status == "closed"
+
+
+async def delete_with_owner(
+    conn: Executor, session_id: uuid.UUID
+) -> DeletedSession | None:
+    """Delete (events cascade); returns the workspace and the owner holding a live lease."""
+    row = await conn.fetchrow(DELETE_WITH_LIVE_OWNER, session_id)
+    if row is None:
+        return None
+    return DeletedSession(row["workspace_id"], row["owner_instance_id"])
+
+
+async def close_and_release(
+    conn: Executor, session_id: uuid.UUID
+) -> ClosedSession | None:
+    """status/acpStatus closed, owner and lease cleared; None when the session does not exist."""
+    row = await conn.fetchrow(CLOSE_AND_RELEASE, session_id)
+    if row is None:
+        return None
+    return ClosedSession(
+        row["workspace_id"], row["acp_status"], row["status"], row["owner_instance_id"]
+    )
+
+
+async def list_freshness(conn: Executor) -> tuple[float | None, bool]:
+    """(seconds until the earliest live lease expires or None, whether a turn is running)."""
+    row = await conn.fetchrow(LIST_FRESHNESS)
+    if row is None:
+        return None, False
+    return row["lease_left"], bool(row["any_active"])
+
+
+LOCK_IDEMPOTENCY_KEY = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))"
+
+
+async def lock_idempotency_key(conn: Connection, workspace_id: str, key: str) -> None:
+    """Serialise session/new calls with the same key until the transaction ends."""
+    await conn.execute(LOCK_IDEMPOTENCY_KEY, f"session-new:{workspace_id}:{key}")

@@ -1,0 +1,330 @@
+"""Session routes of the query service (api.md §4.1, §4.2): thin handlers over shared.db."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from services.common.http import error_response, json_response, read_json_body
+from services.common.keys import CHANNELS, PG_POOL, REDIS
+from services.query import lifecycle_sse
+from services.query.listcache import LIST_CACHE, list_cache_ctx
+from services.query.session_views import (
+    clean_name,
+    consolidate,
+    fork_name,
+    parse_history_query,
+    parse_list_query,
+    touched_files,
+)
+from shared import cache
+from shared.db import session_events
+from shared.db import sessions as sessions_db
+from shared.db.workspaces_read import workspace_summary
+from shared.errors import BadRequest, DependencyDown, SessionNotFound
+from shared.events import gateway_update, publish_events
+from shared.jsonutil import dumps, loads
+
+logger = logging.getLogger(__name__)
+
+NO_STORE = {"Cache-Control": "no-store"}
+LIST_ERROR = "Failed to load sessions from database"
+PG_TIMEOUT = 5.0
+REDIS_TIMEOUT = 0.5
+ACTIVE_LIST_TTL = 1.0  # lastActivity may lag by up to 1 s while a turn runs (§3.1)
+
+_PG_ERRORS = (
+    OSError,
+    ConnectionError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+)
+
+
+@contextlib.contextmanager
+def _postgres() -> Iterator[None]:
+    """Postgres failures become 503 naming Postgres, never a traceback."""
+    try:
+        yield
+    except _PG_ERRORS as err:
+        raise DependencyDown(f"Postgres unavailable: {err.__class__.__name__}") from err
+
+
+def _session_uuid(request: web.Request) -> uuid.UUID:
+    sid = sessions_db.parse_session_id(request.match_info["session_id"])
+    if sid is None:
+        raise SessionNotFound(request.match_info["session_id"])
+    return sid
+
+
+def _json_bytes(body: bytes, *, status: int = 200) -> web.Response:
+    return web.Response(
+        body=body, status=status, content_type="application/json", headers=NO_STORE
+    )
+
+
+# --- GET /api/sessions ---------------------------------------------------------------
+
+
+async def list_sessions(request: web.Request) -> web.Response:
+    """Cached bytes when fresh; else Postgres once, serialised once, offered to the cache."""
+    query = parse_list_query(request.query)
+    list_cache = request.app[LIST_CACHE]
+    hit = await list_cache.lookup(query.cache_key)
+    if hit.fresh and hit.body is not None:
+        return _json_bytes(hit.body)
+    try:
+        async with asyncio.timeout(PG_TIMEOUT), request.app[PG_POOL].acquire() as conn:
+            rows = await sessions_db.list_sessions(
+                conn,
+                workspace_id=query.workspace_id,
+                parent_session_id=query.parent_session_id,
+                status=query.status,
+                limit=query.limit,
+            )
+            lease_left, any_active = await sessions_db.list_freshness(conn)
+    except (*_PG_ERRORS, asyncpg.PostgresError) as err:
+        if hit.body is not None:
+            # an entry past its freshness bound still beats no answer while Postgres is down
+            return _json_bytes(hit.body)
+        logger.warning("session list: postgres failed: %r", err)
+        return error_response(500, LIST_ERROR)
+    body = b'{"sessions":[' + b",".join(s.wire_json() for s in rows) + b"]}"
+    if hit.generation is not None:
+        ttl = float(cache.LIST_TTL_SECONDS)
+        if lease_left is not None:
+            ttl = min(ttl, lease_left)
+        if any_active:
+            ttl = min(ttl, ACTIVE_LIST_TTL)
+        if ttl > 0:
+            await list_cache.store(query.cache_key, hit.generation, body, ttl)
+    return _json_bytes(body)
+
+
+# --- one session ---------------------------------------------------------------------
+
+
+async def get_session(request: web.Request) -> web.Response:
+    sid = _session_uuid(request)
+    with _postgres():
+        session = await sessions_db.get(request.app[PG_POOL], str(sid))
+    if session is None:
+        raise SessionNotFound(str(sid))
+    return json_response({"session": session.wire()}, headers=NO_STORE)
+
+
+async def _require_session(request: web.Request, sid: uuid.UUID) -> None:
+    with _postgres():
+        found = await sessions_db.ref(request.app[PG_POOL], sid)
+    if found is None:
+        raise SessionNotFound(str(sid))
+
+
+async def _append_event(
+    request: web.Request, sid: uuid.UUID, params: dict[str, Any]
+) -> None:
+    """Store first (raises on Postgres failure), then publish within a deadline."""
+    app = request.app
+    with _postgres():
+        async with app[PG_POOL].acquire() as conn:
+            events = await session_events.append(conn, sid, [params])
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(REDIS_TIMEOUT * 2):
+            await publish_events(app[REDIS], app[CHANNELS], str(sid), events)
+
+
+async def _send_stop(
+    request: web.Request, owner: str, sid: uuid.UUID, reason: str
+) -> None:
+    """Tell the owning gateway to stop the agent; a lost message is survived (lease expiry)."""
+    app = request.app
+    message = dumps({"type": "stop", "sessionId": str(sid), "reason": reason})
+    try:
+        async with asyncio.timeout(REDIS_TIMEOUT * 2):
+            await app[REDIS].publish(app[CHANNELS].gateway_control(owner), message)
+    except (RedisError, OSError, TimeoutError) as err:
+        logger.warning("stop for session %s to %s not sent: %r", sid, owner, err)
+
+
+async def patch_session(request: web.Request) -> web.Response:
+    """Rename: persist the trimmed name, log `session_renamed`, then announce it."""
+    sid = _session_uuid(request)
+    await _require_session(request, sid)
+    body = await read_json_body(request)
+    if not isinstance(body, dict):
+        raise BadRequest("Invalid name")
+    name = clean_name(body.get("name"))
+    with _postgres():
+        workspace_id = await sessions_db.rename(request.app[PG_POOL], sid, name)
+    if workspace_id is None:
+        raise SessionNotFound(str(sid))
+    await _append_event(request, sid, gateway_update("session_renamed", name=name))
+    await request.app[LIST_CACHE].session_changed(
+        "session:updated", str(sid), workspace_id, {"name": name}
+    )
+    return json_response({"ok": True})
+
+
+async def delete_session(request: web.Request) -> web.Response:
+    """Delete the row (events cascade), stop the agent wherever it runs, announce it."""
+    sid = _session_uuid(request)
+    with _postgres():
+        deleted = await sessions_db.delete_with_owner(request.app[PG_POOL], sid)
+    if deleted is None:
+        raise SessionNotFound(str(sid))
+    if deleted.owner_instance_id is not None:
+        await _send_stop(request, deleted.owner_instance_id, sid, "deleted")
+    await request.app[LIST_CACHE].session_changed(
+        "session:deleted", str(sid), deleted.workspace_id, {}
+    )
+    return json_response({"ok": True})
+
+
+async def disconnect_session(request: web.Request) -> web.Response:
+    """Close the session and release its owner, then stop the agent; idempotent."""
+    sid = _session_uuid(request)
+    with _postgres():
+        closed = await sessions_db.close_and_release(request.app[PG_POOL], sid)
+    if closed is None:
+        raise SessionNotFound(str(sid))
+    # closed (and the lease released) before the stop goes out: whatever the owner writes
+    # while it stops, the session no longer counts as running on it
+    if closed.owner_instance_id is not None:
+        await _send_stop(request, closed.owner_instance_id, sid, "disconnected")
+    if not closed.was_closed:
+        # the gateway writes no event for a stop it was told about: we do
+        await _append_event(request, sid, gateway_update("acp_status", status="closed"))
+    if not closed.was_closed or closed.owner_instance_id is not None:
+        await request.app[LIST_CACHE].session_changed(
+            "session:updated",
+            str(sid),
+            closed.workspace_id,
+            {"status": "closed", "acpStatus": "closed"},
+        )
+    return json_response({"ok": True})
+
+
+async def fork_session(request: web.Request) -> web.Response:
+    """A new closed session with the source's settings, the source as parent, no events."""
+    sid = _session_uuid(request)
+    pool = request.app[PG_POOL]
+    with _postgres():
+        source = await sessions_db.get_row(pool, str(sid))
+    if source is None:
+        raise SessionNotFound(str(sid))
+    body = await read_json_body(request, required=False)
+    if not isinstance(body, dict):
+        raise BadRequest("Body must be a JSON object")
+    src = source.session
+    raw_name = body.get("name")
+    name = (
+        clean_name(raw_name)
+        if raw_name is not None
+        else fork_name(src.name, src.session_id)
+    )
+    new = sessions_db.NewSession(
+        session_id=uuid.uuid4(),
+        workspace_id=src.workspace_id,
+        cwd=src.cwd,
+        provider=src.provider,
+        role=src.role,
+        name=name,
+        branch=src.branch,
+        mode_id=src.mode_id,
+        model=src.model,
+        parent_session_id=sid,
+        acp_status="closed",
+        status="closed",
+        owner_instance_id=None,
+        # what a custom agent needs to start at the fork's first prompt
+        auto_approve_permissions=source.auto_approve_permissions,
+        custom_command=source.custom_command,
+        custom_args=source.custom_args,
+        mcp_servers=source.mcp_servers,
+    )
+    with _postgres():
+        async with pool.acquire() as conn:
+            await sessions_db.insert(conn, new)
+            created = await sessions_db.get(conn, str(new.session_id))
+    assert created is not None
+    wire = created.wire()
+    await request.app[LIST_CACHE].session_changed(
+        "session:created", created.session_id, created.workspace_id, wire
+    )
+    return json_response({"session": wire}, status=201)
+
+
+async def session_history(request: web.Request) -> web.Response:
+    """Stored events in order, paged; consolidated on request (applied to the page)."""
+    sid = _session_uuid(request)
+    query = parse_history_query(request.query)
+    with _postgres():
+        async with request.app[PG_POOL].acquire() as conn:
+            if await sessions_db.ref(conn, sid) is None:
+                raise SessionNotFound(str(sid))
+            events = await session_events.after(conn, sid, query.after, query.limit)
+    if not query.consolidated:
+        # stored payloads are the event objects: forwarded as bytes, never re-encoded
+        return _json_bytes(
+            b'{"history":[' + b",".join(e.payload for e in events) + b"]}"
+        )
+    merged = consolidate([loads(e.payload) for e in events])
+    return _json_bytes(dumps({"history": merged}))
+
+
+async def session_context(request: web.Request) -> web.Response:
+    """cwd, mode, model, workspace, files touched by tool calls, history size, family."""
+    sid = _session_uuid(request)
+    with _postgres():
+        async with request.app[PG_POOL].acquire() as conn:
+            session = await sessions_db.get(conn, str(sid))
+            if session is None:
+                raise SessionNotFound(str(sid))
+            tool_events = await session_events.of_kinds(
+                conn, sid, ["tool_call", "tool_call_update"]
+            )
+            history_length = await session_events.count(conn, sid)
+            workspace = await workspace_summary(conn, session.workspace_id)
+            parent = None
+            if session.parent_session_id is not None:
+                parent_id = sessions_db.parse_session_id(session.parent_session_id)
+                if parent_id is not None:
+                    parent = await sessions_db.ref(conn, parent_id)
+            children = await sessions_db.children(conn, sid)
+    context: dict[str, Any] = {"sessionId": session.session_id, "cwd": session.cwd}
+    if session.mode_id is not None:
+        context["modeId"] = session.mode_id
+    if session.model is not None:
+        context["model"] = session.model
+    context["workspace"] = workspace
+    context["files"] = touched_files(loads(e.payload) for e in tool_events)
+    context["historyLength"] = history_length
+    if parent is not None:
+        context["parent"] = parent.wire()
+    context["children"] = [c.wire() for c in children]
+    return json_response(context, headers=NO_STORE)
+
+
+def setup(app: web.Application) -> None:
+    """Session routes; the static /events route goes before /{session_id}."""
+    app.cleanup_ctx.append(list_cache_ctx)
+    lifecycle_sse.setup(app)
+    router = app.router
+    router.add_get("/api/sessions", list_sessions)
+    router.add_get("/api/sessions/{session_id}", get_session)
+    router.add_patch("/api/sessions/{session_id}", patch_session)
+    router.add_delete("/api/sessions/{session_id}", delete_session)
+    router.add_post("/api/sessions/{session_id}/disconnect", disconnect_session)
+    router.add_post("/api/sessions/{session_id}/fork", fork_session)
+    router.add_get("/api/sessions/{session_id}/history", session_history)
+    router.add_get("/api/sessions/{session_id}/context", session_context)
