@@ -8,6 +8,7 @@ developer's run, CI and a benchmark never see each other's data.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -31,6 +32,36 @@ def _server_url() -> str:
     return os.environ.get(
         "TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
     )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _embedded_servers(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[None]:
+    """Only-Python machines: private Postgres/Redis when the configured ones do not answer.
+
+    Autouse and session-scoped, so it runs before `database_url`/`redis_url` and points
+    TEST_DATABASE_URL / TEST_REDIS_URL at the embedded servers for the whole run.
+    """
+    from services.devtools.embedded import (
+        EmbeddedPostgres,
+        EmbeddedRedis,
+        postgres_answers,
+        redis_answers,
+    )
+
+    redis_server_url = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+    with contextlib.ExitStack() as stack, pytest.MonkeyPatch.context() as mp:
+        if not asyncio.run(postgres_answers(_server_url())):
+            root = tmp_path_factory.mktemp("embedded-postgres")
+            pg = stack.enter_context(EmbeddedPostgres(root / "data", fsync=False))
+            mp.setenv("TEST_DATABASE_URL", pg.url("postgres"))
+        if not asyncio.run(redis_answers(redis_server_url)):
+            rd = stack.enter_context(
+                EmbeddedRedis(tmp_path_factory.mktemp("embedded-redis"))
+            )
+            mp.setenv("TEST_REDIS_URL", rd.url)
+        yield
 
 
 @pytest.fixture(scope="session")
