@@ -1,0 +1,135 @@
+"""/api/workspaces (api.md §4.5, §9.12, §9.22): CRUD, and the delete that takes everything with it."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from services.common.http import json_response, read_json_body
+from services.common.keys import CHANNELS, PG_POOL, REDIS
+from shared.db import workspaces as db
+from shared.db.connect import Executor
+from shared.errors import BadRequest, Conflict, UnknownWorkspace
+from shared.jsonutil import dumps
+from shared.lifecycle import session_changed
+from shared.models.validation import clean_title, validate_body
+from shared.models.workspace import (
+    DEFAULT_WORKSPACE_ID,
+    WORKSPACE_STATUSES,
+    CodebaseIn,
+    WorkspaceCreate,
+    WorkspacePatch,
+)
+
+logger = logging.getLogger(__name__)
+
+
+async def ensure_workspace(conn: Executor, workspace_id: str | None) -> str:
+    """The workspace id of a request: 400 when missing, 404 when unknown."""
+    if not workspace_id:
+        raise BadRequest("workspaceId is required")
+    if not await db.exists(conn, workspace_id):
+        raise UnknownWorkspace(workspace_id)
+    return workspace_id
+
+
+def _codebases(items: list[CodebaseIn] | None) -> list[db.CodebaseValues] | None:
+    if items is None:
+        return None
+    ids = [c.id for c in items if c.id is not None]
+    if len(ids) != len(set(ids)):
+        raise BadRequest("Invalid codebases: duplicate codebase id")
+    return [db.CodebaseValues(c.id, c.repo_path, c.branch) for c in items]
+
+
+async def list_workspaces(request: web.Request) -> web.Response:
+    workspaces = await db.list_workspaces(request.app[PG_POOL])
+    return json_response({"workspaces": [w.wire() for w in workspaces]})
+
+
+async def create_workspace(request: web.Request) -> web.Response:
+    body = validate_body(WorkspaceCreate, await read_json_body(request))
+    if body.title is None:
+        raise BadRequest("title is required")
+    title = clean_title(body.title)
+    workspace_id = body.id or str(uuid.uuid4())
+    async with request.app[PG_POOL].acquire() as conn:
+        try:
+            workspace = await db.create(
+                conn, workspace_id, title, _codebases(body.codebases) or []
+            )
+        except db.DuplicateWorkspace as err:
+            raise Conflict(f"Workspace already exists: {workspace_id}") from err
+    return json_response({"workspace": workspace.wire()}, status=201)
+
+
+async def get_workspace(request: web.Request) -> web.Response:
+    workspace_id = request.match_info["id"]
+    workspace = await db.get(request.app[PG_POOL], workspace_id)
+    if workspace is None:
+        raise UnknownWorkspace(workspace_id)
+    return json_response({"workspace": workspace.wire()})
+
+
+async def patch_workspace(request: web.Request) -> web.Response:
+    workspace_id = request.match_info["id"]
+    body = validate_body(WorkspacePatch, await read_json_body(request))
+    title = clean_title(body.title) if body.title is not None else None
+    if body.status is not None and body.status not in WORKSPACE_STATUSES:
+        raise BadRequest(f"Invalid status: {body.status}")
+    async with request.app[PG_POOL].acquire() as conn:
+        workspace = await db.update(
+            conn,
+            workspace_id,
+            title=title,
+            status=body.status,
+            codebases=_codebases(body.codebases),
+        )
+    if workspace is None:
+        raise UnknownWorkspace(workspace_id)
+    return json_response({"workspace": workspace.wire()})
+
+
+async def delete_workspace(request: web.Request) -> web.Response:
+    """Rows go in one transaction (cascade); then owners are told to stop, lists are told."""
+    workspace_id = request.match_info["id"]
+    if workspace_id == DEFAULT_WORKSPACE_ID:
+        raise Conflict("The default workspace cannot be deleted")
+    async with request.app[PG_POOL].acquire() as conn:
+        deleted = await db.delete(conn, workspace_id)
+    if deleted is None:
+        raise UnknownWorkspace(workspace_id)
+    redis, channels = request.app[REDIS], request.app[CHANNELS]
+    for session in deleted:
+        if session.owner_instance_id is not None:
+            try:
+                await redis.publish(
+                    channels.gateway_control(session.owner_instance_id),
+                    dumps(
+                        {
+                            "type": "stop",
+                            "sessionId": session.session_id,
+                            "reason": "deleted",
+                        }
+                    ),
+                )
+            except (RedisError, OSError) as err:
+                # the rows are gone already; the owner is left to notice on its own
+                logger.warning(
+                    "stop for session %s not sent: %s", session.session_id, err
+                )
+        await session_changed(
+            redis, channels, "session:deleted", session.session_id, workspace_id, {}
+        )
+    return json_response({"ok": True})
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_get("/api/workspaces", list_workspaces)
+    app.router.add_post("/api/workspaces", create_workspace)
+    app.router.add_get("/api/workspaces/{id}", get_workspace)
+    app.router.add_patch("/api/workspaces/{id}", patch_workspace)
+    app.router.add_delete("/api/workspaces/{id}", delete_workspace)

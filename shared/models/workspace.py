@@ -1,0 +1,48 @@
+"""Workspaces and their codebases (api.md §3.3, §4.5)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from shared.models.base import WireModel
+
+WorkspaceStatus = Literal["active", "archived"]
+WORKSPACE_STATUSES: tuple[str, ...] = ("active", "archived")
+DEFAULT_WORKSPACE_ID = "default"
+
+
+class Codebase(WireModel):
+    id: str
+    repo_path: str
+    branch: str | None = None
+
+
+class Workspace(WireModel):
+    id: str
+    title: str
+    status: WorkspaceStatus
+    codebases: list[Codebase] = Field(default_factory=list)
+    created_at: str
+    updated_at: str
+
+
+class CodebaseIn(WireModel):
+    """A codebase as sent by a client; the id is generated when absent."""
+
+    id: str | None = Field(default=None, min_length=1)
+    repo_path: str = Field(min_length=1)
+    branch: str | None = None
+
+
+class WorkspaceCreate(WireModel):
+    id: str | None = Field(default=None, min_length=1, max_length=200)
+    title: str | None = None
+    codebases: list[CodebaseIn] | None = None
+
+
+class WorkspacePatch(WireModel):
+    title: str | None = None
+    status: str | None = None
+    codebases: list[CodebaseIn] | None = None
