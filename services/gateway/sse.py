@@ -1,0 +1,226 @@
+"""`GET /api/acp?sessionId=`: a session's event stream (api.md §5.5, §9.3, §9.18).
+
+Order on connect: subscribe (live events queue up) → replay from the Postgres log → the
+connected frame → live. The stream remembers the last eventId it wrote: live events at or
+below it are dropped and a jump is filled from the log first, so no event is missed or
+repeated at the replay/live seam, after a Redis outage or anywhere else. Frames are encoded
+once (fanout.event_frame) and written with `StreamResponse.write` (perf-ceilings §7).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import uuid
+
+import asyncpg
+from aiohttp import web
+
+from services.common.http import error_response
+from services.common.keys import PG_POOL
+from services.common.metrics import METRICS
+from services.gateway.fanout import (
+    Marker,
+    StreamConfig,
+    Subscriber,
+    close_streams_on_shutdown,
+    event_frame,
+    fanout_ctx,
+)
+from services.gateway.keys import FANOUT, STREAM_CONFIG
+from shared.db import session_events, sessions
+from shared.db.connect import Pool
+from shared.jsonutil import dumps
+
+logger = logging.getLogger(__name__)
+
+_DIGITS = re.compile(r"[0-9]+")
+PAGE = 1000
+HEARTBEAT = b": ping\n\n"
+STREAM_HEADERS = {
+    "Content-Type": "text/event-stream",
+    "Cache-Control": "no-cache, no-store, must-revalidate",
+    "X-Accel-Buffering": "no",
+}
+
+
+def connected_frame(session_id: str) -> bytes:
+    """The frame sent between replay and live; it never carries an id (§9.1)."""
+    data = {
+        "jsonrpc": "2.0",
+        "method": "session/update",
+        "params": {
+            "sessionId": session_id,
+            "update": {
+                "sessionUpdate": "acp_status",
+                "content": {"type": "text", "text": "Connected to ACP session."},
+            },
+        },
+    }
+    return b"data: " + dumps(data) + b"\n\n"
+
+
+class _Stream:
+    """One open stream: writes frames in eventId order, each at most once."""
+
+    def __init__(
+        self, resp: web.StreamResponse, pool: Pool, session_uuid: uuid.UUID, last: int
+    ) -> None:
+        self.resp = resp
+        self.pool = pool
+        self.session_uuid = session_uuid
+        self.last = last
+
+    async def catch_up(self, upto: int | None = None) -> None:
+        """Write stored events after `last` (up to `upto`, or all) in pages."""
+        while upto is None or self.last < upto:
+            limit = PAGE if upto is None else min(PAGE, upto - self.last)
+            events = await session_events.after(
+                self.pool, self.session_uuid, self.last, limit
+            )
+            if not events:
+                return
+            await self.resp.write(
+                b"".join(event_frame(e.event_id, e.payload) for e in events)
+            )
+            self.last = events[-1].event_id
+            if len(events) < limit:
+                return
+
+    async def deliver(self, items: list[tuple[int, bytes]]) -> None:
+        """Live frames: drop what was written, fill any gap from the log first."""
+        out: list[bytes] = []
+        for event_id, frame in items:
+            if event_id <= self.last:
+                continue
+            if event_id > self.last + 1:
+                if out:
+                    await self.resp.write(b"".join(out))
+                    out = []
+                await self.catch_up(upto=event_id - 1)
+                if event_id <= self.last:
+                    continue
+            out.append(frame)
+            self.last = event_id
+        if out:
+            await self.resp.write(b"".join(out))
+
+
+def _last_event_id(request: web.Request) -> str | None:
+    """The header wins over the query; an empty value counts as absent (§9.18)."""
+    value = request.headers.get("Last-Event-ID")
+    if value:
+        return value
+    value = request.query.get("lastEventId")
+    return value or None
+
+
+async def handle_stream(request: web.Request) -> web.StreamResponse:
+    """Checks in the order of §9.18, then subscribe → replay → connected → live."""
+    app = request.app
+    session_id = request.query.get("sessionId")
+    if not session_id:
+        return error_response(400, "Missing sessionId query param")
+    pool = app[PG_POOL]
+    session = await sessions.get(pool, session_id)
+    if session is None:
+        return error_response(404, "Session not found")
+    raw_last = _last_event_id(request)
+    if raw_last is not None and not _DIGITS.fullmatch(raw_last):
+        return error_response(400, f"Invalid Last-Event-ID: {raw_last}")
+    replay = request.query.get("replay")
+    if replay is not None and replay != "all":
+        return error_response(400, f"Invalid replay: {replay} (only 'all' is accepted)")
+    if request.query.get("probe") == "1":
+        return web.Response(status=204)
+    session_uuid = uuid.UUID(session.session_id)
+
+    fanout = app[FANOUT]
+    sub = await fanout.subscribe(session.session_id)
+    metrics = app.get(METRICS)
+    if metrics is not None:
+        metrics.sse_streams.labels("acp").inc()
+    resp = web.StreamResponse(headers=STREAM_HEADERS)
+    try:
+        await resp.prepare(request)
+        start = await _replay_start(pool, session_uuid, raw_last, replay)
+        stream = _Stream(resp, pool, session_uuid, start)
+        await stream.catch_up()
+        await resp.write(connected_frame(session.session_id))
+        await _live(stream, sub, app[STREAM_CONFIG].heartbeat_interval)
+    except ConnectionResetError:
+        pass  # the client left; the agent goes on
+    except (OSError, asyncpg.PostgresError) as err:
+        # Headers are out, so no error body: end the stream, the client reconnects.
+        logger.warning("event stream of %s ended: %s", session_id, err)
+    finally:
+        if metrics is not None:
+            metrics.sse_streams.labels("acp").dec()
+        await fanout.unsubscribe(sub)
+    return resp
+
+
+async def _replay_start(
+    pool: Pool, session_uuid: uuid.UUID, raw_last: str | None, replay: str | None
+) -> int:
+    """The eventId after which replay starts (§5.5, §9.3)."""
+    if raw_last is not None:
+        # Beyond the last stored id: nothing to replay, and live starts right after the
+        # head (read after subscribing, so nothing newer can slip by).
+        row = await sessions.get_row(pool, str(session_uuid))
+        return min(int(raw_last), row.last_event_id if row is not None else 0)
+    if replay == "all":
+        return 0
+    turn = await session_events.latest_turn_start(pool, session_uuid)
+    return turn - 1 if turn is not None else 0
+
+
+async def _live(stream: _Stream, sub: Subscriber, heartbeat: float) -> None:
+    """Write queued events until the stream is closed; a comment when idle for `heartbeat`."""
+    loop = asyncio.get_running_loop()
+    queue = sub.queue
+    last_write = loop.time()
+    while True:
+        if queue.empty():
+            wait = heartbeat - (loop.time() - last_write)
+            if wait <= 0:
+                await stream.resp.write(HEARTBEAT)
+                last_write = loop.time()
+                continue
+            try:
+                async with asyncio.timeout(wait):
+                    first = await queue.get()
+            except TimeoutError:
+                continue
+        else:
+            first = queue.get_nowait()
+        # Take everything already queued: one write for a burst.
+        items = [first]
+        while not queue.empty():
+            items.append(queue.get_nowait())
+        events: list[tuple[int, bytes]] = []
+        for item in items:
+            if item is Marker.CLOSE:
+                if events:
+                    await stream.deliver(events)
+                return
+            if item is Marker.RESYNC:
+                sub.resync_pending = False
+                await stream.deliver(events)
+                events = []
+                await stream.catch_up()
+            elif isinstance(item, tuple):
+                events.append(item)
+        if events:
+            await stream.deliver(events)
+        last_write = loop.time()
+
+
+def setup(app: web.Application) -> None:
+    """The GET route, the fan-out's cleanup context and the shutdown sentinel."""
+    if STREAM_CONFIG not in app:
+        app[STREAM_CONFIG] = StreamConfig()
+    app.router.add_get("/api/acp", handle_stream)
+    app.cleanup_ctx.append(fanout_ctx)
+    app.on_shutdown.append(close_streams_on_shutdown)
