@@ -1,0 +1,404 @@
+"""One agent subprocess and its ACP client connection (api.md §5.3, acp.md §2.6/§4).
+
+We spawn the process ourselves (own process group, explicit environment, private HOME,
+stderr drained) and talk ACP through the SDK's `connect_to_agent`. Incoming
+`session/update` notifications are taken from a raw, synchronous observer: it runs in
+wire order and sees every kind, including ones the SDK's typed callback would drop.
+Requests to the agent go out raw too, so replies keep fields the typed models drop
+(legacy `models`, unknown keys). The owner (runtime.LiveSession) supplies callbacks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, cast
+
+import acp
+from acp.connection import StreamDirection, StreamEvent
+from acp.core import ClientSideConnection
+from acp.exceptions import RequestError
+
+logger = logging.getLogger(__name__)
+
+PROTOCOL_VERSION = 1
+REQUEST_TIMEOUT = 30.0
+STOP_STEP = 2.0  # seconds between the rungs of the shutdown ladder
+STDERR_TAIL_LINES = 20
+STDERR_LINES_PER_SECOND = 50
+STDERR_MAX_LINE = 8192
+STREAM_LIMIT = 50 * 1024 * 1024  # agents send long lines (files, images)
+CLIENT_INFO = {"name": "routa-gateway", "title": "Routa", "version": "0.1.0"}
+
+
+class AgentDied(Exception):
+    """The agent process is gone (or its pipe closed) while we waited on it."""
+
+
+class AgentRequestFailed(Exception):
+    """The agent answered a request with a JSON-RPC error; carried as data.agentError."""
+
+    def __init__(self, code: int, message: str, data: Any = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.data = data
+
+    def agent_error(self) -> dict[str, Any]:
+        err: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.data is not None:
+            err["data"] = self.data
+        return err
+
+
+class AgentTimeout(Exception):
+    """A request to the agent got no answer in time."""
+
+
+class AgentCallbacks(Protocol):
+    """What the session runtime does with what the agent sends."""
+
+    def on_update(self, params: dict[str, Any]) -> None: ...
+
+    def on_stderr(self, line: str) -> None: ...
+
+    def on_exit(self, returncode: int) -> None: ...
+
+    async def request_permission(self, params: dict[str, Any]) -> dict[str, Any]: ...
+
+    def cancel_permission(self, tool_call_id: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSpec:
+    """How to launch one agent process."""
+
+    command: str
+    args: tuple[str, ...]
+    cwd: Path
+    home: Path
+
+
+def agent_env(home: Path) -> dict[str, str]:
+    """The explicit environment of an agent: never the service's own variables or secrets."""
+    return {
+        "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+        "LANG": os.environ.get("LANG", "C.UTF-8"),
+        "HOME": str(home),
+    }
+
+
+def resolve_inside(cwd: Path, path: str) -> Path:
+    """`path` resolved (symlinks, ..) when it is absolute and inside `cwd`; else RequestError."""
+    if not path or not os.path.isabs(path):
+        raise RequestError.invalid_params(
+            {"path": path, "reason": "path must be absolute"}
+        )
+    root = cwd.resolve()
+    target = Path(path).resolve()
+    if target != root and root not in target.parents:
+        raise RequestError.invalid_params(
+            {"path": path, "reason": "path is outside the session cwd"}
+        )
+    return target
+
+
+class _Client:
+    """The client half the SDK routes agent requests to; advertised: fs read/write only."""
+
+    def __init__(self, agent: AgentProcess) -> None:
+        self._agent = agent
+
+    async def session_update(self, session_id: str, update: Any, **kwargs: Any) -> None:
+        # The raw observer already recorded it (unknown kinds included).
+        return None
+
+    async def request_permission(
+        self, session_id: str, tool_call: Any, options: list[Any], **kwargs: Any
+    ) -> dict[str, Any]:
+        params = {
+            "toolCall": tool_call.model_dump(
+                mode="json", by_alias=True, exclude_none=True
+            ),
+            "options": [
+                o.model_dump(mode="json", by_alias=True, exclude_none=True)
+                for o in options
+            ],
+        }
+        return await self._agent.callbacks.request_permission(params)
+
+    async def read_text_file(
+        self,
+        session_id: str,
+        path: str,
+        line: int | None = None,
+        limit: int | None = None,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        target = resolve_inside(self._agent.spec.cwd, path)
+        try:
+            text = await asyncio.to_thread(target.read_text, encoding="utf-8")
+        except FileNotFoundError as err:
+            raise RequestError.resource_not_found(path) from err
+        except (OSError, UnicodeDecodeError) as err:
+            raise RequestError.internal_error(
+                {"path": path, "details": str(err)}
+            ) from err
+        if line is not None or limit is not None:
+            lines = text.splitlines(keepends=True)
+            start = max((line or 1) - 1, 0)
+            end = start + limit if limit is not None else None
+            text = "".join(lines[start:end])
+        return {"content": text}
+
+    async def write_text_file(
+        self, session_id: str, path: str, content: str, **kwargs: Any
+    ) -> dict[str, Any]:
+        target = resolve_inside(self._agent.spec.cwd, path)
+
+        def _write() -> None:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(content, encoding="utf-8")
+
+        try:
+            await asyncio.to_thread(_write)
+        except OSError as err:
+            raise RequestError.internal_error(
+                {"path": path, "details": str(err)}
+            ) from err
+        return {}
+
+
+class AgentProcess:
+    """A running agent: spawn, raw requests with timeouts, death detection, the stop ladder."""
+
+    def __init__(self, spec: AgentSpec, callbacks: AgentCallbacks) -> None:
+        self.spec = spec
+        self.callbacks = callbacks
+        self.proc: asyncio.subprocess.Process | None = None
+        self.conn: ClientSideConnection | None = None
+        self.exited: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.stderr_tail: collections.deque[str] = collections.deque(
+            maxlen=STDERR_TAIL_LINES
+        )
+        self.stderr_dropped = 0
+        self.suppress_updates = False  # while a native session/load replays history
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._permission_requests: dict[Any, str] = {}  # agent request id → toolCallId
+        self._stopping = False
+        self._drain: asyncio.Task[None] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    async def start(self) -> None:
+        """Spawn the process and connect; raises OSError when it cannot be started."""
+        self.spec.home.mkdir(parents=True, exist_ok=True)
+        self.proc = await asyncio.create_subprocess_exec(
+            self.spec.command,
+            *self.spec.args,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            cwd=str(self.spec.cwd),
+            env=agent_env(self.spec.home),
+            start_new_session=True,
+            limit=STREAM_LIMIT,
+        )
+        assert self.proc.stdin is not None
+        assert self.proc.stdout is not None
+        self.conn = acp.connect_to_agent(
+            cast("acp.Client", _Client(self)),
+            self.proc.stdin,
+            self.proc.stdout,
+            observers=[self._observe],
+        )
+        self._drain = self._spawn(self._drain_stderr())
+        _ = self._spawn(self._wait_exit())
+
+    def _spawn(self, coro: Any) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _observe(self, event: StreamEvent) -> None:
+        """Synchronous, in wire order: the source of truth for the event log."""
+        if event.direction is not StreamDirection.INCOMING:
+            return
+        message = event.message
+        method = message.get("method")
+        if method == "session/update" and "id" not in message:
+            params = message.get("params")
+            if isinstance(params, dict) and not self.suppress_updates:
+                self.callbacks.on_update(params)
+        elif method == "session/request_permission" and "id" in message:
+            params = message.get("params") or {}
+            tool_call = params.get("toolCall") if isinstance(params, dict) else None
+            if isinstance(tool_call, dict) and isinstance(
+                tool_call.get("toolCallId"), str
+            ):
+                self._permission_requests[message["id"]] = tool_call["toolCallId"]
+        elif method == "$/cancel_request":
+            params = message.get("params") or {}
+            request_id = params.get("requestId") if isinstance(params, dict) else None
+            tool_call_id = self._permission_requests.pop(request_id, None)
+            if tool_call_id is not None:
+                self.callbacks.cancel_permission(tool_call_id)
+
+    async def _drain_stderr(self) -> None:
+        """Read stderr forever (an unread pipe deadlocks the agent); rate-limit what we emit."""
+        assert self.proc is not None
+        assert self.proc.stderr is not None
+        stream = self.proc.stderr
+        pending = b""
+        window_start = time.monotonic()
+        emitted = 0
+        while True:
+            chunk = await stream.read(65536)
+            if not chunk:
+                break
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            if len(pending) > STDERR_MAX_LINE:
+                lines.append(pending)
+                pending = b""
+            for raw in lines:
+                line = raw[:STDERR_MAX_LINE].decode("utf-8", "replace").rstrip("\r")
+                self.stderr_tail.append(line)
+                now = time.monotonic()
+                if now - window_start >= 1.0:
+                    window_start, emitted = now, 0
+                if emitted < STDERR_LINES_PER_SECOND:
+                    emitted += 1
+                    self.callbacks.on_stderr(line)
+                else:
+                    self.stderr_dropped += 1
+        if pending:
+            line = pending[:STDERR_MAX_LINE].decode("utf-8", "replace")
+            self.stderr_tail.append(line)
+            self.callbacks.on_stderr(line)
+
+    async def _wait_exit(self) -> None:
+        assert self.proc is not None
+        code = await self.proc.wait()
+        # let the stderr drain take the last lines (bounded: the pipe may be held by children)
+        if self._drain is not None:
+            await asyncio.wait({self._drain}, timeout=0.5)
+        if not self.exited.done():
+            self.exited.set_result(code)
+        if not self._stopping:
+            self.callbacks.on_exit(code)
+
+    def last_stderr(self, n: int = 5) -> str:
+        return "\n".join(list(self.stderr_tail)[-n:])
+
+    async def request(
+        self,
+        method: str,
+        params: dict[str, Any],
+        *,
+        timeout: float | None = REQUEST_TIMEOUT,
+    ) -> Any:
+        """A raw request; AgentRequestFailed / AgentDied / AgentTimeout on failure."""
+        if self.conn is None or self.exited.done():
+            raise AgentDied("agent process is not running")
+        call = self.conn._conn.send_request(method, params)
+        try:
+            if timeout is None:
+                return await call
+            async with asyncio.timeout(timeout):
+                return await call
+        except RequestError as err:
+            raise AgentRequestFailed(err.code, str(err), err.data) from err
+        except ConnectionError as err:
+            raise AgentDied("agent process exited") from err
+        except TimeoutError as err:
+            raise AgentTimeout(
+                f"agent did not answer {method} within {timeout:g}s"
+            ) from err
+
+    async def notify(self, method: str, params: dict[str, Any]) -> None:
+        if self.conn is None or self.exited.done():
+            return
+        with contextlib.suppress(ConnectionError, OSError):
+            await self.conn._conn.send_notification(method, params)
+
+    async def initialize(self) -> dict[str, Any]:
+        """initialize with protocolVersion 1; anything else is refused (acp.md §1.3)."""
+        result = await self.request(
+            "initialize",
+            {
+                "protocolVersion": PROTOCOL_VERSION,
+                "clientCapabilities": {
+                    "fs": {"readTextFile": True, "writeTextFile": True},
+                    "terminal": False,
+                },
+                "clientInfo": CLIENT_INFO,
+            },
+        )
+        if not isinstance(result, dict):
+            raise AgentRequestFailed(
+                -32603, "agent answered initialize without a result"
+            )
+        version = result.get("protocolVersion")
+        if version != PROTOCOL_VERSION:
+            raise AgentRequestFailed(
+                -32603,
+                f"agent speaks ACP protocol version {version!r}; this gateway speaks {PROTOCOL_VERSION}",
+            )
+        return result
+
+    async def stop(self) -> int | None:
+        """close stdin → 2 s → SIGTERM the group → 2 s → SIGKILL the group; reap."""
+        self._stopping = True
+        proc = self.proc
+        if proc is None:
+            return None
+        if proc.returncode is None:
+            if proc.stdin is not None:
+                with contextlib.suppress(OSError, RuntimeError):
+                    proc.stdin.close()
+            for sig in (signal.SIGTERM, signal.SIGKILL, None):
+                try:
+                    async with asyncio.timeout(STOP_STEP):
+                        await asyncio.shield(proc.wait())
+                    break
+                except TimeoutError:
+                    if sig is None:
+                        break
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.killpg(proc.pid, sig)
+        # the group may outlive the leader (wrappers); make sure nothing is left behind
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        if self.conn is not None:
+            with contextlib.suppress(Exception):
+                await self.conn.close()
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if not self.exited.done() and proc.returncode is not None:
+            self.exited.set_result(proc.returncode)
+        return proc.returncode
+
+
+def on_exit_message(returncode: int, stderr_tail: str) -> str:
+    """Human text for acpError when an agent died."""
+    msg = f"Agent process exited with code {returncode}"
+    if returncode < 0:
+        with contextlib.suppress(ValueError):
+            msg = f"Agent process killed by {signal.Signals(-returncode).name}"
+    if stderr_tail:
+        msg += f"; last stderr: {stderr_tail}"
+    return msg

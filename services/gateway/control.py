@@ -1,0 +1,94 @@
+"""Listener on this instance's control channel (api.md §6): stop a session's agent on request.
+
+The query service publishes `{"type":"stop","sessionId","reason":"deleted"|"disconnected"}`
+after it has written the session's state and events itself, so the agent is stopped
+quietly: no event and no status are written here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from services.common.keys import CHANNELS, REDIS, SETTINGS
+from services.gateway.keys import SESSION_MANAGER
+
+logger = logging.getLogger(__name__)
+
+
+async def handle_control(app: web.Application, message: dict[str, Any]) -> bool:
+    """Act on one control message; True when an agent was stopped here."""
+    if message.get("type") != "stop":
+        return False
+    session_id = message.get("sessionId")
+    if not isinstance(session_id, str):
+        return False
+    reason = message.get("reason")
+    reason = reason if reason in ("deleted", "disconnected") else "disconnected"
+    stopped = await app[SESSION_MANAGER].stop_quiet(session_id, reason)
+    if reason == "deleted":
+        try:
+            from services.gateway.fanout import close_session_streams
+        except ImportError:  # pragma: no cover - the streams module is optional
+            pass
+        else:
+            _ = close_session_streams(app, session_id)
+    return stopped
+
+
+async def _listen(app: web.Application, ready: asyncio.Event) -> None:
+    """Subscribe; resubscribe after Redis outages; each message handled in order."""
+    channel = app[CHANNELS].gateway_control(app[SETTINGS].instance_id)
+    backoff = 0.1
+    while True:
+        pubsub = app[REDIS].pubsub()
+        try:
+            await pubsub.subscribe(channel)
+            ready.set()
+            backoff = 0.1
+            while True:
+                message = await pubsub.get_message(
+                    ignore_subscribe_messages=True, timeout=1.0
+                )
+                if message is None:
+                    continue
+                try:
+                    body = orjson.loads(message["data"])
+                except orjson.JSONDecodeError:
+                    logger.warning("ignoring malformed control message")
+                    continue
+                if isinstance(body, dict):
+                    try:
+                        await handle_control(app, body)
+                    except Exception:
+                        logger.exception("control message failed: %s", body)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+            raise
+        except (RedisError, OSError) as err:
+            logger.warning("control listener lost Redis: %s", err)
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
+
+
+async def control_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Owns the listener task; after the session manager so stops find it alive."""
+    ready = asyncio.Event()
+    task = asyncio.create_task(_listen(app, ready), name="gateway-control")
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(5):
+            await ready.wait()
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

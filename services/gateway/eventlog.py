@@ -1,0 +1,163 @@
+"""Per-session batched event writer: store in Postgres in order, then publish to Redis.
+
+One writer per live session. Callers `append` session/update params (never blocking) and
+`await flush()` when they must know their event is stored (session/new, turn_complete).
+A single flush task takes everything queued, appends it in ONE transaction (contiguous ids
+from the session row counter), then publishes it; while a flush runs the next batch
+accumulates, so a burst of chunks costs a few transactions, and an idle writer flushes at
+once (no timer delay).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from typing import Any
+
+import asyncpg
+
+from shared.cache import try_invalidate_sessions
+from shared.channels import Channels
+from shared.db import session_events
+from shared.db.connect import Pool
+from shared.errors import SessionNotFound
+from shared.events import publish_events
+from shared.redisconn import Redis
+
+logger = logging.getLogger(__name__)
+
+# lastActivity in the cached list may lag by up to this much (api.md §3.1)
+ACTIVITY_INTERVAL = 1.0
+RETRY_BASE = 0.05
+RETRY_CAP = 2.0
+
+
+class EventWriter:
+    """Ordered, batched, never-dropping writer of one session's events."""
+
+    def __init__(
+        self, pool: Pool, redis: Redis, channels: Channels, session_id: uuid.UUID
+    ) -> None:
+        self._pool = pool
+        self._redis = redis
+        self._channels = channels
+        self._session_id = session_id
+        self._queue: list[dict[str, Any]] = []
+        self._appended = 0  # events handed to append() so far
+        self._stored = 0  # events stored (or abandoned because the session is gone)
+        self._wakeup = asyncio.Event()
+        self._progress = asyncio.Condition()
+        self._closing = False
+        self._gone = False
+        self._last_invalidate = 0.0
+        self._activity_dirty = False
+        self._task = asyncio.create_task(self._run(), name=f"eventlog:{session_id}")
+
+    @property
+    def session_id(self) -> uuid.UUID:
+        return self._session_id
+
+    def append(self, params: dict[str, Any]) -> int:
+        """Queue one session/update params object; returns its position for `flush(upto)`."""
+        if self._gone:
+            return self._appended
+        self._queue.append(params)
+        self._appended += 1
+        self._wakeup.set()
+        return self._appended
+
+    async def flush(self, upto: int | None = None) -> None:
+        """Wait until every event appended so far (or up to `upto`) is stored."""
+        target = self._appended if upto is None else upto
+        async with self._progress:
+            await self._progress.wait_for(
+                lambda: self._stored >= target or self._task.done()
+            )
+
+    async def close(self, *, timeout: float = 5.0) -> None:
+        """Store what is queued (bounded wait), then stop the flush task."""
+        self._closing = True
+        self._wakeup.set()
+        try:
+            async with asyncio.timeout(timeout):
+                await self.flush()
+        except TimeoutError:
+            logger.warning(
+                "event writer for %s closed with %d events unstored",
+                self._session_id,
+                self._appended - self._stored,
+            )
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        if self._activity_dirty:
+            await try_invalidate_sessions(self._redis, self._channels)
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                if not self._queue:
+                    self._wakeup.clear()
+                    wait_for: float | None = None
+                    if self._activity_dirty:
+                        wait_for = max(
+                            0.0,
+                            self._last_invalidate
+                            + ACTIVITY_INTERVAL
+                            - time.monotonic(),
+                        )
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(wait_for):
+                            await self._wakeup.wait()
+                if self._queue:
+                    batch, self._queue = self._queue, []
+                    await self._store(batch)
+                    async with self._progress:
+                        self._stored += len(batch)
+                        self._progress.notify_all()
+                    self._activity_dirty = True
+                if (
+                    self._activity_dirty
+                    and time.monotonic() - self._last_invalidate >= ACTIVITY_INTERVAL
+                ):
+                    self._activity_dirty = False
+                    self._last_invalidate = time.monotonic()
+                    await try_invalidate_sessions(self._redis, self._channels)
+        finally:
+            async with self._progress:
+                self._progress.notify_all()
+
+    async def _store(self, batch: list[dict[str, Any]]) -> None:
+        """One transaction for the batch; retry with backoff on Postgres failure, in order."""
+        delay = RETRY_BASE
+        events: list[session_events.StoredEvent] = []
+        while True:
+            try:
+                async with self._pool.acquire() as conn:
+                    events = await session_events.append(conn, self._session_id, batch)
+                break
+            except SessionNotFound:
+                # deleted meanwhile: nothing can be stored for it any more
+                self._gone = True
+                return
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
+                if self._closing and delay >= RETRY_CAP:
+                    logger.error(
+                        "dropping %d events of %s after retries: %s",
+                        len(batch),
+                        self._session_id,
+                        err,
+                    )
+                    return
+                logger.warning(
+                    "event store failed for %s (%s); retrying in %.2fs",
+                    self._session_id,
+                    err,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_CAP)
+        await publish_events(self._redis, self._channels, str(self._session_id), events)
