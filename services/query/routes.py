@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from services.query import notes, sessions, tasks, workspaces
+from services.query import dashboard, notes, sessions, tasks, workspaces
 
 
 def setup(app: web.Application) -> None:
@@ -13,3 +13,4 @@ def setup(app: web.Application) -> None:
     notes.setup(app)
     tasks.setup(app)
     workspaces.setup(app)
+    dashboard.setup(app)
