@@ -81,6 +81,17 @@ class Turn:
     watchdog: asyncio.Task[None] | None = None
     cancel_requested: bool = False
     done: bool = False
+    outcome: dict[str, Any] | AgentError | None = None
+
+
+def _settle(turn: Turn) -> None:
+    """Answer the prompt with the turn's outcome (once)."""
+    if turn.future.done() or turn.outcome is None:
+        return
+    if isinstance(turn.outcome, AgentError):
+        turn.future.set_exception(turn.outcome)
+    else:
+        turn.future.set_result(turn.outcome)
 
 
 @dataclass(slots=True)
@@ -170,8 +181,9 @@ class LiveSession:
         for tool_call_id in list(self.permissions):
             self.cancel_permission(tool_call_id)
 
-    def emit(self, kind: str, **fields: Any) -> int:
-        return self.writer.append(gateway_update(kind, **fields))
+    def emit(self, kind: str, /, **fields: Any) -> int:
+        """Queue a gateway-made event (fields may include `kind`, e.g. a tool call's)."""
+        return self.writer.append({"update": {"sessionUpdate": kind, **fields}})
 
     async def wait_ready(self) -> None:
         await asyncio.shield(self.ready)
@@ -644,10 +656,12 @@ class SessionManager:
             elif isinstance(start_error, ProviderUnavailable):
                 err = start_error
             live.ready.set_exception(err)
-        await self._end_turn(live, error=message)
+        turn = await self._end_turn(live, error=message, settle=False)
         live.emit("acp_status", status="error", error=message)
         await live.writer.flush()
         await self.set_state(live, "error", "closed", error=message)
+        if turn is not None:
+            _settle(turn)
         await self._teardown(live)
 
     async def handle_exit(self, live: LiveSession, returncode: int) -> None:
@@ -675,12 +689,16 @@ class SessionManager:
                     turn.future.set_exception(AgentError(f"Session {reason}"))
             await self._teardown(live, release=reason != "deleted")
             return
-        await self._end_turn(live, error=f"Agent stopped ({reason})")
+        turn = await self._end_turn(
+            live, error=f"Agent stopped ({reason})", settle=False
+        )
         if live.agent is not None:
             await live.agent.stop()
         live.emit("acp_status", status="closed")
         await live.writer.flush()
         await self.set_state(live, "closed", "closed")
+        if turn is not None:
+            _settle(turn)
         await self._teardown(live)
 
     async def _teardown(self, live: LiveSession, *, release: bool = True) -> None:
@@ -843,11 +861,16 @@ class SessionManager:
         result: dict[str, Any] | None = None,
         error: str | None = None,
         exc: AgentError | None = None,
-    ) -> None:
-        """Exactly one turn_complete or error per turn (§9.25), stored before the reply."""
+        settle: bool = True,
+    ) -> Turn | None:
+        """Exactly one turn_complete or error per turn (§9.25), stored before the reply.
+
+        With settle=False the caller answers the prompt later (`_settle`), after it has
+        stored what must precede the reply (acp_status error on a crash).
+        """
         turn = turn or live.turn
         if turn is None or turn.done:
-            return
+            return None
         turn.done = True
         if turn.watchdog is not None and turn.watchdog is not asyncio.current_task():
             turn.watchdog.cancel()
@@ -865,12 +888,10 @@ class SessionManager:
         live.last_used = time.monotonic()
         if not live.stopping:
             await self.set_state(live, live.acp_status, "idle")
-        if not turn.future.done():
-            if error is not None:
-                turn.future.set_exception(exc or AgentError(error))
-            else:
-                assert result is not None
-                turn.future.set_result(result)
+        turn.outcome = result if error is None else (exc or AgentError(error))
+        if settle:
+            _settle(turn)
+        return turn
 
     async def cancel(self, sid: str, allowed: frozenset[str] | None = None) -> None:
         live = self.live.get(sid)
