@@ -34,7 +34,8 @@ class TcpProxy:
     @classmethod
     def for_url(cls, url: str) -> TcpProxy:
         parsed = URL(url)
-        assert parsed.host is not None and parsed.port is not None
+        assert parsed.host is not None
+        assert parsed.port is not None
         return cls(parsed.host, parsed.port)
 
     def rewrite(self, url: str) -> str:

@@ -116,6 +116,7 @@ class LifecycleHub:
 
 
 LIFECYCLE_HUB = web.AppKey("lifecycle_hub", LifecycleHub)
+LIFECYCLE_HEARTBEAT = web.AppKey("lifecycle_heartbeat", float)
 
 
 async def lifecycle_hub_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -143,7 +144,9 @@ async def session_events(request: web.Request) -> web.StreamResponse:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(READY_WAIT):
                 await hub.ready.wait()
-        resp = EventSourceResponse(sep="\n", ping_interval=HEARTBEAT_SECONDS)
+        resp = EventSourceResponse(
+            sep="\n", ping_interval=request.app[LIFECYCLE_HEARTBEAT]
+        )
         resp.headers["Cache-Control"] = "no-cache, no-store, must-revalidate"
         await resp.prepare(request)
         # the ping task ends when the client is gone: end the stream then, not at the
@@ -171,6 +174,7 @@ async def session_events(request: web.Request) -> web.StreamResponse:
 
 
 def setup(app: web.Application) -> None:
+    app[LIFECYCLE_HEARTBEAT] = HEARTBEAT_SECONDS
     app.cleanup_ctx.append(lifecycle_hub_ctx)
     app.on_shutdown.append(_end_streams)
     app.router.add_get("/api/sessions/events", session_events)

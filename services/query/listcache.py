@@ -53,7 +53,12 @@ class ListCache:
         self._wake = asyncio.Event()
 
     def _usable(self) -> bool:
-        return not self.pending_invalidation and time.monotonic() >= self._down_until
+        return not self.pending_invalidation and self.redis_reachable
+
+    @property
+    def redis_reachable(self) -> bool:
+        """False for a moment after a Redis failure: writers then skip Redis at once."""
+        return time.monotonic() >= self._down_until
 
     def _failed(self, what: str, err: BaseException) -> None:
         self._down_until = time.monotonic() + BREAKER_SECONDS
@@ -101,22 +106,36 @@ class ListCache:
         When Redis cannot be reached, cached lists may be stale once it is back: this process
         stops reading them and keeps retrying the invalidation until it succeeds.
         """
-        ok = False
+        if self.redis_reachable and await self._announce(
+            type_, session_id, workspace_id, changes
+        ):
+            return
+        self.pending_invalidation = True
+        self._wake.set()
+
+    async def _announce(
+        self,
+        type_: LifecycleType,
+        session_id: str,
+        workspace_id: str,
+        changes: dict[str, Any],
+    ) -> bool:
         try:
             async with asyncio.timeout(REDIS_OP_TIMEOUT * 2):
-                ok = await lifecycle.session_changed(
+                if await lifecycle.session_changed(
                     self._redis,
                     self._channels,
                     type_,
                     session_id,
                     workspace_id,
                     changes,
-                )
+                ):
+                    return True
         except TimeoutError as err:
             self._failed("lifecycle publish", err)
-        if not ok:
-            self.pending_invalidation = True
-            self._wake.set()
+            return False
+        self._down_until = time.monotonic() + BREAKER_SECONDS
+        return False
 
     async def run_retries(self) -> None:
         """Owned by the app: retries a pending invalidation until Redis takes it."""

@@ -138,6 +138,8 @@ async def _append_event(
     with _postgres():
         async with app[PG_POOL].acquire() as conn:
             events = await session_events.append(conn, sid, [params])
+    if not app[LIST_CACHE].redis_reachable:
+        return  # Redis just failed: subscribers catch up from the log
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(REDIS_TIMEOUT * 2):
             await publish_events(app[REDIS], app[CHANNELS], str(sid), events)

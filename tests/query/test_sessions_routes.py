@@ -45,11 +45,13 @@ async def test_list_has_the_seed_shape_newest_first(client, pool, workspace_id):
             "status",
         } <= s.keys()
         assert s["workspaceId"] == workspace_id
-        assert ISO_MS.match(s["createdAt"]) and ISO_MS.match(s["lastActivity"])
+        assert ISO_MS.match(s["createdAt"])
+        assert ISO_MS.match(s["lastActivity"])
         assert s["status"] == "closed"
         # optional fields without a value are absent, never null
         assert None not in s.values()
-        assert "branch" not in s and "ownerInstanceId" not in s
+        assert "branch" not in s
+        assert "ownerInstanceId" not in s
     assert sessions[0]["name"] == "Feature Development"
 
 
@@ -582,6 +584,9 @@ async def test_context(client, pool, workspace_id):
     }
     # no parent, no mode/model: keys absent
     bare = await (await client.get(f"/api/sessions/{parent}/context")).json()
-    assert "parent" not in bare and "modeId" not in bare and "model" not in bare
-    assert bare["files"] == [] and bare["historyLength"] == 0
+    assert "parent" not in bare
+    assert "modeId" not in bare
+    assert "model" not in bare
+    assert bare["files"] == []
+    assert bare["historyLength"] == 0
     assert bare["children"] == [{"sessionId": sid, "status": "closed"}]
