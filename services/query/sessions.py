@@ -28,7 +28,7 @@ from services.query.session_views import (
 from shared import cache
 from shared.db import session_events
 from shared.db import sessions as sessions_db
-from shared.db.workspaces_read import workspace_summary
+from shared.db import workspaces as workspaces_db
 from shared.errors import BadRequest, DependencyDown, SessionNotFound
 from shared.events import gateway_update, publish_events
 from shared.jsonutil import dumps, loads
@@ -296,7 +296,7 @@ async def session_context(request: web.Request) -> web.Response:
                 conn, sid, ["tool_call", "tool_call_update"]
             )
             history_length = await session_events.count(conn, sid)
-            workspace = await workspace_summary(conn, session.workspace_id)
+            workspace_row = await workspaces_db.get(conn, session.workspace_id)
             parent = None
             if session.parent_session_id is not None:
                 parent_id = sessions_db.parse_session_id(session.parent_session_id)
@@ -308,6 +308,13 @@ async def session_context(request: web.Request) -> web.Response:
         context["modeId"] = session.mode_id
     if session.model is not None:
         context["model"] = session.model
+    workspace: dict[str, Any] = {"id": session.workspace_id, "codebases": []}
+    if workspace_row is not None:
+        workspace = {
+            "id": workspace_row.id,
+            "title": workspace_row.title,
+            "codebases": [c.wire() for c in workspace_row.codebases],
+        }
     context["workspace"] = workspace
     context["files"] = touched_files(loads(e.payload) for e in tool_events)
     context["historyLength"] = history_length
