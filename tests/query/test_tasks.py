@@ -228,14 +228,15 @@ async def test_patch_and_status_errors(client, workspace_id) -> None:
     assert resp.status == 400
     assert "status" in (await resp.json())["error"]
 
-    for method, path, body in (
+    payload: dict | None
+    for method, path, payload in (
         ("GET", "/api/tasks/missing", None),
         ("PATCH", "/api/tasks/missing", {"title": "x"}),
         ("DELETE", "/api/tasks/missing", None),
         ("POST", "/api/tasks/missing/status", {"status": "PENDING"}),
         ("DELETE", "/api/tasks?taskId=missing", None),
     ):
-        resp = await client.request(method, path, json=body)
+        resp = await client.request(method, path, json=payload)
         assert resp.status == 404, (method, path)
         assert "missing" in (await resp.json())["error"]
 
