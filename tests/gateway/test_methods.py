@@ -17,6 +17,7 @@ from tests.gateway.rpcutil import (
     ok,
     wait_events,
     wait_ready,
+    wait_until,
 )
 
 
@@ -445,3 +446,140 @@ async def test_providers_list(gw):
     echo = next(p for p in res["providers"] if p["id"] == "echo")
     assert echo["status"] == "available"
     assert set(echo) == {"id", "name", "description", "command", "status"}
+
+
+async def test_prompt_timeout_answers_pending(
+    make_settings, aiohttp_client, pool, workspace_id, cwd_root
+):
+    gw = await aiohttp_client(create_app(make_settings(prompt_timeout=0.3)))
+    sid = await ready_echo(gw, pool, workspace_id)
+    out = await ok(gw, "session/prompt", {"sessionId": sid, "prompt": "/slow 1"})
+    assert out == {"sessionId": sid, "pending": True}
+    evs = await wait_events(pool, sid, lambda evs: "turn_complete" in kinds(evs))
+    assert evs[-1]["update"]["stopReason"] == "end_turn"
+
+
+async def test_resume_after_restart(
+    make_settings, aiohttp_client, pool, workspace_id, cwd_root
+):
+    app1 = await aiohttp_client(create_app(make_settings()))
+    sid = await ready_echo(app1, pool, workspace_id)
+    await ok(app1, "session/prompt", {"sessionId": sid, "prompt": "before restart"})
+    old_agent = (await sessions.get(pool, sid)).routa_agent_id
+    await app1.close()
+    row = await sessions.get(pool, sid)
+    assert row.status == "closed"
+    assert row.owner_instance_id is None
+    assert row.continuity_status == "restorable"
+
+    app2 = await aiohttp_client(create_app(make_settings()))
+    res = await ok(app2, "session/load", {"sessionId": sid})
+    assert res["resumeMode"] == "recreated"
+    assert res["acpStatus"] == "ready"
+    assert res["sessionId"] == sid
+    res = await ok(app2, "session/load", {"sessionId": sid})
+    assert res["resumeMode"] == "attached"
+    row = await sessions.get(pool, sid)
+    assert row.owner_instance_id == app2.app[SESSION_MANAGER].settings.instance_id
+    assert row.status == "idle"
+    assert row.routa_agent_id != old_agent
+    await app2.close()
+
+    # implicit resume on prompt
+    app3 = await aiohttp_client(create_app(make_settings()))
+    out = await ok(
+        app3, "session/prompt", {"sessionId": sid, "prompt": "after restart"}
+    )
+    assert out["stopReason"] == "end_turn"
+    evs = await events(pool, sid)
+    assert text_of(evs).endswith("echo: after restart")
+    assert [e["eventId"] for e in evs] == [str(i) for i in range(1, len(evs) + 1)]
+    assert kinds(evs).count("user_message") == 2
+
+
+async def test_idle_timeout_stops_agent(
+    make_settings, aiohttp_client, pool, workspace_id, cwd_root
+):
+    gw = await aiohttp_client(create_app(make_settings(agent_idle_timeout=0.3)))
+    sid = await ready_echo(gw, pool, workspace_id)
+    evs = await wait_events(pool, sid, has_status("closed"))
+    assert kinds(evs)[-1] == "acp_status"
+    manager = gw.app[SESSION_MANAGER]
+    await wait_until(lambda: sid not in manager.live)
+    row = await sessions.get(pool, sid)
+    assert row.status == "closed"
+    assert row.acp_status == "closed"
+    out = await ok(gw, "session/prompt", {"sessionId": sid, "prompt": "wake up"})
+    assert out["stopReason"] == "end_turn"
+
+
+async def test_control_stop_is_quiet(gw, pool, redis, channels, workspace_id):
+    import orjson
+
+    sid = await ready_echo(gw, pool, workspace_id)
+    manager = gw.app[SESSION_MANAGER]
+    agent = manager.live[sid].agent
+    before = await events(pool, sid)
+    await redis.publish(
+        channels.gateway_control(manager.settings.instance_id),
+        orjson.dumps({"type": "stop", "sessionId": sid, "reason": "disconnected"}),
+    )
+    await wait_until(lambda: sid not in manager.live)
+    assert agent.proc.returncode is not None
+    assert await events(pool, sid) == before
+
+
+async def test_max_sessions_stops_lru_idle(
+    make_settings, aiohttp_client, pool, workspace_id, cwd_root
+):
+    gw = await aiohttp_client(create_app(make_settings(max_sessions=1)))
+    first = await ready_echo(gw, pool, workspace_id)
+    second = await ready_echo(gw, pool, workspace_id)
+    manager = gw.app[SESSION_MANAGER]
+    assert list(manager.live) == [second]
+    evs = await events(pool, first)
+    assert evs[-1]["update"] == {"sessionUpdate": "acp_status", "status": "closed"}
+    # a busy agent cannot be displaced
+    import asyncio
+
+    task = asyncio.create_task(
+        ok(gw, "session/prompt", {"sessionId": second, "prompt": "/slow 20"})
+    )
+    await wait_events(pool, second, lambda evs: "agent_message_chunk" in kinds(evs))
+    e = await err(gw, "session/new", {"workspaceId": workspace_id})
+    assert e["code"] == -32000
+    assert e["message"] == "Gateway at capacity"
+    await ok(gw, "session/cancel", {"sessionId": second})
+    assert (await task)["stopReason"] == "cancelled"
+
+
+async def test_lifecycle_messages(gw, pool, redis, channels, workspace_id):
+    import asyncio
+
+    import orjson
+
+    pubsub = redis.pubsub()
+    await pubsub.subscribe(channels.workspace_sessions(workspace_id))
+    try:
+        sid = await ready_echo(gw, pool, workspace_id)
+        await ok(gw, "session/prompt", {"sessionId": sid, "prompt": "hi"})
+        seen = []
+        async with asyncio.timeout(10):
+            while not any(
+                m["changes"].get("status") == "idle"
+                and m["type"] == "session:updated"
+                and len(seen) > 2
+                for m in seen
+            ):
+                msg = await pubsub.get_message(
+                    ignore_subscribe_messages=True, timeout=1.0
+                )
+                if msg:
+                    seen.append(orjson.loads(msg["data"]))
+        assert seen[0]["type"] == "session:created"
+        assert seen[0]["changes"]["sessionId"] == sid
+        assert seen[0]["changes"]["acpStatus"] == "connecting"
+        assert any(m["changes"].get("acpStatus") == "ready" for m in seen)
+        assert any(m["changes"].get("status") == "active" for m in seen)
+    finally:
+        await pubsub.aclose()
