@@ -12,6 +12,7 @@ from redis.exceptions import RedisError
 
 from services.common.http import json_response, read_json_body
 from services.common.keys import CHANNELS, PG_POOL, REDIS
+from services.query import live
 from services.query.workspaces import ensure_workspace
 from shared.db import tasks as db
 from shared.errors import BadRequest, Conflict, NotFound, UnknownWorkspace
@@ -229,9 +230,23 @@ async def delete_task_by_query(request: web.Request) -> web.Response:
     return await _delete(request, task_id)
 
 
+async def task_events(request: web.Request) -> web.StreamResponse:
+    """Like the notes stream (api.md §4.3), for the task messages of §9.14."""
+    workspace_id = await ensure_workspace(
+        request.app[PG_POOL], request.query.get("workspaceId")
+    )
+    return await live.stream(
+        request,
+        request.app[CHANNELS].workspace_tasks(workspace_id),
+        {"type": "connected", "workspaceId": workspace_id, "at": now_iso()},
+    )
+
+
 def setup(app: web.Application) -> None:
-    # /ready before /{id}, or "ready" would be taken for a task id
+    live.setup(app)
+    # /ready and /events before /{id}, or they would be taken for task ids
     app.router.add_get("/api/tasks/ready", ready_tasks)
+    app.router.add_get("/api/tasks/events", task_events)
     app.router.add_get("/api/tasks", list_tasks)
     app.router.add_post("/api/tasks", create_task)
     app.router.add_delete("/api/tasks", delete_task_by_query)

@@ -8,7 +8,7 @@ import uuid
 import orjson
 import pytest
 
-from tests.query.ntw_support import query_client
+from tests.query.ntw_support import next_data, query_client
 
 
 @pytest.fixture
@@ -340,3 +340,17 @@ async def test_concurrent_patches_keep_both_fields(client, workspace_id) -> None
     assert final["labels"] == ["l"]
     assert final["assignedTo"] == "amy"
     assert final["priority"] == "high"
+
+
+async def test_task_events_stream(aiohttp_client, make_settings, workspace_id) -> None:
+    """Task changes made on another instance arrive on the tasks stream (an extra of ours)."""
+    a = await query_client(aiohttp_client, make_settings)
+    b = await query_client(aiohttp_client, make_settings)
+    resp = await a.get(f"/api/tasks/events?workspaceId={workspace_id}")
+    assert resp.status == 200
+    assert (await next_data(resp))["type"] == "connected"
+    task = await _task(b, workspace_id)
+    message = await next_data(resp)
+    assert message["type"] == "task:created"
+    assert message["task"] == task
+    resp.close()
