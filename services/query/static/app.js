@@ -2,7 +2,6 @@
 // All data is put on the page with textContent / attributes, never innerHTML.
 "use strict";
 
-const MODES = ["chat", "plan"];
 const RETRY_MS = 3000;
 
 const state = {
@@ -345,7 +344,10 @@ const RENDERERS = {
   },
   error: (u) => addMarker(`error: ${u.message || "turn failed"}`, "turn-error", "error"),
   acp_status: (u) => addAcpStatus(u),
-  current_mode_update: (u) => setMode(u.currentModeId || u.modeId),
+  current_mode_update: (u) => {
+    setMode(u.currentModeId || u.modeId);
+    addMarker(`mode: ${u.currentModeId || u.modeId}`, "mode-changed");
+  },
   session_renamed: (u) => addMarker(`renamed to “${u.name}”`, "renamed"),
   process_output: () => {}, // stderr of the agent: too noisy for the conversation
   available_commands_update: () => {},
@@ -456,9 +458,18 @@ function toolCallNode(data) {
   const text = contentText(data.content);
   if (text) card.append(el("pre", { testid: "tool-content" }, text));
   const outcome = data._meta && data._meta.permission;
-  if (outcome) card.append(el("div", { class: "small muted", testid: "permission-outcome" }, `answered: ${outcome.optionId}`));
+  if (outcome) card.append(permissionOutcome(data, outcome));
   if (status === "waiting" && Array.isArray(data.options)) card.append(permissionButtons(data));
   return card;
+}
+
+/** What the permission prompt was answered with, by the option's kind (allow_* / reject_*). */
+function permissionOutcome(data, outcome) {
+  const option = (data.options || []).find((o) => o.optionId === outcome.optionId) || {};
+  const kind = String(option.kind || outcome.optionId || "");
+  const verdict = kind.startsWith("allow") ? "approved" : kind.startsWith("reject") ? "denied" : "answered";
+  return el("div", { class: `small permission-outcome ${verdict}`, testid: "permission-outcome" },
+    `${verdict}: ${option.name || outcome.optionId || outcome.outcome || ""}`);
 }
 
 function permissionButtons(data) {
