@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import enum
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
@@ -79,6 +79,10 @@ class Subscriber:
     queue: asyncio.Queue[QueueItem]
     closed_reason: str | None = None
     resync_pending: bool = False
+    # True while the stream is blocked writing to its client
+    writing: bool = False
+    # drops the client connection; set by the stream once its response is prepared
+    abort: Callable[[], None] | None = None
 
     @property
     def closed(self) -> bool:
@@ -102,13 +106,19 @@ class Subscriber:
             self.close("overflow")
 
     def close(self, reason: str) -> None:
-        """End the stream: what is queued is dropped, the client reconnects and replays."""
+        """End the stream: what is queued is dropped, the client reconnects and replays.
+
+        A stream stuck writing to a client that does not read would never see the
+        sentinel, so its connection is dropped instead.
+        """
         if self.closed_reason is not None:
             return
         self.closed_reason = reason
         while not self.queue.empty():
             self.queue.get_nowait()
         self.queue.put_nowait(Marker.CLOSE)
+        if (reason == "overflow" or self.writing) and self.abort is not None:
+            self.abort()
 
 
 @dataclass(eq=False, slots=True)

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import re
 import uuid
+from collections.abc import Callable
 
 import asyncpg
 from aiohttp import web
@@ -65,12 +66,25 @@ class _Stream:
     """One open stream: writes frames in eventId order, each at most once."""
 
     def __init__(
-        self, resp: web.StreamResponse, pool: Pool, session_uuid: uuid.UUID, last: int
+        self,
+        resp: web.StreamResponse,
+        sub: Subscriber,
+        pool: Pool,
+        session_uuid: uuid.UUID,
+        last: int,
     ) -> None:
         self.resp = resp
+        self.sub = sub
         self.pool = pool
         self.session_uuid = session_uuid
         self.last = last
+
+    async def write(self, data: bytes) -> None:
+        self.sub.writing = True
+        try:
+            await self.resp.write(data)
+        finally:
+            self.sub.writing = False
 
     async def catch_up(self, upto: int | None = None) -> None:
         """Write stored events after `last` (up to `upto`, or all) in pages."""
@@ -81,7 +95,7 @@ class _Stream:
             )
             if not events:
                 return
-            await self.resp.write(
+            await self.write(
                 b"".join(event_frame(e.event_id, e.payload) for e in events)
             )
             self.last = events[-1].event_id
@@ -96,7 +110,7 @@ class _Stream:
                 continue
             if event_id > self.last + 1:
                 if out:
-                    await self.resp.write(b"".join(out))
+                    await self.write(b"".join(out))
                     out = []
                 await self.catch_up(upto=event_id - 1)
                 if event_id <= self.last:
@@ -104,7 +118,7 @@ class _Stream:
             out.append(frame)
             self.last = event_id
         if out:
-            await self.resp.write(b"".join(out))
+            await self.write(b"".join(out))
 
 
 def _last_event_id(request: web.Request) -> str | None:
@@ -144,10 +158,11 @@ async def handle_stream(request: web.Request) -> web.StreamResponse:
     resp = web.StreamResponse(headers=STREAM_HEADERS)
     try:
         await resp.prepare(request)
+        sub.abort = _aborter(request)
         start = await _replay_start(pool, session_uuid, raw_last, replay)
-        stream = _Stream(resp, pool, session_uuid, start)
+        stream = _Stream(resp, sub, pool, session_uuid, start)
         await stream.catch_up()
-        await resp.write(connected_frame(session.session_id))
+        await stream.write(connected_frame(session.session_id))
         await _live(stream, sub, app[STREAM_CONFIG].heartbeat_interval)
     except ConnectionResetError:
         pass  # the client left; the agent goes on
@@ -159,6 +174,15 @@ async def handle_stream(request: web.Request) -> web.StreamResponse:
             metrics.sse_streams.labels("acp").dec()
         await fanout.unsubscribe(sub)
     return resp
+
+
+def _aborter(request: web.Request) -> Callable[[], None]:
+    def abort() -> None:
+        transport = request.transport
+        if transport is not None:
+            transport.abort()
+
+    return abort
 
 
 async def _replay_start(
@@ -185,7 +209,7 @@ async def _live(stream: _Stream, sub: Subscriber, heartbeat: float) -> None:
         if queue.empty():
             wait = heartbeat - (loop.time() - last_write)
             if wait <= 0:
-                await stream.resp.write(HEARTBEAT)
+                await stream.write(HEARTBEAT)
                 last_write = loop.time()
                 continue
             try:

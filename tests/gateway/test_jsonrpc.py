@@ -264,6 +264,7 @@ async def test_dispatch_functions_share_the_semantics(rpc) -> None:
     assert one["id"] == 9
     assert one["error"]["code"] == -32601
     raw = await jsonrpc.dispatch_bytes(app, b"nonsense")
+    assert raw is not None
     assert orjson.loads(raw) == {
         "jsonrpc": "2.0",
         "id": None,
