@@ -18,7 +18,7 @@ from shared.db import notes as db
 from shared.errors import BadRequest, NotFound, UnknownWorkspace
 from shared.jsonutil import dumps, now_iso
 from shared.models.note import NOTE_SOURCES, NOTE_TYPES, Note, NoteWrite
-from shared.models.validation import clean_title, validate_body
+from shared.models.validation import clean_title, query_value, validate_body
 
 logger = logging.getLogger(__name__)
 
@@ -89,16 +89,16 @@ def _groups(rows: list[tuple[Note, str | None]]) -> list[dict[str, Any]]:
 async def get_notes(request: web.Request) -> web.Response:
     query = request.query
     pool = request.app[PG_POOL]
-    workspace_id = await ensure_workspace(pool, query.get("workspaceId"))
-    note_id = query.get("noteId")
+    workspace_id = await ensure_workspace(pool, query_value(query, "workspaceId"))
+    note_id = query_value(query, "noteId")
     if note_id is not None:
-        note = await db.get(pool, workspace_id, note_id)
+        note = None if "\x00" in note_id else await db.get(pool, workspace_id, note_id)
         if note is None:
             raise NotFound(f"Note not found: {note_id}")
         return json_response({"note": note.wire()})
-    note_type = _note_type(query.get("type"))
-    session_id = query.get("sessionId") or None
-    group_by = query.get("groupBy")
+    note_type = _note_type(query_value(query, "type"))
+    session_id = query_value(query, "sessionId") or None
+    group_by = query_value(query, "groupBy")
     if group_by is not None:
         if group_by != "session":
             raise BadRequest(f"Invalid groupBy: {group_by}")
@@ -160,14 +160,14 @@ async def post_note(request: web.Request) -> web.Response:
 async def delete_note(request: web.Request) -> web.Response:
     query = request.query
     pool = request.app[PG_POOL]
-    workspace_id = await ensure_workspace(pool, query.get("workspaceId"))
-    note_id = query.get("noteId")
+    workspace_id = await ensure_workspace(pool, query_value(query, "workspaceId"))
+    note_id = query_value(query, "noteId")
     if not note_id:
         raise BadRequest("noteId is required")
-    source = query.get("source", "user")
+    source = query_value(query, "source") or "user"
     if source not in NOTE_SOURCES:
         raise BadRequest(f"Invalid source: {source}")
-    if not await db.delete(pool, workspace_id, note_id):
+    if "\x00" in note_id or not await db.delete(pool, workspace_id, note_id):
         raise NotFound(f"Note not found: {note_id}")
     await _publish(request, "note:deleted", workspace_id, note_id, source, None)
     return json_response({"deleted": True, "noteId": note_id})
@@ -175,7 +175,7 @@ async def delete_note(request: web.Request) -> web.Response:
 
 async def note_events(request: web.Request) -> web.StreamResponse:
     workspace_id = await ensure_workspace(
-        request.app[PG_POOL], request.query.get("workspaceId")
+        request.app[PG_POOL], query_value(request.query, "workspaceId")
     )
     return await live.stream(
         request,

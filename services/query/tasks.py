@@ -27,7 +27,7 @@ from shared.models.task import (
     TaskFields,
     TaskStatusChange,
 )
-from shared.models.validation import clean_title, validate_body
+from shared.models.validation import clean_title, query_value, validate_body
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +42,13 @@ def parse_status(value: str) -> str:
 
 def _not_found(task_id: str) -> NotFound:
     return NotFound(f"Task not found: {task_id}")
+
+
+def _task_id(task_id: str) -> str:
+    """Postgres text cannot hold NUL: such an id names no task."""
+    if "\x00" in task_id:
+        raise _not_found(task_id)
+    return task_id
 
 
 def apply_fields(values: db.TaskValues, fields: TaskFields) -> db.TaskValues:
@@ -123,21 +130,23 @@ async def _publish(
 async def list_tasks(request: web.Request) -> web.Response:
     query = request.query
     pool = request.app[PG_POOL]
-    workspace_id = await ensure_workspace(pool, query.get("workspaceId"))
-    status = query.get("status")
+    workspace_id = await ensure_workspace(pool, query_value(query, "workspaceId"))
+    status = query_value(query, "status")
     tasks = await db.list_tasks(
         pool,
         workspace_id,
-        session_id=query.get("sessionId") or None,
+        session_id=query_value(query, "sessionId") or None,
         status=parse_status(status) if status is not None else None,
-        assigned_to=query.get("assignedTo") or None,
+        assigned_to=query_value(query, "assignedTo") or None,
     )
     return json_response({"tasks": [t.wire() for t in tasks]})
 
 
 async def ready_tasks(request: web.Request) -> web.Response:
     pool = request.app[PG_POOL]
-    workspace_id = await ensure_workspace(pool, request.query.get("workspaceId"))
+    workspace_id = await ensure_workspace(
+        pool, query_value(request.query, "workspaceId")
+    )
     tasks = await db.ready(pool, workspace_id)
     return json_response({"tasks": [t.wire() for t in tasks]})
 
@@ -169,7 +178,7 @@ async def create_task(request: web.Request) -> web.Response:
 
 
 async def get_task(request: web.Request) -> web.Response:
-    task_id = request.match_info["id"]
+    task_id = _task_id(request.match_info["id"])
     task = await db.get(request.app[PG_POOL], task_id)
     if task is None:
         raise _not_found(task_id)
@@ -178,6 +187,7 @@ async def get_task(request: web.Request) -> web.Response:
 
 async def _update(request: web.Request, task_id: str, fields: TaskFields) -> Task:
     """Read-modify-write under a row lock, so concurrent PATCHes never lose fields."""
+    _task_id(task_id)
     async with request.app[PG_POOL].acquire() as conn, conn.transaction():
         current = await db.locked_get(conn, task_id)
         if current is None:
@@ -207,6 +217,7 @@ async def set_task_status(request: web.Request) -> web.Response:
 
 
 async def _delete(request: web.Request, task_id: str) -> web.Response:
+    _task_id(task_id)
     workspace_id = await db.delete(request.app[PG_POOL], task_id)
     if workspace_id is None:
         raise _not_found(task_id)
@@ -220,9 +231,9 @@ async def delete_task(request: web.Request) -> web.Response:
 
 async def delete_task_by_query(request: web.Request) -> web.Response:
     """`?taskId=` deletes one task; deleting a whole workspace's tasks is refused."""
-    task_id = request.query.get("taskId")
+    task_id = query_value(request.query, "taskId")
     if not task_id:
-        if request.query.get("workspaceId"):
+        if query_value(request.query, "workspaceId"):
             raise BadRequest(
                 "taskId is required: deleting every task of a workspace is not allowed"
             )
@@ -233,7 +244,7 @@ async def delete_task_by_query(request: web.Request) -> web.Response:
 async def task_events(request: web.Request) -> web.StreamResponse:
     """Like the notes stream (api.md §4.3), for the task messages of §9.14."""
     workspace_id = await ensure_workspace(
-        request.app[PG_POOL], request.query.get("workspaceId")
+        request.app[PG_POOL], query_value(request.query, "workspaceId")
     )
     return await live.stream(
         request,

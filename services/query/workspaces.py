@@ -31,7 +31,8 @@ async def ensure_workspace(conn: Executor, workspace_id: str | None) -> str:
     """The workspace id of a request: 400 when missing, 404 when unknown."""
     if not workspace_id:
         raise BadRequest("workspaceId is required")
-    if not await db.exists(conn, workspace_id):
+    # Postgres text cannot hold NUL, so such an id names nothing
+    if "\x00" in workspace_id or not await db.exists(conn, workspace_id):
         raise UnknownWorkspace(workspace_id)
     return workspace_id
 
@@ -68,7 +69,11 @@ async def create_workspace(request: web.Request) -> web.Response:
 
 async def get_workspace(request: web.Request) -> web.Response:
     workspace_id = request.match_info["id"]
-    workspace = await db.get(request.app[PG_POOL], workspace_id)
+    workspace = (
+        None
+        if "\x00" in workspace_id
+        else await db.get(request.app[PG_POOL], workspace_id)
+    )
     if workspace is None:
         raise UnknownWorkspace(workspace_id)
     return json_response({"workspace": workspace.wire()})
@@ -76,6 +81,8 @@ async def get_workspace(request: web.Request) -> web.Response:
 
 async def patch_workspace(request: web.Request) -> web.Response:
     workspace_id = request.match_info["id"]
+    if "\x00" in workspace_id:
+        raise UnknownWorkspace(workspace_id)
     body = validate_body(WorkspacePatch, await read_json_body(request))
     title = clean_title(body.title) if body.title is not None else None
     if body.status is not None and body.status not in WORKSPACE_STATUSES:
@@ -98,6 +105,8 @@ async def delete_workspace(request: web.Request) -> web.Response:
     workspace_id = request.match_info["id"]
     if workspace_id == DEFAULT_WORKSPACE_ID:
         raise Conflict("The default workspace cannot be deleted")
+    if "\x00" in workspace_id:
+        raise UnknownWorkspace(workspace_id)
     async with request.app[PG_POOL].acquire() as conn:
         deleted = await db.delete(conn, workspace_id)
     if deleted is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -22,10 +23,32 @@ def field_name(loc: tuple[int | str, ...]) -> str:
     return name or "body"
 
 
+def _find_nul(value: Any, loc: tuple[int | str, ...]) -> tuple[int | str, ...] | None:
+    """Postgres text cannot hold U+0000; find it before it becomes a 500."""
+    if isinstance(value, str):
+        return loc if "\x00" in value else None
+    if isinstance(value, dict):
+        items: Any = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        if isinstance(key, str) and "\x00" in key:
+            return (*loc, key)
+        found = _find_nul(item, (*loc, key))
+        if found is not None:
+            return found
+    return None
+
+
 def validate_body(model: type[M], data: Any) -> M:
     """Validate a parsed JSON body; the first error becomes `Invalid <field>: <reason>`."""
     if not isinstance(data, dict):
         raise BadRequest("Body must be a JSON object")
+    nul = _find_nul(data, ())
+    if nul is not None:
+        raise BadRequest(f"Invalid {field_name(nul)}: NUL characters are not allowed")
     try:
         return model.model_validate(data)
     except ValidationError as err:
@@ -41,3 +64,11 @@ def clean_title(value: str, field: str = "title") -> str:
     if not title or len(title) > 200:
         raise BadRequest(f"Invalid {field}: must be 1-200 characters after trimming")
     return title
+
+
+def query_value(query: Mapping[str, str], name: str) -> str | None:
+    """A query parameter; NUL (which Postgres text cannot hold) is a 400 naming it."""
+    value = query.get(name)
+    if value is not None and "\x00" in value:
+        raise BadRequest(f"Invalid {name}: NUL characters are not allowed")
+    return value

@@ -344,3 +344,21 @@ async def test_slow_subscriber_is_closed(workspace_id) -> None:
     assert not fast.closed
     assert fast.queue.get_nowait() == b"overflow"
     assert hub.subscriber_count() == 1
+
+
+async def test_nul_characters_are_refused_not_500(client, workspace_id) -> None:
+    resp = await client.post(
+        "/api/notes", json={"workspaceId": workspace_id, "content": "a\u0000b"}
+    )
+    assert resp.status == 400
+    assert "content" in (await resp.json())["error"]
+    resp = await client.get("/api/notes?workspaceId=a%00b")
+    assert resp.status == 400
+    assert "workspaceId" in (await resp.json())["error"]
+    resp = await client.get(f"/api/notes?workspaceId={workspace_id}&sessionId=a%00b")
+    assert resp.status == 400
+    assert "sessionId" in (await resp.json())["error"]
+    resp = await client.get("/api/tasks/a%00b")
+    assert resp.status == 404
+    resp = await client.delete("/api/workspaces/a%00b")
+    assert resp.status == 404
