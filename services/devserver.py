@@ -26,6 +26,7 @@ from services.devtools import nginx
 from services.devtools.embedded import (
     EmbeddedPostgres,
     EmbeddedRedis,
+    EmbeddedStartError,
     free_port,
     port_is_free,
     postgres_answers,
@@ -191,10 +192,14 @@ class DevServer:
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        # SIGHUP too: closing the terminal must not orphan children in their own sessions
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.add_signal_handler(sig, self.stop_requested.set)
         try:
             return await self._run()
+        except EmbeddedStartError as err:
+            say(f"could not start an embedded server: {err}")
+            return 1
         finally:
             await self._shutdown()
 

