@@ -93,8 +93,8 @@ def render_config(
 
 
 def write_config(prefix: Path, text: str) -> Path:
-    for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
-        (prefix / "tmp" / sub).mkdir(parents=True, exist_ok=True)
+    # only the parent: nginx creates the temp dirs itself, owned by its worker user
+    (prefix / "tmp").mkdir(parents=True, exist_ok=True)
     conf = prefix / "nginx.conf"
     conf.write_text(text)
     return conf
