@@ -241,3 +241,75 @@ def _maybe_update_docs_screenshot(shot: Path) -> None:
         return
     target.parent.mkdir(exist_ok=True)
     target.write_bytes(shot.read_bytes())
+
+
+@pytest.mark.browser
+@pytest.mark.integration
+async def test_list_follows_other_clients_and_cancel_interrupts(
+    browser: Any, stack: Stack, artifacts_dir: Path
+) -> None:
+    from playwright.async_api import expect
+
+    expect.set_options(timeout=EXPECT_TIMEOUT_MS)
+    async with aiohttp.ClientSession(stack.origin) as http:
+        async with http.post("/api/workspaces", json={"title": "Browser ws"}) as resp:
+            assert resp.status == 201, await resp.text()
+            workspace_id = (await resp.json())["workspace"]["id"]
+
+        context = await browser.new_context(viewport={"width": 1400, "height": 860})
+        page = await context.new_page()
+        try:
+            await page.goto(stack.origin + "/")
+            await expect(page.locator("body[data-ready=true]")).to_have_count(1)
+            await page.get_by_test_id("workspace-select").select_option(workspace_id)
+            await expect(page.get_by_test_id("list-status")).to_have_text("live")
+            await expect(page.get_by_test_id("session-empty")).to_be_visible()
+
+            # another client creates, renames and deletes: the list follows live
+            created = await _rpc(
+                http,
+                "session/new",
+                {"workspaceId": workspace_id, "name": "From elsewhere"},
+            )
+            session_id = created["sessionId"]
+            item = page.locator(
+                f'[data-testid=session-item][data-session-id="{session_id}"]'
+            )
+            await expect(item.get_by_test_id("session-name")).to_have_text(
+                "From elsewhere"
+            )
+            async with http.patch(
+                f"/api/sessions/{session_id}", json={"name": "Renamed elsewhere"}
+            ) as resp:
+                assert resp.status == 200, await resp.text()
+            await expect(item.get_by_test_id("session-name")).to_have_text(
+                "Renamed elsewhere"
+            )
+
+            # a long turn does not block the page; Cancel ends it
+            await item.click()
+            await expect(page.get_by_test_id("stream-status")).to_have_text("live")
+            await _prompt(page, "/slow 30")
+            await expect(page.get_by_test_id("turn-status")).to_be_visible()
+            await expect(item.get_by_test_id("session-status")).to_have_text("active")
+            await page.get_by_test_id("cancel").click()
+            await expect(page.get_by_test_id("turn-complete")).to_have_text(
+                ["turn complete: cancelled"]
+            )
+            await expect(page.get_by_test_id("turn-status")).to_be_hidden()
+            await page.screenshot(path=str(artifacts_dir / "dashboard-cancelled.png"))
+
+            async with http.delete(f"/api/sessions/{session_id}") as resp:
+                assert resp.status == 200, await resp.text()
+            await expect(item).to_have_count(0)
+            await expect(page.get_by_test_id("no-session")).to_be_visible()
+        finally:
+            await context.close()
+
+
+async def _rpc(http: aiohttp.ClientSession, method: str, params: dict) -> Any:
+    body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": params}
+    async with http.post("/api/acp", json=body) as resp:
+        reply = await resp.json()
+    assert "result" in reply, reply
+    return reply["result"]
