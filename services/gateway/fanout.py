@@ -141,6 +141,7 @@ class Fanout:
             redis_url,
             socket_connect_timeout=1.0,
             socket_timeout=5.0,
+            socket_keepalive=True,
             retry=Retry(NoBackoff(), 0),
             max_connections=4,
         )

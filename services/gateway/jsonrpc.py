@@ -129,6 +129,10 @@ async def _execute(
     forwarded: bool,
 ) -> _Ok | _Invalid | DomainError:
     """Run the method; every failure becomes a value so notifications can drop it."""
+    handler = _registry(app).get(method)
+    if handler is None:
+        _count(app, "<unknown>", METHOD_NOT_FOUND)
+        return _Invalid(METHOD_NOT_FOUND, f"Method not found: {method}")
     params = request.get("params")
     if params is None:
         params = {}
@@ -138,10 +142,6 @@ async def _execute(
     elif not isinstance(params, dict):
         _count(app, method, INVALID_PARAMS)
         return _Invalid(INVALID_PARAMS, "params must be an object")
-    handler = _registry(app).get(method)
-    if handler is None:
-        _count(app, "<unknown>", METHOD_NOT_FOUND)
-        return _Invalid(METHOD_NOT_FOUND, f"Method not found: {method}")
     call = RpcCall(
         app=app,
         method=method,

@@ -61,6 +61,13 @@ async def test_invalid_last_event_id_is_400(gateway, new_session, value) -> None
     assert await resp.json() == {"error": f"Invalid Last-Event-ID: {value}"}
 
 
+async def test_non_ascii_digits_are_invalid(gateway, new_session) -> None:
+    sid = await new_session()
+    resp = await gateway.get("/api/acp", params={"sessionId": sid, "lastEventId": "٣"})
+    assert resp.status == 400
+    assert await resp.json() == {"error": "Invalid Last-Event-ID: ٣"}
+
+
 async def test_header_wins_and_empty_header_is_absent(gateway, new_session) -> None:
     sid = await new_session()
     # a valid header hides an invalid query value
