@@ -15,6 +15,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -39,8 +40,15 @@ class EventWriter:
     """Ordered, batched, never-dropping writer of one session's events."""
 
     def __init__(
-        self, pool: Pool, redis: Redis, channels: Channels, session_id: uuid.UUID
+        self,
+        pool: Pool,
+        redis: Redis,
+        channels: Channels,
+        session_id: uuid.UUID,
+        *,
+        on_batch: Callable[[int, float], None] | None = None,
     ) -> None:
+        self._on_batch = on_batch
         self._pool = pool
         self._redis = redis
         self._channels = channels
@@ -136,8 +144,11 @@ class EventWriter:
         events: list[session_events.StoredEvent] = []
         while True:
             try:
+                started = time.perf_counter()
                 async with self._pool.acquire() as conn:
                     events = await session_events.append(conn, self._session_id, batch)
+                if self._on_batch is not None:
+                    self._on_batch(len(batch), time.perf_counter() - started)
                 break
             except SessionNotFound:
                 # deleted meanwhile: nothing can be stored for it any more

@@ -14,7 +14,7 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -23,6 +23,7 @@ import asyncpg
 from aiohttp import web
 
 from services.common.keys import CHANNELS, PG_POOL, REDIS, SETTINGS
+from services.common.metrics import METRICS
 from services.gateway.agents import (
     AgentDied,
     AgentProcess,
@@ -32,6 +33,7 @@ from services.gateway.agents import (
     on_exit_message,
 )
 from services.gateway.eventlog import EventWriter
+from services.gateway.keys import FANOUT
 from shared.channels import Channels
 from shared.db import session_events, sessions
 from shared.db.connect import Pool
@@ -300,6 +302,10 @@ class SessionManager:
         self._resume_locks: dict[str, asyncio.Lock] = {}
         self._closed = False
         self._loops: list[asyncio.Task[None]] = []
+        # set by the app: whether a session has open SSE streams here (keeps it from idling)
+        self.has_subscribers: Callable[[str], bool] = lambda _sid: False
+        # set by the app: (events, seconds) of each stored batch, for metrics
+        self.on_batch: Callable[[int, float], None] | None = None
 
     # --- tasks ------------------------------------------------------------------------
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
@@ -504,7 +510,11 @@ class SessionManager:
 
     def _register(self, row: sessions.SessionRow) -> LiveSession:
         writer = EventWriter(
-            self.pool, self.redis, self.channels, uuid.UUID(row.session.session_id)
+            self.pool,
+            self.redis,
+            self.channels,
+            uuid.UUID(row.session.session_id),
+            on_batch=self.on_batch,
         )
         live = LiveSession(self, row, writer)
         self.live[live.session_id] = live
@@ -1184,6 +1194,8 @@ class SessionManager:
             await asyncio.sleep(interval)
             now = time.monotonic()
             for live in list(self.live.values()):
+                if self.has_subscribers(live.session_id):
+                    live.last_used = now
                 if (
                     not live.stopping
                     and live.ready.done()
@@ -1215,6 +1227,19 @@ def manager_ctx(key: web.AppKey[SessionManager]) -> Any:
     async def _ctx(app: web.Application) -> AsyncIterator[None]:
         manager = SessionManager(app[SETTINGS], app[PG_POOL], app[REDIS], app[CHANNELS])
         app[key] = manager
+        fanout = app.get(FANOUT)
+        if fanout is not None:
+            manager.has_subscribers = lambda sid: fanout.subscriber_count(sid) > 0
+        metrics = app.get(METRICS)
+        if metrics is not None:
+            metrics.live_agents.set_function(lambda: len(manager.live))
+            written, latency = metrics.events_written, metrics.event_write_latency
+
+            def _observe(count: int, seconds: float) -> None:
+                written.inc(count)
+                latency.observe(seconds)
+
+            manager.on_batch = _observe
         manager.start_loops()
         yield
         await manager.close()
