@@ -59,7 +59,7 @@ async def test_protocol_version_mismatch_fails_session(make_gw, pool, workspace_
     row = await sessions.get(pool, sid)
     assert row.acp_status == "error"
     assert row.status == "closed"
-    assert "protocol version" in row.acp_error
+    assert "protocol version" in (row.acp_error or "")
     e = await err(gw, "session/prompt", {"sessionId": sid, "prompt": "hi"})
     assert e["code"] == -32000
 
