@@ -632,8 +632,8 @@ class SessionManager:
             extra["model"] = agent_model
         if live.stopping:
             raise AgentDied("stopped while starting")
-        live.emit("acp_status", status="ready")
         await self.set_state(live, "ready", "idle", extra=extra)
+        live.emit("acp_status", status="ready")
         live.last_used = time.monotonic()
         if not live.ready.done():
             live.ready.set_result(None)
@@ -667,9 +667,10 @@ class SessionManager:
                 err = start_error
             live.ready.set_exception(err)
         turn = await self._end_turn(live, error=message, settle=False)
+        # the row first: whoever sees the event and reads the session finds the new state
+        await self.set_state(live, "error", "closed", error=message)
         live.emit("acp_status", status="error", error=message)
         await live.writer.flush()
-        await self.set_state(live, "error", "closed", error=message)
         if turn is not None:
             _settle(turn)
         await self._teardown(live)
@@ -704,9 +705,9 @@ class SessionManager:
         )
         if live.agent is not None:
             await live.agent.stop()
+        await self.set_state(live, "closed", "closed")
         live.emit("acp_status", status="closed")
         await live.writer.flush()
-        await self.set_state(live, "closed", "closed")
         if turn is not None:
             _settle(turn)
         await self._teardown(live)
@@ -765,8 +766,8 @@ class SessionManager:
             live = self._register(row)
             live.acp_status = row.session.acp_status
             live.status = "closed"
-            live.emit("acp_status", status="connecting")
             await self.set_state(live, "connecting", "idle")
+            live.emit("acp_status", status="connecting")
             self.spawn(self._start(live, StartRequest(resume=True)))
             await self._await_ready(live)
             return live, live.resume_mode
