@@ -381,8 +381,10 @@ class AgentProcess:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
         if self.conn is not None:
+            # bounded: the SDK waits for its handler tasks
             with contextlib.suppress(Exception):
-                await self.conn.close()
+                async with asyncio.timeout(STOP_STEP):
+                    await self.conn.close()
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):

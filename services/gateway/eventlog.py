@@ -34,6 +34,16 @@ logger = logging.getLogger(__name__)
 ACTIVITY_INTERVAL = 1.0
 RETRY_BASE = 0.05
 RETRY_CAP = 2.0
+# Postgres errors worth retrying: the server or the connection, not the statement
+_TRANSIENT = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.SerializationError,
+    asyncpg.DeadlockDetectedError,
+)
 
 
 class EventWriter:
@@ -154,7 +164,21 @@ class EventWriter:
                 # deleted meanwhile: nothing can be stored for it any more
                 self._gone = True
                 return
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
+            except asyncpg.PostgresError as err:
+                if not isinstance(err, _TRANSIENT):
+                    # a statement that can never succeed: retrying would block the log
+                    logger.error(
+                        "dropping %d events of %s: %s",
+                        len(batch),
+                        self._session_id,
+                        err,
+                    )
+                    return
+                await self._backoff(err, delay, len(batch))
+                delay = min(delay * 2, RETRY_CAP)
+                if self._closing and delay >= RETRY_CAP:
+                    return
+            except (OSError, asyncpg.InterfaceError) as err:
                 if self._closing and delay >= RETRY_CAP:
                     logger.error(
                         "dropping %d events of %s after retries: %s",
@@ -172,3 +196,13 @@ class EventWriter:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_CAP)
         await publish_events(self._redis, self._channels, str(self._session_id), events)
+
+    async def _backoff(self, err: BaseException, delay: float, count: int) -> None:
+        logger.warning(
+            "storing %d events of %s failed (%s); retrying in %.2fs",
+            count,
+            self._session_id,
+            err,
+            delay,
+        )
+        await asyncio.sleep(delay)

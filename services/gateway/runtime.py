@@ -338,9 +338,13 @@ class SessionManager:
             *(self.stop(live, reason="shutdown") for live in list(self.live.values())),
             return_exceptions=True,
         )
-        for task in [*self._loops, *self._tasks]:
+        tasks = [*self._loops, *self._tasks]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._loops, *self._tasks, return_exceptions=True)
+        if tasks:
+            _, stuck = await asyncio.wait(tasks, timeout=10.0)
+            if stuck:
+                logger.error("%d session tasks did not stop: %s", len(stuck), stuck)
 
     # --- state ------------------------------------------------------------------------
     async def _announce(
