@@ -1029,7 +1029,7 @@ class SessionManager:
         live.emit(
             "tool_call_update",
             toolCallId=tool_call_id,
-            status="pending" if approved else "failed",
+            status="in_progress" if approved else "failed",
             _meta={
                 "permission": {
                     "outcome": "selected",
