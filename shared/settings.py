@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     agent_home: Path | None = None
     prompt_timeout: float = 300.0
     cancel_watchdog: float = 10.0
+    # timeout of every request to an agent except the prompt itself (api.md §5.3)
+    agent_request_timeout: float = 30.0
     agent_idle_timeout: float = 900.0
     idempotency_window: float = 30.0
     lease_ttl: float = 15.0

@@ -84,6 +84,7 @@ class AgentSpec:
     args: tuple[str, ...]
     cwd: Path
     home: Path
+    request_timeout: float = REQUEST_TIMEOUT
 
 
 def agent_env(home: Path) -> dict[str, str]:
@@ -306,9 +307,15 @@ class AgentProcess:
         method: str,
         params: dict[str, Any],
         *,
-        timeout: float | None = REQUEST_TIMEOUT,
+        timeout: float | None = -1.0,
     ) -> Any:
-        """A raw request; AgentRequestFailed / AgentDied / AgentTimeout on failure."""
+        """A raw request; AgentRequestFailed / AgentDied / AgentTimeout on failure.
+
+        The default timeout (-1) is the spec's request_timeout (AGENT_REQUEST_TIMEOUT);
+        None waits for ever (the prompt itself).
+        """
+        if timeout is not None and timeout < 0:
+            timeout = self.spec.request_timeout
         if self.conn is None or self.exited.done():
             raise AgentDied("agent process is not running")
         call = self.conn._conn.send_request(method, params)

@@ -550,7 +550,13 @@ class SessionManager:
         home = self.settings.agent_home or (
             self.settings.agents_home_root / live.session_id
         )
-        return AgentSpec(command=command, args=args, cwd=live.cwd, home=home)
+        return AgentSpec(
+            command=command,
+            args=args,
+            cwd=live.cwd,
+            home=home,
+            request_timeout=self.settings.agent_request_timeout,
+        )
 
     async def _start(self, live: LiveSession, req: StartRequest) -> None:
         """initialize → new (or load) → apply mode/model → ready; any failure → error."""
