@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from services.gateway import jsonrpc, methods, sse
+from services.gateway import jsonrpc, methods, openrpc, sse
 
 
 def setup(app: web.Application) -> None:
@@ -17,3 +17,4 @@ def setup(app: web.Application) -> None:
     methods.setup(app)
     # Whatever the envelope answers itself when no module registered it (`initialize`).
     jsonrpc.add_default_methods(app)
+    openrpc.setup(app)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from services.query import dashboard, notes, sessions, tasks, workspaces
+from services.query import dashboard, notes, openapi, sessions, tasks, workspaces
 
 
 def setup(app: web.Application) -> None:
@@ -14,3 +14,4 @@ def setup(app: web.Application) -> None:
     tasks.setup(app)
     workspaces.setup(app)
     dashboard.setup(app)
+    openapi.setup(app)
