@@ -1,8 +1,21 @@
-"""The warm session-list cache of this process: Redis reads with a deadline, a breaker, and
-re-invalidation after a write that could not reach Redis.
+"""The warm session-list cache of this process: an in-process L1 of response bytes in front
+of Redis reads with a deadline, a breaker, and re-invalidation after a write that could not
+reach Redis.
 
 Redis is never required: a slow or absent Redis turns every read into a Postgres read and
 every write into a logged warning, never into an error or a hang.
+
+The L1 keeps read-your-writes across query instances (api.md §4.1) because every writer
+publishes on `cache_invalidations` inside the same MULTI that bumps the generation, before it
+replies. The subscriber here is a raw protocol: any byte it reads (other than a PING reply)
+drops the L1 synchronously in `data_received`, i.e. in the event loop's I/O phase, before any
+request handler that was read in the same or a later loop iteration runs. Redis writes the
+message to this socket before the writer even reads its EXEC reply, so a request caused by the
+writer's answer finds the L1 already dropped (same host; across hosts this relies on the
+invalidation travelling Redis→here no slower than Redis→writer→client→here). Fills are
+guarded by an epoch so a read that raced an invalidation is never kept. While the
+subscription is not confirmed, silent for longer than `L1_LIVENESS`, or this process has an
+invalidation pending, the L1 is empty and unused.
 """
 
 from __future__ import annotations
@@ -17,8 +30,9 @@ from typing import Any
 
 from aiohttp import web
 from redis.exceptions import RedisError
+from yarl import URL
 
-from services.common.keys import CHANNELS, REDIS
+from services.common.keys import CHANNELS, REDIS, SETTINGS
 from shared import cache, lifecycle
 from shared.channels import Channels
 from shared.lifecycle import LifecycleType
@@ -32,6 +46,14 @@ RETRY_INTERVAL = 0.5  # pending invalidations are retried this often
 
 _REDIS_ERRORS = (RedisError, OSError, TimeoutError, ValueError)
 
+L1_MAX_ENTRIES = (
+    4096  # distinct list queries kept in process; beyond that the L1 restarts
+)
+L1_PING_INTERVAL = 0.5  # the subscriber pings this often ...
+L1_LIVENESS = 1.5  # ... and the L1 is unused once it heard nothing for this long
+_PONG = b"*2\r\n$4\r\npong\r\n$0\r\n\r\n"
+_SUBSCRIBED = b"\r\n$9\r\nsubscribe\r\n"
+
 
 @dataclass(frozen=True, slots=True)
 class Lookup:
@@ -40,17 +62,146 @@ class Lookup:
     body: bytes | None = None
     fresh: bool = False
     generation: str | None = None  # None: Redis not usable, do not store
+    epoch: int = -1  # L1 epoch before the read; a fill is kept in L1 only if unchanged
+
+
+def _resp(*parts: str) -> bytes:
+    out = [f"*{len(parts)}\r\n".encode()]
+    for part in parts:
+        raw = part.encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(raw), raw))
+    return b"".join(out)
+
+
+class _InvalidationProtocol(asyncio.Protocol):
+    """The subscription socket; drops the L1 in `data_received`, never later."""
+
+    def __init__(self, owner: ListCache) -> None:
+        self._owner = owner
+        self.subscribed = False
+        self.last_heard = time.monotonic()
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._head = b""
+
+    def data_received(self, data: bytes) -> None:
+        self.last_heard = time.monotonic()
+        if data.count(_PONG) * len(_PONG) == len(data):
+            return  # only PING replies: nothing changed
+        self._owner.drop_l1()
+        if not self.subscribed:
+            self._head = (self._head + data)[-4096:]
+            if b"-" in self._head[:1] or b"\r\n-" in self._head:
+                logger.warning("cache invalidation subscribe refused: %r", self._head)
+                return
+            if _SUBSCRIBED in self._head:
+                self.subscribed = True
+                self._head = b""
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.subscribed = False
+        self._owner.drop_l1()
+        if not self.closed.done():
+            self.closed.set_result(None)
 
 
 class ListCache:
     """Per-process view of the shared cache; the source of truth stays Postgres."""
 
-    def __init__(self, redis: Redis, channels: Channels) -> None:
+    def __init__(
+        self, redis: Redis, channels: Channels, redis_url: str | None = None
+    ) -> None:
         self._redis = redis
         self._channels = channels
+        self._redis_url = redis_url  # None: no L1
         self._down_until = 0.0
         self.pending_invalidation = False
         self._wake = asyncio.Event()
+        self._l1: dict[str, tuple[bytes, int]] = {}  # key -> (body, until epoch ms)
+        self._epoch = 0
+        self._listener: _InvalidationProtocol | None = None
+        self.l1_hits = 0
+
+    # --- L1 ----------------------------------------------------------------------------
+
+    def drop_l1(self) -> None:
+        """Forget every in-process entry and make fills that started before void."""
+        self._epoch += 1
+        self._l1.clear()
+
+    @property
+    def l1_active(self) -> bool:
+        """Subscribed, recently heard from, and no invalidation of ours pending."""
+        listener = self._listener
+        return (
+            listener is not None
+            and listener.subscribed
+            and not self.pending_invalidation
+            and time.monotonic() - listener.last_heard < L1_LIVENESS
+            and self.redis_reachable
+        )
+
+    def local(self, query_key: str) -> bytes | None:
+        """The L1 body for a query, if fresh and the L1 can be trusted; synchronous."""
+        entry = self._l1.get(query_key)
+        if entry is None:
+            return None
+        if entry[1] > _now_ms() and self.l1_active:
+            self.l1_hits += 1
+            return entry[0]
+        self._l1.pop(query_key, None)
+        return None
+
+    def _keep(self, query_key: str, epoch: int, body: bytes, until_ms: int) -> None:
+        if epoch != self._epoch or not self.l1_active:
+            return
+        if len(self._l1) >= L1_MAX_ENTRIES:
+            self._l1.clear()
+        self._l1[query_key] = (body, until_ms)
+
+    async def run_invalidations(self) -> None:
+        """Owned by the app: keeps the subscription that lets the L1 be used at all."""
+        if self._redis_url is None:
+            return
+        url = URL(self._redis_url)
+        if url.scheme != "redis" or url.host is None:
+            logger.info("no in-process list cache for %s URLs", url.scheme)
+            return
+        while True:
+            try:
+                await self._listen(url)
+            except (OSError, TimeoutError) as err:
+                logger.debug("cache invalidation subscriber: %r", err)
+            finally:
+                if self._listener is not None:
+                    self._listener.subscribed = False
+                self.drop_l1()
+            await asyncio.sleep(RETRY_INTERVAL)
+
+    async def _listen(self, url: URL) -> None:
+        loop = asyncio.get_running_loop()
+        host = url.host or "127.0.0.1"
+        async with asyncio.timeout(REDIS_OP_TIMEOUT * 2):
+            transport, proto = await loop.create_connection(
+                lambda: _InvalidationProtocol(self), host, url.port or 6379
+            )
+        self._listener = proto
+        try:
+            if url.password is not None:
+                if url.user:
+                    transport.write(_resp("AUTH", url.user, url.password))
+                else:
+                    transport.write(_resp("AUTH", url.password))
+            transport.write(_resp("SUBSCRIBE", self._channels.cache_invalidations))
+            while not proto.closed.done():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(L1_PING_INTERVAL):
+                        await asyncio.shield(proto.closed)
+                if time.monotonic() - proto.last_heard >= L1_LIVENESS:
+                    raise TimeoutError("cache invalidation subscriber silent")
+                transport.write(_resp("PING"))
+        finally:
+            proto.subscribed = False
+            transport.abort()
 
     def _usable(self) -> bool:
         return not self.pending_invalidation and self.redis_reachable
@@ -66,8 +217,12 @@ class ListCache:
 
     async def lookup(self, query_key: str) -> Lookup:
         """Never raises; a Redis problem is a miss that must not be stored."""
+        body = self.local(query_key)
+        if body is not None:
+            return Lookup(body, True, None)
         if not self._usable():
             return Lookup()
+        epoch = self._epoch
         try:
             async with asyncio.timeout(REDIS_OP_TIMEOUT):
                 body, until_ms, gen = await cache.read_list_entry(
@@ -76,16 +231,30 @@ class ListCache:
         except _REDIS_ERRORS as err:
             self._failed("cache read", err)
             return Lookup()
-        fresh = body is not None and (until_ms is None or until_ms > _now_ms())
-        return Lookup(body, fresh, gen)
+        now = _now_ms()
+        fresh = body is not None and (until_ms is None or until_ms > now)
+        if fresh and body is not None:
+            bound = now + cache.LIST_TTL_SECONDS * 1000
+            self._keep(query_key, epoch, body, min(until_ms or bound, bound))
+        return Lookup(body, fresh, gen, epoch)
 
     async def store(
-        self, query_key: str, generation: str, body: bytes, ttl: float
+        self,
+        query_key: str,
+        generation: str,
+        body: bytes,
+        ttl: float,
+        *,
+        epoch: int = -1,
     ) -> None:
-        """Keep the body if no write happened since `generation` was read; never raises."""
+        """Keep the body if no write happened since `generation` was read; never raises.
+
+        `epoch` is the Lookup's: the L1 keeps the body only if no invalidation came since.
+        """
         if not self._usable():
             return
         until_ms = _now_ms() + int(ttl * 1000)
+        self._keep(query_key, epoch, body, until_ms)
         try:
             async with asyncio.timeout(REDIS_OP_TIMEOUT):
                 await cache.store_list_until(
@@ -106,6 +275,7 @@ class ListCache:
         When Redis cannot be reached, cached lists may be stale once it is back: this process
         stops reading them and keeps retrying the invalidation until it succeeds.
         """
+        self.drop_l1()
         if self.redis_reachable and await self._announce(
             type_, session_id, workspace_id, changes
         ):
@@ -162,9 +332,18 @@ LIST_CACHE = web.AppKey("session_list_cache", ListCache)
 
 async def list_cache_ctx(app: web.Application) -> AsyncIterator[None]:
     """After the Redis context: the cache wraps its client and owns the retry task."""
-    app[LIST_CACHE] = list_cache = ListCache(app[REDIS], app[CHANNELS])
-    task = asyncio.create_task(list_cache.run_retries(), name="list-cache-retries")
+    app[LIST_CACHE] = list_cache = ListCache(
+        app[REDIS], app[CHANNELS], app[SETTINGS].redis_url
+    )
+    tasks = [
+        asyncio.create_task(list_cache.run_retries(), name="list-cache-retries"),
+        asyncio.create_task(
+            list_cache.run_invalidations(), name="list-cache-invalidations"
+        ),
+    ]
     yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -107,7 +107,9 @@ async def list_sessions(request: web.Request) -> web.Response:
         if any_active:
             ttl = min(ttl, ACTIVE_LIST_TTL)
         if ttl > 0:
-            await list_cache.store(query.cache_key, hit.generation, body, ttl)
+            await list_cache.store(
+                query.cache_key, hit.generation, body, ttl, epoch=hit.epoch
+            )
     return _json_bytes(body)
 
 
