@@ -7,6 +7,7 @@ Series are labelled by route template, never by raw path.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -80,9 +81,52 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self._cache_counts: dict[str, int] = {}
+        self.cache_hit_ratio = Gauge(
+            "routa_cache_hit_ratio",
+            "Share of session list lookups answered from the cache (L1 or Redis)",
+            registry=r,
+        )
+        self.cache_hit_ratio.set_function(self._hit_ratio)
+
+    def cache_lookup(self, result: str) -> None:
+        """One session-list cache lookup: `hit_local`, `hit_redis`, `miss` or `bypass`."""
+        self.cache_requests.labels(result).inc()
+        self._cache_counts[result] = self._cache_counts.get(result, 0) + 1
+
+    def _hit_ratio(self) -> float:
+        total = sum(self._cache_counts.values())
+        hits = self._cache_counts.get("hit_local", 0) + self._cache_counts.get(
+            "hit_redis", 0
+        )
+        return hits / total if total else 0.0
+
+    def track_stream(self, kind: str) -> Callable[[], None]:
+        """Count one open SSE stream of `kind`; call the result once when it ends."""
+        gauge = self.sse_streams.labels(kind)
+        gauge.inc()
+        done = False
+
+        def _end() -> None:
+            nonlocal done
+            if not done:
+                done = True
+                gauge.dec()
+
+        return _end
 
 
 METRICS = web.AppKey("metrics", Metrics)
+
+
+def track_stream(app: web.Application, kind: str) -> Callable[[], None]:
+    """`Metrics.track_stream` of the app, or a no-op for an app without metrics."""
+    metrics = app.get(METRICS)
+    return metrics.track_stream(kind) if metrics is not None else _noop
+
+
+def _noop() -> None:
+    return None
 
 
 def _route_of(request: web.Request) -> str:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from services.common.accesslog import ACCESS_LOGGER, AccessLogger
 from services.common.logging import configure_logging
 from shared.settings import Settings
 
@@ -37,7 +38,8 @@ def run(
         host=settings.host,
         port=port,
         shutdown_timeout=settings.shutdown_timeout,
-        access_log=None,
+        access_log=ACCESS_LOGGER,
+        access_log_class=AccessLogger,
         print=None,
         loop=loop,
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import uuid
 from typing import Any, Literal, TypeVar
 
+import structlog
 from aiohttp import web
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
@@ -88,13 +89,18 @@ class RespondParams(SessionParams):
 def parse(model: type[P], params: dict[str, Any]) -> P:
     """Validate params; the -32602 message names the offending field."""
     try:
-        return model.model_validate(params)
+        parsed = model.model_validate(params)
     except ValidationError as err:
         first = err.errors()[0]
         loc = ".".join(str(p) for p in first["loc"]) or "params"
         if first["type"] == "missing":
             raise BadRequest(f"Invalid params: {loc} is required") from err
         raise BadRequest(f"Invalid params: {loc}: {first['msg']}") from err
+    session_id = getattr(parsed, "session_id", None)
+    if isinstance(session_id, str):
+        # log lines of this call (the access log included) carry the session id
+        structlog.contextvars.bind_contextvars(session_id=session_id)
+    return parsed
 
 
 def _manager(call: RpcCall) -> SessionManager:
@@ -180,7 +186,7 @@ async def session_new(call: RpcCall) -> dict[str, Any]:
             raise BadRequest(
                 f"Invalid modeId: {p.mode_id!r} is not offered by echo ({', '.join(ECHO_MODES)})"
             )
-    return await _manager(call).create(
+    created = await _manager(call).create(
         NewSessionArgs(
             workspace_id=workspace_id,
             name=check_name(p.name),
@@ -199,6 +205,8 @@ async def session_new(call: RpcCall) -> dict[str, Any]:
             custom_args=p.custom_args,
         )
     )
+    structlog.contextvars.bind_contextvars(session_id=created["sessionId"])
+    return created
 
 
 async def session_prompt(call: RpcCall) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from aiohttp_sse import EventSourceResponse
 from redis.exceptions import RedisError
 
 from services.common.keys import CHANNELS, REDIS
+from services.common.metrics import track_stream
 from shared.channels import Channels
 from shared.jsonutil import dumps_str, now_iso
 from shared.redisconn import Redis
@@ -139,6 +140,7 @@ async def session_events(request: web.Request) -> web.StreamResponse:
     workspace_id = request.query.get("workspaceId") or None
     sub = hub.add(workspace_id)
     watcher: asyncio.Future[None] | None = None
+    untrack = track_stream(request.app, "sessions")
     try:
         # subscribed before `connected`, so a change made after it is never missed
         with contextlib.suppress(TimeoutError):
@@ -168,6 +170,7 @@ async def session_events(request: web.Request) -> web.StreamResponse:
                     await resp.send(item.decode())
         return resp
     finally:
+        untrack()
         hub.remove(sub)
         if watcher is not None:
             watcher.cancel()

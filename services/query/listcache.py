@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +33,7 @@ from redis.exceptions import RedisError
 from yarl import URL
 
 from services.common.keys import CHANNELS, REDIS, SETTINGS
+from services.common.metrics import METRICS
 from shared import cache, lifecycle
 from shared.channels import Channels
 from shared.lifecycle import LifecycleType
@@ -215,12 +216,21 @@ class ListCache:
         self._down_until = time.monotonic() + BREAKER_SECONDS
         logger.warning("redis %s failed: %r", what, err)
 
+    # set by the app to Metrics.cache_lookup; counts hit_local/hit_redis/miss/bypass
+    on_lookup: Callable[[str], None] | None = None
+
+    def _count(self, result: str) -> None:
+        if self.on_lookup is not None:
+            self.on_lookup(result)
+
     async def lookup(self, query_key: str) -> Lookup:
         """Never raises; a Redis problem is a miss that must not be stored."""
         body = self.local(query_key)
         if body is not None:
+            self._count("hit_local")
             return Lookup(body, True, None)
         if not self._usable():
+            self._count("bypass")
             return Lookup()
         epoch = self._epoch
         try:
@@ -230,9 +240,11 @@ class ListCache:
                 )
         except _REDIS_ERRORS as err:
             self._failed("cache read", err)
+            self._count("bypass")
             return Lookup()
         now = _now_ms()
         fresh = body is not None and (until_ms is None or until_ms > now)
+        self._count("hit_redis" if fresh else "miss")
         if fresh and body is not None:
             bound = now + cache.LIST_TTL_SECONDS * 1000
             self._keep(query_key, epoch, body, min(until_ms or bound, bound))
@@ -335,6 +347,8 @@ async def list_cache_ctx(app: web.Application) -> AsyncIterator[None]:
     app[LIST_CACHE] = list_cache = ListCache(
         app[REDIS], app[CHANNELS], app[SETTINGS].redis_url
     )
+    if METRICS in app:
+        list_cache.on_lookup = app[METRICS].cache_lookup
     tasks = [
         asyncio.create_task(list_cache.run_retries(), name="list-cache-retries"),
         asyncio.create_task(

@@ -18,6 +18,7 @@ from aiohttp_sse import EventSourceResponse
 from redis.exceptions import RedisError
 
 from services.common.keys import CHANNELS, REDIS
+from services.common.metrics import track_stream
 from shared.jsonutil import dumps_str
 from shared.redisconn import Redis
 
@@ -186,6 +187,8 @@ async def stream(
     sub = hub.subscribe(channel)
     resp = EventSourceResponse(sep="\n", ping_interval=request.app[HEARTBEAT])
     watcher: asyncio.Future[None] | None = None
+    # /api/notes/events -> "notes", /api/tasks/events -> "tasks"
+    untrack = track_stream(request.app, request.path.split("/")[2])
     try:
         await resp.prepare(request)
         # the ping task ends when the client is gone: end the stream then, not at the next message
@@ -198,6 +201,7 @@ async def stream(
     except (ConnectionResetError, TimeoutError):
         pass  # the client left or stalled
     finally:
+        untrack()
         hub.unsubscribe(sub)
         if watcher is not None:
             watcher.cancel()
