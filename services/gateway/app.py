@@ -5,6 +5,11 @@ from __future__ import annotations
 from aiohttp import web
 
 from services.common.app import base_app
+from services.common.health import HEALTH
+from services.common.keys import SETTINGS
+from services.gateway import commands, forwarding, jsonrpc
+from services.gateway.fanout import close_streams_on_shutdown
+from services.gateway.keys import SESSION_MANAGER
 from shared.settings import Settings
 
 DEFAULT_PORT = 8001
@@ -15,4 +20,55 @@ def create_app(settings: Settings) -> web.Application:
     from services.gateway import routes
 
     routes.setup(app)
+    setup_scaleout(app)
     return app
+
+
+def setup_scaleout(app: web.Application) -> None:
+    """Forwarding between gateways, the commands stream and the SIGTERM drain (§6, §7).
+
+    Both cleanup contexts come after the session manager's: they dispatch into it, and
+    unwind before it stops the agents.
+    """
+    app.cleanup_ctx.append(
+        forwarding.link_ctx(
+            lambda app: lambda request: jsonrpc.dispatch(app, request, forwarded=True)
+        )
+    )
+    app.cleanup_ctx.append(
+        commands.commands_ctx(lambda app: lambda raw: jsonrpc.dispatch_bytes(app, raw))
+    )
+
+    async def link_subscribed() -> object:
+        link = app.get(forwarding.GATEWAY_LINK)
+        if link is None or not link.subscribed:
+            raise ConnectionError("gateway link not subscribed")
+        return True
+
+    app[HEALTH].checks["gatewayLink"] = link_subscribed
+    instance_id = app[SETTINGS].instance_id
+
+    async def tag_instance(_request: web.Request, response: web.StreamResponse) -> None:
+        # which instance answered, behind a balancer (logs, tests, debugging)
+        response.headers["X-Instance-Id"] = instance_id
+
+    app.on_response_prepare.append(tag_instance)
+    # After readiness turned 503, before the SSE streams end: running turns finish first,
+    # so subscribers here see them through, then reconnect elsewhere and replay.
+    shutdown = app.on_shutdown
+    at = (
+        shutdown.index(close_streams_on_shutdown)
+        if close_streams_on_shutdown in shutdown
+        else len(shutdown)
+    )
+    shutdown.insert(at, drain)
+
+
+async def drain(app: web.Application) -> None:
+    """on_shutdown: stop reading commands, let running turns finish, release leases."""
+    consumer = app.get(commands.COMMAND_CONSUMER)
+    if consumer is not None:
+        await consumer.stop_reading()
+    manager = app.get(SESSION_MANAGER)
+    if manager is not None:
+        await manager.drain(app[SETTINGS].drain_grace)

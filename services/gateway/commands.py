@@ -46,6 +46,14 @@ class CommandConsumer:
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="commands-consumer")
 
+    async def stop_reading(self) -> None:
+        """Drain: take no new entries (other gateways in the group do); running ones finish."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()

@@ -21,7 +21,16 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from services.common.keys import CHANNELS, REDIS, SETTINGS
+from services.gateway.keys import SESSION_MANAGER
+from services.gateway.rpc import Method, RpcCall, RpcError
 from shared.channels import Channels
+from shared.errors import (
+    INTERNAL_ERROR,
+    SESSION_UNSERVABLE,
+    AgentError,
+    DomainError,
+    SessionUnservable,
+)
 from shared.jsonutil import dumps, loads
 from shared.redisconn import Redis
 
@@ -35,6 +44,10 @@ Dispatch = Callable[[dict[str, Any]], Awaitable[Any]]
 
 class OwnerUnreachable(Exception):
     """No process listens on the owner's channel: it died or its lease is stale."""
+
+
+class OwnerLost(OwnerUnreachable):
+    """The owner stopped listening after it took the call: the call may have half run."""
 
 
 class GatewayLink:
@@ -52,6 +65,8 @@ class GatewayLink:
         self._listener: asyncio.Task[None] | None = None
         self._pubsub: PubSub | None = None
         self._ready = asyncio.Event()
+        # True while the rpc channel is subscribed (readiness depends on it)
+        self.subscribed = False
 
     @property
     def rpc_channel(self) -> str:
@@ -89,6 +104,7 @@ class GatewayLink:
                 await pubsub.subscribe(self.rpc_channel)
                 await pubsub.psubscribe(self.reply_prefix + "*")
                 self._ready.set()
+                self.subscribed = True
                 backoff = 0.1
                 while True:
                     message = await pubsub.get_message(
@@ -97,10 +113,12 @@ class GatewayLink:
                     if message is not None:
                         self._on_message(message)
             except asyncio.CancelledError:
+                self.subscribed = False
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
                 raise
             except (RedisError, OSError) as err:
+                self.subscribed = False
                 logger.warning("gateway link lost Redis: %s", err)
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
@@ -167,12 +185,104 @@ class GatewayLink:
                     if done:
                         return future.result()
                     if not await self.owner_listens(owner):
-                        raise OwnerUnreachable(owner)
+                        raise OwnerLost(owner)
         finally:
             self._pending.pop(token, None)
 
 
 GATEWAY_LINK = web.AppKey("gateway_link", GatewayLink)
+
+# Beyond PROMPT_TIMEOUT a forwarded prompt still needs the owner's resume (agent start and
+# load, 30 s per request); other calls are bounded by their agent requests.
+FORWARD_MARGIN = 90.0
+CALL_TIMEOUT = 120.0
+# How often one call re-reads the owner after a race (an adoption elsewhere, a drain).
+ROUTE_ATTEMPTS = 3
+
+
+def _forward_timeout(call: RpcCall) -> float:
+    if call.method == "session/prompt":
+        return call.app[SETTINGS].prompt_timeout + FORWARD_MARGIN
+    return CALL_TIMEOUT
+
+
+async def route(call: RpcCall, local: Method) -> Any:
+    """Run a session call here, on the session's owner, or here after adopting it (§7).
+
+    The owner is whoever holds a live lease. A call that reaches nobody on the owner's
+    channel adopts the session (compare-and-swap on the lease), then runs here and resumes
+    it (§5.4). A call that was itself forwarded is never forwarded again (-32010).
+    """
+    sid = call.params.get("sessionId")
+    manager = call.app[SESSION_MANAGER]
+    link = call.app.get(GATEWAY_LINK)
+    if not isinstance(sid, str) or link is None or manager.is_live_here(sid):
+        return await local(call)
+    for attempt in range(1, ROUTE_ATTEMPTS + 1):
+        last = attempt == ROUTE_ATTEMPTS
+        owner = await manager.remote_owner(sid, call.allowed_workspaces)
+        if owner is None:
+            try:
+                return await local(call)
+            except SessionUnservable:
+                # someone claimed it between our read and our claim: look again
+                if last or call.forwarded:
+                    raise
+                continue
+        if call.forwarded:
+            raise SessionUnservable(f"Session owned by {owner}")
+        request = {
+            "jsonrpc": "2.0",
+            "id": uuid.uuid4().hex,
+            "method": call.method,
+            "params": call.params,
+        }
+        try:
+            reply = await link.forward(owner, request, timeout=_forward_timeout(call))
+        except OwnerLost as err:
+            if call.method == "session/prompt":
+                # The turn died with its owner; adopt now so the log ends that turn and
+                # the next call finds the session here.
+                if await manager.adopt(sid, owner):
+                    with contextlib.suppress(DomainError):
+                        await manager.ensure_live(sid, call.allowed_workspaces)
+                raise AgentError(
+                    f"Gateway instance {owner} stopped during the prompt; "
+                    "the session can be prompted again"
+                ) from err
+            if await manager.adopt(sid, owner):
+                return await local(call)
+            continue
+        except OwnerUnreachable:
+            if await manager.adopt(sid, owner):
+                logger.info("adopting session %s from %s", sid, owner)
+                return await local(call)
+            continue
+        except TimeoutError as err:
+            raise SessionUnservable(
+                f"Session owner {owner} did not answer in time"
+            ) from err
+        error = reply.get("error") if isinstance(reply, dict) else None
+        if isinstance(error, dict):
+            code = error.get("code")
+            if code == SESSION_UNSERVABLE and not last:
+                continue  # the owner is draining or lost the session: look again
+            raise RpcError(
+                code if isinstance(code, int) else INTERNAL_ERROR,
+                str(error.get("message", "")),
+                data=error.get("data"),
+            )
+        return reply.get("result") if isinstance(reply, dict) else None
+    raise SessionUnservable(f"Session {sid} cannot be served")
+
+
+def routed(local: Method) -> Method:
+    """`local` wrapped so that it runs wherever the session lives (see `route`)."""
+
+    async def method(call: RpcCall) -> Any:
+        return await route(call, local)
+
+    return method
 
 
 def link_ctx(

@@ -17,6 +17,7 @@ from pydantic.alias_generators import to_camel
 from services.echo.catalog import MODELS as ECHO_MODELS
 from services.echo.catalog import MODES as ECHO_MODES
 from services.gateway import control, jsonrpc
+from services.gateway.forwarding import routed
 from services.gateway.keys import SESSION_MANAGER
 from services.gateway.rpc import METHODS, MethodRegistry, RpcCall
 from services.gateway.runtime import NewSessionArgs, SessionManager, manager_ctx
@@ -290,10 +291,12 @@ def setup(app: web.Application) -> None:
     registry = app[METHODS]
     registry.add("initialize", jsonrpc.initialize)
     registry.add("session/new", session_new)
-    registry.add("session/prompt", session_prompt)
-    registry.add("session/cancel", session_cancel)
-    registry.add("session/set_mode", session_set_mode)
-    registry.add("session/set_model", session_set_model)
-    registry.add("session/load", session_load)
-    registry.add("session/respond_user_input", session_respond_user_input)
+    # Session calls run where the session lives: here, on its owner, or here after
+    # adopting it from a dead owner (forwarding.route, api.md §7).
+    registry.add("session/prompt", routed(session_prompt))
+    registry.add("session/cancel", routed(session_cancel))
+    registry.add("session/set_mode", routed(session_set_mode))
+    registry.add("session/set_model", routed(session_set_model))
+    registry.add("session/load", routed(session_load))
+    registry.add("session/respond_user_input", routed(session_respond_user_input))
     registry.add("_providers/list", providers_list)

@@ -301,6 +301,8 @@ class SessionManager:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._resume_locks: dict[str, asyncio.Lock] = {}
         self._closed = False
+        # SIGTERM: no new sessions or turns here, running turns finish (drain()).
+        self.draining = False
         self._loops: list[asyncio.Task[None]] = []
         # set by the app: whether a session has open SSE streams here (keeps it from idling)
         self.has_subscribers: Callable[[str], bool] = lambda _sid: False
@@ -425,6 +427,8 @@ class SessionManager:
         else:
             cwd = self.settings.cwd_root / safe_segment(args.workspace_id) / sid
 
+        if self.draining:
+            raise AgentError("Gateway draining")
         await self.make_room()
         async with self.pool.acquire() as conn, conn.transaction():
             if args.idempotency_key:
@@ -760,14 +764,16 @@ class SessionManager:
             self._check_allowed(row.session.workspace_id, sid, allowed)
             if self._closed:
                 raise AgentError("Gateway is shutting down")
+            if self.draining:
+                raise SessionUnservable("Gateway draining")
             await self.make_room()
-            claimed = await sessions.claim_owner(
+            previous = await sessions.claim_owner_from(
                 self.pool,
                 uuid.UUID(sid),
                 self.settings.instance_id,
                 self.settings.lease_ttl,
             )
-            if not claimed:
+            if previous is None:
                 fresh = await sessions.get(self.pool, sid)
                 owner = fresh.owner_instance_id if fresh else None
                 raise SessionUnservable(
@@ -776,6 +782,12 @@ class SessionManager:
             live = self._register(row)
             live.acp_status = row.session.acp_status
             live.status = "closed"
+            if previous == "active":
+                # The previous owner died mid-turn: end that turn in the log (§9.25).
+                live.emit(
+                    "error",
+                    message="Turn interrupted: the gateway instance running it was lost",
+                )
             await self.set_state(live, "connecting", "idle")
             live.emit("acp_status", status="connecting")
             self.spawn(self._start(live, StartRequest(resume=True)))
@@ -811,6 +823,8 @@ class SessionManager:
         live, _ = await self.ensure_live(sid, allowed)
         if live.turn is not None:
             raise AgentError("A prompt is already running for this session")
+        if self.draining:
+            raise SessionUnservable("Gateway draining")
         loop = asyncio.get_running_loop()
         turn = Turn(future=loop.create_future())
         turn.future.add_done_callback(_consume)
@@ -1188,15 +1202,95 @@ class SessionManager:
         interval = max(self.settings.lease_ttl / 3, 0.05)
         while True:
             await asyncio.sleep(interval)
-            ids = [lv.uuid for lv in self.live.values() if not lv.stopping]
-            if not ids:
+            lives = [lv for lv in self.live.values() if not lv.stopping]
+            if not lives:
                 continue
             try:
-                await sessions.renew_leases(
-                    self.pool, self.settings.instance_id, self.settings.lease_ttl, ids
+                owned = await sessions.renew_leases_owned(
+                    self.pool,
+                    self.settings.instance_id,
+                    self.settings.lease_ttl,
+                    [lv.uuid for lv in lives],
                 )
             except (OSError, asyncpg.PostgresError) as err:
                 logger.warning("lease renewal failed: %s", err)
+                continue
+            for live in lives:
+                # Another instance adopted it (our lease ran out): two agents must not
+                # write one session, so ours stops without touching the row.
+                if live.uuid not in owned and not live.stopping:
+                    logger.warning("lost the lease of %s; stopping", live.session_id)
+                    self.spawn(self.stop(live, reason="lease lost", quiet=True))
+
+    # --- scale-out ----------------------------------------------------------------------
+    def is_live_here(self, sid: str) -> bool:
+        live = self.live.get(sid)
+        return live is not None and not live.stopping
+
+    async def remote_owner(
+        self, sid: str, allowed: frozenset[str] | None = None
+    ) -> str | None:
+        """The other instance holding a live lease on `sid`, else None (unknown: None)."""
+        session = await sessions.get(self.pool, sid)
+        if session is None:
+            return None
+        self._check_allowed(session.workspace_id, sid, allowed)
+        owner = session.owner_instance_id
+        return owner if owner and owner != self.settings.instance_id else None
+
+    async def adopt(self, sid: str, dead_owner: str) -> bool:
+        """Compare-and-swap the lease from an owner found dead; True when it is ours now."""
+        if self.draining or self._closed:
+            return False
+        # Only the claim: the stored status stays as the dead owner left it, so
+        # ensure_live (whose own claim then succeeds) still sees a turn it interrupted.
+        previous = await sessions.claim_owner_from(
+            self.pool,
+            uuid.UUID(sid),
+            self.settings.instance_id,
+            self.settings.lease_ttl,
+            dead_owner,
+        )
+        return previous is not None
+
+    async def release_stale(self) -> None:
+        """At start: what the row says this INSTANCE_ID owns is left from a previous run."""
+        released = await sessions.release_instance(self.pool, self.settings.instance_id)
+        for sid, workspace_id, acp_status in released:
+            await self._announce(
+                workspace_id, sid, {"status": "closed", "acpStatus": acp_status}
+            )
+
+    async def drain(self, grace: float) -> None:
+        """SIGTERM: refuse new work, let running turns finish (up to `grace`), stop agents.
+
+        Stopping writes status closed and releases each lease, so the sessions are
+        resumable at once on any other instance.
+        """
+        self.draining = True
+
+        def running(lv: LiveSession) -> bool:
+            return lv.turn is not None and not lv.turn.done
+
+        idle = [lv for lv in self.live.values() if not running(lv)]
+        await asyncio.gather(
+            *(self.stop(lv, reason="shutdown") for lv in idle), return_exceptions=True
+        )
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace):
+                while True:
+                    turns = [
+                        lv.turn.future
+                        for lv in self.live.values()
+                        if lv.turn is not None and running(lv)
+                    ]
+                    if not turns:
+                        break
+                    await asyncio.wait(turns, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.gather(
+            *(self.stop(lv, reason="shutdown") for lv in list(self.live.values())),
+            return_exceptions=True,
+        )
 
     async def _idle_loop(self) -> None:
         timeout = self.settings.agent_idle_timeout
@@ -1251,6 +1345,7 @@ def manager_ctx(key: web.AppKey[SessionManager]) -> Any:
                 latency.observe(seconds)
 
             manager.on_batch = _observe
+        await manager.release_stale()
         manager.start_loops()
         yield
         await manager.close()

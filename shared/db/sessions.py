@@ -431,3 +431,71 @@ LOCK_IDEMPOTENCY_KEY = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))"
 async def lock_idempotency_key(conn: Connection, workspace_id: str, key: str) -> None:
     """Serialise session/new calls with the same key until the transaction ends."""
     await conn.execute(LOCK_IDEMPOTENCY_KEY, f"session-new:{workspace_id}:{key}")
+
+
+# --- scale-out: adoption by compare-and-swap, lease renewal that notices a lost lease ---
+
+# Take ownership when nobody holds a live lease, when we hold it, or when the holder is the
+# instance the caller found dead ($4): a compare-and-swap on the owner, so of two instances
+# adopting at once exactly one wins. Returns the stored (raw) status before the claim:
+# 'active' means the previous owner died in the middle of a turn.
+CLAIM_OWNER_FROM = """
+WITH prev AS (SELECT session_id, status FROM sessions WHERE session_id = $1 FOR UPDATE)
+UPDATE sessions s
+SET owner_instance_id = $2, lease_expires_at = now() + make_interval(secs => $3)
+FROM prev
+WHERE s.session_id = prev.session_id
+  AND (s.owner_instance_id IS NULL OR s.owner_instance_id = $2
+       OR ($4::text IS NOT NULL AND s.owner_instance_id = $4)
+       OR s.lease_expires_at IS NULL OR s.lease_expires_at < now())
+RETURNING prev.status
+"""
+
+RENEW_LEASES_OWNED = """
+UPDATE sessions SET lease_expires_at = now() + make_interval(secs => $2)
+WHERE owner_instance_id = $1 AND session_id = ANY($3::uuid[])
+RETURNING session_id
+"""
+
+# A restarted instance (same INSTANCE_ID) runs no agent yet: what the row says it owns is stale.
+RELEASE_INSTANCE = """
+UPDATE sessions SET owner_instance_id = NULL, lease_expires_at = NULL,
+       acp_status = CASE WHEN acp_status IN ('connecting', 'ready') THEN 'closed'
+                         ELSE acp_status END,
+       status = 'closed', updated_at = now()
+WHERE owner_instance_id = $1
+RETURNING session_id::text AS session_id, workspace_id, acp_status
+"""
+
+
+async def claim_owner_from(
+    conn: Executor,
+    session_id: uuid.UUID,
+    instance_id: str,
+    ttl: float,
+    dead_owner: str | None = None,
+) -> str | None:
+    """Claim (see CLAIM_OWNER_FROM); the previous raw status, or None when not claimed."""
+    value = await conn.fetchval(
+        CLAIM_OWNER_FROM, session_id, instance_id, ttl, dead_owner
+    )
+    return None if value is None else str(value)
+
+
+async def renew_leases_owned(
+    conn: Executor,
+    instance_id: str,
+    ttl: float,
+    session_ids: Sequence[uuid.UUID],
+) -> set[uuid.UUID]:
+    """Renew; the ids still owned by `instance_id` (the others were adopted elsewhere)."""
+    rows = await conn.fetch(RENEW_LEASES_OWNED, instance_id, ttl, list(session_ids))
+    return {r["session_id"] for r in rows}
+
+
+async def release_instance(
+    conn: Executor, instance_id: str
+) -> list[tuple[str, str, str]]:
+    """Close and release every session `instance_id` owns: (sessionId, workspaceId, acpStatus)."""
+    rows = await conn.fetch(RELEASE_INSTANCE, instance_id)
+    return [(r["session_id"], r["workspace_id"], r["acp_status"]) for r in rows]
