@@ -34,7 +34,9 @@ WAIT = 30.0
 @pytest.fixture
 def make_gw(make_settings, aiohttp_client, cwd_root):
     async def _make(name: str, **overrides):
-        settings = make_settings(instance_id=f"{name}-{uuid.uuid4().hex[:6]}", **overrides)
+        settings = make_settings(
+            instance_id=f"{name}-{uuid.uuid4().hex[:6]}", **overrides
+        )
         client = await aiohttp_client(create_app(settings))
         await wait_until(lambda: client.app[GATEWAY_LINK].subscribed)
         return client
@@ -89,14 +91,13 @@ async def test_cancel_while_prompt_waits_on_other_instance(make_gw, pool, worksp
     prompt = asyncio.create_task(
         call(b, "session/prompt", {"sessionId": sid, "prompt": "/slow 20"})
     )
-    await wait_events(
-        pool, sid, lambda evs: "agent_message_chunk" in kinds(evs)[-1:]
-    )
+    await wait_events(pool, sid, lambda evs: "agent_message_chunk" in kinds(evs)[-1:])
     assert await ok(c, "session/cancel", {"sessionId": sid}) == {}
     async with asyncio.timeout(WAIT):
         body = await prompt
     assert body["result"]["stopReason"] == "cancelled"
-    assert not b.app[SESSION_MANAGER].live and not c.app[SESSION_MANAGER].live
+    assert not b.app[SESSION_MANAGER].live
+    assert not c.app[SESSION_MANAGER].live
 
 
 async def test_forwarded_call_is_never_forwarded_again(make_gw, pool, workspace_id):
@@ -147,9 +148,7 @@ async def test_two_instances_adopting_at_once_end_with_one_owner(
     row = await sessions.get(pool, sid)
     assert row.owner_instance_id == instance(winner)
     evs = await events(pool, sid)
-    interrupted = [
-        e for e in evs if e["update"]["sessionUpdate"] == "error"
-    ]
+    interrupted = [e for e in evs if e["update"]["sessionUpdate"] == "error"]
     assert len(interrupted) == 1
     assert "interrupted" in interrupted[0]["update"]["message"]
     # the next prompt anywhere runs on the winner
@@ -177,9 +176,7 @@ async def test_sigterm_drain_finishes_turn_and_releases(make_gw, pool, workspace
     prompt = asyncio.create_task(
         call(a, "session/prompt", {"sessionId": busy, "prompt": "/slow 1"})
     )
-    await wait_events(
-        pool, busy, lambda evs: "agent_message_chunk" in kinds(evs)[-1:]
-    )
+    await wait_events(pool, busy, lambda evs: "agent_message_chunk" in kinds(evs)[-1:])
     manager = a.app[SESSION_MANAGER]
     closing = asyncio.create_task(a.server.close())
     await wait_until(lambda: manager.draining)
