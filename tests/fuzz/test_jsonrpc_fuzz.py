@@ -59,7 +59,7 @@ NASTY = [
     "<script>alert(1)</script>",
     "\u202egnp.exe",
     "👩‍👩‍👧‍👦" * 50,
-    "Ω≈ç√∫˜µ≤≥÷",
+    "Ω≈ç√∫µ≤≥÷",
     "\ufeff\u200b",
     "a" * 10_000,
     "é" * 300,
@@ -211,21 +211,20 @@ raw_bodies = st.one_of(
 def _ids(payload: Any) -> list[Any]:
     """Ids we expect back, in order, for the requests that must be answered with their id."""
     members = payload if isinstance(payload, list) else [payload]
-    out = []
-    for m in members:
-        if (
-            isinstance(m, dict)
-            and "id" in m
-            and (m["id"] is None or type(m["id"]) in (int, str, float))
-        ):
-            out.append(m["id"])
-    return out
+    return [
+        m["id"]
+        for m in members
+        if isinstance(m, dict)
+        and "id" in m
+        and (m["id"] is None or type(m["id"]) in (int, str, float))
+    ]
 
 
 def _check_reply(
     status: int, body: bytes, payload: Any, sent: bytes, tally: collections.Counter[str]
 ) -> None:
-    assert b"Traceback" not in body and b'File "' not in body, body[:500]
+    assert b"Traceback" not in body, body[:500]
+    assert b'File "' not in body, body[:500]
     tally[f"http {status}"] += 1
     if status in (413, 415):
         assert set(orjson.loads(body)) == {"error"}
