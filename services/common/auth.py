@@ -1,0 +1,379 @@
+"""Bearer-token auth, workspace scope and the per-token rate limit (api.md §8, §9.15).
+
+Auth is on when AUTH_TOKENS is set or the api_tokens table holds an active token. Then every
+`/api/*` route needs `Authorization: Bearer <token>` (or `?access_token=`, for EventSource);
+`/healthz`, `/readyz`, `/metrics` and the dashboard page and assets stay open. A token is
+scoped to workspaces: whatever names another workspace in the URL (a `workspaceId`, a
+session, task or workspace id) is refused here with 403; handlers check workspaces that
+come in bodies and filter lists with `allowed_workspaces(request)`.
+
+AUTH_TOKENS tokens are checked in memory. Table lookups (and "is the table empty?") are
+cached for AUTH_CACHE_TTL seconds, so a revoke takes effect within that window and a
+request costs no query while the entry is fresh.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import orjson
+from aiohttp import web
+
+from services.common.http import MAX_BODY_BYTES, Handler, error_response
+from services.common.keys import PG_POOL, SETTINGS
+from shared.db import sessions as sessions_db
+from shared.db import tasks as tasks_db
+from shared.db import tokens as tokens_db
+from shared.db.connect import Pool
+from shared.errors import DependencyDown, Forbidden
+
+logger = logging.getLogger(__name__)
+
+Scope = frozenset[str] | None  # None: every workspace
+DEFAULT_RATE = (
+    50.0  # requests per second per token when auth is on and RATE_LIMIT is unset
+)
+CACHE_MAX = 10_000  # entries of each in-process cache before it is cleared
+FORBIDDEN = "Forbidden: outside this token's workspaces"
+OPEN_PREFIX = "/api/"
+
+_PG_ERRORS = (OSError, ConnectionError, TimeoutError, asyncpg.PostgresError)
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: a short, non-secret key of the token (rate limit, logs) and its scope."""
+
+    key: str
+    workspaces: Scope
+
+
+PRINCIPAL = web.RequestKey("principal", Principal)
+
+
+class _Unknown:
+    pass
+
+
+UNKNOWN = _Unknown()
+
+
+def parse_auth_tokens(spec: str | None) -> dict[str, Scope]:
+    """`token=ws1,ws2;token2=*` → {sha256(token): scope}; a malformed entry stops the process."""
+    tokens: dict[str, Scope] = {}
+    for i, entry in enumerate((spec or "").split(";")):
+        entry = entry.strip()
+        if not entry:
+            continue
+        token, sep, workspaces = entry.partition("=")
+        names = [w.strip() for w in workspaces.split(",") if w.strip()]
+        if not sep or not token.strip() or not names:
+            raise ValueError(
+                f"AUTH_TOKENS entry {i + 1} is not token=workspace[,workspace…] or token=*"
+            )
+        tokens[tokens_db.hash_token(token.strip())] = scope_of(names)
+    return tokens
+
+
+def scope_of(workspaces: Iterable[str]) -> Scope:
+    names = frozenset(workspaces)
+    return None if tokens_db.ALL_WORKSPACES in names else names
+
+
+class TokenStore:
+    """AUTH_TOKENS in memory; api_tokens through a short cache (stale answers while PG is down)."""
+
+    def __init__(self, env: dict[str, Scope], pool: Pool, ttl: float) -> None:
+        self.env = env
+        self._pool = pool
+        self._ttl = ttl
+        self._cache: dict[str, tuple[float, Scope | _Unknown]] = {}
+        self._table_active = False
+        self._table_checked = -math.inf
+
+    async def refresh_table_state(self) -> bool:
+        self._table_active = await tokens_db.any_active(self._pool)
+        self._table_checked = time.monotonic()
+        return self._table_active
+
+    async def enabled(self) -> bool:
+        if self.env:
+            return True
+        if time.monotonic() - self._table_checked >= self._ttl:
+            try:
+                await self.refresh_table_state()
+            except _PG_ERRORS as err:
+                # keep the last answer: Postgres being down must not switch auth off or on
+                logger.warning("api_tokens not readable, auth state kept: %r", err)
+        return self._table_active
+
+    async def lookup(self, token: str) -> Scope | _Unknown:
+        token_hash = tokens_db.hash_token(token)
+        if token_hash in self.env:
+            return self.env[token_hash]
+        now = time.monotonic()
+        cached = self._cache.get(token_hash)
+        if cached is not None and now - cached[0] < self._ttl:
+            return cached[1]
+        try:
+            workspaces = await tokens_db.lookup(self._pool, token_hash)
+        except _PG_ERRORS as err:
+            if cached is not None:
+                return cached[1]
+            raise DependencyDown(
+                f"Postgres unavailable: cannot check the token ({err.__class__.__name__})"
+            ) from err
+        scope: Scope | _Unknown = (
+            UNKNOWN if workspaces is None else scope_of(workspaces)
+        )
+        if len(self._cache) >= CACHE_MAX:
+            self._cache.clear()
+        self._cache[token_hash] = (now, scope)
+        return scope
+
+
+@dataclass(slots=True)
+class RateLimiter:
+    """A token bucket per key, in process: `rate` per second, up to `burst` at once."""
+
+    rate: float
+    burst: float
+    buckets: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    def take(self, key: str) -> float:
+        """0 when the request may go; else the seconds until one more token is there."""
+        now = time.monotonic()
+        tokens, last = self.buckets.get(key, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        if tokens >= 1.0:
+            if len(self.buckets) >= CACHE_MAX and key not in self.buckets:
+                self._prune(now)
+            self.buckets[key] = (tokens - 1.0, now)
+            return 0.0
+        self.buckets[key] = (tokens, now)
+        return (1.0 - tokens) / self.rate
+
+    def _prune(self, now: float) -> None:
+        full_after = self.burst / self.rate
+        for k, (_, last) in list(self.buckets.items()):
+            if now - last >= full_after:
+                del self.buckets[k]
+
+
+@dataclass(slots=True)
+class AuthState:
+    store: TokenStore
+    pool: Pool
+    rate_limit: float | None
+    rate_burst: int | None
+    limiters: dict[float, RateLimiter] = field(default_factory=dict)
+    # a session never changes workspace: its id → workspace is cached for good
+    session_workspaces: dict[str, str] = field(default_factory=dict)
+
+    def limiter(self, authed: bool) -> RateLimiter | None:
+        rate = self.rate_limit
+        if rate is None:
+            rate = DEFAULT_RATE if authed else 0.0
+        if rate <= 0:
+            return None
+        limiter = self.limiters.get(rate)
+        if limiter is None:
+            burst = float(self.rate_burst or max(1, math.ceil(rate * 2)))
+            limiter = self.limiters[rate] = RateLimiter(rate, burst)
+        return limiter
+
+    async def session_workspace(self, session_id: str) -> str | None:
+        cached = self.session_workspaces.get(session_id)
+        if cached is not None:
+            return cached
+        if sessions_db.parse_session_id(session_id) is None:
+            return None
+        session = await sessions_db.get(self.pool, session_id)
+        if session is None:
+            return None
+        if len(self.session_workspaces) >= CACHE_MAX:
+            self.session_workspaces.clear()
+        self.session_workspaces[session_id] = session.workspace_id
+        return session.workspace_id
+
+    async def task_workspace(self, task_id: str) -> str | None:
+        if "\x00" in task_id:
+            return None
+        task = await tasks_db.get(self.pool, task_id)
+        return task.workspace_id if task is not None else None
+
+
+AUTH = web.AppKey("auth", AuthState)
+
+
+async def auth_ctx(app: web.Application) -> AsyncIterator[None]:
+    """After Postgres: read AUTH_TOKENS and the table once, and say whether auth is on."""
+    settings = app[SETTINGS]
+    env = parse_auth_tokens(settings.auth_tokens)
+    store = TokenStore(env, app[PG_POOL], settings.auth_cache_ttl)
+    table_active = await store.refresh_table_state()
+    app[AUTH] = state = AuthState(
+        store, app[PG_POOL], settings.rate_limit, settings.rate_limit_burst
+    )
+    limiter = state.limiter(authed=bool(env) or table_active)
+    rate = (
+        f"{limiter.rate:g}/s per token (burst {limiter.burst:g})" if limiter else "off"
+    )
+    if env or table_active:
+        logger.info(
+            "auth on: %d token(s) from AUTH_TOKENS%s; rate limit %s",
+            len(env),
+            ", api_tokens has active tokens" if table_active else "",
+            rate,
+        )
+    else:
+        logger.info(
+            "auth off: AUTH_TOKENS unset and api_tokens empty "
+            "(it turns on within %gs of creating a token); rate limit %s",
+            settings.auth_cache_ttl,
+            rate,
+        )
+    yield
+
+
+def _bearer(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return request.query.get("access_token") or None
+
+
+def _unauthorized(message: str) -> web.Response:
+    resp = error_response(401, message)
+    resp.headers["WWW-Authenticate"] = 'Bearer realm="routa"'
+    return resp
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """401 / 429 / 403 / 413 for /api/* before the handler runs; everything else passes."""
+    if not request.path.startswith(OPEN_PREFIX):
+        return await handler(request)
+    state = request.app[AUTH]
+    principal: Principal | None = None
+    if await state.store.enabled():
+        token = _bearer(request)
+        if token is None:
+            return _unauthorized("Missing bearer token (Authorization: Bearer <token>)")
+        scope = await state.store.lookup(token)
+        if isinstance(scope, _Unknown):
+            return _unauthorized("Invalid or revoked token")
+        principal = Principal(tokens_db.hash_token(token)[:16], scope)
+        request[PRINCIPAL] = principal
+    limiter = state.limiter(authed=principal is not None)
+    if limiter is not None:
+        key = principal.key if principal else f"addr:{request.remote}"
+        wait = limiter.take(key)
+        if wait > 0:
+            retry = max(1, math.ceil(wait))
+            resp = error_response(
+                429,
+                f"Rate limit exceeded ({limiter.rate:g} requests/s); retry after {retry}s",
+            )
+            resp.headers["Retry-After"] = str(retry)
+            return resp
+    if principal is not None and principal.workspaces is not None:
+        await _check_url_scope(request, state, principal.workspaces)
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        return error_response(413, "Request body too large (limit 1 MiB)")
+    return await handler(request)
+
+
+async def _check_url_scope(
+    request: web.Request, state: AuthState, allowed: frozenset[str]
+) -> None:
+    """Workspaces named by the URL: a query workspaceId, or the owner of a path id."""
+    workspace = request.query.get("workspaceId")
+    if workspace and workspace not in allowed:
+        raise Forbidden(FORBIDDEN)
+    info = request.match_info
+    route = info.route.resource.canonical if info.route.resource else ""
+    named: str | None = None
+    try:
+        if "session_id" in info:
+            named = await state.session_workspace(info["session_id"])
+        elif route.startswith("/api/workspaces/{id}"):
+            named = info["id"]
+        elif route.startswith("/api/tasks/{id}") and route != "/api/tasks/ready":
+            named = await state.task_workspace(info["id"])
+        elif route == "/api/tasks" and request.query.get("taskId"):
+            named = await state.task_workspace(request.query["taskId"])
+        elif route == "/api/acp" and request.method == "GET":
+            sid = request.query.get("sessionId")
+            named = await state.session_workspace(sid) if sid else None
+    except _PG_ERRORS as err:
+        raise DependencyDown(f"Postgres unavailable: {err.__class__.__name__}") from err
+    # an unknown id passes: the handler answers 404 as it would for anyone
+    if named is not None and named not in allowed:
+        raise Forbidden(FORBIDDEN)
+
+
+def allowed_workspaces(request: web.Request) -> Scope:
+    """The caller's workspaces, or None when it may use all (or auth is off)."""
+    principal = request.get(PRINCIPAL)
+    return principal.workspaces if principal is not None else None
+
+
+def require_workspace(request: web.Request, workspace_id: str | None) -> None:
+    """403 when a workspace named in a body is outside the caller's scope."""
+    allowed = allowed_workspaces(request)
+    if allowed is not None and (workspace_id is None or workspace_id not in allowed):
+        raise Forbidden(FORBIDDEN)
+
+
+async def check_rpc_scope(request: web.Request, raw: bytes) -> None:
+    """HTTP 403 (§9.15) before any member of a JSON-RPC call or batch runs outside scope."""
+    allowed = allowed_workspaces(request)
+    if allowed is None:
+        return
+    try:
+        payload: Any = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return  # the envelope answers -32700
+    members = payload if isinstance(payload, list) else [payload]
+    state = request.app[AUTH]
+    for member in members:
+        params = member.get("params") if isinstance(member, dict) else None
+        if not isinstance(params, dict):
+            continue
+        workspace = params.get("workspaceId")
+        if isinstance(workspace, str) and workspace.strip() not in allowed:
+            raise Forbidden(FORBIDDEN)
+        for key in ("sessionId", "parentSessionId"):
+            sid = params.get(key)
+            if not isinstance(sid, str):
+                continue
+            try:
+                named = await state.session_workspace(sid)
+            except _PG_ERRORS as err:
+                raise DependencyDown(
+                    f"Postgres unavailable: {err.__class__.__name__}"
+                ) from err
+            if named is not None and named not in allowed:
+                raise Forbidden(FORBIDDEN)
+
+
+def filter_allowed(request: web.Request, items: list[Any], key: str) -> list[Any]:
+    """Keep the wire objects whose `key` is one of the caller's workspaces."""
+    allowed = allowed_workspaces(request)
+    if allowed is None:
+        return items
+    return [i for i in items if i.get(key) in allowed]
+
+
+def setup_auth(app: web.Application) -> None:
+    """The innermost middleware (after request ids, errors, metrics) and its context."""
+    app.middlewares.append(auth_middleware)
+    app.cleanup_ctx.append(auth_ctx)
