@@ -50,6 +50,17 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     pg_pool_min: int = 1
     pg_pool_max: int = 10
+    # --- auth and limits (api.md §8) ---
+    # api_tokens lookups are cached this long; a revoke takes effect within it
+    auth_cache_ttl: float = 5.0
+    # requests per second per token (token bucket per process); unset: 50/s when auth
+    # is on, off when it is not; 0 turns it off
+    rate_limit: float | None = None
+    rate_limit_burst: int | None = None  # bucket size; unset: twice the rate
+    max_prompt_bytes: int = 256 * 1024  # JSON size of session/prompt's `prompt`
+    max_subscribers: int = 100  # event streams per session per gateway instance
+    # bytes of one line an agent writes on stdout; a longer one stops the agent
+    agent_max_line: int = 50 * 1024 * 1024
 
     @field_validator("allow_custom_commands", mode="before")
     @classmethod

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from services.common.auth import setup_auth
 from services.common.health import Health, setup_health
 from services.common.http import MAX_BODY_BYTES, setup_http
 from services.common.keys import CHANNELS, PG_POOL, REDIS, SETTINGS
@@ -36,4 +37,6 @@ def base_app(settings: Settings, service: str) -> web.Application:
         ),
     )
     app.cleanup_ctx.extend([postgres_ctx, redis_ctx])
+    # after Postgres (it reads api_tokens); its middleware runs innermost
+    setup_auth(app)
     return app

@@ -85,6 +85,8 @@ class AgentSpec:
     cwd: Path
     home: Path
     request_timeout: float = REQUEST_TIMEOUT
+    # AGENT_MAX_LINE: one stdout line over this stops the agent
+    max_line: int = STREAM_LIMIT
 
 
 def agent_env(home: Path) -> dict[str, str]:
@@ -109,6 +111,33 @@ def resolve_inside(cwd: Path, path: str) -> Path:
             {"path": path, "reason": "path is outside the session cwd"}
         )
     return target
+
+
+class _LineLimitedReader:
+    """The agent's stdout as the SDK reads it, with a bound on one line.
+
+    The SDK joins an overlong line chunk by chunk without any bound (acp.md §2.6.11), so a
+    runaway agent could take the gateway's memory. With the pipe's limit set to the
+    maximum line, an overrun means the line is too long: we report it, stop the agent
+    and show the SDK an end of stream.
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, on_overflow: Any) -> None:
+        self._reader = reader
+        self._on_overflow = on_overflow
+        self._over = False
+
+    async def readuntil(self, separator: bytes = b"\n") -> bytes:
+        if not self._over:
+            try:
+                return await self._reader.readuntil(separator)
+            except asyncio.LimitOverrunError:
+                self._over = True
+                self._on_overflow()
+        raise asyncio.IncompleteReadError(b"", None)
+
+    async def readexactly(self, n: int) -> bytes:
+        return await self._reader.readexactly(n)
 
 
 class _Client:
@@ -212,18 +241,27 @@ class AgentProcess:
             cwd=str(self.spec.cwd),
             env=agent_env(self.spec.home),
             start_new_session=True,
-            limit=STREAM_LIMIT,
+            limit=self.spec.max_line,
         )
         assert self.proc.stdin is not None
         assert self.proc.stdout is not None
         self.conn = acp.connect_to_agent(
             cast("acp.Client", _Client(self)),
             self.proc.stdin,
-            self.proc.stdout,
+            _LineLimitedReader(self.proc.stdout, self._line_too_long),
             observers=[self._observe],
         )
         self._drain = self._spawn(self._drain_stderr())
         _ = self._spawn(self._wait_exit())
+
+    def _line_too_long(self) -> None:
+        """An stdout line over AGENT_MAX_LINE: the agent is killed and the session errors."""
+        message = f"agent wrote a stdout line over {self.spec.max_line} bytes; stopped"
+        logger.warning("%s (pid %s)", message, self.pid)
+        self.stderr_tail.append(message)
+        if self.proc is not None and self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
 
     def _spawn(self, coro: Any) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.create_task(coro)

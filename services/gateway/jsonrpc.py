@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from services.common.auth import allowed_workspaces, check_rpc_scope
 from services.common.http import MAX_BODY_BYTES, read_body_limited
 from services.common.metrics import METRICS
 from services.gateway.rpc import METHODS, MethodRegistry, RpcCall
@@ -238,7 +239,11 @@ async def handle_post(request: web.Request) -> web.StreamResponse:
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise PayloadTooLarge("Request body too large (limit 1 MiB)")
     raw = await read_body_limited(request)
-    reply = await dispatch_bytes(request.app, raw)
+    # auth (§9.15): a member outside the token's workspaces is HTTP 403 before any runs
+    await check_rpc_scope(request, raw)
+    reply = await dispatch_bytes(
+        request.app, raw, allowed_workspaces=allowed_workspaces(request)
+    )
     if reply is None:
         return web.Response(status=204)
     return web.Response(body=reply, content_type="application/json")

@@ -9,11 +9,13 @@ from __future__ import annotations
 import uuid
 from typing import Any, Literal, TypeVar
 
+import orjson
 import structlog
 from aiohttp import web
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
+from services.common.keys import SETTINGS
 from services.echo.catalog import MODELS as ECHO_MODELS
 from services.echo.catalog import MODES as ECHO_MODES
 from services.gateway import control, jsonrpc
@@ -151,6 +153,15 @@ def prompt_blocks(
     return blocks, "\n".join(texts)
 
 
+def check_prompt_size(prompt: object, limit: int) -> None:
+    """-32602 naming prompt when its JSON is over MAX_PROMPT_BYTES (api.md §8)."""
+    size = len(orjson.dumps(prompt))
+    if size > limit:
+        raise BadRequest(
+            f"Invalid params: prompt is too large ({size} bytes, limit {limit})"
+        )
+
+
 async def session_new(call: RpcCall) -> dict[str, Any]:
     p = parse(NewParams, call.params)
     workspace_id = p.workspace_id.strip()
@@ -213,6 +224,7 @@ async def session_new(call: RpcCall) -> dict[str, Any]:
 async def session_prompt(call: RpcCall) -> dict[str, Any]:
     p = parse(PromptParams, call.params)
     blocks, text = prompt_blocks(p.prompt)
+    check_prompt_size(p.prompt, call.app[SETTINGS].max_prompt_bytes)
     return await _manager(call).prompt(
         p.session_id, blocks, text, call.allowed_workspaces
     )

@@ -560,6 +560,7 @@ class SessionManager:
             cwd=live.cwd,
             home=home,
             request_timeout=self.settings.agent_request_timeout,
+            max_line=self.settings.agent_max_line,
         )
 
     async def _start(self, live: LiveSession, req: StartRequest) -> None:

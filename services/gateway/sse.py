@@ -19,7 +19,7 @@ import asyncpg
 from aiohttp import web
 
 from services.common.http import error_response
-from services.common.keys import PG_POOL
+from services.common.keys import PG_POOL, SETTINGS
 from services.common.metrics import METRICS
 from services.gateway.fanout import (
     Marker,
@@ -151,6 +151,12 @@ async def handle_stream(request: web.Request) -> web.StreamResponse:
     session_uuid = uuid.UUID(session.session_id)
 
     fanout = app[FANOUT]
+    limit = app[SETTINGS].max_subscribers
+    if fanout.subscriber_count(session.session_id) >= limit:
+        # checked and subscribed with no await between: the limit holds under a burst
+        return error_response(
+            429, f"Too many event streams for session {session_id} (limit {limit})"
+        )
     sub = await fanout.subscribe(session.session_id)
     metrics = app.get(METRICS)
     if metrics is not None:

@@ -16,6 +16,7 @@ from aiohttp import web
 from aiohttp_sse import EventSourceResponse
 from redis.exceptions import RedisError
 
+from services.common.auth import allowed_workspaces
 from services.common.keys import CHANNELS, REDIS
 from services.common.metrics import track_stream
 from shared.channels import Channels
@@ -33,6 +34,8 @@ RECONNECT_DELAY = 0.5
 @dataclass(eq=False, slots=True)
 class Subscriber:
     workspace_id: str | None  # None: every workspace
+    # a scoped token without workspaceId: only these (None: no restriction)
+    workspaces: frozenset[str] | None = None
     queue: asyncio.Queue[bytes | None] = field(
         default_factory=lambda: asyncio.Queue(QUEUE_SIZE)
     )
@@ -60,8 +63,10 @@ class LifecycleHub:
         base = channels.workspace_sessions("\x00")
         self._prefix, self._suffix = base.split("\x00")
 
-    def add(self, workspace_id: str | None) -> Subscriber:
-        sub = Subscriber(workspace_id)
+    def add(
+        self, workspace_id: str | None, workspaces: frozenset[str] | None = None
+    ) -> Subscriber:
+        sub = Subscriber(workspace_id, workspaces)
         self._subscribers.add(sub)
         return sub
 
@@ -82,6 +87,8 @@ class LifecycleHub:
         workspace_id = self._workspace_of(channel)
         for sub in list(self._subscribers):
             if sub.workspace_id is not None and sub.workspace_id != workspace_id:
+                continue
+            if sub.workspaces is not None and workspace_id not in sub.workspaces:
                 continue
             try:
                 sub.queue.put_nowait(data)
@@ -138,7 +145,7 @@ async def _end_streams(app: web.Application) -> None:
 async def session_events(request: web.Request) -> web.StreamResponse:
     hub = request.app[LIFECYCLE_HUB]
     workspace_id = request.query.get("workspaceId") or None
-    sub = hub.add(workspace_id)
+    sub = hub.add(workspace_id, allowed_workspaces(request))
     watcher: asyncio.Future[None] | None = None
     untrack = track_stream(request.app, "sessions")
     try:

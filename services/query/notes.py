@@ -10,6 +10,7 @@ import asyncpg
 from aiohttp import web
 from redis.exceptions import RedisError
 
+from services.common.auth import require_workspace
 from services.common.http import json_response, read_json_body
 from services.common.keys import CHANNELS, PG_POOL, REDIS
 from services.query import live
@@ -117,6 +118,7 @@ async def post_note(request: web.Request) -> web.Response:
     body = validate_body(NoteWrite, await read_json_body(request))
     if not body.workspace_id:
         raise BadRequest("workspaceId is required")
+    require_workspace(request, body.workspace_id)
     metadata = body.metadata
     note_type = _note_type(body.type or (metadata.type if metadata else None))
     if body.source is not None and body.source not in NOTE_SOURCES:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import uuid
 from collections.abc import Iterator
@@ -13,11 +14,13 @@ import asyncpg
 from aiohttp import web
 from redis.exceptions import RedisError
 
+from services.common.auth import allowed_workspaces
 from services.common.http import error_response, json_response, read_json_body
 from services.common.keys import CHANNELS, PG_POOL, REDIS
 from services.query import lifecycle_sse
 from services.query.listcache import LIST_CACHE, list_cache_ctx
 from services.query.session_views import (
+    ListQuery,
     clean_name,
     consolidate,
     fork_name,
@@ -79,6 +82,12 @@ def _json_bytes(body: bytes, *, status: int = 200) -> web.Response:
 async def list_sessions(request: web.Request) -> web.Response:
     """Cached bytes when fresh; else Postgres once, serialised once, offered to the cache."""
     query = parse_list_query(request.query)
+    allowed = allowed_workspaces(request)
+    if allowed is not None and query.workspace_id is None:
+        # a scoped token without workspaceId sees only its workspaces (api.md §8)
+        if len(allowed) != 1:
+            return await _scoped_list(request, query, allowed)
+        query = dataclasses.replace(query, workspace_id=next(iter(allowed)))
     list_cache = request.app[LIST_CACHE]
     hit = await list_cache.lookup(query.cache_key)
     if hit.fresh and hit.body is not None:
@@ -111,6 +120,33 @@ async def list_sessions(request: web.Request) -> web.Response:
                 query.cache_key, hit.generation, body, ttl, epoch=hit.epoch
             )
     return _json_bytes(body)
+
+
+async def _scoped_list(
+    request: web.Request, query: ListQuery, allowed: frozenset[str]
+) -> web.Response:
+    """Several workspaces: each one's newest, merged newest first (not cached)."""
+    rows: list[Any] = []
+    try:
+        async with asyncio.timeout(PG_TIMEOUT), request.app[PG_POOL].acquire() as conn:
+            for workspace_id in sorted(allowed):
+                rows += await sessions_db.list_sessions(
+                    conn,
+                    workspace_id=workspace_id,
+                    parent_session_id=query.parent_session_id,
+                    status=query.status,
+                    limit=query.limit,
+                )
+    except (*_PG_ERRORS, asyncpg.PostgresError) as err:
+        logger.warning("session list: postgres failed: %r", err)
+        return error_response(500, LIST_ERROR)
+    rows.sort(key=lambda s: s.created_at, reverse=True)
+    if query.matches_nothing:
+        rows = []
+    rows = rows[: query.limit] if query.limit else rows
+    return _json_bytes(
+        b'{"sessions":[' + b",".join(s.wire_json() for s in rows) + b"]}"
+    )
 
 
 # --- one session ---------------------------------------------------------------------

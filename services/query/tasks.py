@@ -10,6 +10,7 @@ import asyncpg
 from aiohttp import web
 from redis.exceptions import RedisError
 
+from services.common.auth import require_workspace
 from services.common.http import json_response, read_json_body
 from services.common.keys import CHANNELS, PG_POOL, REDIS
 from services.query import live
@@ -163,6 +164,7 @@ async def create_task(request: web.Request) -> web.Response:
     assert body.title is not None
     assert body.objective is not None
     assert body.workspace_id is not None
+    require_workspace(request, body.workspace_id)
     values = apply_fields(
         db.TaskValues(title=body.title, objective=body.objective), body
     )

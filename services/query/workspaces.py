@@ -8,6 +8,7 @@ import uuid
 from aiohttp import web
 from redis.exceptions import RedisError
 
+from services.common.auth import filter_allowed, require_workspace
 from services.common.http import json_response, read_json_body
 from services.common.keys import CHANNELS, PG_POOL, REDIS
 from shared.db import workspaces as db
@@ -48,7 +49,8 @@ def _codebases(items: list[CodebaseIn] | None) -> list[db.CodebaseValues] | None
 
 async def list_workspaces(request: web.Request) -> web.Response:
     workspaces = await db.list_workspaces(request.app[PG_POOL])
-    return json_response({"workspaces": [w.wire() for w in workspaces]})
+    wire = filter_allowed(request, [w.wire() for w in workspaces], "id")
+    return json_response({"workspaces": wire})
 
 
 async def create_workspace(request: web.Request) -> web.Response:
@@ -57,6 +59,8 @@ async def create_workspace(request: web.Request) -> web.Response:
         raise BadRequest("title is required")
     title = clean_title(body.title)
     workspace_id = body.id or str(uuid.uuid4())
+    # a scoped token may only create a workspace it names and may use
+    require_workspace(request, body.id)
     async with request.app[PG_POOL].acquire() as conn:
         try:
             workspace = await db.create(
