@@ -113,7 +113,7 @@ def resolve_inside(cwd: Path, path: str) -> Path:
     return target
 
 
-class _LineLimitedReader:
+class _LineLimitedReader(asyncio.StreamReader):
     """The agent's stdout as the SDK reads it, with a bound on one line.
 
     The SDK joins an overlong line chunk by chunk without any bound (acp.md §2.6.11), so a
@@ -123,17 +123,22 @@ class _LineLimitedReader:
     """
 
     def __init__(self, reader: asyncio.StreamReader, on_overflow: Any) -> None:
+        # a StreamReader for the SDK's isinstance check; only these two methods are used
+        super().__init__()
         self._reader = reader
         self._on_overflow = on_overflow
         self._over = False
 
-    async def readuntil(self, separator: bytes = b"\n") -> bytes:
+    async def readuntil(self, separator: bytes = b"\n") -> bytes:  # type: ignore[override]  # the SDK passes one separator
         if not self._over:
             try:
                 return await self._reader.readuntil(separator)
             except asyncio.LimitOverrunError:
                 self._over = True
                 self._on_overflow()
+                # read the killed agent's pipe to its end, so the transport closes
+                while await self._reader.read(1 << 16):
+                    pass
         raise asyncio.IncompleteReadError(b"", None)
 
     async def readexactly(self, n: int) -> bytes:

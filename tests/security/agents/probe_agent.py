@@ -54,7 +54,13 @@ def main() -> None:
         elif id_ is None:
             continue
         else:
-            send({"jsonrpc": "2.0", "id": id_, "error": {"code": -32601, "message": method}})
+            send(
+                {
+                    "jsonrpc": "2.0",
+                    "id": id_,
+                    "error": {"code": -32601, "message": method},
+                }
+            )
             continue
         send({"jsonrpc": "2.0", "id": id_, "result": result})
 

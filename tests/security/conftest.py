@@ -1,0 +1,43 @@
+"""Security test helpers: two workspaces, tokens scoped to each, apps with auth on."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from shared.db import sessions
+
+TOKEN_A = "tok-a-" + uuid.uuid4().hex
+TOKEN_B = "tok-b-" + uuid.uuid4().hex
+TOKEN_ALL = "tok-all-" + uuid.uuid4().hex
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+async def two_workspaces(pool) -> tuple[str, str]:
+    names = (f"ws-a-{uuid.uuid4().hex[:8]}", f"ws-b-{uuid.uuid4().hex[:8]}")
+    for ws in names:
+        await pool.execute("INSERT INTO workspaces (id, title) VALUES ($1, $1)", ws)
+    return names
+
+
+@pytest.fixture
+def auth_tokens(two_workspaces) -> str:
+    ws_a, ws_b = two_workspaces
+    return f"{TOKEN_A}={ws_a};{TOKEN_B}={ws_b};{TOKEN_ALL}=*"
+
+
+async def insert_session(pool, workspace_id: str) -> str:
+    sid = uuid.uuid4()
+    async with pool.acquire() as conn:
+        await sessions.insert(
+            conn,
+            sessions.NewSession(
+                session_id=sid, workspace_id=workspace_id, cwd="/tmp", provider="echo"
+            ),
+        )
+    return str(sid)
