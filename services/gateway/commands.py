@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 DispatchBytes = Callable[[bytes], Awaitable[bytes | None]]
 
-READ_BLOCK_MS = 1000
+READ_BLOCK_MS = 500
 READ_COUNT = 16
 # An entry pending this long on a consumer that stopped is taken over by another.
 CLAIM_IDLE_MS = 10 * 60 * 1000
@@ -42,23 +42,25 @@ class CommandConsumer:
         self._dispatch = dispatch
         self._task: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
+        self._stopping = False
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="commands-consumer")
 
     async def stop_reading(self) -> None:
         """Drain: take no new entries (other gateways in the group do); running ones finish."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        if task is None:
+            return
+        # The flag as well as the cancel: a cancel landing while redis-py sets up its
+        # first connection can be lost; the loop then ends after its next (short) read.
+        self._stopping = True
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self.stop_reading()
         for task in list(self._running):
             task.cancel()
         if self._running:
@@ -76,11 +78,11 @@ class CommandConsumer:
 
     async def _run(self) -> None:
         backoff = 0.1
-        while True:
+        while not self._stopping:
             try:
                 await self._ensure_group()
                 await self._claim_abandoned()
-                while True:
+                while not self._stopping:
                     batches: Any = await self._redis.xreadgroup(
                         self._channels.commands_group,
                         self._consumer,

@@ -67,6 +67,7 @@ class GatewayLink:
         self._ready = asyncio.Event()
         # True while the rpc channel is subscribed (readiness depends on it)
         self.subscribed = False
+        self._closing = False
 
     @property
     def rpc_channel(self) -> str:
@@ -83,6 +84,8 @@ class GatewayLink:
                 await self._ready.wait()
 
     async def close(self) -> None:
+        # the flag too: a cancel lost inside redis-py must not keep the listener alive
+        self._closing = True
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -95,10 +98,13 @@ class GatewayLink:
             if not future.done():
                 future.set_exception(OwnerUnreachable("gateway shutting down"))
 
+    def _open(self) -> bool:
+        return not self._closing
+
     async def _listen(self) -> None:
         """Subscribe to our rpc channel and our replies; resubscribe after Redis outages."""
         backoff = 0.1
-        while True:
+        while self._open():
             pubsub = self._redis.pubsub()
             try:
                 await pubsub.subscribe(self.rpc_channel)
@@ -106,12 +112,15 @@ class GatewayLink:
                 self._ready.set()
                 self.subscribed = True
                 backoff = 0.1
-                while True:
+                while self._open():
                     message = await pubsub.get_message(
                         ignore_subscribe_messages=True, timeout=1.0
                     )
                     if message is not None:
                         self._on_message(message)
+                self.subscribed = False
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
             except asyncio.CancelledError:
                 self.subscribed = False
                 with contextlib.suppress(Exception):

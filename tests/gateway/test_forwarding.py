@@ -205,3 +205,43 @@ async def test_sigterm_drain_finishes_turn_and_releases(make_gw, pool, workspace
     # the session resumes on the survivor
     out = await ok(b, "session/prompt", {"sessionId": busy, "prompt": "again"})
     assert out == {"stopReason": "end_turn"}
+
+
+async def test_renewal_notices_a_lease_adopted_elsewhere(make_gw, pool, workspace_id):
+    a = await make_gw("a", lease_ttl=0.6)
+    sid = await new_ready(a, pool, workspace_id)
+    # as if another instance adopted it while this one was stalled
+    await _orphan(pool, sid, "adopter")
+    await wait_until(lambda: sid not in a.app[SESSION_MANAGER].live)
+    row = await sessions.get(pool, sid)
+    assert row.owner_instance_id == "adopter"  # left to the new owner
+
+
+async def test_restart_with_same_instance_id_releases_stale_leases(
+    make_settings, aiohttp_client, cwd_root, pool, workspace_id
+):
+    settings = make_settings(instance_id=f"same-{uuid.uuid4().hex[:6]}")
+    sid = str(uuid.uuid4())
+    async with pool.acquire() as conn:
+        await sessions.insert(
+            conn,
+            sessions.NewSession(
+                session_id=uuid.UUID(sid),
+                workspace_id=workspace_id,
+                cwd="/tmp",
+                provider="echo",
+                owner_instance_id=settings.instance_id,
+                lease_ttl=60,
+            ),
+        )
+    await pool.execute(
+        "UPDATE sessions SET acp_status = 'ready', status = 'active'"
+        " WHERE session_id = $1",
+        uuid.UUID(sid),
+    )
+    assert (await sessions.get(pool, sid)).status == "active"
+    await aiohttp_client(create_app(settings))
+    row = await sessions.get(pool, sid)
+    assert row.status == "closed"
+    assert row.acp_status == "closed"
+    assert row.owner_instance_id is None
