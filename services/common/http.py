@@ -7,7 +7,9 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import asyncpg
 import orjson
+import redis.exceptions
 import structlog
 from aiohttp import web
 
@@ -103,8 +105,18 @@ async def error_middleware(
         logger.warning(
             "dependency failure on %s %s: %s", request.method, request.path, err
         )
+        name = dependency_of(err)
+        if name is not None:
+            return error_response(503, dependency_down(name, err).message)
         return error_response(503, f"Service unavailable: {err.__class__.__name__}")
-    except Exception:
+    except Exception as err:
+        name = dependency_of(err)
+        if name is not None:
+            # a dropped connection surfaces as the driver's own error, not an OSError
+            logger.warning(
+                "%s failure on %s %s: %r", name, request.method, request.path, err
+            )
+            return error_response(503, dependency_down(name, err).message)
         logger.exception("unhandled error on %s %s", request.method, request.path)
         return error_response(500, "Internal server error")
 
@@ -144,6 +156,45 @@ async def read_body_limited(request: web.Request) -> bytes:
             raise PayloadTooLarge("Request body too large (limit 1 MiB)")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    ConnectionError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+)
+
+
+def dependency_of(err: BaseException) -> str | None:
+    """ "Postgres" or "Redis" when `err` is a lost connection to it, else None.
+
+    A refused connect is a bare OSError, so the driver is found in the traceback.
+    """
+    if not isinstance(err, _CONNECTION_ERRORS):
+        return None
+    if isinstance(err, asyncpg.PostgresError | asyncpg.InterfaceError):
+        return "Postgres"
+    if isinstance(err, redis.exceptions.RedisError):
+        return "Redis"
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        tb = current.__traceback__
+        while tb is not None:
+            module = tb.tb_frame.f_globals.get("__name__", "")
+            if module.startswith("asyncpg"):
+                return "Postgres"
+            if module.startswith("redis"):
+                return "Redis"
+            tb = tb.tb_next
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def dependency_down(name: str, err: BaseException) -> DependencyDown:

@@ -15,7 +15,12 @@ import orjson
 from aiohttp import web
 
 from services.common.auth import allowed_workspaces, check_rpc_scope
-from services.common.http import MAX_BODY_BYTES, read_body_limited
+from services.common.http import (
+    MAX_BODY_BYTES,
+    dependency_down,
+    dependency_of,
+    read_body_limited,
+)
 from services.common.metrics import METRICS
 from services.gateway.rpc import METHODS, MethodRegistry, RpcCall
 from shared.errors import (
@@ -155,7 +160,13 @@ async def _execute(
     except DomainError as err:
         _count(app, method, err.jsonrpc_code)
         return err
-    except Exception:
+    except Exception as err:
+        dependency = dependency_of(err)
+        if dependency is not None:
+            # Postgres or Redis is down: -32603 with a message naming it (api.md §2)
+            logger.warning("%s failure in %s: %r", dependency, method, err)
+            _count(app, method, INTERNAL_ERROR)
+            return dependency_down(dependency, err)
         # Logged once here, with the traceback; the client only sees -32603.
         logger.exception("unhandled error in JSON-RPC method %s", method)
         _count(app, method, INTERNAL_ERROR)

@@ -40,6 +40,7 @@ from shared.db.connect import Pool
 from shared.errors import (
     AgentError,
     BadRequest,
+    DependencyDown,
     ProviderUnavailable,
     SessionNotFound,
     SessionUnservable,
@@ -54,6 +55,8 @@ from shared.settings import Settings
 logger = logging.getLogger(__name__)
 
 ResumeMode = Literal["attached", "native", "recreated"]
+# how long session/prompt waits to store its user_message before answering (Postgres down)
+USER_MESSAGE_STORE_WAIT = 5.0
 NAME_MAX = 200
 
 
@@ -833,13 +836,22 @@ class SessionManager:
         live.last_used = time.monotonic()
         try:
             # the user's message is in the log before the agent sees it
-            await live.writer.flush(
-                live.emit("user_message", content={"type": "text", "text": text})
-            )
+            stored = live.emit("user_message", content={"type": "text", "text": text})
+            try:
+                async with asyncio.timeout(USER_MESSAGE_STORE_WAIT):
+                    await live.writer.flush(stored)
+            except TimeoutError as err:
+                # Postgres is down: answer now instead of hanging (the writer retries)
+                raise DependencyDown(
+                    "Postgres unavailable: the prompt could not be stored"
+                ) from err
             await self.set_state(live, live.acp_status, "active")
-        except BaseException:
+        except BaseException as err:
             if live.turn is turn:
                 live.turn = None
+            # the user_message is (or will be) stored: its turn ends there too (§9.25)
+            reason = getattr(err, "message", None) or err.__class__.__name__
+            live.emit("error", message=f"The prompt was not started: {reason}")
             raise
         turn.task = self.spawn_task(self._run_turn(live, turn, blocks))
         try:
