@@ -24,6 +24,7 @@ from shared.errors import (
 logger = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1024 * 1024
+NUL_MESSAGE = "Invalid input: text must not contain NUL characters (\\u0000)"
 REQUEST_ID = web.RequestKey("request_id", str)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -109,6 +110,12 @@ async def error_middleware(
         if name is not None:
             return error_response(503, dependency_down(name, err).message)
         return error_response(503, f"Service unavailable: {err.__class__.__name__}")
+    except (
+        asyncpg.CharacterNotInRepertoireError,
+        asyncpg.UntranslatableCharacterError,
+    ):
+        # a NUL (or another character Postgres text cannot hold) slipped past the checks
+        return error_response(400, NUL_MESSAGE)
     except Exception as err:
         name = dependency_of(err)
         if name is not None:

@@ -11,12 +11,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import asyncpg
 import orjson
 from aiohttp import web
 
 from services.common.auth import allowed_workspaces, check_rpc_scope
 from services.common.http import (
     MAX_BODY_BYTES,
+    NUL_MESSAGE,
     dependency_down,
     dependency_of,
     read_body_limited,
@@ -160,6 +162,13 @@ async def _execute(
     except DomainError as err:
         _count(app, method, err.jsonrpc_code)
         return err
+    except (
+        asyncpg.CharacterNotInRepertoireError,
+        asyncpg.UntranslatableCharacterError,
+    ):
+        # a NUL (or another character Postgres text cannot hold) in some param
+        _count(app, method, INVALID_PARAMS)
+        return _Invalid(INVALID_PARAMS, f"Invalid params: {NUL_MESSAGE}")
     except Exception as err:
         dependency = dependency_of(err)
         if dependency is not None:

@@ -107,7 +107,8 @@ def clean_name(value: Any) -> str:
     if not isinstance(value, str):
         raise BadRequest("Invalid name")
     name = value.strip()
-    if not name or len(name) > MAX_NAME:
+    # Postgres text cannot hold NUL: refuse it here rather than fail the UPDATE (500)
+    if not name or len(name) > MAX_NAME or "\x00" in name:
         raise BadRequest("Invalid name")
     return name
 

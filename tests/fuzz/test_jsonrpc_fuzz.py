@@ -384,3 +384,27 @@ def test_jsonrpc_fuzz(fuzz_env):
         )
     )
     assert count >= 1
+
+
+def test_hostile_strings_in_every_session_new_field(fuzz_env):
+    """Each NASTY string in each string field of a valid session/new: a session or -32602."""
+    loop, client, ws = fuzz_env["loop"], fuzz_env["client"], fuzz_env["ws"]
+    fields = ["name", "branch", "cwd", "specialistId", "idempotencyKey", "model"]
+    tally: collections.Counter[str] = collections.Counter()
+    for i, value in enumerate(NASTY):
+        for field in fields:
+            request = {
+                "jsonrpc": "2.0",
+                "id": i,
+                "method": "session/new",
+                "params": {"workspaceId": ws, "provider": "opencode", field: value},
+            }
+            body = json.dumps(request).encode()
+            status, reply = loop.run_until_complete(
+                _post(client, body, "application/json")
+            )
+            _check_reply(status, reply, request, body, tally)
+    assert tally["result"] > 0
+    assert tally["-32602"] > 0
+    broken = loop.run_until_complete(_half_written(fuzz_env["pool"], ws))
+    assert broken == []
