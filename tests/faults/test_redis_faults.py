@@ -41,7 +41,7 @@ async def test_redis_outage_streams_complete_log_once(
         )
         assert resp.status == 200
         reader = SseReader(resp)
-        received = [int(f.id) for f in await reader.until_connected()]
+        received = [int(f.id or 0) for f in await reader.until_connected()]
 
         for outage in range(OUTAGES):
             await proxy.stop()
@@ -71,7 +71,7 @@ async def test_redis_outage_streams_complete_log_once(
                     frame = await reader.frame()
                     assert frame is not None, "stream ended"
                     if frame.is_event:
-                        received.append(int(frame.id))
+                        received.append(int(frame.id or 0))
             # complete, in order, no duplicates
             assert received == list(range(1, stored + 1))
 
@@ -79,7 +79,7 @@ async def test_redis_outage_streams_complete_log_once(
         resp2 = await gw.get(
             "/api/acp", params={"sessionId": sid, "replay": "all"}, timeout=None
         )
-        replay = [int(f.id) for f in await SseReader(resp2).until_connected()]
+        replay = [int(f.id or 0) for f in await SseReader(resp2).until_connected()]
         assert replay == received
         resp.close()
         resp2.close()
