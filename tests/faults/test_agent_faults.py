@@ -24,6 +24,7 @@ from tests.gateway.rpcutil import (
     ok,
     wait_events,
     wait_ready,
+    wait_until,
 )
 
 
@@ -206,5 +207,6 @@ async def test_agent_ignoring_sigterm_is_killed_with_its_group(
     assert _statuses(evs)[-1]["status"] == "closed"
     await wait_gone(agent_pid, child_pid)
     await wait_no_zombies()
-    assert sid not in gw.app[SESSION_MANAGER].live
+    # the event is stored before the teardown finishes: wait for it to let go
+    await wait_until(lambda: sid not in gw.app[SESSION_MANAGER].live)
     await assert_gateway_works(gw, pool, workspace_id)
