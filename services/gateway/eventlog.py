@@ -2,8 +2,8 @@
 
 One writer per live session. Callers `append` session/update params (never blocking) and
 `await flush()` when they must know their event is stored (session/new, turn_complete).
-A single flush task takes everything queued, appends it in ONE transaction (contiguous ids
-from the session row counter), then publishes it; while a flush runs the next batch
+A single flush task takes everything queued, appends it in ONE statement (counter bump
+and insert, contiguous ids from the session row counter), then publishes it; while a flush runs the next batch
 accumulates, so a burst of chunks costs a few transactions, and an idle writer flushes at
 once (no timer delay).
 """
@@ -25,7 +25,7 @@ from shared.channels import Channels
 from shared.db import session_events
 from shared.db.connect import Pool
 from shared.errors import SessionNotFound
-from shared.events import publish_events
+from shared.events import publish_batch
 from shared.redisconn import Redis
 
 logger = logging.getLogger(__name__)
@@ -156,7 +156,9 @@ class EventWriter:
             try:
                 started = time.perf_counter()
                 async with self._pool.acquire() as conn:
-                    events = await session_events.append(conn, self._session_id, batch)
+                    events = await session_events.append_batch(
+                        conn, self._session_id, batch
+                    )
                 if self._on_batch is not None:
                     self._on_batch(len(batch), time.perf_counter() - started)
                 break
@@ -195,7 +197,7 @@ class EventWriter:
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_CAP)
-        await publish_events(self._redis, self._channels, str(self._session_id), events)
+        await publish_batch(self._redis, self._channels, str(self._session_id), events)
 
     async def _backoff(self, err: BaseException, delay: float, count: int) -> None:
         logger.warning(
