@@ -43,7 +43,20 @@ def event_frame(event_id: int, payload: bytes) -> bytes:
     return b"id: %d\n%s%s}\n\n" % (event_id, _DATA_PREFIX, payload)
 
 
+_ID_MARK = b'"eventId":"'
+
+
 def event_id_of(payload: bytes) -> int | None:
+    """The eventId of a published event; read from the head our writer puts it in."""
+    # Fast path: `{"sessionId":"…","eventId":"N",…` (session_events.build_payload);
+    # a full parse per message cost more than the framing itself.
+    start = payload.find(_ID_MARK, 0, 80)
+    if start != -1:
+        start += len(_ID_MARK)
+        end = payload.find(b'"', start, start + 20)
+        digits = payload[start:end] if end != -1 else b""
+        if digits.isdigit():
+            return int(digits)
     try:
         value = orjson.loads(payload).get("eventId")
         return int(value)
