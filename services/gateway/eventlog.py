@@ -72,6 +72,9 @@ class EventWriter:
         self._gone = False
         self._last_invalidate = 0.0
         self._activity_dirty = False
+        # publishes run behind the next store, chained so they stay in order
+        self._last_publish: asyncio.Task[None] | None = None
+        self._publishes: set[asyncio.Task[None]] = set()
         self._task = asyncio.create_task(self._run(), name=f"eventlog:{session_id}")
 
     @property
@@ -88,7 +91,7 @@ class EventWriter:
         return self._appended
 
     async def flush(self, upto: int | None = None) -> None:
-        """Wait until every event appended so far (or up to `upto`) is stored."""
+        """Wait until every event appended so far (or up to `upto`) is stored and published."""
         target = self._appended if upto is None else upto
         async with self._progress:
             await self._progress.wait_for(
@@ -111,6 +114,10 @@ class EventWriter:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
+        for task in list(self._publishes):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         if self._activity_dirty:
             await try_invalidate_sessions(self._redis, self._channels)
 
@@ -132,10 +139,14 @@ class EventWriter:
                             await self._wakeup.wait()
                 if self._queue:
                     batch, self._queue = self._queue, []
-                    await self._store(batch)
-                    async with self._progress:
-                        self._stored += len(batch)
-                        self._progress.notify_all()
+                    events = await self._store(batch)
+                    # The next batch is stored while this one is published.
+                    task = asyncio.create_task(
+                        self._publish(self._last_publish, events, len(batch))
+                    )
+                    self._publishes.add(task)
+                    task.add_done_callback(self._publishes.discard)
+                    self._last_publish = task
                     self._activity_dirty = True
                 if (
                     self._activity_dirty
@@ -148,8 +159,30 @@ class EventWriter:
             async with self._progress:
                 self._progress.notify_all()
 
-    async def _store(self, batch: list[dict[str, Any]]) -> None:
-        """One transaction for the batch; retry with backoff on Postgres failure, in order."""
+    async def _publish(
+        self,
+        previous: asyncio.Task[None] | None,
+        events: list[session_events.StoredEvent],
+        count: int,
+    ) -> None:
+        """Publish after the previous batch's publish (order), then count the batch done."""
+        if previous is not None and not previous.done():
+            await asyncio.wait({previous})  # its failure is its own: never raises here
+        if events:
+            await publish_batch(
+                self._redis, self._channels, str(self._session_id), events
+            )
+        async with self._progress:
+            self._stored += count
+            self._progress.notify_all()
+
+    async def _store(
+        self, batch: list[dict[str, Any]]
+    ) -> list[session_events.StoredEvent]:
+        """One statement for the batch; retry with backoff on Postgres failure, in order.
+
+        Returns the stored events ([] when they could not be stored and were given up).
+        """
         delay = RETRY_BASE
         events: list[session_events.StoredEvent] = []
         while True:
@@ -165,7 +198,7 @@ class EventWriter:
             except SessionNotFound:
                 # deleted meanwhile: nothing can be stored for it any more
                 self._gone = True
-                return
+                return []
             except asyncpg.PostgresError as err:
                 if not isinstance(err, _TRANSIENT):
                     # a statement that can never succeed: retrying would block the log
@@ -175,11 +208,11 @@ class EventWriter:
                         self._session_id,
                         err,
                     )
-                    return
+                    return []
                 await self._backoff(err, delay, len(batch))
                 delay = min(delay * 2, RETRY_CAP)
                 if self._closing and delay >= RETRY_CAP:
-                    return
+                    return []
             except (OSError, asyncpg.InterfaceError) as err:
                 if self._closing and delay >= RETRY_CAP:
                     logger.error(
@@ -188,7 +221,7 @@ class EventWriter:
                         self._session_id,
                         err,
                     )
-                    return
+                    return []
                 logger.warning(
                     "event store failed for %s (%s); retrying in %.2fs",
                     self._session_id,
@@ -197,7 +230,7 @@ class EventWriter:
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_CAP)
-        await publish_batch(self._redis, self._channels, str(self._session_id), events)
+        return events
 
     async def _backoff(self, err: BaseException, delay: float, count: int) -> None:
         logger.warning(
