@@ -105,7 +105,9 @@ def env_for(ctx: Ctx, **extra: str) -> dict[str, str]:
         DATA_DIR=str(ctx.tmp / "data"),
         ALLOW_CUSTOM_COMMANDS="1",
         MAX_SESSIONS="1000",
-        PYTHONPATH=str(ROOT),
+        PYTHONPATH=os.pathsep.join(
+            p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p
+        ),
     )
     env.update(extra)
     return env
@@ -446,8 +448,19 @@ async def scenario_hop(ctx: Ctx, gw: int) -> None:
         received, lat = await clients.results()
         # throughput: a flood, timed from the prompt to the last event at the client
         flood = int(os.environ.get("BENCH_FLOOD", "50000"))
+        # live from the current head: replaying the paced turn would count as flood
+        conn = await asyncpg.connect(ctx.db_url)
+        head = await conn.fetchval(
+            "SELECT last_event_id FROM sessions WHERE session_id = $1", uuid.UUID(sid)
+        )
+        await conn.close()
         clients = Clients(
-            ctx, f"http://127.0.0.1:{gw}/api/acp?sessionId={sid}", 1, 1, flood, 120
+            ctx,
+            f"http://127.0.0.1:{gw}/api/acp?sessionId={sid}&lastEventId={head}",
+            1,
+            1,
+            flood,
+            120,
         )
         await clients.ready()
         clients.go()
