@@ -12,6 +12,8 @@ from services.common.accesslog import ACCESS_LOGGER, AccessLogger
 from services.common.logging import configure_logging
 from shared.settings import Settings
 
+MAX_LINE_SIZE = 64 * 1024
+
 
 def run(
     factory: Callable[[Settings], web.Application], default_port: int, name: str
@@ -42,4 +44,8 @@ def run(
         access_log_class=AccessLogger,
         print=None,
         loop=loop,
+        # Long ids in a URL must reach our handlers (and get a JSON 404/400), not
+        # aiohttp's plain-text 400 for an 8 KiB request line.
+        max_line_size=MAX_LINE_SIZE,
+        max_field_size=MAX_LINE_SIZE,
     )
