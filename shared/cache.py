@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 
+from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from shared.channels import Channels
@@ -61,12 +62,17 @@ async def store_list(
     return bool(stored)
 
 
+def queue_invalidation(pipe: Pipeline, channels: Channels) -> None:
+    """The commands of `invalidate_sessions`, added to a caller's pipeline."""
+    _ = pipe.incr(channels.cache_sessions_generation())
+    _ = pipe.delete(channels.cache_sessions_lists())
+    _ = pipe.publish(channels.cache_invalidations, b"sessions")
+
+
 async def invalidate_sessions(redis: Redis, channels: Channels) -> None:
     """Drop every cached list; raises RedisError when Redis is unreachable."""
     async with redis.pipeline(transaction=True) as pipe:
-        _ = pipe.incr(channels.cache_sessions_generation())
-        _ = pipe.delete(channels.cache_sessions_lists())
-        _ = pipe.publish(channels.cache_invalidations, b"sessions")
+        queue_invalidation(pipe, channels)
         await pipe.execute()
 
 

@@ -7,12 +7,14 @@ list cache true and tells internal services and dashboards what changed.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from redis.exceptions import RedisError
 
-from shared.cache import invalidate_sessions
+from shared.cache import invalidate_sessions, queue_invalidation
 from shared.channels import Channels
+from shared.db.session_events import StoredEvent
 from shared.jsonutil import dumps, now_iso
 from shared.redisconn import Redis
 
@@ -54,6 +56,38 @@ async def session_changed(
             channels.workspace_sessions(workspace_id),
             lifecycle_message(type_, session_id, workspace_id, changes),
         )
+    except (RedisError, OSError) as err:
+        logger.warning("lifecycle publish failed for session %s: %s", session_id, err)
+        return False
+    return True
+
+
+async def session_changed_with_events(
+    redis: Redis,
+    channels: Channels,
+    type_: LifecycleType,
+    session_id: str,
+    workspace_id: str,
+    changes: dict[str, Any],
+    events: Sequence[StoredEvent],
+) -> bool:
+    """Publish stored `events`, then `session_changed`, in ONE round trip (MULTI/EXEC).
+
+    Same messages in the same order as `publish_events` followed by `session_changed`
+    (session/new: event 1, the invalidation, `session:created`); False when Redis is
+    unreachable, like them.
+    """
+    try:
+        async with redis.pipeline(transaction=True) as pipe:
+            events_channel = channels.session_events(session_id)
+            for event in events:
+                _ = pipe.publish(events_channel, event.payload)
+            queue_invalidation(pipe, channels)
+            _ = pipe.publish(
+                channels.workspace_sessions(workspace_id),
+                lifecycle_message(type_, session_id, workspace_id, changes),
+            )
+            await pipe.execute()
     except (RedisError, OSError) as err:
         logger.warning("lifecycle publish failed for session %s: %s", session_id, err)
         return False

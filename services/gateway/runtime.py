@@ -36,7 +36,7 @@ from services.gateway.eventlog import EventWriter
 from services.gateway.keys import FANOUT
 from shared.channels import Channels
 from shared.db import session_events, sessions
-from shared.db.connect import Pool
+from shared.db.connect import Connection, Pool
 from shared.errors import (
     AgentError,
     BadRequest,
@@ -46,8 +46,8 @@ from shared.errors import (
     SessionUnservable,
     UnknownWorkspace,
 )
-from shared.events import gateway_update, publish_events
-from shared.lifecycle import session_changed
+from shared.events import gateway_update
+from shared.lifecycle import session_changed, session_changed_with_events
 from shared.providers import Provider, get_provider, resolve_binary
 from shared.redisconn import Redis
 from shared.settings import Settings
@@ -433,53 +433,45 @@ class SessionManager:
         if self.draining:
             raise AgentError("Gateway draining")
         await self.make_room()
-        async with self.pool.acquire() as conn, conn.transaction():
+        new = sessions.NewSession(
+            session_id=session_id,
+            workspace_id=args.workspace_id,
+            cwd=str(cwd),
+            provider=provider.id,
+            role=args.role,
+            name=args.name,
+            branch=args.branch,
+            mode_id=args.mode_id,
+            model=args.model,
+            parent_session_id=args.parent_session_id,
+            specialist_id=args.specialist_id,
+            owner_instance_id=self.settings.instance_id,
+            lease_ttl=self.settings.lease_ttl,
+            auto_approve_permissions=args.auto_approve_permissions,
+            custom_command=args.custom_command,
+            custom_args=args.custom_args,
+            mcp_servers=args.mcp_servers,
+            idempotency_key=args.idempotency_key,
+        )
+        # Row, event 1 and the row as read back: one statement, one round trip. Only an
+        # idempotency key needs a transaction (its lock and lookup come first).
+        first = session_events.StoredEvent(
+            1,
+            session_events.build_payload(
+                sid, 1, gateway_update("acp_status", status="connecting")
+            ),
+        )
+        async with (
+            self.pool.acquire() as conn,
+            conn.transaction() if args.idempotency_key else contextlib.nullcontext(),
+        ):
             if args.idempotency_key:
-                await sessions.lock_idempotency_key(
-                    conn, args.workspace_id, args.idempotency_key
-                )
-                existing = await sessions.find_idempotent(
-                    conn,
-                    args.workspace_id,
-                    args.idempotency_key,
-                    self.settings.idempotency_window,
-                )
-                if existing is not None:
-                    cached = await sessions.get(conn, existing)
-                    if cached is not None:
-                        reply: dict[str, Any] = {
-                            "sessionId": cached.session_id,
-                            "provider": cached.provider,
-                            "role": cached.role,
-                            "acpStatus": cached.acp_status,
-                        }
-                        if cached.owner_instance_id:
-                            reply["ownerInstanceId"] = cached.owner_instance_id
-                        reply["cached"] = True
-                        return reply
+                cached_reply = await self._idempotent_reply(conn, args)
+                if cached_reply is not None:
+                    return cached_reply
             try:
-                await sessions.insert(
-                    conn,
-                    sessions.NewSession(
-                        session_id=session_id,
-                        workspace_id=args.workspace_id,
-                        cwd=str(cwd),
-                        provider=provider.id,
-                        role=args.role,
-                        name=args.name,
-                        branch=args.branch,
-                        mode_id=args.mode_id,
-                        model=args.model,
-                        parent_session_id=args.parent_session_id,
-                        specialist_id=args.specialist_id,
-                        owner_instance_id=self.settings.instance_id,
-                        lease_ttl=self.settings.lease_ttl,
-                        auto_approve_permissions=args.auto_approve_permissions,
-                        custom_command=args.custom_command,
-                        custom_args=args.custom_args,
-                        mcp_servers=args.mcp_servers,
-                        idempotency_key=args.idempotency_key,
-                    ),
+                row = await sessions.insert_with_first_event(
+                    conn, new, "acp_status", first.payload
                 )
             except asyncpg.ForeignKeyViolationError as err:
                 if "parent" in (err.constraint_name or ""):
@@ -487,19 +479,15 @@ class SessionManager:
                         f"Invalid parentSessionId: unknown session {args.parent_session_id}"
                     ) from err
                 raise UnknownWorkspace(args.workspace_id) from err
-            first = await session_events.append(
-                conn, session_id, [gateway_update("acp_status", status="connecting")]
-            )
-            row = await sessions.get_row(conn, sid)
-        assert row is not None
-        await publish_events(self.redis, self.channels, sid, first)
-        await session_changed(
+        # event 1, the list invalidation and session:created in one Redis round trip
+        await session_changed_with_events(
             self.redis,
             self.channels,
             "session:created",
             sid,
             args.workspace_id,
             row.session.wire(),
+            [first],
         )
         live = self._register(row)
         live.acp_status, live.status = "connecting", "idle"
@@ -518,6 +506,36 @@ class SessionManager:
             "acpStatus": "connecting",
             "ownerInstanceId": self.settings.instance_id,
         }
+
+    async def _idempotent_reply(
+        self, conn: Connection, args: NewSessionArgs
+    ) -> dict[str, Any] | None:
+        """The earlier reply for a repeated idempotency key, under its lock; else None."""
+        assert args.idempotency_key is not None
+        await sessions.lock_idempotency_key(
+            conn, args.workspace_id, args.idempotency_key
+        )
+        existing = await sessions.find_idempotent(
+            conn,
+            args.workspace_id,
+            args.idempotency_key,
+            self.settings.idempotency_window,
+        )
+        if existing is None:
+            return None
+        cached = await sessions.get(conn, existing)
+        if cached is None:
+            return None
+        reply: dict[str, Any] = {
+            "sessionId": cached.session_id,
+            "provider": cached.provider,
+            "role": cached.role,
+            "acpStatus": cached.acp_status,
+        }
+        if cached.owner_instance_id:
+            reply["ownerInstanceId"] = cached.owner_instance_id
+        reply["cached"] = True
+        return reply
 
     def _register(self, row: sessions.SessionRow) -> LiveSession:
         writer = EventWriter(

@@ -55,6 +55,29 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
         $16, $17, $18, $19, $20)
 """
 
+# session/new in one statement (one round trip, atomic on its own): the row with its
+# counter at 1, event 1 ($21 kind, $22 payload) and the row as GET reads it.
+INSERT_WITH_FIRST_EVENT = (
+    "WITH new_session AS ("  # noqa: S608 - constant fragments, values are $n parameters
+    + """
+    INSERT INTO sessions (session_id, workspace_id, name, cwd, branch, provider, role,
+                          mode_id, model, parent_session_id, specialist_id, acp_status,
+                          status, owner_instance_id, lease_expires_at,
+                          auto_approve_permissions, custom_command, custom_args,
+                          mcp_servers, idempotency_key, last_event_id)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
+            CASE WHEN $14::text IS NULL THEN NULL
+                 ELSE now() + make_interval(secs => $15) END,
+            $16, $17, $18, $19, $20, 1)
+    RETURNING *
+), first_event AS (
+    INSERT INTO session_events (session_id, event_id, kind, payload)
+    SELECT session_id, 1, $21, $22 FROM new_session
+)
+"""
+    + _SELECT.replace("FROM sessions", "FROM new_session")
+)
+
 FIND_IDEMPOTENT = """
 SELECT session_id::text FROM sessions
 WHERE workspace_id = $1 AND idempotency_key = $2
@@ -185,6 +208,10 @@ async def get_row(conn: Executor, session_id: str) -> SessionRow | None:
     row = await conn.fetchrow(GET, sid)
     if row is None:
         return None
+    return _session_row(row)
+
+
+def _session_row(row: asyncpg.Record) -> SessionRow:
     return SessionRow(
         session=row_to_session(row),
         last_event_id=row["last_event_id"],
@@ -256,6 +283,39 @@ async def insert(conn: Connection, new: NewSession) -> None:
         new.mcp_servers,
         new.idempotency_key,
     )
+
+
+async def insert_with_first_event(
+    conn: Executor, new: NewSession, kind: str, payload: bytes
+) -> SessionRow:
+    """`insert`, event 1 (`kind`, `payload` with eventId "1") and `get_row`, in one statement."""
+    row = await conn.fetchrow(
+        INSERT_WITH_FIRST_EVENT,
+        new.session_id,
+        new.workspace_id,
+        new.name,
+        new.cwd,
+        new.branch,
+        new.provider,
+        new.role,
+        new.mode_id,
+        new.model,
+        new.parent_session_id,
+        new.specialist_id,
+        new.acp_status,
+        new.status,
+        new.owner_instance_id,
+        new.lease_ttl,
+        new.auto_approve_permissions,
+        new.custom_command,
+        new.custom_args,
+        new.mcp_servers,
+        new.idempotency_key,
+        kind,
+        payload.decode(),
+    )
+    assert row is not None  # an INSERT ... RETURNING without conflict handling
+    return _session_row(row)
 
 
 async def find_idempotent(
