@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-import uuid
+import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -50,7 +50,8 @@ async def request_id_middleware(
     request: web.Request, handler: Handler
 ) -> web.StreamResponse:
     """Take X-Request-Id (or make one) and bind it to the log context of the request."""
-    request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+    # 32 random hex digits, as uuid4().hex without building a UUID on every request
+    request_id = request.headers.get("X-Request-Id") or os.urandom(16).hex()
     request[REQUEST_ID] = request_id
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id)

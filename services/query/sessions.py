@@ -89,6 +89,9 @@ async def list_sessions(request: web.Request) -> web.Response:
             return await _scoped_list(request, query, allowed)
         query = dataclasses.replace(query, workspace_id=next(iter(allowed)))
     list_cache = request.app[LIST_CACHE]
+    body = list_cache.hit(query.cache_key)
+    if body is not None:
+        return _json_bytes(body)
     hit = await list_cache.lookup(query.cache_key)
     if hit.fresh and hit.body is not None:
         return _json_bytes(hit.body)
