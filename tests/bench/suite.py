@@ -116,13 +116,14 @@ def env_for(ctx: Ctx, **extra: str) -> dict[str, str]:
 async def start(
     ctx: Ctx, args: list[str], port: int, health: str, **env: str
 ) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
-        ["taskset", "-c", SERVER_CORE, PY, *args],
-        cwd=ROOT,
-        env=env_for(ctx, PORT=str(port), **env),
-        stdout=subprocess.DEVNULL,
-        stderr=open(ctx.tmp / f"{port}.log", "wb"),  # noqa: SIM115
-    )
+    with open(ctx.tmp / f"{port}.log", "wb") as log:  # the child keeps its own fd
+        proc = subprocess.Popen(
+            ["taskset", "-c", SERVER_CORE, PY, *args],
+            cwd=ROOT,
+            env=env_for(ctx, PORT=str(port), **env),
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
     ctx.procs.append(proc)
     async with aiohttp.ClientSession() as s:
         async with asyncio.timeout(30):
@@ -172,7 +173,9 @@ def wrk(
         "--latency",
     ]
     if workspaces:
-        script = Path(tempfile.mkstemp(suffix=".lua")[1])
+        fd, name = tempfile.mkstemp(suffix=".lua")
+        os.close(fd)
+        script = Path(name)
         script.write_text(WRK_LUA % (",".join(f'"{w}"' for w in workspaces), path))
         cmd += ["-s", str(script)]
     out = subprocess.run([*cmd, url], capture_output=True, text=True, check=True).stdout
@@ -420,6 +423,9 @@ class Clients:
         received, lat = 0, []
         for p, out in zip(self.procs, self.outs, strict=True):
             await asyncio.to_thread(p.wait)
+            for pipe in (p.stdin, p.stdout):
+                if pipe is not None:
+                    pipe.close()
             lines = out.read_text().splitlines()
             received += int(lines[0].split()[1])
             lat += [int(x) for x in lines[1:] if x]
@@ -626,10 +632,13 @@ async def scenario_fanout(ctx: Ctx, gw_proc: subprocess.Popen[bytes], gw: int) -
             bare_per = (rss_kib(bare.pid) - rss0) / subs
             clients.go()
             t0 = time.monotonic()
-            async with aiohttp.ClientSession() as s:
-                await s.post(
+            async with (
+                aiohttp.ClientSession() as s,
+                s.post(
                     f"http://127.0.0.1:{bare_port}/produce?rate={rate}&count={count}"
-                )
+                ) as r,
+            ):
+                await r.read()
             b_recv, b_lat = await clients.results()
             b_rate = b_recv / (time.monotonic() - t0)
         finally:
