@@ -109,7 +109,7 @@ async def test_turn_on_two_streams_redis_history_and_reconnects(
         assert resp.status == 200
         async with asyncio.timeout(WAIT):
             replayed = await SseReader(resp).until_connected()
-        assert [int(f.id) for f in replayed] == list(range(anchor + 1, last + 1))
+        assert [int(f.id or 0) for f in replayed] == list(range(anchor + 1, last + 1))
         resp.close()
     for resp, _ in streams:
         resp.close()
