@@ -209,7 +209,17 @@ class LiveSession:
             return ("legacy", None, ids)
         return None
 
+    def mode_option(self) -> dict[str, Any] | None:
+        """The agent's `mode` config option, preferred over legacy modes (acp.md §4.7)."""
+        for opt in self.config_options:
+            if opt.get("category") == "mode" or opt.get("id") == "mode":
+                return opt
+        return None
+
     def mode_ids(self) -> list[str] | None:
+        option = self.mode_option()
+        if option is not None:
+            return _option_values(option) or None
         if self.modes and isinstance(self.modes.get("availableModes"), list):
             return [
                 str(m.get("id"))
@@ -1104,9 +1114,27 @@ class SessionManager:
                 f"Invalid modeId: {mode_id!r} is not offered ({', '.join(known)})"
             )
         seen = live.mode_updates
-        await live.agent.request(
-            "session/set_mode", {"sessionId": live.agent_session_id, "modeId": mode_id}
-        )
+        option = live.mode_option()
+        if option is not None:
+            result = await live.agent.request(
+                "session/set_config_option",
+                {
+                    "sessionId": live.agent_session_id,
+                    "configId": str(option.get("id")),
+                    "value": mode_id,
+                },
+            )
+            if isinstance(result, dict) and isinstance(
+                result.get("configOptions"), list
+            ):
+                live.config_options = [
+                    o for o in result["configOptions"] if isinstance(o, dict)
+                ]
+        else:
+            await live.agent.request(
+                "session/set_mode",
+                {"sessionId": live.agent_session_id, "modeId": mode_id},
+            )
         live.mode_id = mode_id
         if live.modes is not None:
             live.modes["currentModeId"] = mode_id

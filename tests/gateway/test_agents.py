@@ -145,3 +145,22 @@ async def test_native_load_after_restart(make_gw, pool, workspace_id, tmp_path):
     out = await ok(gw2, "session/prompt", {"sessionId": sid, "prompt": "two"})
     assert out["stopReason"] == "end_turn"
     assert gw2.app[SESSION_MANAGER].live[sid].agent_session_id == agent_id
+
+
+async def test_mode_switch_through_the_mode_config_option(make_gw, pool, workspace_id):
+    """An agent that offers modes only as a config option gets set_config_option."""
+    gw = await make_gw()
+    sid = await new_fake(gw, workspace_id, "--mode-option")
+    await wait_ready(pool, sid)
+    e = await err(gw, "session/set_mode", {"sessionId": sid, "modeId": "nope"})
+    assert e["code"] == -32602
+    assert "nope" in e["message"]
+    assert await ok(gw, "session/set_mode", {"sessionId": sid, "modeId": "plan"}) == {}
+    row = await sessions.get(pool, sid)
+    assert row.mode_id == "plan"
+    modes = [
+        e["update"]["currentModeId"]
+        for e in await events(pool, sid)
+        if e["update"]["sessionUpdate"] == "current_mode_update"
+    ]
+    assert modes == ["plan"]

@@ -1,6 +1,7 @@
 """A raw ndjson ACP agent for gateway tests: the paths echo does not cover.
 
-Flags: --protocol N (answer initialize with N), --no-models (offer nothing to switch).
+Flags: --protocol N (answer initialize with N), --no-models (offer nothing to switch),
+--mode-option (offer modes only as a `mode` config option, as opencode does).
 Prompts: `hang` never answers and ignores cancel; `title <t>` sends session_info_update;
 anything else ends the turn with usage. session/load replays one chunk first;
 session/set_model is the legacy request (models listed the old way).
@@ -16,9 +17,11 @@ from typing import Any
 
 
 class FakeAgent:
-    def __init__(self, protocol: int, models: bool) -> None:
+    def __init__(self, protocol: int, models: bool, mode_option: bool = False) -> None:
         self.protocol = protocol
         self.models = models
+        self.mode_option = mode_option
+        self.mode = "build"
         self.count = 0
         self.writer: asyncio.StreamWriter | None = None
 
@@ -35,8 +38,25 @@ class FakeAgent:
             }
         )
 
+    def config_options(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "id": "mode",
+                "name": "Mode",
+                "category": "mode",
+                "type": "select",
+                "currentValue": self.mode,
+                "options": [
+                    {"value": "build", "name": "Build"},
+                    {"value": "plan", "name": "Plan"},
+                ],
+            }
+        ]
+
     def session_result(self) -> dict[str, Any]:
         result: dict[str, Any] = {}
+        if self.mode_option:
+            result["configOptions"] = self.config_options()
         if self.models:
             result["models"] = {
                 "currentModelId": "m1",
@@ -69,6 +89,21 @@ class FakeAgent:
             result = self.session_result()
         elif method == "session/set_model":
             result = {}
+        elif method == "session/set_config_option" and self.mode_option:
+            if params.get("configId") != "mode" or params.get("value") not in (
+                "build",
+                "plan",
+            ):
+                self.send(
+                    {
+                        "jsonrpc": "2.0",
+                        "id": rid,
+                        "error": {"code": -32602, "message": "bad mode"},
+                    }
+                )
+                return
+            self.mode = params["value"]
+            result = {"configOptions": self.config_options()}
         elif method == "session/prompt":
             text = " ".join(b.get("text", "") for b in params.get("prompt", []))
             if text == "hang":
@@ -125,8 +160,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--protocol", type=int, default=1)
     parser.add_argument("--no-models", action="store_true")
+    parser.add_argument("--mode-option", action="store_true")
     args, _ = parser.parse_known_args()
-    asyncio.run(FakeAgent(args.protocol, not args.no_models).run())
+    asyncio.run(FakeAgent(args.protocol, not args.no_models, args.mode_option).run())
 
 
 if __name__ == "__main__":
