@@ -209,6 +209,13 @@ class LiveSession:
             return ("legacy", None, ids)
         return None
 
+    def absorb_config_options(self, result: Any) -> None:
+        """Keep the complete option list an agent returns from set_config_option."""
+        if isinstance(result, dict) and isinstance(result.get("configOptions"), list):
+            self.config_options = [
+                o for o in result["configOptions"] if isinstance(o, dict)
+            ]
+
     def mode_option(self) -> dict[str, Any] | None:
         """The agent's `mode` config option, preferred over legacy modes (acp.md §4.7)."""
         for opt in self.config_options:
@@ -1124,12 +1131,7 @@ class SessionManager:
                     "value": mode_id,
                 },
             )
-            if isinstance(result, dict) and isinstance(
-                result.get("configOptions"), list
-            ):
-                live.config_options = [
-                    o for o in result["configOptions"] if isinstance(o, dict)
-                ]
+            live.absorb_config_options(result)
         else:
             await live.agent.request(
                 "session/set_mode",
@@ -1160,12 +1162,7 @@ class SessionManager:
                     "value": model,
                 },
             )
-            if isinstance(result, dict) and isinstance(
-                result.get("configOptions"), list
-            ):
-                live.config_options = [
-                    o for o in result["configOptions"] if isinstance(o, dict)
-                ]
+            live.absorb_config_options(result)
         else:
             await live.agent.request(
                 "session/set_model",
