@@ -21,8 +21,10 @@ import uvloop
 STAMP = re.compile(rb'"text":"(\d{6,})"')
 
 
-async def one(session, url, expected, lat, ready, counts, idx, stop) -> None:
+async def one(session, url, expected, lat, ready, counts, idx, stop, rejected) -> None:
     async with session.get(url, timeout=aiohttp.ClientTimeout(total=None)) as resp:
+        if resp.status != 200:  # e.g. 429 past MAX_SUBSCRIBERS: not a subscriber
+            rejected.append(resp.status)
         ready.release()
         buf = b""
         got = 0
@@ -53,17 +55,23 @@ async def main() -> None:
     counts = [0] * n
     ready = asyncio.Semaphore(0)
     stop = asyncio.Event()
+    rejected: list[int] = []
     conn = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=conn) as session:
         tasks = [
             asyncio.create_task(
-                one(session, url, expected, lat, ready, counts, i, stop)
+                one(session, url, expected, lat, ready, counts, i, stop, rejected)
             )
             for i in range(n)
         ]
         for _ in range(n):
             await ready.acquire()
-        print("ready", flush=True)
+        if rejected:
+            print(
+                f"rejected {len(rejected)} streams: {sorted(set(rejected))}", flush=True
+            )
+        else:
+            print("ready", flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)  # go
         try:
             async with asyncio.timeout(deadline):

@@ -105,6 +105,8 @@ def env_for(ctx: Ctx, **extra: str) -> dict[str, str]:
         DATA_DIR=str(ctx.tmp / "data"),
         ALLOW_CUSTOM_COMMANDS="1",
         MAX_SESSIONS="1000",
+        # scenario 3 opens 2,500 streams on one session (the default limit is 100)
+        MAX_SUBSCRIBERS="5000",
         PYTHONPATH=os.pathsep.join(
             p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p
         ),
