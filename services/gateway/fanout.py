@@ -79,6 +79,7 @@ class StreamConfig:
 class Marker(enum.Enum):
     RESYNC = "resync"  # catch up from the log after the last delivered eventId
     CLOSE = "close"  # end the stream
+    HEARTBEAT = "heartbeat"  # write a comment: the stream was idle (the ticker puts it)
 
 
 QueueItem: TypeAlias = tuple[int, bytes] | Marker
@@ -94,6 +95,8 @@ class Subscriber:
     resync_pending: bool = False
     # True while the stream is blocked writing to its client
     writing: bool = False
+    # set by every write, cleared by the heartbeat ticker: idle streams get a comment
+    wrote: bool = True
     # drops the client connection; set by the stream once its response is prepared
     abort: Callable[[], None] | None = None
 
@@ -108,6 +111,15 @@ class Subscriber:
             self.queue.put_nowait(item)
         except asyncio.QueueFull:
             self.close("overflow")
+
+    def tick(self) -> None:
+        """Heartbeat ticker: queue a comment when nothing was written since the last tick."""
+        if self.wrote or self.writing or self.closed_reason is not None:
+            self.wrote = False
+            return
+        if self.queue.empty():
+            self.queue.put_nowait(Marker.HEARTBEAT)
+            self.wrote = True  # one marker per idle tick, not a pile of them
 
     def request_resync(self) -> None:
         if self.closed_reason is not None or self.resync_pending:
@@ -166,6 +178,7 @@ class Fanout:
         self._pending: dict[str, int] = {}
         self._pubsub: PubSub | None = None
         self._task: asyncio.Task[None] | None = None
+        self._ticker: asyncio.Task[None] | None = None
         self._stopping = False
         self._outage_logged = False
         # set while the pattern subscription is confirmed; tests wait on it
@@ -260,14 +273,29 @@ class Fanout:
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="sse-fanout")
+        self._ticker = asyncio.create_task(self._heartbeats(), name="sse-heartbeat")
 
     async def stop(self) -> None:
         self.close_all()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._ticker):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self._redis.aclose()
+
+    async def _heartbeats(self) -> None:
+        """One timer for every stream of the process, instead of a timeout per queue wait.
+
+        Ticks at half the interval: a stream that wrote nothing for a whole tick gets a
+        HEARTBEAT marker, so no stream stays silent longer than `heartbeat_interval`.
+        """
+        interval = self.config.heartbeat_interval / 2
+        while True:
+            await asyncio.sleep(interval)
+            for channel in list(self._by_session.values()):
+                for sub in channel.subscribers:
+                    sub.tick()
 
     async def _run(self) -> None:
         while True:

@@ -9,7 +9,6 @@ once (fanout.event_frame) and written with `StreamResponse.write` (perf-ceilings
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import uuid
@@ -80,6 +79,7 @@ class _Stream:
         self.last = last
 
     async def write(self, data: bytes) -> None:
+        self.sub.wrote = True
         self.sub.writing = True
         try:
             await self.resp.write(data)
@@ -169,7 +169,7 @@ async def handle_stream(request: web.Request) -> web.StreamResponse:
         stream = _Stream(resp, sub, pool, session_uuid, start)
         await stream.catch_up()
         await stream.write(connected_frame(session.session_id))
-        await _live(stream, sub, app[STREAM_CONFIG].heartbeat_interval)
+        await _live(stream, sub)
     except ConnectionResetError:
         pass  # the client left; the agent goes on
     except (OSError, asyncpg.PostgresError) as err:
@@ -206,30 +206,16 @@ async def _replay_start(
     return turn - 1 if turn is not None else 0
 
 
-async def _live(stream: _Stream, sub: Subscriber, heartbeat: float) -> None:
-    """Write queued events until the stream is closed; a comment when idle for `heartbeat`."""
-    loop = asyncio.get_running_loop()
+async def _live(stream: _Stream, sub: Subscriber) -> None:
+    """Write queued events until the stream is closed; the fan-out's ticker queues heartbeats."""
     queue = sub.queue
-    last_write = loop.time()
     while True:
-        if queue.empty():
-            wait = heartbeat - (loop.time() - last_write)
-            if wait <= 0:
-                await stream.write(HEARTBEAT)
-                last_write = loop.time()
-                continue
-            try:
-                async with asyncio.timeout(wait):
-                    first = await queue.get()
-            except TimeoutError:
-                continue
-        else:
-            first = queue.get_nowait()
         # Take everything already queued: one write for a burst.
-        items = [first]
+        items = [await queue.get()]
         while not queue.empty():
             items.append(queue.get_nowait())
         events: list[tuple[int, bytes]] = []
+        heartbeat = False
         for item in items:
             if item is Marker.CLOSE:
                 if events:
@@ -240,11 +226,14 @@ async def _live(stream: _Stream, sub: Subscriber, heartbeat: float) -> None:
                 await stream.deliver(events)
                 events = []
                 await stream.catch_up()
-            elif isinstance(item, tuple):
+            elif item is Marker.HEARTBEAT:
+                heartbeat = True
+            else:
                 events.append(item)
         if events:
             await stream.deliver(events)
-        last_write = loop.time()
+        elif heartbeat:
+            await stream.write(HEARTBEAT)
 
 
 def setup(app: web.Application) -> None:
