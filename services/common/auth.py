@@ -25,7 +25,7 @@ import asyncpg
 import orjson
 from aiohttp import web
 
-from services.common.http import MAX_BODY_BYTES, Handler, error_response
+from services.common.http import MAX_BODY_BYTES, error_response
 from services.common.keys import PG_POOL, SETTINGS
 from shared.db import sessions as sessions_db
 from shared.db import tasks as tasks_db
@@ -100,6 +100,14 @@ class TokenStore:
     async def refresh_table_state(self) -> bool:
         self._table_active = await tokens_db.any_active(self._pool)
         self._table_checked = time.monotonic()
+        return self._table_active
+
+    def enabled_now(self) -> bool | None:
+        """The cached answer without awaiting; None when the table must be re-read."""
+        if self.env:
+            return True
+        if time.monotonic() - self._table_checked >= self._ttl:
+            return None
         return self._table_active
 
     async def enabled(self) -> bool:
@@ -256,18 +264,25 @@ def _unauthorized(message: str) -> web.Response:
     return resp
 
 
-@web.middleware
-async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """401 / 429 / 403 / 413 for /api/* before the handler runs; everything else passes."""
-    if not request.path.startswith(OPEN_PREFIX):
-        return await handler(request)
-    state = request.app[AUTH]
+async def check_request(request: web.Request) -> web.StreamResponse | None:
+    """401 / 429 / 403 / 413 for /api/* before the handler runs; None lets it through.
+
+    Called by the one middleware of the process (services/common/middleware.py).
+    """
+    state = request.app.get(AUTH)
+    if state is None or not request.path.startswith(OPEN_PREFIX):
+        return None
+    store = state.store
+    # fast path while the cached answer is fresh: no coroutine per request
+    on = store.enabled_now()
+    if on is None:
+        on = await store.enabled()
     principal: Principal | None = None
-    if await state.store.enabled():
+    if on:
         token = _bearer(request)
         if token is None:
             return _unauthorized("Missing bearer token (Authorization: Bearer <token>)")
-        scope = await state.store.lookup(token)
+        scope = await store.lookup(token)
         if isinstance(scope, _Unknown):
             return _unauthorized("Invalid or revoked token")
         principal = Principal(tokens_db.hash_token(token)[:16], scope)
@@ -288,7 +303,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         await _check_url_scope(request, state, principal.workspaces)
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         return error_response(413, "Request body too large (limit 1 MiB)")
-    return await handler(request)
+    return None
 
 
 async def _check_url_scope(
@@ -374,6 +389,5 @@ def filter_allowed(request: web.Request, items: list[Any], key: str) -> list[Any
 
 
 def setup_auth(app: web.Application) -> None:
-    """The innermost middleware (after request ids, errors, metrics) and its context."""
-    app.middlewares.append(auth_middleware)
+    """The auth state; its checks run in the process's one middleware (check_request)."""
     app.cleanup_ctx.append(auth_ctx)

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
 import orjson
 import redis.exceptions
-import structlog
 from aiohttp import web
 
 from shared.errors import (
@@ -45,32 +43,19 @@ def error_response(status: int, message: str) -> web.Response:
     return json_response({"error": message}, status=status)
 
 
-@web.middleware
-async def request_id_middleware(
-    request: web.Request, handler: Handler
-) -> web.StreamResponse:
-    """Take X-Request-Id (or make one) and bind it to the log context of the request."""
-    # 32 random hex digits, as uuid4().hex without building a UUID on every request
-    request_id = request.headers.get("X-Request-Id") or os.urandom(16).hex()
-    request[REQUEST_ID] = request_id
-    structlog.contextvars.clear_contextvars()
-    structlog.contextvars.bind_contextvars(request_id=request_id)
-    return await handler(request)
+def setup_http(app: web.Application) -> None:
+    """The process's one middleware: request id, log context, metrics, auth, error mapping."""
+    from services.common.middleware import app_middleware  # it imports this module
+
+    if app_middleware not in app.middlewares:
+        app.middlewares.append(app_middleware)
 
 
-async def add_request_id_header(
-    request: web.Request, response: web.StreamResponse
-) -> None:
-    """on_response_prepare hook: every response, streams included, carries X-Request-Id."""
-    request_id = request.get(REQUEST_ID) or request.headers.get("X-Request-Id")
+def stamp_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """Streams are prepared inside the handler: call this before `prepare`."""
+    request_id = request.get(REQUEST_ID)
     if request_id:
         response.headers["X-Request-Id"] = request_id
-
-
-def setup_http(app: web.Application) -> None:
-    """Middlewares and hooks every process installs, in this order."""
-    app.middlewares.extend([request_id_middleware, error_middleware])
-    app.on_response_prepare.append(add_request_id_header)
 
 
 def _status_message(exc: web.HTTPException) -> str:
@@ -85,25 +70,23 @@ def _status_message(exc: web.HTTPException) -> str:
     return exc.reason or "Error"
 
 
-@web.middleware
-async def error_middleware(
-    request: web.Request, handler: Handler
-) -> web.StreamResponse:
-    """Domain errors become {"error": msg} with their status; nothing leaks a traceback."""
-    try:
-        return await handler(request)
-    except DomainError as err:
+def error_to_response(request: web.Request, err: Exception) -> web.Response:
+    """Domain errors become {"error": msg} with their status; nothing leaks a traceback.
+
+    An HTTPException that is a redirect or already JSON is re-raised as it is.
+    """
+    if isinstance(err, DomainError):
         message = getattr(err, "rest_message", None) or err.message
         return error_response(err.http_status, message)
-    except web.HTTPException as exc:
-        if exc.status < 400 or exc.content_type == "application/json":
-            raise
-        if exc.status == 405:
+    if isinstance(err, web.HTTPException):
+        if err.status < 400 or err.content_type == "application/json":
+            raise err
+        if err.status == 405:
             return error_response(
                 405, f"Method {request.method} not allowed on {request.path}"
             )
-        return error_response(exc.status, _status_message(exc))
-    except (ConnectionError, OSError) as err:
+        return error_response(err.status, _status_message(err))
+    if isinstance(err, ConnectionError | OSError):
         logger.warning(
             "dependency failure on %s %s: %s", request.method, request.path, err
         )
@@ -111,22 +94,21 @@ async def error_middleware(
         if name is not None:
             return error_response(503, dependency_down(name, err).message)
         return error_response(503, f"Service unavailable: {err.__class__.__name__}")
-    except (
-        asyncpg.CharacterNotInRepertoireError,
-        asyncpg.UntranslatableCharacterError,
+    if isinstance(
+        err,
+        asyncpg.CharacterNotInRepertoireError | asyncpg.UntranslatableCharacterError,
     ):
         # a NUL (or another character Postgres text cannot hold) slipped past the checks
         return error_response(400, NUL_MESSAGE)
-    except Exception as err:
-        name = dependency_of(err)
-        if name is not None:
-            # a dropped connection surfaces as the driver's own error, not an OSError
-            logger.warning(
-                "%s failure on %s %s: %r", name, request.method, request.path, err
-            )
-            return error_response(503, dependency_down(name, err).message)
-        logger.exception("unhandled error on %s %s", request.method, request.path)
-        return error_response(500, "Internal server error")
+    name = dependency_of(err)
+    if name is not None:
+        # a dropped connection surfaces as the driver's own error, not an OSError
+        logger.warning(
+            "%s failure on %s %s: %r", name, request.method, request.path, err
+        )
+        return error_response(503, dependency_down(name, err).message)
+    logger.error("unhandled error on %s %s", request.method, request.path, exc_info=err)
+    return error_response(500, "Internal server error")
 
 
 async def read_json_body(request: web.Request, *, required: bool = True) -> Any:

@@ -6,7 +6,6 @@ Series are labelled by route template, never by raw path.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,8 +13,6 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.aiohttp import make_aiohttp_handler
-
-from services.common.http import Handler
 
 _UNMATCHED = "<unmatched>"
 _SKIP = frozenset({"/metrics", "/healthz", "/readyz"})
@@ -146,37 +143,17 @@ def _noop() -> None:
     return None
 
 
-def _route_of(request: web.Request) -> str:
+SKIP_PATHS = _SKIP
+
+
+def route_of(request: web.Request) -> str:
     resource = request.match_info.route.resource
     return resource.canonical if resource is not None else _UNMATCHED
 
 
-@web.middleware
-async def metrics_middleware(
-    request: web.Request, handler: Handler
-) -> web.StreamResponse:
-    if request.path in _SKIP:
-        return await handler(request)
-    metrics = request.app[METRICS]
-    start = time.perf_counter()
-    status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-        return response
-    except web.HTTPException as exc:
-        status = exc.status
-        raise
-    finally:
-        metrics.observe_request(
-            request.method, _route_of(request), str(status), time.perf_counter() - start
-        )
-
-
 def setup_metrics(app: web.Application) -> Metrics:
     metrics = Metrics()
-    app[METRICS] = metrics
-    app.middlewares.insert(0, metrics_middleware)
+    app[METRICS] = metrics  # observed by the process's one middleware (middleware.py)
     app.router.add_get(
         "/metrics", make_aiohttp_handler(metrics.registry, disable_compression=True)
     )

@@ -14,7 +14,7 @@ from aiohttp import ClientError, ClientSession, ClientTimeout, TCPConnector, web
 from multidict import CIMultiDict
 from yarl import URL
 
-from services.common.http import json_response
+from services.common.http import json_response, stamp_request_id
 
 # RFC 9110 §7.6.1 hop-by-hop headers, plus what the proxy rewrites itself.
 HOP_BY_HOP = frozenset(
@@ -100,6 +100,7 @@ async def proxy(request: web.Request) -> web.StreamResponse:
         for key, value in upstream.headers.items():
             if key.lower() not in HOP_BY_HOP:
                 response.headers.add(key, value)
+        stamp_request_id(request, response)
         await response.prepare(request)
         try:
             async for chunk in upstream.content.iter_any():

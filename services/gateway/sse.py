@@ -17,7 +17,7 @@ from collections.abc import Callable
 import asyncpg
 from aiohttp import web
 
-from services.common.http import error_response
+from services.common.http import error_response, stamp_request_id
 from services.common.keys import PG_POOL, SETTINGS
 from services.common.metrics import METRICS
 from services.gateway.fanout import (
@@ -163,6 +163,7 @@ async def handle_stream(request: web.Request) -> web.StreamResponse:
         metrics.sse_streams.labels("acp").inc()
     resp = web.StreamResponse(headers=STREAM_HEADERS)
     try:
+        stamp_request_id(request, resp)
         await resp.prepare(request)
         sub.abort = _aborter(request)
         start = await _replay_start(pool, session_uuid, raw_last, replay)

@@ -17,6 +17,7 @@ from aiohttp_sse import EventSourceResponse
 from redis.exceptions import RedisError
 
 from services.common.auth import allowed_workspaces
+from services.common.http import stamp_request_id
 from services.common.keys import CHANNELS, REDIS
 from services.common.metrics import track_stream
 from shared.channels import Channels
@@ -157,6 +158,7 @@ async def session_events(request: web.Request) -> web.StreamResponse:
             sep="\n", ping_interval=request.app[LIFECYCLE_HEARTBEAT]
         )
         resp.headers["Cache-Control"] = "no-cache, no-store, must-revalidate"
+        stamp_request_id(request, resp)
         await resp.prepare(request)
         # the ping task ends when the client is gone: end the stream then, not at the
         # next message

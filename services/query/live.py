@@ -17,6 +17,7 @@ from aiohttp import web
 from aiohttp_sse import EventSourceResponse
 from redis.exceptions import RedisError
 
+from services.common.http import stamp_request_id
 from services.common.keys import CHANNELS, REDIS
 from services.common.metrics import track_stream
 from shared.jsonutil import dumps_str
@@ -190,6 +191,7 @@ async def stream(
     # /api/notes/events -> "notes", /api/tasks/events -> "tasks"
     untrack = track_stream(request.app, request.path.split("/")[2])
     try:
+        stamp_request_id(request, resp)
         await resp.prepare(request)
         # the ping task ends when the client is gone: end the stream then, not at the next message
         watcher = asyncio.ensure_future(resp.wait())
