@@ -5,7 +5,7 @@ stderr drained) and talk ACP through the SDK's `connect_to_agent`. Incoming
 `session/update` notifications are taken from a raw, synchronous observer: it runs in
 wire order and sees every kind, including ones the SDK's typed callback would drop.
 Requests to the agent go out raw too, so replies keep fields the typed models drop
-(legacy `models`, unknown keys). The owner (runtime.LiveSession) supplies callbacks.
+(legacy `models`, unknown keys). The owner (live.LiveSession) supplies callbacks.
 """
 
 from __future__ import annotations

@@ -1,0 +1,176 @@
+"""Prompt turns: start one, run it on the agent, end it exactly once, cancel it (§9.25)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from services.gateway.agents import AgentDied, AgentRequestFailed
+from services.gateway.failures import AgentCallFailed
+from services.gateway.live import LiveSession, Turn, consume, settle_turn
+from shared.errors import AgentError, DependencyDown, SessionUnservable
+
+if TYPE_CHECKING:
+    from services.gateway.runtime import SessionManager
+
+logger = logging.getLogger(__name__)
+
+# how long session/prompt waits to store its user_message before answering (Postgres down)
+USER_MESSAGE_STORE_WAIT = 5.0
+
+
+async def prompt(
+    manager: SessionManager,
+    sid: str,
+    blocks: list[dict[str, Any]],
+    text: str,
+    allowed: frozenset[str] | None = None,
+) -> dict[str, Any]:
+    live, _ = await manager.ensure_live(sid, allowed)
+    if live.turn is not None:
+        raise AgentError("A prompt is already running for this session")
+    if manager.draining:
+        raise SessionUnservable("Gateway draining")
+    loop = asyncio.get_running_loop()
+    turn = Turn(future=loop.create_future())
+    turn.future.add_done_callback(consume)
+    live.turn = turn
+    live.last_used = time.monotonic()
+    try:
+        # the user's message is in the log before the agent sees it
+        stored = live.emit("user_message", content={"type": "text", "text": text})
+        try:
+            async with asyncio.timeout(USER_MESSAGE_STORE_WAIT):
+                await live.writer.flush(stored)
+        except TimeoutError as err:
+            # Postgres is down: answer now instead of hanging (the writer retries)
+            raise DependencyDown(
+                "Postgres unavailable: the prompt could not be stored"
+            ) from err
+        await manager.set_state(live, live.acp_status, "active")
+    except BaseException as err:
+        if live.turn is turn:
+            live.turn = None
+        # the user_message is (or will be) stored: its turn ends there too (§9.25)
+        reason = getattr(err, "message", None) or err.__class__.__name__
+        live.emit("error", message=f"The prompt was not started: {reason}")
+        raise
+    turn.task = manager.spawn_task(run_turn(manager, live, turn, blocks))
+    try:
+        async with asyncio.timeout(manager.settings.prompt_timeout):
+            return await asyncio.shield(turn.future)
+    except TimeoutError:
+        return {"sessionId": sid, "pending": True}
+
+
+async def run_turn(
+    manager: SessionManager, live: LiveSession, turn: Turn, blocks: list[dict[str, Any]]
+) -> None:
+    agent = live.agent
+    assert agent is not None
+    try:
+        result = await agent.request(
+            "session/prompt",
+            {"sessionId": live.agent_session_id, "prompt": blocks},
+            timeout=None,
+        )
+    except AgentDied:
+        # The exit handler knows the exit code and ends the turn; make sure it runs.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(2.0):
+                await asyncio.shield(agent.exited)
+        if not turn.done and not live.stopping:
+            await manager.fail(live, "Agent closed its connection")
+        return
+    except AgentRequestFailed as err:
+        if turn.cancel_requested:
+            await end_turn(manager, live, turn, result={"stopReason": "cancelled"})
+        else:
+            await end_turn(
+                manager,
+                live,
+                turn,
+                error=f"Agent error: {err.message}",
+                exc=AgentCallFailed(err, "session/prompt"),
+            )
+        return
+    reply: dict[str, Any] = {
+        "stopReason": (
+            result.get("stopReason", "end_turn")
+            if isinstance(result, dict)
+            else "end_turn"
+        )
+    }
+    if isinstance(result, dict) and isinstance(result.get("usage"), dict):
+        reply["usage"] = result["usage"]
+    await end_turn(manager, live, turn, result=reply)
+
+
+async def end_turn(
+    manager: SessionManager,
+    live: LiveSession,
+    turn: Turn | None = None,
+    *,
+    result: dict[str, Any] | None = None,
+    error: str | None = None,
+    exc: AgentError | None = None,
+    settle: bool = True,
+) -> Turn | None:
+    """Exactly one turn_complete or error per turn (§9.25), stored before the reply.
+
+    With settle=False the caller answers the prompt later (`settle_turn`), after it has
+    stored what must precede the reply (acp_status error on a crash).
+    """
+    turn = turn or live.turn
+    if turn is None or turn.done:
+        return None
+    turn.done = True
+    if turn.watchdog is not None and turn.watchdog is not asyncio.current_task():
+        turn.watchdog.cancel()
+    if error is not None:
+        live.emit("error", message=error)
+    else:
+        assert result is not None
+        live.emit("turn_complete", **result)
+    live.cancel_all_permissions()
+    await live.writer.flush()
+    if live.turn is turn:
+        live.turn = None
+    if live.approve_scope == "turn":
+        live.approve_scope = None
+    live.last_used = time.monotonic()
+    if not live.stopping:
+        await manager.set_state(live, live.acp_status, "idle")
+    turn.outcome = result if error is None else (exc or AgentError(error))
+    if settle:
+        settle_turn(turn)
+    return turn
+
+
+async def cancel(
+    manager: SessionManager, sid: str, allowed: frozenset[str] | None = None
+) -> None:
+    live = manager.live.get(sid)
+    if live is None:
+        await manager.get_session_or_404(sid, allowed)
+        return
+    manager.check_allowed(live.workspace_id, sid, allowed)
+    turn = live.turn
+    if turn is None or turn.done:
+        return
+    turn.cancel_requested = True
+    live.cancel_all_permissions()
+    if live.agent is not None and live.agent_session_id:
+        await live.agent.notify("session/cancel", {"sessionId": live.agent_session_id})
+    if turn.watchdog is None:
+        turn.watchdog = manager.spawn_task(watchdog(manager, live, turn))
+
+
+async def watchdog(manager: SessionManager, live: LiveSession, turn: Turn) -> None:
+    await asyncio.sleep(manager.settings.cancel_watchdog)
+    if not turn.done:
+        logger.info("cancel watchdog ended the turn of %s", live.session_id)
+        await end_turn(manager, live, turn, result={"stopReason": "cancelled"})
