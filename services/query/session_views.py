@@ -10,6 +10,7 @@ from typing import Any
 
 from shared.errors import BadRequest
 from shared.models.session import SESSION_STATUSES
+from shared.models.validation import query_value
 
 MAX_LIMIT = 1000
 MAX_NAME = 200
@@ -18,8 +19,11 @@ _UUID_NONE = uuid.UUID(int=0)
 
 
 def _param(query: Mapping[str, str], name: str) -> str | None:
-    """A query value, or None when absent or empty (an empty filter filters nothing)."""
-    value = query.get(name)
+    """A query value, or None when absent or empty (an empty filter filters nothing).
+
+    A NUL is a 400 naming the parameter (Postgres text cannot hold it).
+    """
+    value = query_value(query, name)
     return value if value else None
 
 
