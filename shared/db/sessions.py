@@ -259,9 +259,9 @@ class NewSession:
     idempotency_key: str | None = None
 
 
-async def insert(conn: Connection, new: NewSession) -> None:
-    await conn.execute(
-        INSERT,
+def _insert_args(new: NewSession) -> tuple[Any, ...]:
+    """The $1..$20 of INSERT and INSERT_WITH_FIRST_EVENT, in column order."""
+    return (
         new.session_id,
         new.workspace_id,
         new.name,
@@ -285,32 +285,17 @@ async def insert(conn: Connection, new: NewSession) -> None:
     )
 
 
+async def insert(conn: Connection, new: NewSession) -> None:
+    await conn.execute(INSERT, *_insert_args(new))
+
+
 async def insert_with_first_event(
     conn: Executor, new: NewSession, kind: str, payload: bytes
 ) -> SessionRow:
     """`insert`, event 1 (`kind`, `payload` with eventId "1") and `get_row`, in one statement."""
     row = await conn.fetchrow(
         INSERT_WITH_FIRST_EVENT,
-        new.session_id,
-        new.workspace_id,
-        new.name,
-        new.cwd,
-        new.branch,
-        new.provider,
-        new.role,
-        new.mode_id,
-        new.model,
-        new.parent_session_id,
-        new.specialist_id,
-        new.acp_status,
-        new.status,
-        new.owner_instance_id,
-        new.lease_ttl,
-        new.auto_approve_permissions,
-        new.custom_command,
-        new.custom_args,
-        new.mcp_servers,
-        new.idempotency_key,
+        *_insert_args(new),
         kind,
         payload.decode(),
     )
