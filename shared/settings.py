@@ -61,6 +61,10 @@ class Settings(BaseSettings):
     max_subscribers: int = 100  # event streams per session per gateway instance
     # bytes of one line an agent writes on stdout; a longer one stops the agent
     agent_max_line: int = 50 * 1024 * 1024
+    # ACP client terminals: bytes of output kept per terminal (an agent's
+    # outputByteLimit can only lower it), terminals held at once per session
+    terminal_output_limit: int = 1024 * 1024
+    max_terminals: int = 8
 
     @field_validator("allow_custom_commands", mode="before")
     @classmethod

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from acp.schema import (
+    ClientCapabilities,
     InitializeResponse,
     NewSessionResponse,
     PromptResponse,
@@ -36,7 +37,7 @@ class EchoSession:
 
 
 class EchoAgent:
-    """Implements what echo advertises and nothing else (no load, no auth, no terminals).
+    """Implements what echo advertises and nothing else (no load, no auth).
 
     Deliberately not a subclass of `acp.Agent`: the Protocol's stub bodies would answer
     methods echo does not offer (acp.md §2.6.8); missing ones must stay -32601.
@@ -46,8 +47,16 @@ class EchoAgent:
         self._peer = peer
         self._sessions: dict[str, EchoSession] = {}
 
-    async def initialize(self, protocol_version: int, **_: Any) -> InitializeResponse:
-        """Always answer version 1, the only one echo speaks."""
+    async def initialize(
+        self,
+        protocol_version: int,
+        client_capabilities: ClientCapabilities | None = None,
+        **_: Any,
+    ) -> InitializeResponse:
+        """Always answer version 1, the only one echo speaks; note the client's terminals."""
+        self._peer.terminal = bool(
+            client_capabilities is not None and client_capabilities.terminal
+        )
         return InitializeResponse(
             protocol_version=catalog.PROTOCOL_VERSION,
             agent_capabilities=catalog.agent_capabilities(),
@@ -107,9 +116,9 @@ class EchoAgent:
         if session.turn is not None and not session.turn.done():
             raise EchoError(AGENT_ERROR, "echo: a prompt is already running")
         session.cancel_requested = False
+        context = Turn(session_id, session.cwd, self._peer)
         turn = asyncio.create_task(
-            run_turn(Turn(session_id, session.cwd, self._peer), prompt_text(prompt)),
-            name=f"echo-turn-{session_id}",
+            run_turn(context, prompt_text(prompt)), name=f"echo-turn-{session_id}"
         )
         session.turn = turn
         try:
@@ -123,7 +132,7 @@ class EchoAgent:
         finally:
             if session.turn is turn:
                 session.turn = None
-        return PromptResponse(stop_reason=stop_reason)
+        return PromptResponse(stop_reason=stop_reason, usage=context.usage)
 
     async def cancel(self, session_id: str, **_: Any) -> None:
         """Cancel the running turn of that session, if any; the prompt answers `cancelled`."""

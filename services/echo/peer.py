@@ -11,15 +11,25 @@ from acp.schema import (
     AgentMessageChunk,
     AgentPlanUpdate,
     AgentThoughtChunk,
+    CreateFormSessionElicitationRequest,
+    CreateTerminalRequest,
+    CreateTerminalResponse,
+    ElicitationSchema,
     PermissionOption,
     ReadTextFileRequest,
     ReadTextFileResponse,
+    ReleaseTerminalRequest,
     RequestPermissionRequest,
     RequestPermissionResponse,
     SessionNotification,
+    TerminalOutputRequest,
+    TerminalOutputResponse,
     ToolCallProgress,
     ToolCallStart,
     ToolCallUpdate,
+    UsageUpdate,
+    WaitForTerminalExitRequest,
+    WaitForTerminalExitResponse,
     WriteTextFileRequest,
 )
 from acp.utils import notify_model, request_model, serialize_params
@@ -30,6 +40,7 @@ EchoUpdate = (
     | AgentPlanUpdate
     | ToolCallStart
     | ToolCallProgress
+    | UsageUpdate
 )
 
 
@@ -39,6 +50,8 @@ class Peer:
     def __init__(self, conn: Connection, stdout: asyncio.StreamWriter) -> None:
         self._conn = conn
         self._stdout = stdout
+        # what the client advertised in its last `initialize` (ACP: per connection)
+        self.terminal = False
 
     async def update(self, session_id: str, update: EchoUpdate) -> None:
         """A typed `session/update` notification."""
@@ -89,6 +102,73 @@ class Peer:
                 WriteTextFileRequest(session_id=session_id, path=path, content=content)
             ),
         )
+
+    async def create_terminal(
+        self, session_id: str, command: str, args: list[str], cwd: str
+    ) -> str:
+        """`terminal/create`; answers the terminal's id at once (the command runs on)."""
+        response = await request_model(
+            self._conn,
+            CLIENT_METHODS["terminal_create"],
+            CreateTerminalRequest(
+                session_id=session_id, command=command, args=args, cwd=cwd
+            ),
+            CreateTerminalResponse,
+        )
+        return response.terminal_id
+
+    async def wait_for_terminal_exit(
+        self, session_id: str, terminal_id: str
+    ) -> WaitForTerminalExitResponse:
+        """`terminal/wait_for_exit`: returns once the command has ended."""
+        return await request_model(
+            self._conn,
+            CLIENT_METHODS["terminal_wait_for_exit"],
+            WaitForTerminalExitRequest(session_id=session_id, terminal_id=terminal_id),
+            WaitForTerminalExitResponse,
+        )
+
+    async def terminal_output(
+        self, session_id: str, terminal_id: str
+    ) -> TerminalOutputResponse:
+        """`terminal/output`: what the command wrote so far (bounded by the client)."""
+        return await request_model(
+            self._conn,
+            CLIENT_METHODS["terminal_output"],
+            TerminalOutputRequest(session_id=session_id, terminal_id=terminal_id),
+            TerminalOutputResponse,
+        )
+
+    async def release_terminal(self, session_id: str, terminal_id: str) -> None:
+        """`terminal/release`: the client kills the command if it still runs."""
+        await self._conn.send_request(
+            CLIENT_METHODS["terminal_release"],
+            serialize_params(
+                ReleaseTerminalRequest(session_id=session_id, terminal_id=terminal_id)
+            ),
+        )
+
+    async def create_elicitation(
+        self, session_id: str, message: str, schema: ElicitationSchema
+    ) -> dict[str, Any]:
+        """`elicitation/create` in form mode; the raw answer (`action`, `content`).
+
+        The answer is read raw so that echo can say whatever came back.
+        """
+        params = serialize_params(
+            CreateFormSessionElicitationRequest(
+                session_id=session_id,
+                message=message,
+                mode="form",
+                requested_schema=schema,
+            )
+        )
+        # the SDK drops defaults; a form's JSON Schema still says it is an object
+        params["requestedSchema"]["type"] = "object"
+        response = await self._conn.send_request(
+            CLIENT_METHODS["elicitation_create"], params
+        )
+        return response if isinstance(response, dict) else {}
 
     async def flush(self) -> None:
         """Wait until everything written to stdout has left the process."""

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from acp import RequestError
 from acp.schema import (
@@ -16,7 +17,10 @@ from acp.schema import (
     AgentPlanUpdate,
     AgentThoughtChunk,
     ContentToolCallContent,
+    Cost,
     DeniedOutcome,
+    ElicitationSchema,
+    ElicitationStringPropertySchema,
     PermissionOption,
     PlanEntry,
     PlanEntryStatus,
@@ -26,6 +30,8 @@ from acp.schema import (
     ToolCallProgress,
     ToolCallStart,
     ToolCallUpdate,
+    Usage,
+    UsageUpdate,
 )
 
 from services.echo.errors import INTERNAL_ERROR, EchoError
@@ -38,6 +44,14 @@ MAX_FLOOD = 1_000_000
 MAX_STDERR_KIB = 64 * 1024
 CRASH_EXIT_STATUS = 3
 PLAN_STEPS = ("Read the prompt", "Think it over", "Echo it back")
+# The fixed figures of /usage (context in use, window, cost; the turn's tokens).
+USAGE_REPORT = UsageUpdate(
+    session_update="usage_update",
+    used=1200,
+    size=200000,
+    cost=Cost(amount=0.01, currency="USD"),
+)
+TURN_USAGE = Usage(total_tokens=30, input_tokens=20, output_tokens=10)
 
 
 @dataclass(slots=True)
@@ -47,6 +61,7 @@ class Turn:
     session_id: str
     cwd: str
     peer: Peer
+    usage: Usage | None = field(default=None)  # the prompt response's `usage`
 
     async def say(self, text: str) -> None:
         """One agent message: one chunk per word, all with the same fresh messageId."""
@@ -283,6 +298,69 @@ def _write_stderr(kib: int) -> None:
     out.flush()
 
 
+async def _usage_report(turn: Turn, _args: str) -> StopReason:
+    await turn.peer.update(turn.session_id, USAGE_REPORT)
+    turn.usage = TURN_USAGE
+    return "end_turn"
+
+
+async def _terminal(turn: Turn, args: str) -> StopReason:
+    words = args.split()
+    if not words:
+        return await _usage(turn, "/terminal <command> [args...]")
+    if not turn.peer.terminal:
+        await turn.say("no terminal")
+        return "end_turn"
+    try:
+        terminal_id = await turn.peer.create_terminal(
+            turn.session_id, words[0], words[1:], turn.cwd
+        )
+    except RequestError as err:
+        await turn.say(str(err))
+        return "end_turn"
+    try:
+        status = await turn.peer.wait_for_terminal_exit(turn.session_id, terminal_id)
+        output = await turn.peer.terminal_output(turn.session_id, terminal_id)
+    except RequestError as err:
+        await turn.say(str(err))
+        return "end_turn"
+    finally:
+        # also on cancel: releasing kills a command that still runs
+        with contextlib.suppress(RequestError, ConnectionError):
+            await turn.peer.release_terminal(turn.session_id, terminal_id)
+    lines = output.output.splitlines()
+    code = status.exit_code if status.exit_code is not None else status.signal
+    await turn.say("\n".join([*lines[:1], f"exit {code}"]))
+    return "end_turn"
+
+
+ELICIT_SCHEMA = ElicitationSchema(
+    type="object",
+    properties={
+        "name": ElicitationStringPropertySchema(type="string", title="Your name")
+    },
+    required=["name"],
+)
+
+
+async def _elicit(turn: Turn, _args: str) -> StopReason:
+    try:
+        answer = await turn.peer.create_elicitation(
+            turn.session_id, "What is your name?", ELICIT_SCHEMA
+        )
+    except RequestError as err:
+        await turn.say(str(err))
+        return "end_turn"
+    action = answer.get("action")
+    if action == "accept":
+        content = answer.get("content")
+        name = content.get("name") if isinstance(content, dict) else None
+        await turn.say(f"hello {name if isinstance(name, str) else ''}".rstrip())
+    else:
+        await turn.say("declined" if action == "decline" else "cancelled")
+    return "end_turn"
+
+
 async def _usage(turn: Turn, usage: str) -> StopReason:
     await turn.say(f"usage: {usage}")
     return "end_turn"
@@ -314,4 +392,7 @@ COMMANDS: dict[str, Command] = {
     "/unknown": _unknown,
     "/flood": _flood,
     "/stderr": _stderr,
+    "/usage": _usage_report,
+    "/terminal": _terminal,
+    "/elicit": _elicit,
 }

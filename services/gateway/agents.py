@@ -28,6 +28,9 @@ from acp.connection import StreamDirection, StreamEvent
 from acp.core import ClientSideConnection
 from acp.exceptions import RequestError
 
+from services.gateway import terminals
+from services.gateway.terminals import Terminals
+
 logger = logging.getLogger(__name__)
 
 PROTOCOL_VERSION = 1
@@ -89,6 +92,9 @@ class AgentSpec:
     request_timeout: float = REQUEST_TIMEOUT
     # AGENT_MAX_LINE: one stdout line over this stops the agent
     max_line: int = STREAM_LIMIT
+    # TERMINAL_OUTPUT_LIMIT, MAX_TERMINALS: the agent's ACP client terminals
+    terminal_output_limit: int = terminals.OUTPUT_LIMIT
+    max_terminals: int = terminals.MAX_TERMINALS
 
 
 def agent_env(home: Path) -> dict[str, str]:
@@ -157,7 +163,7 @@ class _LineLimitedReader(asyncio.StreamReader):
 
 
 class _Client:
-    """The client half the SDK routes agent requests to; advertised: fs read/write only."""
+    """The client half the SDK routes agent requests to; advertised: fs read/write, terminals."""
 
     def __init__(self, agent: AgentProcess) -> None:
         self._agent = agent
@@ -221,6 +227,44 @@ class _Client:
             ) from err
         return {}
 
+    async def create_terminal(
+        self,
+        session_id: str,
+        command: str,
+        args: list[str] | None = None,
+        env: list[Any] | None = None,
+        cwd: str | None = None,
+        output_byte_limit: int | None = None,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        return await self._agent.terminals.create(
+            command,
+            args,
+            [(e.name, e.value) for e in env or []],
+            cwd,
+            output_byte_limit,
+        )
+
+    async def terminal_output(
+        self, session_id: str, terminal_id: str, **kwargs: Any
+    ) -> dict[str, Any]:
+        return self._agent.terminals.output(terminal_id)
+
+    async def wait_for_terminal_exit(
+        self, session_id: str, terminal_id: str, **kwargs: Any
+    ) -> dict[str, Any]:
+        return await self._agent.terminals.wait_for_exit(terminal_id)
+
+    async def kill_terminal(
+        self, session_id: str, terminal_id: str, **kwargs: Any
+    ) -> dict[str, Any]:
+        return await self._agent.terminals.kill(terminal_id)
+
+    async def release_terminal(
+        self, session_id: str, terminal_id: str, **kwargs: Any
+    ) -> dict[str, Any]:
+        return await self._agent.terminals.release(terminal_id)
+
 
 class AgentProcess:
     """A running agent: spawn, raw requests with timeouts, death detection, the stop ladder."""
@@ -240,6 +284,15 @@ class AgentProcess:
         self._permission_requests: dict[Any, str] = {}  # agent request id → toolCallId
         self._stopping = False
         self._drain: asyncio.Task[None] | None = None
+        # the environment the agent is spawned with; its terminals get the same
+        self.env: dict[str, str] = {}
+        self.terminals = Terminals(
+            spec.cwd,
+            self.env,
+            self._record_terminal_output,
+            output_limit=spec.terminal_output_limit,
+            max_terminals=spec.max_terminals,
+        )
 
     @property
     def pid(self) -> int | None:
@@ -248,6 +301,7 @@ class AgentProcess:
     async def start(self) -> None:
         """Spawn the process and connect; raises OSError when it cannot be started."""
         self.spec.home.mkdir(parents=True, exist_ok=True)
+        self.env.update(agent_env(self.spec.home))
         self.proc = await asyncio.create_subprocess_exec(
             self.spec.command,
             *self.spec.args,
@@ -255,7 +309,7 @@ class AgentProcess:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             cwd=str(self.spec.cwd),
-            env=agent_env(self.spec.home),
+            env=self.env,
             start_new_session=True,
             limit=self.spec.max_line,
         )
@@ -280,6 +334,10 @@ class AgentProcess:
         if self.proc is not None and self.proc.returncode is None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
+
+    def _record_terminal_output(self, params: dict[str, Any]) -> None:
+        """terminal_output events go to the session's log like the agent's updates."""
+        self.callbacks.on_update(params)
 
     def _spawn(self, coro: Any) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.create_task(coro)
@@ -430,7 +488,7 @@ class AgentProcess:
                 "protocolVersion": PROTOCOL_VERSION,
                 "clientCapabilities": {
                     "fs": {"readTextFile": True, "writeTextFile": True},
-                    "terminal": False,
+                    "terminal": True,
                 },
                 "clientInfo": CLIENT_INFO,
             },
@@ -450,6 +508,7 @@ class AgentProcess:
     async def stop(self) -> int | None:
         """close stdin → 2 s → SIGTERM the group → 2 s → SIGKILL the group; reap."""
         self._stopping = True
+        await self.terminals.close()  # terminals die with the session
         proc = self.proc
         if proc is None:
             return None

@@ -53,6 +53,8 @@ def agent_spec(manager: SessionManager, live: LiveSession) -> AgentSpec:
         home=home,
         request_timeout=manager.settings.agent_request_timeout,
         max_line=manager.settings.agent_max_line,
+        terminal_output_limit=manager.settings.terminal_output_limit,
+        max_terminals=manager.settings.max_terminals,
     )
 
 

@@ -15,9 +15,13 @@ from acp.client.connection import ClientSideConnection
 from acp.connection import StreamDirection, StreamEvent
 from acp.schema import (
     AllowedOutcome,
+    CreateTerminalResponse,
     DeniedOutcome,
     ReadTextFileResponse,
     RequestPermissionResponse,
+    TerminalExitStatus,
+    TerminalOutputResponse,
+    WaitForTerminalExitResponse,
     WriteTextFileResponse,
 )
 
@@ -40,6 +44,13 @@ class RecordingClient:
         ] = {}  # sessionId -> optionId | "cancelled" | "hold"
         self.permission_asked = asyncio.Event()
         self.fs_errors: dict[str, str] = {}  # path -> error message to answer with
+        # the answer to elicitation/create (None: hold until the connection closes)
+        self.elicitation: dict[str, Any] | None = {
+            "action": "accept",
+            "content": {"name": "Ada"},
+        }
+        self.terminals: dict[str, asyncio.subprocess.Process] = {}
+        self.released: list[str] = []
         self._changed = asyncio.Event()
 
     # -- raw observer -------------------------------------------------------------
@@ -102,6 +113,65 @@ class RecordingClient:
         Path(path).write_text(content)
         return WriteTextFileResponse()
 
+    async def create_elicitation(
+        self, message: str, mode: Any, **_: Any
+    ) -> dict[str, Any]:
+        if self.elicitation is None:
+            await asyncio.Event().wait()  # until the connection closes
+        assert self.elicitation is not None
+        return self.elicitation
+
+    # -- terminals: a plain exec, enough to see what echo asks for ----------------
+    async def create_terminal(
+        self,
+        session_id: str,
+        command: str,
+        args: list[str] | None = None,
+        cwd: str | None = None,
+        **_: Any,
+    ) -> CreateTerminalResponse:
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                command,
+                *(args or []),
+                cwd=cwd,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+            )
+        except OSError as err:
+            raise RequestError(-32602, f"cannot run {command}: {err}") from err
+        terminal_id = f"t{len(self.terminals) + 1}"
+        self.terminals[terminal_id] = proc
+        return CreateTerminalResponse(terminal_id=terminal_id)
+
+    async def wait_for_terminal_exit(
+        self, session_id: str, terminal_id: str, **_: Any
+    ) -> WaitForTerminalExitResponse:
+        code = await self.terminals[terminal_id].wait()
+        return WaitForTerminalExitResponse(exit_code=code)
+
+    async def terminal_output(
+        self, session_id: str, terminal_id: str, **_: Any
+    ) -> TerminalOutputResponse:
+        proc = self.terminals[terminal_id]
+        assert proc.stdout is not None
+        data = await proc.stdout.read()
+        return TerminalOutputResponse(
+            output=data.decode(),
+            truncated=False,
+            exit_status=TerminalExitStatus(exit_code=proc.returncode),
+        )
+
+    async def release_terminal(
+        self, session_id: str, terminal_id: str, **_: Any
+    ) -> None:
+        proc = self.terminals[terminal_id]
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        self.released.append(terminal_id)
+        self._changed.set()
+
 
 @dataclass
 class Echo:
@@ -156,6 +226,7 @@ async def spawn_echo() -> AsyncIterator[Echo]:
         cwd=REPO_ROOT,
         env={"PYTHONPATH": str(REPO_ROOT)},
         observers=[client.observe],
+        use_unstable_protocol=True,  # elicitation is unstable in SDK 0.12.1
     ) as (conn, process):
         echo = Echo(conn=conn, process=process, client=client)
         drain = asyncio.create_task(_drain(echo))

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from acp import RequestError, text_block
-from acp.schema import ResourceContentBlock
+from acp.schema import ClientCapabilities, ResourceContentBlock
 
 from tests.echo.harness import Echo, spawn_echo
 
@@ -487,6 +487,7 @@ async def test_flood(echo: Echo, cwd: Path) -> None:
         "/think",
         "/read",
         "/write",
+        "/terminal",
     ],
 )
 async def test_invalid_arguments_answer_usage(
@@ -496,6 +497,162 @@ async def test_invalid_arguments_answer_usage(
     assert await echo.prompt(session_id, prompt) == "end_turn"
     said = "".join(texts(echo.client.session_updates(session_id)))
     assert said.startswith(f"usage: {prompt.split()[0]}")
+
+
+# -- /usage, /terminal, /elicit --------------------------------------------------------
+
+
+def requests_of(echo: Echo, session_id: str, prefix: str) -> list[dict[str, Any]]:
+    """The agent's requests to us whose method starts with `prefix`, for one session."""
+    return [
+        r
+        for r in echo.client.requests
+        if r["method"].startswith(prefix) and r["params"].get("sessionId") == session_id
+    ]
+
+
+async def test_usage_reports_context_then_turn_tokens(echo: Echo, cwd: Path) -> None:
+    session_id = await echo.new_session(cwd)
+    response = await echo.conn.prompt(
+        session_id=session_id, prompt=[text_block("/usage")]
+    )
+    assert response.stop_reason == "end_turn"
+    assert echo.client.session_updates(session_id) == [
+        {
+            "sessionUpdate": "usage_update",
+            "used": 1200,
+            "size": 200000,
+            "cost": {"amount": 0.01, "currency": "USD"},
+        }
+    ]
+    raw = echo.client.responses[-1]["result"]
+    assert raw == {
+        "stopReason": "end_turn",
+        "usage": {"totalTokens": 30, "inputTokens": 20, "outputTokens": 10},
+    }
+
+
+async def test_other_prompts_report_no_usage(echo: Echo, cwd: Path) -> None:
+    session_id = await echo.new_session(cwd)
+    await echo.prompt(session_id, "/usage")
+    assert await echo.prompt(session_id, "hello") == "end_turn"
+    assert echo.client.responses[-1]["result"] == {"stopReason": "end_turn"}
+
+
+async def test_terminal_without_the_capability_says_no_terminal(
+    echo: Echo, cwd: Path
+) -> None:
+    session_id = await echo.new_session(cwd)
+    assert await echo.prompt(session_id, "/terminal echo hello") == "end_turn"
+    assert "".join(texts(echo.client.session_updates(session_id))) == "no terminal"
+    assert requests_of(echo, session_id, "terminal/") == []
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def echo_terminals() -> AsyncIterator[Echo]:
+    """An agent whose client advertised terminals in initialize."""
+    async with spawn_echo() as agent:
+        await agent.conn.initialize(
+            protocol_version=1, client_capabilities=ClientCapabilities(terminal=True)
+        )
+        yield agent
+
+
+async def test_terminal_create_wait_output_release(
+    echo_terminals: Echo, cwd: Path
+) -> None:
+    echo = echo_terminals
+    session_id = await echo.new_session(cwd)
+    assert await echo.prompt(session_id, "/terminal echo hello world") == "end_turn"
+    calls = requests_of(echo, session_id, "terminal/")
+    assert [c["method"] for c in calls] == [
+        "terminal/create",
+        "terminal/wait_for_exit",
+        "terminal/output",
+        "terminal/release",
+    ]
+    assert calls[0]["params"] == {
+        "sessionId": session_id,
+        "command": "echo",
+        "args": ["hello", "world"],
+        "cwd": str(cwd),
+    }
+    said = "".join(texts(echo.client.session_updates(session_id)))
+    assert said == "hello world\nexit 0"
+
+
+async def test_terminal_says_the_exit_code(echo_terminals: Echo, cwd: Path) -> None:
+    session_id = await echo_terminals.new_session(cwd)
+    assert await echo_terminals.prompt(session_id, "/terminal false") == "end_turn"
+    said = "".join(texts(echo_terminals.client.session_updates(session_id)))
+    assert said == "exit 1"
+
+
+async def test_terminal_says_the_create_error(echo_terminals: Echo, cwd: Path) -> None:
+    session_id = await echo_terminals.new_session(cwd)
+    await echo_terminals.prompt(session_id, "/terminal no-such-command-here x")
+    said = "".join(texts(echo_terminals.client.session_updates(session_id)))
+    assert said.startswith("cannot run no-such-command-here")
+
+
+async def test_cancel_releases_a_running_terminal(
+    echo_terminals: Echo, cwd: Path
+) -> None:
+    echo = echo_terminals
+    session_id = await echo.new_session(cwd)
+    turn = asyncio.create_task(echo.prompt(session_id, "/terminal sleep 60"))
+    await echo.client.wait_for(
+        lambda: bool(requests_of(echo, session_id, "terminal/wait_for_exit"))
+    )
+    (waiting,) = requests_of(echo, session_id, "terminal/wait_for_exit")
+    terminal_id = waiting["params"]["terminalId"]
+    await echo.conn.cancel(session_id=session_id)
+    async with asyncio.timeout(10):  # hang guard: without the cancel this runs 60 s
+        assert await turn == "cancelled"
+    assert terminal_id in echo.client.released
+    assert echo.client.terminals[terminal_id].returncode is not None
+
+
+@pytest.mark.parametrize(
+    ("answer", "said"),
+    [
+        ({"action": "accept", "content": {"name": "Ada"}}, "hello Ada"),
+        ({"action": "decline"}, "declined"),
+        ({"action": "cancel"}, "cancelled"),
+    ],
+)
+async def test_elicit(
+    echo: Echo,
+    cwd: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    answer: dict[str, Any],
+    said: str,
+) -> None:
+    monkeypatch.setattr(echo.client, "elicitation", answer)
+    session_id = await echo.new_session(cwd)
+    assert await echo.prompt(session_id, "/elicit") == "end_turn"
+    assert "".join(texts(echo.client.session_updates(session_id))) == said
+    (request,) = requests_of(echo, session_id, "elicitation/")
+    assert request["method"] == "elicitation/create"
+    params = request["params"]
+    assert params["mode"] == "form"
+    assert params["requestedSchema"]["type"] == "object"
+    assert params["requestedSchema"]["properties"]["name"]["type"] == "string"
+    assert params["requestedSchema"]["required"] == ["name"]
+
+
+async def test_cancel_while_elicitation_pending(
+    echo: Echo, cwd: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(echo.client, "elicitation", None)  # never answered
+    session_id = await echo.new_session(cwd)
+    turn = asyncio.create_task(echo.prompt(session_id, "/elicit"))
+    await echo.client.wait_for(
+        lambda: bool(requests_of(echo, session_id, "elicitation/"))
+    )
+    await echo.conn.cancel(session_id=session_id)
+    async with asyncio.timeout(10):
+        assert await turn == "cancelled"
 
 
 # -- process-level behaviour (own processes) -----------------------------------------

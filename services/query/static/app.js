@@ -350,6 +350,7 @@ const RENDERERS = {
   },
   session_renamed: (u) => addMarker(`renamed to “${u.name}”`, "renamed"),
   process_output: () => {}, // stderr of the agent: too noisy for the conversation
+  terminal_output: (u) => addTerminalOutput(u),
   available_commands_update: () => {},
   config_option_update: () => {},
   usage_update: () => {},
@@ -413,6 +414,16 @@ function addThoughtChunk(update) {
   }
   addItem(el("details", { class: "thought", testid: "thought" },
     el("summary", {}, "thinking"), el("span", { class: "text" }, text)), "thought", key);
+}
+
+/** A command the agent ran in a client terminal: one block per run of its output. */
+function addTerminalOutput(update) {
+  const last = state.lastItem;
+  if (last && last.kind === "terminal" && last.key === update.terminalId) {
+    last.node.append(update.data || "");
+    return;
+  }
+  addItem(el("pre", { class: "raw", testid: "terminal-output" }, update.data || ""), "terminal", update.terminalId);
 }
 
 function addMarker(text, testid, extraClass = "") {

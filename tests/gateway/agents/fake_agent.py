@@ -3,7 +3,8 @@
 Flags: --protocol N (answer initialize with N), --no-models (offer nothing to switch),
 --mode-option (offer modes only as a `mode` config option, as opencode does).
 Prompts: `hang` never answers and ignores cancel; `title <t>` sends session_info_update;
-anything else ends the turn with usage. session/load replays one chunk first;
+`terminal <json>` sends terminal/create with those params (then wait_for_exit, output,
+release) and says every answer as one JSON chunk; anything else ends the turn with usage. session/load replays one chunk first;
 session/set_model is the legacy request (models listed the old way).
 """
 
@@ -24,6 +25,8 @@ class FakeAgent:
         self.mode = "build"
         self.count = 0
         self.writer: asyncio.StreamWriter | None = None
+        self.pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self.next_id = 0
 
     def send(self, message: dict[str, Any]) -> None:
         assert self.writer is not None
@@ -37,6 +40,29 @@ class FakeAgent:
                 "params": {"sessionId": sid, "update": update},
             }
         )
+
+    async def request(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        """A request to the client; the whole response (`result` or `error`)."""
+        self.next_id += 1
+        future = asyncio.get_running_loop().create_future()
+        self.pending[self.next_id] = future
+        self.send(
+            {"jsonrpc": "2.0", "id": self.next_id, "method": method, "params": params}
+        )
+        return await future
+
+    async def terminal(self, sid: str, params: dict[str, Any]) -> dict[str, Any]:
+        said: dict[str, Any] = {}
+        said["create"] = await self.request(
+            "terminal/create", {"sessionId": sid, **params}
+        )
+        tid = said["create"].get("result", {}).get("terminalId")
+        if tid is not None:
+            ref = {"sessionId": sid, "terminalId": tid}
+            said["exit"] = await self.request("terminal/wait_for_exit", ref)
+            said["output"] = await self.request("terminal/output", ref)
+            said["release"] = await self.request("terminal/release", ref)
+        return said
 
     def config_options(self) -> list[dict[str, Any]]:
         return [
@@ -108,6 +134,15 @@ class FakeAgent:
             text = " ".join(b.get("text", "") for b in params.get("prompt", []))
             if text == "hang":
                 return  # never answers, ignores cancel
+            if text.startswith("terminal "):
+                said = await self.terminal(params["sessionId"], json.loads(text[9:]))
+                self.update(
+                    params["sessionId"],
+                    {
+                        "sessionUpdate": "agent_message_chunk",
+                        "content": {"type": "text", "text": json.dumps(said)},
+                    },
+                )
             if text.startswith("title "):
                 self.update(
                     params["sessionId"],
@@ -150,7 +185,9 @@ class FakeAgent:
         tasks = set()
         while line := await reader.readline():
             msg = json.loads(line)
-            if "method" in msg:
+            if "method" not in msg and msg.get("id") in self.pending:
+                self.pending.pop(msg["id"]).set_result(msg)
+            elif "method" in msg:
                 task = asyncio.create_task(self.handle(msg))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
