@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import shutil
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from shared.settings import Settings
 
 ResumeMode = Literal["native", "replay", "both"]
+
+# What the echo agent offers (api.md §10): its catalogue takes them from here.
+ECHO_MODES: dict[str, str] = {"chat": "Chat", "plan": "Plan"}
+ECHO_MODELS: dict[str, str] = {"echo-small": "Echo small", "echo-large": "Echo large"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +28,10 @@ class Provider:
     env_override: str | None = (
         None  # Settings attribute holding an explicit binary path
     )
+    # Modes and models (id → name) the preset is known to offer, checked by session/new
+    # before the agent answers; empty: whatever the agent offers.
+    modes: dict[str, str] = field(default_factory=dict, hash=False)
+    models: dict[str, str] = field(default_factory=dict, hash=False)
 
     def resume_capabilities(self) -> dict[str, object]:
         return {"supported": self.resume_supported, "mode": self.resume_mode}
@@ -40,6 +48,8 @@ PROVIDERS: dict[str, Provider] = {
             ("-m", "services.echo"),
             True,
             "replay",
+            modes=ECHO_MODES,
+            models=ECHO_MODELS,
         ),
         Provider(
             "opencode",

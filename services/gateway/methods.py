@@ -16,8 +16,6 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
 from services.common.keys import SETTINGS
-from services.echo.catalog import MODELS as ECHO_MODELS
-from services.echo.catalog import MODES as ECHO_MODES
 from services.gateway import control, jsonrpc
 from services.gateway.forwarding import routed
 from services.gateway.keys import SESSION_MANAGER
@@ -25,7 +23,7 @@ from services.gateway.rpc import METHODS, MethodRegistry, RpcCall
 from services.gateway.runtime import NewSessionArgs, SessionManager, manager_ctx
 from shared.errors import BadRequest, UnknownWorkspace
 from shared.models.session import ROLES
-from shared.providers import PROVIDERS, resolve_binary
+from shared.providers import PROVIDERS, get_provider, resolve_binary
 
 NAME_MAX = 200
 
@@ -188,15 +186,17 @@ async def session_new(call: RpcCall) -> dict[str, Any]:
         if p.custom_command
         else call.app[SESSION_MANAGER].settings.default_provider
     )
-    # echo answers after session/new has replied, so check what it offers up front (§9.26)
-    if provider == "echo":
-        if p.model is not None and p.model not in ECHO_MODELS:
+    # The agent answers after session/new has replied: what a preset is known to offer
+    # is checked up front (§9.26).
+    preset = get_provider(provider)
+    if preset is not None:
+        if p.model is not None and preset.models and p.model not in preset.models:
             raise BadRequest(
-                f"Invalid model: {p.model!r} is not offered by echo ({', '.join(ECHO_MODELS)})"
+                f"Invalid model: {p.model!r} is not offered by {preset.id} ({', '.join(preset.models)})"
             )
-        if p.mode_id is not None and p.mode_id not in ECHO_MODES:
+        if p.mode_id is not None and preset.modes and p.mode_id not in preset.modes:
             raise BadRequest(
-                f"Invalid modeId: {p.mode_id!r} is not offered by echo ({', '.join(ECHO_MODES)})"
+                f"Invalid modeId: {p.mode_id!r} is not offered by {preset.id} ({', '.join(preset.modes)})"
             )
     created = await _manager(call).create(
         NewSessionArgs(
