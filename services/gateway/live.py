@@ -1,65 +1,121 @@
-"""One live session's state: its agent, its turn, pending permissions, mode/model options.
+"""The session actor: one live session's state and everything that changes it.
 
-The SessionManager (runtime.py) owns every LiveSession; the agent's callbacks land here
-and are passed on to it.
+A LiveSession starts its agent (spawn, initialize, new or load, mode and model, ready),
+runs prompt turns (exactly one end event each, §9.25), cancels them, switches mode and
+model, answers permission requests, takes the agent's updates, and fails or stops. Every
+state change is written to Postgres (the read side computes effective status from it and
+the lease), announced with a lifecycle message, and recorded as an event through the
+session's EventWriter, in that order where api.md requires it (§3.2, §9.2, §9.25).
+
+It gets what it needs from its process through SessionDeps; the SessionManager
+(runtime.py) keeps the registry of live sessions and never sits between a call and its
+session.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import time
 import uuid
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-from services.gateway.agents import AgentProcess
+import asyncpg
+
+from services.gateway import options
+from services.gateway.agents import (
+    AgentDied,
+    AgentProcess,
+    AgentRequestFailed,
+    on_exit_message,
+)
 from services.gateway.eventlog import EventWriter
+from services.gateway.failures import (
+    AGENT_FAILURES,
+    AgentCallFailed,
+    agent_failure,
+    not_ready,
+    start_error,
+)
+from services.gateway.permissions import PermissionBroker
+from services.gateway.spec import agent_spec
+from services.gateway.turn import Turn, consume
+from shared.channels import Channels
 from shared.db import sessions
-from shared.errors import AgentError
+from shared.db.connect import Pool
+from shared.errors import (
+    AgentError,
+    BadRequest,
+    DependencyDown,
+    SessionNotFound,
+    SessionUnservable,
+)
 from shared.events import gateway_update
+from shared.lifecycle import session_changed
+from shared.models.session import NAME_MAX
+from shared.providers import get_provider
+from shared.redisconn import Redis
+from shared.settings import Settings
 
-if TYPE_CHECKING:
-    from services.gateway.runtime import SessionManager
+logger = logging.getLogger(__name__)
 
 ResumeMode = Literal["attached", "native", "recreated"]
 
-
-@dataclass(slots=True)
-class Turn:
-    future: asyncio.Future[dict[str, Any]]
-    task: asyncio.Task[None] | None = None
-    watchdog: asyncio.Task[None] | None = None
-    cancel_requested: bool = False
-    done: bool = False
-    outcome: dict[str, Any] | AgentError | None = None
+# how long session/prompt waits to store its user_message before answering (Postgres down)
+USER_MESSAGE_STORE_WAIT = 5.0
 
 
-def settle_turn(turn: Turn) -> None:
-    """Answer the prompt with the turn's outcome (once)."""
-    if turn.future.done() or turn.outcome is None:
-        return
-    if isinstance(turn.outcome, AgentError):
-        turn.future.set_exception(turn.outcome)
-    else:
-        turn.future.set_result(turn.outcome)
+def check_allowed(workspace_id: str, sid: str, allowed: frozenset[str] | None) -> None:
+    """A session outside the caller's workspaces does not exist for it (-32004)."""
+    if allowed is not None and workspace_id not in allowed:
+        raise SessionNotFound(sid)
 
 
 @dataclass(slots=True)
-class PendingPermission:
-    tool_call_id: str
-    options: list[dict[str, Any]]
-    future: asyncio.Future[dict[str, Any]]
+class SessionDeps:
+    """What a live session needs from its process, and nothing that leads back to it."""
+
+    settings: Settings
+    pool: Pool
+    redis: Redis
+    channels: Channels
+    # runs a coroutine as a task the process owns (cancelled when it closes)
+    spawn: Callable[[Coroutine[Any, Any, Any]], asyncio.Task[Any]]
+    # the registry lets go of a session whose agent stopped
+    forget: Callable[[LiveSession], None]
+    # SIGTERM: no new sessions or turns here, running turns finish
+    draining: bool = False
+    closed: bool = False
+
+    async def announce(
+        self, workspace_id: str, sid: str, changes: dict[str, Any]
+    ) -> None:
+        await session_changed(
+            self.redis, self.channels, "session:updated", sid, workspace_id, changes
+        )
+
+
+@dataclass(slots=True)
+class StartRequest:
+    """What the agent start needs beyond the row: user choices to apply, resume or not."""
+
+    resume: bool
+    user_mode: str | None = None
+    user_model: str | None = None
 
 
 class LiveSession:
     """One session whose agent runs (or starts, or stops) on this instance."""
 
     def __init__(
-        self, manager: SessionManager, row: sessions.SessionRow, writer: EventWriter
+        self, deps: SessionDeps, row: sessions.SessionRow, writer: EventWriter
     ) -> None:
         s = row.session
-        self.manager = manager
+        self._deps = deps
         self.session_id = s.session_id
         self.uuid = uuid.UUID(s.session_id)
         self.workspace_id = s.workspace_id
@@ -68,60 +124,40 @@ class LiveSession:
         self.cwd = Path(s.cwd)
         self.mode_id = s.mode_id
         self.model = s.model
+        # the agent's own session id: the stored one until the agent gives its own
         self.routa_agent_id = s.routa_agent_id
-        self.auto_approve = row.auto_approve_permissions
         self.custom_command = row.custom_command
         self.custom_args = list(row.custom_args or [])
         self.mcp_servers = list(row.mcp_servers or [])
         self.writer = writer
         self.agent: AgentProcess | None = None
-        self.agent_session_id: str | None = None
         self.acp_status = "connecting"
         self.status = "idle"
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.ready.add_done_callback(consume)
         self.resume_mode: ResumeMode = "recreated"
         self.turn: Turn | None = None
-        self.permissions: dict[str, PendingPermission] = {}
-        self.approve_scope: str | None = None  # "turn" | "session" after an approval
+        self.permissions = PermissionBroker(
+            self.emit, auto_approve_permissions=row.auto_approve_permissions
+        )
         self.capabilities: dict[str, Any] = {}
         self.config_options: list[dict[str, Any]] = []
         self.modes: dict[str, Any] | None = None
         self.legacy_models: dict[str, Any] | None = None
         self.mode_updates = 0
         self.stopping = False
-        self.closed = (
-            asyncio.Event()
-        )  # set once the agent is reaped and the lease released
+        # set once the agent is reaped and the lease released
+        self.closed = asyncio.Event()
         self.last_used = time.monotonic()
 
-    # --- AgentCallbacks -------------------------------------------------------------
-    def on_update(self, params: dict[str, Any]) -> None:
-        self.last_used = time.monotonic()
-        self.writer.append(params)
-        update = params.get("update")
-        if isinstance(update, dict):
-            self.manager.interpret_update(self, update)
+    # --- state ------------------------------------------------------------------------
+    @property
+    def idle(self) -> bool:
+        """Started, no turn, nobody asked: an agent that may be stopped for room."""
+        return self.ready.done() and self.turn is None and not self.permissions.pending
 
-    def on_stderr(self, line: str) -> None:
-        self.writer.append(
-            gateway_update("process_output", source="stderr", data=line + "\n")
-        )
-
-    def on_exit(self, returncode: int) -> None:
-        self.manager.spawn(self.manager.handle_exit(self, returncode))
-
-    async def request_permission(self, params: dict[str, Any]) -> dict[str, Any]:
-        return await self.manager.request_permission(self, params)
-
-    def cancel_permission(self, tool_call_id: str) -> None:
-        pending = self.permissions.pop(tool_call_id, None)
-        if pending is not None and not pending.future.done():
-            pending.future.set_result({"outcome": {"outcome": "cancelled"}})
-
-    def cancel_all_permissions(self) -> None:
-        for tool_call_id in list(self.permissions):
-            self.cancel_permission(tool_call_id)
+    def check_allowed(self, allowed: frozenset[str] | None) -> None:
+        check_allowed(self.workspace_id, self.session_id, allowed)
 
     def emit(self, kind: str, /, **fields: Any) -> int:
         """Queue a gateway-made event (fields may include `kind`, e.g. a tool call's)."""
@@ -130,79 +166,513 @@ class LiveSession:
     async def wait_ready(self) -> None:
         await asyncio.shield(self.ready)
 
-    def model_choice(self) -> tuple[str, str | None, list[str]] | None:
-        """How this agent switches models: ("config", id, values) or ("legacy", None, ids)."""
-        for opt in self.config_options:
-            if opt.get("id") == "model" or opt.get("category") == "model":
-                return ("config", str(opt.get("id")), option_values(opt))
-        if self.legacy_models and isinstance(
-            self.legacy_models.get("availableModels"), list
-        ):
-            ids = [
-                str(m.get("modelId"))
-                for m in self.legacy_models["availableModels"]
-                if isinstance(m, dict)
-            ]
-            return ("legacy", None, ids)
-        return None
-
-    def absorb_config_options(self, result: Any) -> None:
-        """Keep the complete option list an agent returns from set_config_option."""
-        if isinstance(result, dict) and isinstance(result.get("configOptions"), list):
-            self.config_options = [
-                o for o in result["configOptions"] if isinstance(o, dict)
-            ]
-
-    def mode_option(self) -> dict[str, Any] | None:
-        """The agent's `mode` config option, preferred over legacy modes (acp.md §4.7)."""
-        for opt in self.config_options:
-            if opt.get("category") == "mode" or opt.get("id") == "mode":
-                return opt
-        return None
+    async def set_state(
+        self,
+        acp_status: str,
+        status: str,
+        error: str | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        """Persist acp_status/status (+ error), then announce the changed wire fields."""
+        changes: dict[str, Any] = dict(extra or {})
+        if acp_status != self.acp_status or error:
+            changes["acpStatus"] = acp_status
+        if status != self.status:
+            changes["status"] = status
+        if error:
+            changes["acpError"] = error
+        self.acp_status, self.status = acp_status, status
+        await sessions.set_state(
+            self._deps.pool,
+            self.uuid,
+            acp_status=acp_status,
+            status=status,
+            acp_error=error,
+        )
+        if changes:
+            await self._deps.announce(self.workspace_id, self.session_id, changes)
 
     def mode_ids(self) -> list[str] | None:
-        option = self.mode_option()
-        if option is not None:
-            return option_values(option) or None
-        if self.modes and isinstance(self.modes.get("availableModes"), list):
-            return [
-                str(m.get("id"))
-                for m in self.modes["availableModes"]
-                if isinstance(m, dict)
-            ]
-        return None
+        return options.mode_ids(self.config_options, self.modes)
 
+    def model_choice(self) -> options.ModelChoice | None:
+        return options.model_choice(self.config_options, self.legacy_models)
 
-def consume(fut: asyncio.Future[Any]) -> None:
-    """Mark a future's exception as retrieved: someone may never await it."""
-    if not fut.cancelled():
-        _ = fut.exception()
+    # --- the agent's callbacks (agents.AgentCallbacks) --------------------------------
+    def on_update(self, params: dict[str, Any]) -> None:
+        self.last_used = time.monotonic()
+        self.writer.append(params)
+        update = params.get("update")
+        if isinstance(update, dict):
+            self.interpret_update(update)
 
-
-def option_values(opt: dict[str, Any]) -> list[str]:
-    values: list[str] = []
-    for entry in opt.get("options") or []:
-        if not isinstance(entry, dict):
-            continue
-        if "value" in entry:
-            values.append(str(entry["value"]))
-        # grouped options
-        values.extend(
-            str(sub["value"])
-            for sub in entry.get("options") or []
-            if isinstance(sub, dict) and "value" in sub
+    def on_stderr(self, line: str) -> None:
+        self.writer.append(
+            gateway_update("process_output", source="stderr", data=line + "\n")
         )
-    return values
 
+    def on_exit(self, returncode: int) -> None:
+        _ = self._deps.spawn(self._exited(returncode))
 
-def current_model(
-    config_options: list[dict[str, Any]], legacy: dict[str, Any] | None
-) -> str | None:
-    for opt in config_options:
-        if (opt.get("id") == "model" or opt.get("category") == "model") and isinstance(
-            opt.get("currentValue"), str
-        ):
-            return str(opt["currentValue"])
-    if legacy and isinstance(legacy.get("currentModelId"), str):
-        return str(legacy["currentModelId"])
-    return None
+    async def request_permission(self, params: dict[str, Any]) -> dict[str, Any]:
+        cancelled = self.turn is not None and self.turn.cancel_requested
+        return await self.permissions.request(params, turn_cancelled=cancelled)
+
+    def cancel_permission(self, tool_call_id: str) -> None:
+        self.permissions.cancel(tool_call_id)
+
+    # --- start ------------------------------------------------------------------------
+    async def start(self, req: StartRequest) -> None:
+        """initialize → new (or load) → apply mode/model → ready; any failure → error."""
+        try:
+            await self._start(req)
+        except Exception as err:  # noqa: BLE001 - every failure becomes acp_status error
+            if self.stopping:
+                if not self.ready.done():
+                    self.ready.set_exception(AgentError("Agent stopped while starting"))
+                return
+            message = start_error(err, self.agent)
+            logger.warning("agent start failed for %s: %s", self.session_id, message)
+            await self.fail(message, cause=err)
+
+    async def _start(self, req: StartRequest) -> None:
+        deps = self._deps
+        spec = agent_spec(
+            deps.settings,
+            session_id=self.session_id,
+            provider_id=self.provider,
+            cwd=self.cwd,
+            custom_command=self.custom_command,
+            custom_args=self.custom_args,
+        )
+        await asyncio.to_thread(self.cwd.mkdir, parents=True, exist_ok=True)
+        agent = AgentProcess(spec, self)
+        self.agent = agent
+        await agent.start()
+        init = await agent.initialize()
+        caps = init.get("agentCapabilities")
+        self.capabilities = caps if isinstance(caps, dict) else {}
+        provider = get_provider(self.provider)
+        stored_id = self.routa_agent_id
+        native = (
+            req.resume
+            and provider is not None
+            and provider.resume_mode in ("native", "both")
+            and bool(self.capabilities.get("loadSession"))
+            and bool(stored_id)
+        )
+        if native:
+            agent.suppress_updates = True  # history is already in our log
+            try:
+                result = await agent.request(
+                    "session/load",
+                    {
+                        "sessionId": stored_id,
+                        "cwd": str(self.cwd),
+                        "mcpServers": self.mcp_servers,
+                    },
+                )
+            finally:
+                agent.suppress_updates = False
+            self.resume_mode = "native"
+        else:
+            result = await agent.request(
+                "session/new", {"cwd": str(self.cwd), "mcpServers": self.mcp_servers}
+            )
+            if not isinstance(result, dict) or not isinstance(
+                result.get("sessionId"), str
+            ):
+                raise AgentRequestFailed(
+                    -32603, "session/new answered without sessionId"
+                )
+            self.routa_agent_id = result["sessionId"]
+            self.resume_mode = "recreated"
+        self._absorb(result if isinstance(result, dict) else {})
+        extra: dict[str, Any] = {}
+        if self.routa_agent_id != stored_id:
+            assert self.routa_agent_id is not None
+            await sessions.set_agent_id(deps.pool, self.uuid, self.routa_agent_id)
+            extra["routaAgentId"] = self.routa_agent_id
+        # The user's (or the stored) mode and model win; else take the agent's.
+        want_mode = req.user_mode or self.mode_id
+        agent_mode = (self.modes or {}).get("currentModeId")
+        if want_mode and want_mode != agent_mode:
+            await self._agent_set_mode(want_mode)
+        elif not want_mode and isinstance(agent_mode, str):
+            self.mode_id = agent_mode
+            await sessions.set_mode(deps.pool, self.uuid, agent_mode)
+            extra["modeId"] = agent_mode
+        want_model = req.user_model or self.model
+        agent_model = options.current_model(self.config_options, self.legacy_models)
+        if want_model and want_model != agent_model:
+            await self._agent_set_model(want_model)
+        elif not want_model and agent_model:
+            self.model = agent_model
+            await sessions.set_model(deps.pool, self.uuid, agent_model)
+            extra["model"] = agent_model
+        if self.stopping:
+            raise AgentDied("stopped while starting")
+        await self.set_state("ready", "idle", extra=extra)
+        self.emit("acp_status", status="ready")
+        self.last_used = time.monotonic()
+        if not self.ready.done():
+            self.ready.set_result(None)
+
+    def _absorb(self, result: dict[str, Any]) -> None:
+        """What session/new or session/load says the agent offers."""
+        modes = result.get("modes")
+        if isinstance(modes, dict):
+            self.modes = modes
+        config = options.config_options_of(result)
+        if config is not None:
+            self.config_options = config
+        models = result.get("models")
+        if isinstance(models, dict):
+            self.legacy_models = models
+
+    def _running_agent(self) -> AgentProcess:
+        assert self.agent is not None
+        return self.agent
+
+    # --- turns ------------------------------------------------------------------------
+    async def prompt(self, blocks: list[dict[str, Any]], text: str) -> dict[str, Any]:
+        """Store the user's message, run the turn; its reply, or pending after PROMPT_TIMEOUT."""
+        if self.turn is not None:
+            raise AgentError("A prompt is already running for this session")
+        if self._deps.draining:
+            raise SessionUnservable("Gateway draining")
+        turn = Turn.begin()
+        self.turn = turn
+        self.last_used = time.monotonic()
+        try:
+            # the user's message is in the log before the agent sees it
+            stored = self.emit("user_message", content={"type": "text", "text": text})
+            try:
+                async with asyncio.timeout(USER_MESSAGE_STORE_WAIT):
+                    await self.writer.flush(stored)
+            except TimeoutError as err:
+                # Postgres is down: answer now instead of hanging (the writer retries)
+                raise DependencyDown(
+                    "Postgres unavailable: the prompt could not be stored"
+                ) from err
+            await self.set_state(self.acp_status, "active")
+        except BaseException as err:
+            if self.turn is turn:
+                self.turn = None
+            # the user_message is (or will be) stored: its turn ends there too (§9.25)
+            reason = getattr(err, "message", None) or err.__class__.__name__
+            self.emit("error", message=f"The prompt was not started: {reason}")
+            raise
+        turn.task = self._deps.spawn(self._run_turn(turn, blocks))
+        try:
+            async with asyncio.timeout(self._deps.settings.prompt_timeout):
+                return await asyncio.shield(turn.future)
+        except TimeoutError:
+            return {"sessionId": self.session_id, "pending": True}
+
+    async def _run_turn(self, turn: Turn, blocks: list[dict[str, Any]]) -> None:
+        agent = self._running_agent()
+        try:
+            result = await agent.request(
+                "session/prompt",
+                {"sessionId": self.routa_agent_id, "prompt": blocks},
+                timeout=None,
+            )
+        except AgentDied:
+            # The exit handler knows the exit code and ends the turn; make sure it runs.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2.0):
+                    await asyncio.shield(agent.exited)
+            if not turn.done and not self.stopping:
+                await self.fail("Agent closed its connection")
+            return
+        except AgentRequestFailed as err:
+            if turn.cancel_requested:
+                await self.end_turn(turn, result={"stopReason": "cancelled"})
+            else:
+                await self.end_turn(
+                    turn,
+                    error=f"Agent error: {err.message}",
+                    exc=AgentCallFailed(err, "session/prompt"),
+                )
+            return
+        reply: dict[str, Any] = {
+            "stopReason": (
+                result.get("stopReason", "end_turn")
+                if isinstance(result, dict)
+                else "end_turn"
+            )
+        }
+        if isinstance(result, dict) and isinstance(result.get("usage"), dict):
+            reply["usage"] = result["usage"]
+        await self.end_turn(turn, result=reply)
+
+    async def end_turn(
+        self,
+        turn: Turn | None = None,
+        *,
+        result: dict[str, Any] | None = None,
+        error: str | None = None,
+        exc: AgentError | None = None,
+        settle: bool = True,
+    ) -> Turn | None:
+        """Exactly one turn_complete or error per turn (§9.25), stored before the reply.
+
+        With settle=False the caller answers the prompt later (`Turn.settle`), after it
+        has stored what must precede the reply (acp_status error on a crash).
+        """
+        turn = turn or self.turn
+        if turn is None or turn.done:
+            return None
+        turn.done = True
+        if turn.watchdog is not None and turn.watchdog is not asyncio.current_task():
+            turn.watchdog.cancel()
+        if error is not None:
+            self.emit("error", message=error)
+        else:
+            assert result is not None
+            self.emit("turn_complete", **result)
+        self.permissions.cancel_all()
+        await self.writer.flush()
+        if self.turn is turn:
+            self.turn = None
+        self.permissions.turn_ended()
+        self.last_used = time.monotonic()
+        if not self.stopping:
+            await self.set_state(self.acp_status, "idle")
+        turn.outcome = result if error is None else (exc or AgentError(error))
+        if settle:
+            turn.settle()
+        return turn
+
+    async def cancel(self) -> None:
+        """session/cancel: ask the agent; the watchdog ends the turn if it does not."""
+        turn = self.turn
+        if turn is None or turn.done:
+            return
+        turn.cancel_requested = True
+        self.permissions.cancel_all()
+        if self.agent is not None and self.routa_agent_id:
+            await self.agent.notify(
+                "session/cancel", {"sessionId": self.routa_agent_id}
+            )
+        if turn.watchdog is None:
+            turn.watchdog = self._deps.spawn(self._watchdog(turn))
+
+    async def _watchdog(self, turn: Turn) -> None:
+        await asyncio.sleep(self._deps.settings.cancel_watchdog)
+        if not turn.done:
+            logger.info("cancel watchdog ended the turn of %s", self.session_id)
+            await self.end_turn(turn, result={"stopReason": "cancelled"})
+
+    # --- permissions ------------------------------------------------------------------
+    def respond(
+        self,
+        tool_call_id: str,
+        option_id: str | None,
+        decision: str | None,
+        scope: str | None,
+    ) -> None:
+        """The user's answer to a pending permission request."""
+        self.permissions.respond(tool_call_id, option_id, decision, scope)
+        self.last_used = time.monotonic()
+
+    # --- mode and model ---------------------------------------------------------------
+    async def set_mode(self, mode_id: str) -> None:
+        try:
+            agent_sent = await self._agent_set_mode(mode_id)
+        except AGENT_FAILURES as err:
+            raise agent_failure(err, "session/set_mode") from err
+        if not agent_sent:
+            self.emit("current_mode_update", currentModeId=mode_id)
+        await self.writer.flush()
+        self.last_used = time.monotonic()
+        await self._deps.announce(
+            self.workspace_id, self.session_id, {"modeId": mode_id}
+        )
+
+    async def set_model(self, model: str) -> None:
+        try:
+            await self._agent_set_model(model)
+        except AGENT_FAILURES as err:
+            raise agent_failure(err, "session/set_model") from err
+        self.last_used = time.monotonic()
+        await self._deps.announce(self.workspace_id, self.session_id, {"model": model})
+
+    async def _agent_set_mode(self, mode_id: str) -> bool:
+        """Ask the agent; True when the agent sent current_mode_update itself."""
+        agent = self._running_agent()
+        known = self.mode_ids()
+        if known is not None and mode_id not in known:
+            raise BadRequest(
+                f"Invalid modeId: {mode_id!r} is not offered ({', '.join(known)})"
+            )
+        seen = self.mode_updates
+        option = options.mode_option(self.config_options)
+        if option is not None:
+            result = await agent.request(
+                "session/set_config_option",
+                {
+                    "sessionId": self.routa_agent_id,
+                    "configId": str(option.get("id")),
+                    "value": mode_id,
+                },
+            )
+            self._absorb_config_options(result)
+        else:
+            await agent.request(
+                "session/set_mode",
+                {"sessionId": self.routa_agent_id, "modeId": mode_id},
+            )
+        self.mode_id = mode_id
+        if self.modes is not None:
+            self.modes["currentModeId"] = mode_id
+        await sessions.set_mode(self._deps.pool, self.uuid, mode_id)
+        return self.mode_updates != seen
+
+    async def _agent_set_model(self, model: str) -> None:
+        agent = self._running_agent()
+        choice = self.model_choice()
+        if choice is None:
+            raise AgentError("The agent cannot switch models")
+        how, config_id, values = choice
+        if values and model not in values:
+            raise BadRequest(
+                f"Invalid model: {model!r} is not offered ({', '.join(values)})"
+            )
+        if how == "config":
+            result = await agent.request(
+                "session/set_config_option",
+                {
+                    "sessionId": self.routa_agent_id,
+                    "configId": config_id,
+                    "value": model,
+                },
+            )
+            self._absorb_config_options(result)
+        else:
+            await agent.request(
+                "session/set_model",
+                {"sessionId": self.routa_agent_id, "modelId": model},
+            )
+            if self.legacy_models is not None:
+                self.legacy_models["currentModelId"] = model
+        self.model = model
+        await sessions.set_model(self._deps.pool, self.uuid, model)
+
+    def _absorb_config_options(self, result: Any) -> None:
+        """Keep the complete option list an agent returns from set_config_option."""
+        config = options.config_options_of(result)
+        if config is not None:
+            self.config_options = config
+
+    # --- what agent updates change (§3.2) ---------------------------------------------
+    def interpret_update(self, update: dict[str, Any]) -> None:
+        """Side effects of agent updates: persisted mode/model, renames (§3.2)."""
+        kind = update.get("sessionUpdate")
+        if kind == "current_mode_update":
+            mode = update.get("currentModeId") or update.get("modeId")
+            self.mode_updates += 1
+            if isinstance(mode, str) and mode != self.mode_id:
+                self.mode_id = mode
+                _ = self._deps.spawn(self._persist("modeId", mode))
+        elif kind == "config_option_update":
+            config = options.config_options_of(update)
+            if config is not None:
+                self.config_options = config
+                model = options.current_model(config, None)
+                if model and model != self.model:
+                    self.model = model
+                    _ = self._deps.spawn(self._persist("model", model))
+        elif kind == "session_info_update":
+            title = update.get("title")
+            if isinstance(title, str) and title.strip():
+                name = title.strip()[:NAME_MAX]
+                self.emit("session_renamed", name=name)
+                _ = self._deps.spawn(self._persist("name", name))
+
+    async def _persist(self, wire_field: str, value: str) -> None:
+        pool = self._deps.pool
+        if wire_field == "modeId":
+            await sessions.set_mode(pool, self.uuid, value)
+        elif wire_field == "model":
+            await sessions.set_model(pool, self.uuid, value)
+        else:
+            await sessions.rename(pool, self.uuid, value)
+        await self._deps.announce(
+            self.workspace_id, self.session_id, {wire_field: value}
+        )
+
+    # --- failing and stopping ---------------------------------------------------------
+    async def fail(self, message: str, *, cause: Exception | None = None) -> None:
+        """acp_status error + status closed; stop the agent; the session stays resumable."""
+        if self._begin_stop(not_ready(message, cause)):
+            await self._shut_down(message, "error", error=message, stop_agent=False)
+
+    async def stop(self, *, reason: str, quiet: bool = False) -> None:
+        """Stop the agent on purpose (idle, capacity, shutdown, control message).
+
+        Quiet: the query service already wrote state and events for it (api.md §6).
+        """
+        if not self._begin_stop(AgentError(f"Agent stopped ({reason})")):
+            return
+        if quiet:
+            turn = self.turn
+            if turn is not None and not turn.done:
+                self.turn = None
+                turn.abandon(AgentError(f"Session {reason}"))
+            await self._teardown(release=reason != "deleted")
+            return
+        await self._shut_down(f"Agent stopped ({reason})", "closed", stop_agent=True)
+
+    async def _exited(self, returncode: int) -> None:
+        """The agent died on its own: noticed at once (api.md §5.3)."""
+        tail = self.agent.last_stderr() if self.agent else ""
+        await self.fail(on_exit_message(returncode, tail))
+
+    def _begin_stop(self, not_ready_error: Exception) -> bool:
+        """Once per session: nothing new starts; False when it is already stopping."""
+        if self.stopping:
+            return False
+        self.stopping = True
+        self.permissions.cancel_all()
+        if not self.ready.done():
+            self.ready.set_exception(not_ready_error)
+        return True
+
+    async def _shut_down(
+        self,
+        turn_error: str,
+        acp_status: str,
+        *,
+        error: str | None = None,
+        stop_agent: bool,
+    ) -> None:
+        """The one shutdown sequence: end the turn, (stop the agent,) the row, the event,
+        then the prompt's reply, then teardown. The row first: whoever sees the event and
+        reads the session finds the new state.
+        """
+        turn = await self.end_turn(error=turn_error, settle=False)
+        if stop_agent and self.agent is not None:
+            await self.agent.stop()
+        await self.set_state(acp_status, "closed", error=error)
+        if error is not None:
+            self.emit("acp_status", status=acp_status, error=error)
+        else:
+            self.emit("acp_status", status=acp_status)
+        await self.writer.flush()
+        if turn is not None:
+            turn.settle()
+        await self._teardown()
+
+    async def _teardown(self, *, release: bool = True) -> None:
+        if self.agent is not None:
+            await self.agent.stop()
+        if release:
+            with contextlib.suppress(OSError, asyncpg.PostgresError):
+                await sessions.release_owner(
+                    self._deps.pool, self.uuid, self._deps.settings.instance_id
+                )
+        await self.writer.close()
+        self._deps.forget(self)
+        self.closed.set()

@@ -1,12 +1,14 @@
-"""The session JSON-RPC methods (api.md §5.2-§5.4): validate params, call the SessionManager.
+"""The session JSON-RPC methods (api.md §5.2-§5.4): validate params, call the session.
 
 Params are validated with pydantic (unknown keys ignored, wrong types → -32602 naming the
-field); the work happens in runtime.SessionManager, which takes plain arguments.
+field). A method looks its session up in the SessionManager (runtime.py), which resumes it
+here when needed, then calls the session itself (live.LiveSession) with plain arguments.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any, Literal, TypeVar
 
 import orjson
@@ -15,17 +17,17 @@ from aiohttp import web
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
-from services.common.keys import SETTINGS
+from services.common.keys import CHANNELS, PG_POOL, REDIS, SETTINGS
+from services.common.metrics import METRICS
 from services.gateway import control, jsonrpc
 from services.gateway.forwarding import routed
-from services.gateway.keys import SESSION_MANAGER
+from services.gateway.keys import FANOUT, SESSION_MANAGER
+from services.gateway.permissions import no_pending
 from services.gateway.rpc import METHODS, MethodRegistry, RpcCall
-from services.gateway.runtime import NewSessionArgs, SessionManager, manager_ctx
+from services.gateway.runtime import NewSessionArgs, SessionManager
 from shared.errors import BadRequest, UnknownWorkspace
-from shared.models.session import ROLES
+from shared.models.session import NAME_MAX, ROLES
 from shared.providers import PROVIDERS, get_provider, resolve_binary
-
-NAME_MAX = 200
 
 P = TypeVar("P", bound=BaseModel)
 
@@ -225,26 +227,30 @@ async def session_prompt(call: RpcCall) -> dict[str, Any]:
     p = parse(PromptParams, call.params)
     blocks, text = prompt_blocks(p.prompt)
     check_prompt_size(p.prompt, call.app[SETTINGS].max_prompt_bytes)
-    return await _manager(call).prompt(
-        p.session_id, blocks, text, call.allowed_workspaces
-    )
+    live = await _manager(call).session(p.session_id, call.allowed_workspaces)
+    return await live.prompt(blocks, text)
 
 
 async def session_cancel(call: RpcCall) -> dict[str, Any]:
     p = parse(SessionParams, call.params)
-    await _manager(call).cancel(p.session_id, call.allowed_workspaces)
+    # only a running agent has a turn to cancel: no resume for it
+    live = await _manager(call).find(p.session_id, call.allowed_workspaces)
+    if live is not None:
+        await live.cancel()
     return {}
 
 
 async def session_set_mode(call: RpcCall) -> dict[str, Any]:
     p = parse(SetModeParams, call.params)
-    await _manager(call).set_mode(p.session_id, p.mode_id, call.allowed_workspaces)
+    live = await _manager(call).session(p.session_id, call.allowed_workspaces)
+    await live.set_mode(p.mode_id)
     return {}
 
 
 async def session_set_model(call: RpcCall) -> dict[str, Any]:
     p = parse(SetModelParams, call.params)
-    await _manager(call).set_model(p.session_id, p.model, call.allowed_workspaces)
+    live = await _manager(call).session(p.session_id, call.allowed_workspaces)
+    await live.set_model(p.model)
     return {}
 
 
@@ -258,14 +264,10 @@ async def session_respond_user_input(call: RpcCall) -> dict[str, Any]:
     r = p.response
     if r.option_id is None and r.decision is None:
         raise BadRequest("Invalid params: response needs optionId or decision")
-    await _manager(call).respond(
-        p.session_id,
-        p.tool_call_id,
-        r.option_id,
-        r.decision,
-        r.scope,
-        call.allowed_workspaces,
-    )
+    live = await _manager(call).find(p.session_id, call.allowed_workspaces)
+    if live is None:
+        raise no_pending(p.tool_call_id)
+    live.respond(p.tool_call_id, r.option_id, r.decision, r.scope)
     return {"ok": True}
 
 
@@ -294,11 +296,34 @@ async def providers_list(call: RpcCall) -> dict[str, Any]:
     return {"providers": entries}
 
 
+async def manager_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Cleanup context: after Postgres/Redis; stops every agent on exit."""
+    manager = SessionManager(app[SETTINGS], app[PG_POOL], app[REDIS], app[CHANNELS])
+    app[SESSION_MANAGER] = manager
+    fanout = app.get(FANOUT)
+    if fanout is not None:
+        manager.capacity.has_subscribers = lambda sid: fanout.subscriber_count(sid) > 0
+    metrics = app.get(METRICS)
+    if metrics is not None:
+        metrics.live_agents.set_function(lambda: len(manager.live))
+        written, latency = metrics.events_written, metrics.event_write_latency
+
+        def _observe(count: int, seconds: float) -> None:
+            written.inc(count)
+            latency.observe(seconds)
+
+        manager.on_batch = _observe
+    await manager.leases.release_stale()
+    manager.start_loops()
+    yield
+    await manager.close()
+
+
 def setup(app: web.Application) -> None:
     """The session manager (after Postgres/Redis), the control listener, the methods."""
     if METHODS not in app:
         app[METHODS] = MethodRegistry()
-    app.cleanup_ctx.append(manager_ctx(SESSION_MANAGER))
+    app.cleanup_ctx.append(manager_ctx)
     app.cleanup_ctx.append(control.control_ctx)
     registry = app[METHODS]
     registry.add("initialize", jsonrpc.initialize)

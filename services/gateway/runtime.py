@@ -1,11 +1,9 @@
-"""The session manager: the live agents of this instance and the public API over them.
+"""The session manager: the registry of this instance's live sessions.
 
-Every state change is written to Postgres (the read side computes effective status from
-it and the lease), announced with a lifecycle message, and recorded as an event through
-the session's EventWriter, in that order where api.md requires it (§3.2, §9.2, §9.25).
-The work itself lives in one module per job: live.py (one session's state), startup.py
-(starting an agent), turns.py, permissions.py, modes.py (mode and model), ownership.py
-(leases, adoption, draining) and capacity.py (room and idle agents).
+It creates sessions (session/new) and resumes them here (session/load, and any call to
+a session whose agent is not running, §5.4), keeps room (capacity.py) and leases
+(ownership.py). Everything a session does is the session's own (live.LiveSession):
+methods look the session up here, then call it.
 """
 
 from __future__ import annotations
@@ -14,39 +12,39 @@ import asyncio
 import contextlib
 import logging
 import re
-import shutil
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import asyncpg
-from aiohttp import web
 
-from services.common.keys import CHANNELS, PG_POOL, REDIS, SETTINGS
-from services.common.metrics import METRICS
-from services.gateway import capacity, modes, ownership, permissions, startup, turns
-from services.gateway.agents import AgentRequestFailed, on_exit_message
+from services.gateway.capacity import Capacity
 from services.gateway.eventlog import EventWriter
-from services.gateway.keys import FANOUT
-from services.gateway.live import LiveSession, ResumeMode, settle_turn
-from services.gateway.startup import StartRequest
+from services.gateway.live import (
+    LiveSession,
+    ResumeMode,
+    SessionDeps,
+    StartRequest,
+    check_allowed,
+)
+from services.gateway.ownership import Leases
+from services.gateway.spec import provider_command
 from shared.channels import Channels
 from shared.db import session_events, sessions
 from shared.db.connect import Connection, Pool
 from shared.errors import (
     AgentError,
     BadRequest,
-    ProviderUnavailable,
     SessionNotFound,
     SessionUnservable,
     UnknownWorkspace,
 )
 from shared.events import gateway_update
-from shared.lifecycle import session_changed, session_changed_with_events
-from shared.providers import Provider, get_provider, resolve_binary
+from shared.lifecycle import session_changed_with_events
+from shared.providers import get_provider
 from shared.redisconn import Redis
 from shared.settings import Settings
 
@@ -100,23 +98,29 @@ class SessionManager:
         self.redis = redis
         self.channels = channels
         self.live: dict[str, LiveSession] = {}
+        self.deps = SessionDeps(
+            settings, pool, redis, channels, spawn=self.spawn, forget=self._forget
+        )
+        self.capacity = Capacity(self.deps, self.live)
+        self.leases = Leases(self.deps, self.live)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._resume_locks: dict[str, asyncio.Lock] = {}
-        self.closed = False
-        # SIGTERM: no new sessions or turns here, running turns finish (drain()).
-        self.draining = False
         self._loops: list[asyncio.Task[None]] = []
-        # set by the app: whether a session has open SSE streams here (keeps it from idling)
-        self.has_subscribers: Callable[[str], bool] = lambda _sid: False
         # set by the app: (events, seconds) of each stored batch, for metrics
         self.on_batch: Callable[[int, float], None] | None = None
 
-    # --- tasks ------------------------------------------------------------------------
-    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        """Run `coro` as a task this manager owns (cancelled on close)."""
-        _ = self.spawn_task(coro)
+    @property
+    def draining(self) -> bool:
+        """SIGTERM: no new sessions or turns here, running turns finish (drain())."""
+        return self.deps.draining
 
-    def spawn_task(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+    @property
+    def closed(self) -> bool:
+        return self.deps.closed
+
+    # --- tasks ------------------------------------------------------------------------
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run `coro` as a task this manager owns (cancelled on close)."""
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
@@ -129,17 +133,17 @@ class SessionManager:
 
     def start_loops(self) -> None:
         self._loops = [
-            asyncio.create_task(ownership.renew_loop(self), name="lease-renewal"),
-            asyncio.create_task(capacity.idle_loop(self), name="idle-sweeper"),
+            asyncio.create_task(self.leases.renew_loop(), name="lease-renewal"),
+            asyncio.create_task(self.capacity.idle_loop(), name="idle-sweeper"),
         ]
 
     async def close(self) -> None:
         """Stop every agent (status closed, leases released), then every task."""
-        self.closed = True
+        self.deps.closed = True
         for task in self._loops:
             task.cancel()
         await asyncio.gather(
-            *(self.stop(live, reason="shutdown") for live in list(self.live.values())),
+            *(live.stop(reason="shutdown") for live in list(self.live.values())),
             return_exceptions=True,
         )
         tasks = [*self._loops, *self._tasks]
@@ -150,67 +154,67 @@ class SessionManager:
             if stuck:
                 logger.error("%d session tasks did not stop: %s", len(stuck), stuck)
 
-    # --- state ------------------------------------------------------------------------
-    async def announce(
-        self, workspace_id: str, sid: str, changes: dict[str, Any]
-    ) -> None:
-        await session_changed(
-            self.redis, self.channels, "session:updated", sid, workspace_id, changes
-        )
+    async def drain(self, grace: float) -> None:
+        """SIGTERM: refuse new work, let running turns finish (up to `grace`), stop agents."""
+        await self.leases.drain(grace)
 
-    async def set_state(
-        self,
-        live: LiveSession,
-        acp_status: str,
-        status: str,
-        error: str | None = None,
-        extra: dict[str, Any] | None = None,
-    ) -> None:
-        """Persist acp_status/status (+ error), then announce the changed wire fields."""
-        changes: dict[str, Any] = dict(extra or {})
-        if acp_status != live.acp_status or error:
-            changes["acpStatus"] = acp_status
-        if status != live.status:
-            changes["status"] = status
-        if error:
-            changes["acpError"] = error
-        live.acp_status, live.status = acp_status, status
-        await sessions.set_state(
-            self.pool, live.uuid, acp_status=acp_status, status=status, acp_error=error
+    # --- the registry -----------------------------------------------------------------
+    def _register(self, row: sessions.SessionRow) -> LiveSession:
+        writer = EventWriter(
+            self.pool,
+            self.redis,
+            self.channels,
+            uuid.UUID(row.session.session_id),
+            on_batch=self.on_batch,
         )
-        if changes:
-            await self.announce(live.workspace_id, live.session_id, changes)
+        live = LiveSession(self.deps, row, writer)
+        self.live[live.session_id] = live
+        return live
+
+    def _forget(self, live: LiveSession) -> None:
+        if self.live.get(live.session_id) is live:
+            del self.live[live.session_id]
+
+    def is_live_here(self, sid: str) -> bool:
+        live = self.live.get(sid)
+        return live is not None and not live.stopping
+
+    async def find(
+        self, sid: str, allowed: frozenset[str] | None = None
+    ) -> LiveSession | None:
+        """The session's live agent here, else None; -32004 when there is no session."""
+        live = self.live.get(sid)
+        if live is None:
+            await self.get_session_or_404(sid, allowed)
+            return None
+        live.check_allowed(allowed)
+        return live
+
+    async def session(
+        self, sid: str, allowed: frozenset[str] | None = None
+    ) -> LiveSession:
+        """The live session, resumed here first when its agent is not running (§5.4)."""
+        live, _ = await self.ensure_live(sid, allowed)
+        return live
+
+    async def get_session_or_404(
+        self, sid: str, allowed: frozenset[str] | None = None
+    ) -> sessions.SessionRow:
+        row = await sessions.get_row(self.pool, sid)
+        if row is None:
+            raise SessionNotFound(sid)
+        check_allowed(row.session.workspace_id, sid, allowed)
+        return row
+
+    async def stop_quiet(self, sid: str, reason: str) -> bool:
+        """Stop an agent whose state the query service wrote (control message, §6)."""
+        live = self.live.get(sid)
+        if live is None:
+            return False
+        await live.stop(reason=reason, quiet=True)
+        return True
 
     # --- session/new ------------------------------------------------------------------
-    def provider_command(
-        self, provider: Provider, custom_command: str | None, custom_args: list[str]
-    ) -> tuple[str, tuple[str, ...]]:
-        """The executable and arguments, or -32002 saying what is missing."""
-        if provider.id == "custom":
-            if not custom_command:
-                raise BadRequest("Invalid customCommand: required for provider custom")
-            if not self.settings.allow_custom_commands:
-                raise BadRequest(
-                    "Invalid customCommand: custom commands are disabled (set ALLOW_CUSTOM_COMMANDS)"
-                )
-            found = shutil.which(custom_command)
-            if found is None:
-                raise ProviderUnavailable(
-                    f"Provider custom is not available: command {custom_command!r} not found"
-                )
-            return found, tuple(custom_args)
-        binary = resolve_binary(provider, self.settings)
-        if binary is None:
-            hint = (
-                f" (set {provider.env_override.upper()} or put it on PATH)"
-                if provider.env_override
-                else ""
-            )
-            raise ProviderUnavailable(
-                f"Provider {provider.id} is not available: binary {provider.binary!r} not found{hint}"
-            )
-        return binary, provider.args
-
     async def create(self, args: NewSessionArgs) -> dict[str, Any]:
         """Insert the row and event 1, announce, start the agent in the background."""
         provider_id = args.provider or (
@@ -221,7 +225,9 @@ class SessionManager:
             raise BadRequest(f"Invalid provider: unknown provider {provider_id!r}")
         if args.custom_command and provider.id != "custom":
             raise BadRequest("Invalid customCommand: only with provider custom")
-        self.provider_command(provider, args.custom_command, args.custom_args or [])
+        provider_command(
+            self.settings, provider, args.custom_command, args.custom_args or []
+        )
         session_id = uuid.uuid4()
         sid = str(session_id)
         if args.cwd is not None:
@@ -231,7 +237,7 @@ class SessionManager:
 
         if self.draining:
             raise AgentError("Gateway draining")
-        await self.make_room()
+        await self.capacity.make_room()
         new = sessions.NewSession(
             session_id=session_id,
             workspace_id=args.workspace_id,
@@ -290,13 +296,11 @@ class SessionManager:
         )
         live = self._register(row)
         live.acp_status, live.status = "connecting", "idle"
-        self.spawn(
-            startup.start(
-                self,
-                live,
+        _ = self.spawn(
+            live.start(
                 StartRequest(
                     resume=False, user_mode=args.mode_id, user_model=args.model
-                ),
+                )
             )
         )
         return {
@@ -337,99 +341,6 @@ class SessionManager:
         reply["cached"] = True
         return reply
 
-    def _register(self, row: sessions.SessionRow) -> LiveSession:
-        writer = EventWriter(
-            self.pool,
-            self.redis,
-            self.channels,
-            uuid.UUID(row.session.session_id),
-            on_batch=self.on_batch,
-        )
-        live = LiveSession(self, row, writer)
-        self.live[live.session_id] = live
-        return live
-
-    async def make_room(self) -> None:
-        """At MAX_SESSIONS stop the least recently used idle agent, else -32000."""
-        await capacity.make_room(self)
-
-    # --- agent lifecycle --------------------------------------------------------------
-    async def fail(
-        self, live: LiveSession, message: str, *, start_error: Exception | None = None
-    ) -> None:
-        """acp_status error + status closed; stop the agent; the session stays resumable."""
-        if live.stopping:
-            return
-        live.stopping = True
-        live.cancel_all_permissions()
-        if not live.ready.done():
-            err: AgentError | ProviderUnavailable = AgentError(message)
-            if isinstance(start_error, AgentRequestFailed):
-                err = AgentError(
-                    message, data={"agentError": start_error.agent_error()}
-                )
-            elif isinstance(start_error, ProviderUnavailable):
-                err = start_error
-            live.ready.set_exception(err)
-        turn = await turns.end_turn(self, live, error=message, settle=False)
-        # the row first: whoever sees the event and reads the session finds the new state
-        await self.set_state(live, "error", "closed", error=message)
-        live.emit("acp_status", status="error", error=message)
-        await live.writer.flush()
-        if turn is not None:
-            settle_turn(turn)
-        await self._teardown(live)
-
-    async def handle_exit(self, live: LiveSession, returncode: int) -> None:
-        """The agent died on its own: noticed at once (api.md §5.3)."""
-        tail = live.agent.last_stderr() if live.agent else ""
-        await self.fail(live, on_exit_message(returncode, tail))
-
-    async def stop(
-        self, live: LiveSession, *, reason: str, quiet: bool = False
-    ) -> None:
-        """Stop the agent on purpose (idle, capacity, shutdown, control message)."""
-        if live.stopping:
-            return
-        live.stopping = True
-        live.cancel_all_permissions()
-        if not live.ready.done():
-            live.ready.set_exception(AgentError(f"Agent stopped ({reason})"))
-        if quiet:
-            # The query service already wrote state and events for it (api.md §6).
-            turn = live.turn
-            if turn is not None and not turn.done:
-                turn.done = True
-                live.turn = None
-                if not turn.future.done():
-                    turn.future.set_exception(AgentError(f"Session {reason}"))
-            await self._teardown(live, release=reason != "deleted")
-            return
-        turn = await turns.end_turn(
-            self, live, error=f"Agent stopped ({reason})", settle=False
-        )
-        if live.agent is not None:
-            await live.agent.stop()
-        await self.set_state(live, "closed", "closed")
-        live.emit("acp_status", status="closed")
-        await live.writer.flush()
-        if turn is not None:
-            settle_turn(turn)
-        await self._teardown(live)
-
-    async def _teardown(self, live: LiveSession, *, release: bool = True) -> None:
-        if live.agent is not None:
-            await live.agent.stop()
-        if release:
-            with contextlib.suppress(OSError, asyncpg.PostgresError):
-                await sessions.release_owner(
-                    self.pool, live.uuid, self.settings.instance_id
-                )
-        await live.writer.close()
-        if self.live.get(live.session_id) is live:
-            del self.live[live.session_id]
-        live.closed.set()
-
     # --- resume -----------------------------------------------------------------------
     async def ensure_live(
         self, sid: str, allowed: frozenset[str] | None = None
@@ -437,27 +348,24 @@ class SessionManager:
         """The live session, resuming it here first when its agent is not running (§5.4)."""
         live = self.live.get(sid)
         if live is not None and not live.stopping:
-            self.check_allowed(live.workspace_id, sid, allowed)
-            await self._await_ready(live)
+            live.check_allowed(allowed)
+            await live.wait_ready()
             return live, "attached"
         lock = self._resume_locks.setdefault(sid, asyncio.Lock())
         async with lock:
             live = self.live.get(sid)
             if live is not None and not live.stopping:
-                await self._await_ready(live)
+                await live.wait_ready()
                 return live, "attached"
             if live is not None:
                 # let the old agent finish stopping so its lease release cannot race our claim
                 await live.closed.wait()
-            row = await sessions.get_row(self.pool, sid)
-            if row is None:
-                raise SessionNotFound(sid)
-            self.check_allowed(row.session.workspace_id, sid, allowed)
+            row = await self.get_session_or_404(sid, allowed)
             if self.closed:
                 raise AgentError("Gateway is shutting down")
             if self.draining:
                 raise SessionUnservable("Gateway draining")
-            await self.make_room()
+            await self.capacity.make_room()
             previous = await sessions.claim_owner_from(
                 self.pool,
                 uuid.UUID(sid),
@@ -479,81 +387,16 @@ class SessionManager:
                     "error",
                     message="Turn interrupted: the gateway instance running it was lost",
                 )
-            await self.set_state(live, "connecting", "idle")
+            await live.set_state("connecting", "idle")
             live.emit("acp_status", status="connecting")
-            self.spawn(startup.start(self, live, StartRequest(resume=True)))
-            await self._await_ready(live)
+            _ = self.spawn(live.start(StartRequest(resume=True)))
+            await live.wait_ready()
             return live, live.resume_mode
 
-    async def _await_ready(self, live: LiveSession) -> None:
-        await live.wait_ready()
-
-    def check_allowed(
-        self, workspace_id: str, sid: str, allowed: frozenset[str] | None
-    ) -> None:
-        if allowed is not None and workspace_id not in allowed:
-            raise SessionNotFound(sid)
-
-    async def get_session_or_404(
-        self, sid: str, allowed: frozenset[str] | None = None
-    ) -> sessions.SessionRow:
-        row = await sessions.get_row(self.pool, sid)
-        if row is None:
-            raise SessionNotFound(sid)
-        self.check_allowed(row.session.workspace_id, sid, allowed)
-        return row
-
-    # --- turns ------------------------------------------------------------------------
-    async def prompt(
-        self,
-        sid: str,
-        blocks: list[dict[str, Any]],
-        text: str,
-        allowed: frozenset[str] | None = None,
-    ) -> dict[str, Any]:
-        return await turns.prompt(self, sid, blocks, text, allowed)
-
-    async def cancel(self, sid: str, allowed: frozenset[str] | None = None) -> None:
-        await turns.cancel(self, sid, allowed)
-
-    # --- permissions ------------------------------------------------------------------
-    async def request_permission(
-        self, live: LiveSession, params: dict[str, Any]
-    ) -> dict[str, Any]:
-        return await permissions.request_permission(live, params)
-
-    async def respond(
-        self,
-        sid: str,
-        tool_call_id: str,
-        option_id: str | None,
-        decision: str | None,
-        scope: str | None,
-        allowed: frozenset[str] | None = None,
-    ) -> None:
-        await permissions.respond(
-            self, sid, tool_call_id, option_id, decision, scope, allowed
-        )
-
-    # --- mode and model ---------------------------------------------------------------
-    async def set_mode(
-        self, sid: str, mode_id: str, allowed: frozenset[str] | None = None
-    ) -> None:
-        await modes.set_mode(self, sid, mode_id, allowed)
-
-    async def set_model(
-        self, sid: str, model: str, allowed: frozenset[str] | None = None
-    ) -> None:
-        await modes.set_model(self, sid, model, allowed)
-
-    def interpret_update(self, live: LiveSession, update: dict[str, Any]) -> None:
-        """Side effects of agent updates: persisted mode/model, renames (§3.2)."""
-        modes.interpret_update(self, live, update)
-
-    # --- load -------------------------------------------------------------------------
     async def load(
         self, sid: str, allowed: frozenset[str] | None = None
     ) -> dict[str, Any]:
+        """session/load: the session live here, and how it came to be (§5.4)."""
         live, mode = await self.ensure_live(sid, allowed)
         live.last_used = time.monotonic()
         return {
@@ -563,61 +406,3 @@ class SessionManager:
             "acpStatus": live.acp_status,
             "resumeMode": mode,
         }
-
-    # --- control ----------------------------------------------------------------------
-    async def stop_quiet(self, sid: str, reason: str) -> bool:
-        live = self.live.get(sid)
-        if live is None:
-            return False
-        await self.stop(live, reason=reason, quiet=True)
-        return True
-
-    # --- scale-out ----------------------------------------------------------------------
-    def is_live_here(self, sid: str) -> bool:
-        live = self.live.get(sid)
-        return live is not None and not live.stopping
-
-    async def remote_owner(
-        self, sid: str, allowed: frozenset[str] | None = None
-    ) -> str | None:
-        """The other instance holding a live lease on `sid`, else None (unknown: None)."""
-        return await ownership.remote_owner(self, sid, allowed)
-
-    async def adopt(self, sid: str, dead_owner: str) -> bool:
-        """Compare-and-swap the lease from an owner found dead; True when it is ours now."""
-        return await ownership.adopt(self, sid, dead_owner)
-
-    async def release_stale(self) -> None:
-        """At start: what the row says this INSTANCE_ID owns is left from a previous run."""
-        await ownership.release_stale(self)
-
-    async def drain(self, grace: float) -> None:
-        """SIGTERM: refuse new work, let running turns finish (up to `grace`), stop agents."""
-        await ownership.drain(self, grace)
-
-
-def manager_ctx(key: web.AppKey[SessionManager]) -> Any:
-    """Cleanup context factory: after Postgres/Redis; stops every agent on exit."""
-
-    async def _ctx(app: web.Application) -> AsyncIterator[None]:
-        manager = SessionManager(app[SETTINGS], app[PG_POOL], app[REDIS], app[CHANNELS])
-        app[key] = manager
-        fanout = app.get(FANOUT)
-        if fanout is not None:
-            manager.has_subscribers = lambda sid: fanout.subscriber_count(sid) > 0
-        metrics = app.get(METRICS)
-        if metrics is not None:
-            metrics.live_agents.set_function(lambda: len(manager.live))
-            written, latency = metrics.events_written, metrics.event_write_latency
-
-            def _observe(count: int, seconds: float) -> None:
-                written.inc(count)
-                latency.observe(seconds)
-
-            manager.on_batch = _observe
-        await manager.release_stale()
-        manager.start_loops()
-        yield
-        await manager.close()
-
-    return _ctx

@@ -12,21 +12,20 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import asyncpg
 from aiohttp import web
 
 from services.common.http import error_response, stamp_request_id
-from services.common.keys import PG_POOL, SETTINGS
+from services.common.keys import CHANNELS, PG_POOL, SETTINGS
 from services.common.metrics import METRICS
 from services.gateway.fanout import (
+    Fanout,
     Marker,
     StreamConfig,
     Subscriber,
-    close_streams_on_shutdown,
     event_frame,
-    fanout_ctx,
 )
 from services.gateway.keys import FANOUT, STREAM_CONFIG
 from shared.db import session_events, sessions
@@ -235,6 +234,29 @@ async def _live(stream: _Stream, sub: Subscriber) -> None:
             await stream.deliver(events)
         elif heartbeat:
             await stream.write(HEARTBEAT)
+
+
+def close_session_streams(app: web.Application, session_id: str) -> int:
+    """End every stream of a session on this process (called when it is deleted)."""
+    fanout = app.get(FANOUT)
+    return fanout.close_session(session_id, "deleted") if fanout is not None else 0
+
+
+async def fanout_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Owns the listener task; after the Redis ctx so Redis is closed after it stops."""
+    config = app.get(STREAM_CONFIG) or StreamConfig()
+    fanout = Fanout(app[SETTINGS].redis_url, app[CHANNELS], config)
+    app[FANOUT] = fanout
+    await fanout.start()
+    yield
+    await fanout.stop()
+
+
+async def close_streams_on_shutdown(app: web.Application) -> None:
+    """on_shutdown: a sentinel in every queue, so handlers return at once (house-style §2.9)."""
+    fanout = app.get(FANOUT)
+    if fanout is not None:
+        fanout.close_all("shutdown")
 
 
 def setup(app: web.Application) -> None:
