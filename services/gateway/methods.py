@@ -33,9 +33,10 @@ P = TypeVar("P", bound=BaseModel)
 
 
 class Params(BaseModel):
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="ignore", strict=True
-    )
+    # One spelling per parameter, camelCase: a snake_case key is unknown, so ignored like
+    # any other unknown key. The scope check reads these same camelCase keys from the raw
+    # params, so no second spelling can carry an id past it.
+    model_config = ConfigDict(alias_generator=to_camel, extra="ignore", strict=True)
 
 
 class NewParams(Params):
@@ -45,7 +46,7 @@ class NewParams(Params):
     branch: str | None = None
     provider: str | None = None
     mode_id: str | None = Field(
-        default=None, validation_alias=AliasChoices("modeId", "mode", "mode_id")
+        default=None, validation_alias=AliasChoices("modeId", "mode")
     )
     role: str | None = None
     model: str | None = None
@@ -67,7 +68,7 @@ class PromptParams(SessionParams):
 
 
 class SetModeParams(SessionParams):
-    mode_id: str = Field(validation_alias=AliasChoices("modeId", "mode", "mode_id"))
+    mode_id: str = Field(validation_alias=AliasChoices("modeId", "mode"))
 
 
 class SetModelParams(SessionParams):

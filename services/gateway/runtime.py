@@ -211,6 +211,12 @@ class SessionManager:
             )
         return binary, provider.args
 
+    async def _check_parent(self, parent: uuid.UUID, workspace_id: str) -> None:
+        """-32004 as for an unknown id unless the parent is a session of the same workspace
+        (so of the caller's scope too): no id reaches another workspace's session."""
+        if await sessions.workspace_of(self.pool, parent) != workspace_id:
+            raise SessionNotFound(str(parent))
+
     async def create(self, args: NewSessionArgs) -> dict[str, Any]:
         """Insert the row and event 1, announce, start the agent in the background."""
         provider_id = args.provider or (
@@ -229,6 +235,8 @@ class SessionManager:
         else:
             cwd = self.settings.cwd_root / safe_segment(args.workspace_id) / sid
 
+        if args.parent_session_id is not None:
+            await self._check_parent(args.parent_session_id, args.workspace_id)
         if self.draining:
             raise AgentError("Gateway draining")
         await self.make_room()
@@ -274,9 +282,8 @@ class SessionManager:
                 )
             except asyncpg.ForeignKeyViolationError as err:
                 if "parent" in (err.constraint_name or ""):
-                    raise BadRequest(
-                        f"Invalid parentSessionId: unknown session {args.parent_session_id}"
-                    ) from err
+                    # deleted since _check_parent: unknown now
+                    raise SessionNotFound(str(args.parent_session_id)) from err
                 raise UnknownWorkspace(args.workspace_id) from err
         # event 1, the list invalidation and session:created in one Redis round trip
         await session_changed_with_events(
