@@ -44,6 +44,12 @@ class Settings(BaseSettings):
     max_sessions: int = 200
     auth_tokens: str | None = None
     allow_custom_commands: bool = False
+    # the unprivileged user agents run as when the gateway runs as root
+    agent_user: str | None = None
+    # MCP servers: URL prefixes a session may name (comma-separated), and the operator's
+    # named servers (a JSON object name -> ACP McpServer entry, or a file holding one)
+    mcp_allow_urls: str | None = None
+    mcp_servers: str | None = None
     redis_sharded_pubsub: bool = False
     shutdown_timeout: float = 3.0
     log_format: str = "console"  # "json" in deployments

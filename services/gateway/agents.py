@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ import orjson
 from acp.connection import StreamDirection, StreamEvent
 from acp.core import ClientSideConnection
 from acp.exceptions import RequestError
+
+from services.gateway.confine import AgentUser, Fence, Outside, hand_over
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +92,20 @@ class AgentSpec:
     request_timeout: float = REQUEST_TIMEOUT
     # AGENT_MAX_LINE: one stdout line over this stops the agent
     max_line: int = STREAM_LIMIT
+    # what fs requests may touch; None: the cwd and everything below it
+    fence: Fence | None = None
+    # AGENT_USER: the user the agent runs as, and the directories handed to it
+    user: AgentUser | None = None
+    owned: tuple[Path, ...] = ()
+
+    def resolve(self, path: str) -> Path:
+        """A path of an fs request, resolved inside the fence; else RequestError."""
+        try:
+            return (self.fence or Fence(self.cwd.resolve(), self.cwd, ())).resolve(path)
+        except Outside as err:
+            raise RequestError.invalid_params(
+                {"path": path, "reason": str(err)}
+            ) from err
 
 
 def agent_env(home: Path) -> dict[str, str]:
@@ -100,19 +117,33 @@ def agent_env(home: Path) -> dict[str, str]:
     }
 
 
-def resolve_inside(cwd: Path, path: str) -> Path:
-    """`path` resolved (symlinks, ..) when it is absolute and inside `cwd`; else RequestError."""
-    if not path or not os.path.isabs(path):
-        raise RequestError.invalid_params(
-            {"path": path, "reason": "path must be absolute"}
-        )
-    root = cwd.resolve()
-    target = Path(path).resolve()
-    if target != root and root not in target.parents:
-        raise RequestError.invalid_params(
-            {"path": path, "reason": "path is outside the session cwd"}
-        )
-    return target
+# Runs as root, drops to the agent user, then becomes the agent (same pid): the
+# preexec_fn-free way that works on every event loop (uvloop has no user=/group=).
+_AS_USER = (
+    "import os,sys;u,g=int(sys.argv[1]),int(sys.argv[2]);"
+    "os.setgroups([int(x) for x in sys.argv[3].split(',') if x]);"
+    "os.setresgid(g,g,g);os.setresuid(u,u,u);os.execvp(sys.argv[4],sys.argv[4:])"
+)
+
+
+def launch_argv(spec: AgentSpec) -> list[str]:
+    """The argv to spawn: the agent itself, or through the drop to AGENT_USER."""
+    argv = [spec.command, *spec.args]
+    user = spec.user
+    if user is None or user.uid == os.geteuid():
+        return argv
+    groups = ",".join(str(g) for g in user.groups)
+    return [
+        sys.executable,
+        "-I",
+        "-S",
+        "-c",
+        _AS_USER,
+        str(user.uid),
+        str(user.gid),
+        groups,
+        *argv,
+    ]
 
 
 class _LineLimitedReader(asyncio.StreamReader):
@@ -188,7 +219,7 @@ class _Client:
         limit: int | None = None,
         **kwargs: Any,
     ) -> dict[str, Any]:
-        target = resolve_inside(self._agent.spec.cwd, path)
+        target = self._agent.spec.resolve(path)
         try:
             text = await asyncio.to_thread(target.read_text, encoding="utf-8")
         except FileNotFoundError as err:
@@ -207,11 +238,16 @@ class _Client:
     async def write_text_file(
         self, session_id: str, path: str, content: str, **kwargs: Any
     ) -> dict[str, Any]:
-        target = resolve_inside(self._agent.spec.cwd, path)
+        spec = self._agent.spec
+        target = spec.resolve(path)
 
         def _write() -> None:
+            made = [p for p in (target, *target.parents) if not p.exists()]
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(content, encoding="utf-8")
+            if spec.user is not None:
+                # what the gateway writes for the agent is the agent's, like its own files
+                hand_over(spec.user, made)
 
         try:
             await asyncio.to_thread(_write)
@@ -248,9 +284,10 @@ class AgentProcess:
     async def start(self) -> None:
         """Spawn the process and connect; raises OSError when it cannot be started."""
         self.spec.home.mkdir(parents=True, exist_ok=True)
+        if self.spec.user is not None:
+            hand_over(self.spec.user, self.spec.owned)
         self.proc = await asyncio.create_subprocess_exec(
-            self.spec.command,
-            *self.spec.args,
+            *launch_argv(self.spec),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,

@@ -298,7 +298,7 @@ def fuzz_env(make_settings, cwd_root, database_url):
         "pool": pool,
         "ws": ws,
         "sid": sid,
-        "cwd": str(cwd_root / "fuzz"),
+        "cwd": str(cwd_root / ws / "fuzz"),
     }
     yield ctx
     loop.run_until_complete(pool.close())
