@@ -16,7 +16,6 @@ import contextlib
 import logging
 import os
 import signal
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from acp.connection import StreamDirection, StreamEvent
 from acp.core import ClientSideConnection
 from acp.exceptions import RequestError
 
-from services.gateway.confine import AgentUser, Fence, Outside, hand_over
+from services.gateway.confine import AgentUser, Fence, Outside, hand_over, user_argv
 
 logger = logging.getLogger(__name__)
 
@@ -115,35 +114,6 @@ def agent_env(home: Path) -> dict[str, str]:
         "LANG": os.environ.get("LANG", "C.UTF-8"),
         "HOME": str(home),
     }
-
-
-# Runs as root, drops to the agent user, then becomes the agent (same pid): the
-# preexec_fn-free way that works on every event loop (uvloop has no user=/group=).
-_AS_USER = (
-    "import os,sys;u,g=int(sys.argv[1]),int(sys.argv[2]);"
-    "os.setgroups([int(x) for x in sys.argv[3].split(',') if x]);"
-    "os.setresgid(g,g,g);os.setresuid(u,u,u);os.execvp(sys.argv[4],sys.argv[4:])"
-)
-
-
-def launch_argv(spec: AgentSpec) -> list[str]:
-    """The argv to spawn: the agent itself, or through the drop to AGENT_USER."""
-    argv = [spec.command, *spec.args]
-    user = spec.user
-    if user is None or user.uid == os.geteuid():
-        return argv
-    groups = ",".join(str(g) for g in user.groups)
-    return [
-        sys.executable,
-        "-I",
-        "-S",
-        "-c",
-        _AS_USER,
-        str(user.uid),
-        str(user.gid),
-        groups,
-        *argv,
-    ]
 
 
 class _LineLimitedReader(asyncio.StreamReader):
@@ -287,7 +257,7 @@ class AgentProcess:
         if self.spec.user is not None:
             hand_over(self.spec.user, self.spec.owned)
         self.proc = await asyncio.create_subprocess_exec(
-            *launch_argv(self.spec),
+            *user_argv(self.spec.user, [self.spec.command, *self.spec.args]),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,

@@ -15,6 +15,7 @@ import logging
 import os
 import pwd
 import re
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,14 @@ class Outside(ValueError):
     """A path a session may not use; the message says why."""
 
 
+def resolved(path: str) -> Path:
+    """`path` with symlinks and `..` resolved; Outside when it cannot be (a loop)."""
+    try:
+        return Path(path).resolve()
+    except (RuntimeError, OSError) as err:
+        raise Outside(f"cannot resolve {path}: {err}") from err
+
+
 @dataclass(frozen=True, slots=True)
 class Fence:
     """What one session's agent may touch through the gateway (fs requests, terminals).
@@ -83,10 +92,19 @@ class Fence:
         """An absolute `path` resolved (symlinks, ..) when allowed; else Outside."""
         if not path or not os.path.isabs(path) or "\x00" in path:
             raise Outside("path must be absolute")
-        target = Path(path).resolve()
+        target = resolved(path)
         if not self.allows(target):
             raise Outside("path is outside the session cwd")
         return target
+
+    def cwd_for(self, path: str | None) -> Path:
+        """A terminal's (or any tool's) working directory: the session cwd when none is
+        given, else `path` (relative: to the session cwd) resolved inside the fence."""
+        if path is None:
+            return self.cwd
+        if "\x00" in path:
+            raise Outside("path contains a NUL character")
+        return self.resolve(str(self.cwd / path))  # an absolute `path` replaces cwd
 
 
 def fence(settings: Settings, workspace_id: str, cwd: Path) -> Fence:
@@ -109,15 +127,23 @@ def check_cwd(
     """The resolved `cwd` when the rule allows it for `workspace_id`; else -32602 naming `field`."""
     if not cwd or "\x00" in cwd or not os.path.isabs(cwd):
         raise BadRequest(f"Invalid {field}: must be an absolute path, got {cwd!r}")
-    target = Path(cwd).resolve()
+    try:
+        target = resolved(cwd)
+    except Outside as err:
+        raise BadRequest(f"Invalid {field}: {err}") from err
     own = workspace_dir(settings, workspace_id)
     if is_within(target, own):
         return target
     guarded = (settings.cwd_root, settings.data_dir.resolve())
     if not any(is_within(target, g) for g in guarded):
         for repo in repo_paths:
-            if repo and os.path.isabs(repo) and is_within(target, Path(repo).resolve()):
-                return target
+            if not repo or not os.path.isabs(repo) or "\x00" in repo:
+                continue
+            try:
+                if is_within(target, resolved(repo)):
+                    return target
+            except Outside:
+                continue
     raise BadRequest(
         f"Invalid {field}: {cwd} is outside workspace {workspace_id!r}"
         f" (its directory {own} or one of its codebases)"
@@ -181,3 +207,21 @@ def owned_dirs(
     if is_within(cwd.resolve(), workspace_dir(settings, workspace_id)):
         dirs.append(cwd)
     return tuple(dirs)
+
+
+# Runs as root, drops to the agent user, then becomes the command (same pid): the
+# preexec_fn-free way that works on every event loop (uvloop has no user=/group=).
+_AS_USER = (
+    "import os,sys;u,g=int(sys.argv[1]),int(sys.argv[2]);"
+    "os.setgroups([int(x) for x in sys.argv[3].split(',') if x]);"
+    "os.setresgid(g,g,g);os.setresuid(u,u,u);os.execvp(sys.argv[4],sys.argv[4:])"
+)
+
+
+def user_argv(user: AgentUser | None, argv: list[str]) -> list[str]:
+    """The argv that runs `argv` as `user` (agents, and whatever they start through us)."""
+    if user is None or user.uid == os.geteuid():
+        return argv
+    groups = ",".join(str(g) for g in user.groups)
+    ids = [str(user.uid), str(user.gid), groups]
+    return [sys.executable, "-I", "-S", "-c", _AS_USER, *ids, *argv]

@@ -13,6 +13,7 @@ import uuid
 import pytest
 
 from services.common.keys import SETTINGS
+from services.gateway import confine
 from services.gateway.app import create_app
 from services.gateway.confine import safe_segment
 from services.gateway.keys import FANOUT
@@ -63,6 +64,7 @@ async def test_cwd_and_fs_stay_in_the_own_workspace(gw, pool, two_workspaces, tm
     own = root / ws_a
     own.mkdir()
     (own / "to-b").symlink_to(root / ws_b)
+    (own / "loop").symlink_to(own / "loop")
     outside = tmp_path / "elsewhere"
     outside.mkdir()
     for cwd in (
@@ -72,6 +74,7 @@ async def test_cwd_and_fs_stay_in_the_own_workspace(gw, pool, two_workspaces, tm
         f"{own}/../{ws_b}",
         own / "to-b",
         own / "to-b" / sid_b,
+        own / "loop",
         outside,
         "/",
         tmp_path / "checkout",
@@ -88,7 +91,13 @@ async def test_cwd_and_fs_stay_in_the_own_workspace(gw, pool, two_workspaces, tm
         gw, pool, {"workspaceId": ws_a, "cwd": str(work)}, TOKEN_A
     )
     (work / "peek").symlink_to(secret.parent)
-    for path in (str(secret), "peek/secret.txt", f"../../{ws_b}/{sid_b}/secret.txt"):
+    (work / "loop").symlink_to(work / "loop")
+    for path in (
+        str(secret),
+        "peek/secret.txt",
+        f"../../{ws_b}/{sid_b}/secret.txt",
+        "loop",
+    ):
         text = await turn_text(gw, pool, sid_a, f"/read {path}", TOKEN_A)
         assert "B-ONLY" not in text, path
         assert "Invalid params" in text, (path, text)
@@ -158,3 +167,20 @@ def test_workspace_directories_never_collide():
         assert "/" not in seg
         assert seg not in ("", ".", "..")
         assert len(seg.encode()) < 255
+
+
+def test_terminal_cwds_use_the_same_fence(make_settings, tmp_path):
+    """What a terminal (or any tool the gateway runs) gets as its working directory."""
+    settings = make_settings(data_dir=tmp_path / "data")
+    own = settings.cwd_root / "ws-a"
+    cwd = own / "session"
+    (cwd / "sub").mkdir(parents=True)
+    (settings.cwd_root / "ws-b").mkdir()
+    (cwd / "out").symlink_to(settings.cwd_root / "ws-b")
+    fence = confine.fence(settings, "ws-a", cwd)
+    assert fence.cwd_for(None) == cwd
+    assert fence.cwd_for("sub") == cwd / "sub"
+    assert fence.cwd_for(str(cwd / "sub")) == cwd / "sub"
+    for bad in ("/", "..", "../../ws-b", "out", str(settings.cwd_root), "a\x00b"):
+        with pytest.raises(confine.Outside):
+            fence.cwd_for(bad)
