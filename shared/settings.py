@@ -49,6 +49,12 @@ class Settings(BaseSettings):
     # "off" = the one way to turn it off again
     auth: Literal["auto", "on", "off"] = "auto"
     allow_custom_commands: bool = False
+    # the unprivileged user agents run as when the gateway runs as root
+    agent_user: str | None = None
+    # MCP servers: URL prefixes a session may name (comma-separated), and the operator's
+    # named servers (a JSON object name -> ACP McpServer entry, or a file holding one)
+    mcp_allow_urls: str | None = None
+    mcp_servers: str | None = None
     redis_sharded_pubsub: bool = False
     shutdown_timeout: float = 3.0
     log_format: str = "console"  # "json" in deployments

@@ -52,7 +52,7 @@ class NewParams(Params):
     model: str | None = None
     parent_session_id: str | None = None
     specialist_id: str | None = None
-    mcp_servers: list[dict[str, Any]] | None = None
+    mcp_servers: list[Any] | None = None  # entries or names: checked by McpPolicy
     idempotency_key: str | None = None
     auto_approve_permissions: bool | None = None
     custom_command: str | None = None
@@ -211,7 +211,7 @@ async def session_new(call: RpcCall) -> dict[str, Any]:
             model=p.model,
             parent_session_id=parent,
             specialist_id=p.specialist_id,
-            mcp_servers=list(p.mcp_servers or []),
+            mcp_servers=_manager(call).mcp.check(p.mcp_servers),
             idempotency_key=p.idempotency_key or None,
             auto_approve_permissions=bool(p.auto_approve_permissions),
             custom_command=p.custom_command,
@@ -251,7 +251,7 @@ async def session_set_model(call: RpcCall) -> dict[str, Any]:
 
 async def session_load(call: RpcCall) -> dict[str, Any]:
     p = parse(LoadParams, call.params)
-    return await _manager(call).load(p.session_id, call.allowed_workspaces)
+    return await _manager(call).load(p.session_id, call.allowed_workspaces, p.cwd)
 
 
 async def session_respond_user_input(call: RpcCall) -> dict[str, Any]:

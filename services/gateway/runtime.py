@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import shutil
 import time
 import uuid
@@ -29,12 +28,14 @@ from services.common.keys import CHANNELS, PG_POOL, REDIS, SETTINGS
 from services.common.metrics import METRICS
 from services.gateway import capacity, modes, ownership, permissions, startup, turns
 from services.gateway.agents import AgentRequestFailed, on_exit_message
+from services.gateway.confine import agent_user, check_cwd, safe_segment
 from services.gateway.eventlog import EventWriter
 from services.gateway.keys import FANOUT
 from services.gateway.live import LiveSession, ResumeMode, settle_turn
+from services.gateway.mcp import McpPolicy
 from services.gateway.startup import StartRequest
 from shared.channels import Channels
-from shared.db import session_events, sessions
+from shared.db import session_events, sessions, workspaces
 from shared.db.connect import Connection, Pool
 from shared.errors import (
     AgentError,
@@ -53,23 +54,6 @@ from shared.settings import Settings
 logger = logging.getLogger(__name__)
 
 
-def safe_segment(value: str) -> str:
-    """A path segment made from an id (workspace ids are free text)."""
-    seg = re.sub(r"[^A-Za-z0-9._-]", "_", value)
-    return "_" if seg in ("", ".", "..") else seg
-
-
-def check_cwd(settings: Settings, cwd: str) -> Path:
-    """An absolute path inside AGENT_CWD_ROOT, else -32602 naming cwd."""
-    if not cwd or not Path(cwd).is_absolute():
-        raise BadRequest(f"Invalid cwd: must be an absolute path, got {cwd!r}")
-    root = settings.cwd_root
-    target = Path(cwd).resolve()
-    if target != root and root not in target.parents:
-        raise BadRequest(f"Invalid cwd: {cwd} is outside the agent cwd root {root}")
-    return target
-
-
 @dataclass(slots=True)
 class NewSessionArgs:
     workspace_id: str
@@ -82,7 +66,7 @@ class NewSessionArgs:
     model: str | None = None
     parent_session_id: uuid.UUID | None = None
     specialist_id: str | None = None
-    mcp_servers: list[Any] = field(default_factory=list)
+    mcp_servers: list[Any] = field(default_factory=list)  # as McpPolicy.check returns
     idempotency_key: str | None = None
     auto_approve_permissions: bool = False
     custom_command: str | None = None
@@ -99,6 +83,9 @@ class SessionManager:
         self.pool = pool
         self.redis = redis
         self.channels = channels
+        # what agents may be given and who they run as (checked at start: app.preflight)
+        self.mcp = McpPolicy.from_settings(settings)
+        self.agent_user = agent_user(settings)
         self.live: dict[str, LiveSession] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._resume_locks: dict[str, asyncio.Lock] = {}
@@ -231,7 +218,7 @@ class SessionManager:
         session_id = uuid.uuid4()
         sid = str(session_id)
         if args.cwd is not None:
-            cwd = check_cwd(self.settings, args.cwd)
+            cwd = await self.check_cwd(args.workspace_id, args.cwd)
         else:
             cwd = self.settings.cwd_root / safe_segment(args.workspace_id) / sid
 
@@ -343,6 +330,11 @@ class SessionManager:
             reply["ownerInstanceId"] = cached.owner_instance_id
         reply["cached"] = True
         return reply
+
+    async def check_cwd(self, workspace_id: str, cwd: str) -> Path:
+        """`cwd` resolved when inside the workspace's directory or one of its codebases."""
+        repos = await workspaces.repo_paths(self.pool, workspace_id)
+        return check_cwd(self.settings, workspace_id, cwd, repos)
 
     def _register(self, row: sessions.SessionRow) -> LiveSession:
         writer = EventWriter(
@@ -559,8 +551,12 @@ class SessionManager:
 
     # --- load -------------------------------------------------------------------------
     async def load(
-        self, sid: str, allowed: frozenset[str] | None = None
+        self, sid: str, allowed: frozenset[str] | None = None, cwd: str | None = None
     ) -> dict[str, Any]:
+        if cwd is not None:
+            # checked by the session/new rule, then the stored cwd is used
+            row = await self.get_session_or_404(sid, allowed)
+            await self.check_cwd(row.session.workspace_id, cwd)
         live, mode = await self.ensure_live(sid, allowed)
         live.last_used = time.monotonic()
         return {

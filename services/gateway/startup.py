@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from services.gateway import confine
 from services.gateway.agents import (
     AgentDied,
     AgentProcess,
@@ -43,18 +44,20 @@ def agent_spec(manager: SessionManager, live: LiveSession) -> AgentSpec:
     command, args = manager.provider_command(
         provider, live.custom_command, live.custom_args
     )
-    home = manager.settings.agent_home or (
-        manager.settings.agents_home_root / live.session_id
-    )
+    settings = manager.settings
+    home = settings.agent_home or (settings.agents_home_root / live.session_id)
     return AgentSpec(
         command=command,
         args=args,
         cwd=live.cwd,
         home=home,
-        request_timeout=manager.settings.agent_request_timeout,
-        max_line=manager.settings.agent_max_line,
-        terminal_output_limit=manager.settings.terminal_output_limit,
-        max_terminals=manager.settings.max_terminals,
+        request_timeout=settings.agent_request_timeout,
+        max_line=settings.agent_max_line,
+        terminal_output_limit=settings.terminal_output_limit,
+        max_terminals=settings.max_terminals,
+        fence=confine.fence(settings, live.workspace_id, live.cwd),
+        user=manager.agent_user,
+        owned=confine.owned_dirs(settings, live.workspace_id, home, live.cwd),
     )
 
 
@@ -76,6 +79,8 @@ async def start_agent(
     manager: SessionManager, live: LiveSession, req: StartRequest
 ) -> None:
     spec = agent_spec(manager, live)
+    # the stored list, checked again: nothing the current policy refuses reaches an agent
+    mcp_servers = manager.mcp.for_agent(live.mcp_servers)
     await asyncio.to_thread(live.cwd.mkdir, parents=True, exist_ok=True)
     agent = AgentProcess(spec, live)
     live.agent = agent
@@ -100,7 +105,7 @@ async def start_agent(
                 {
                     "sessionId": live.routa_agent_id,
                     "cwd": str(live.cwd),
-                    "mcpServers": live.mcp_servers,
+                    "mcpServers": mcp_servers,
                 },
             )
         finally:
@@ -109,7 +114,7 @@ async def start_agent(
         live.resume_mode = "native"
     else:
         result = await agent.request(
-            "session/new", {"cwd": str(live.cwd), "mcpServers": live.mcp_servers}
+            "session/new", {"cwd": str(live.cwd), "mcpServers": mcp_servers}
         )
         if not isinstance(result, dict) or not isinstance(result.get("sessionId"), str):
             raise AgentRequestFailed(-32603, "session/new answered without sessionId")
