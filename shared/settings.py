@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -43,7 +44,17 @@ class Settings(BaseSettings):
     drain_grace: float = 30.0
     max_sessions: int = 200
     auth_tokens: str | None = None
+    # AUTH: "auto" = on with AUTH_TOKENS or once any token was ever created in api_tokens
+    # (revoking them all keeps it on); "on" = required even before the first token;
+    # "off" = the one way to turn it off again
+    auth: Literal["auto", "on", "off"] = "auto"
     allow_custom_commands: bool = False
+    # the unprivileged user agents run as when the gateway runs as root
+    agent_user: str | None = None
+    # MCP servers: URL prefixes a session may name (comma-separated), and the operator's
+    # named servers (a JSON object name -> ACP McpServer entry, or a file holding one)
+    mcp_allow_urls: str | None = None
+    mcp_servers: str | None = None
     redis_sharded_pubsub: bool = False
     shutdown_timeout: float = 3.0
     log_format: str = "console"  # "json" in deployments
@@ -72,6 +83,14 @@ class Settings(BaseSettings):
         # ALLOW_CUSTOM_COMMANDS=1 / yes / true all mean on; an empty value means off.
         if isinstance(value, str):
             return value.strip().lower() in {"1", "true", "yes", "on"}
+        return value
+
+    @field_validator("auth", mode="before")
+    @classmethod
+    def _auth_mode(cls, value: object) -> object:
+        # AUTH=OFF / On work too; an empty value is the default
+        if isinstance(value, str):
+            return value.strip().lower() or "auto"
         return value
 
     @property

@@ -1,7 +1,9 @@
 """`routa-tokens`: create, list and revoke API tokens in DATABASE_URL's api_tokens table.
 
 The plain token is printed once, by `create`; only its sha256 is stored. A gateway or query
-process notices a new or revoked token within AUTH_CACHE_TTL seconds (default 5).
+process notices a new or revoked token within AUTH_CACHE_TTL seconds (default 5). The first
+token ever created turns auth on for good: revoking every token leaves it required (nobody
+gets in until a new token is created); only AUTH=off on the processes turns it off.
 """
 
 from __future__ import annotations
@@ -78,6 +80,12 @@ async def run(argv: Sequence[str] | None = None) -> int:
                 sys.stderr.write(f"token {args.id} was already revoked\n")
                 return 1
             out.write(f"revoked {full[:12]}\n")
+            if not await tokens.any_active(conn):
+                sys.stderr.write(
+                    "no active token left in api_tokens: auth stays on, only AUTH_TOKENS "
+                    "tokens (if any) get in until a token is created; AUTH=off turns "
+                    "auth off\n"
+                )
     finally:
         await conn.close()
     return 0

@@ -1,13 +1,16 @@
 """Bearer-token auth, workspace scope and the per-token rate limit (api.md §8, §9.15).
 
-Auth is on when AUTH_TOKENS is set or the api_tokens table holds an active token. Then every
+Auth is on when AUTH_TOKENS is set, or once any token was ever created in api_tokens (a flag
+row the first one sets; revoking every token keeps auth on), or with AUTH=on; only AUTH=off
+turns it off. A process never switches it off by itself, and says at warning level whenever
+it changes. While on, every
 `/api/*` route needs `Authorization: Bearer <token>` (or `?access_token=`, for EventSource);
 `/healthz`, `/readyz`, `/metrics` and the dashboard page and assets stay open. A token is
 scoped to workspaces: whatever names another workspace in the URL (a `workspaceId`, a
 session, task or workspace id) is refused here with 403; handlers check workspaces that
 come in bodies and filter lists with `allowed_workspaces(request)`.
 
-AUTH_TOKENS tokens are checked in memory. Table lookups (and "is the table empty?") are
+AUTH_TOKENS tokens are checked in memory. Table lookups (and "was a token ever created?") are
 cached for AUTH_CACHE_TTL seconds, so a revoke takes effect within that window and a
 request costs no query while the entry is fresh.
 """
@@ -19,7 +22,7 @@ import math
 import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 import orjson
@@ -36,6 +39,7 @@ from shared.errors import DependencyDown, Forbidden
 logger = logging.getLogger(__name__)
 
 Scope = frozenset[str] | None  # None: every workspace
+AuthMode = Literal["auto", "on", "off"]  # the AUTH setting
 DEFAULT_RATE = (
     50.0  # requests per second per token when auth is on and RATE_LIMIT is unset
 )
@@ -87,39 +91,59 @@ def scope_of(workspaces: Iterable[str]) -> Scope:
 
 
 class TokenStore:
-    """AUTH_TOKENS in memory; api_tokens through a short cache (stale answers while PG is down)."""
+    """AUTH_TOKENS in memory; api_tokens through a short cache (stale answers while PG is down).
 
-    def __init__(self, env: dict[str, Scope], pool: Pool, ttl: float) -> None:
+    Whether auth is on only ever goes from off to on inside a process: AUTH=on/off fix it,
+    AUTH_TOKENS makes it on, and in "auto" the table's flag is re-read (every `ttl` seconds)
+    only while it is still off.
+    """
+
+    def __init__(
+        self, env: dict[str, Scope], pool: Pool, ttl: float, mode: AuthMode = "auto"
+    ) -> None:
         self.env = env
+        self.mode = mode
         self._pool = pool
         self._ttl = ttl
         self._cache: dict[str, tuple[float, Scope | _Unknown]] = {}
-        self._table_active = False
+        self._on = mode == "on" or (mode == "auto" and bool(env))
         self._table_checked = -math.inf
 
-    async def refresh_table_state(self) -> bool:
-        self._table_active = await tokens_db.any_active(self._pool)
+    async def refresh_table_state(self, *, at_startup: bool = False) -> bool:
+        """Read the table's flag (auto mode); off → on is logged, on never goes back."""
+        if self.mode != "auto" or self._on:
+            return self._on
+        required = await tokens_db.auth_required(self._pool)
         self._table_checked = time.monotonic()
-        return self._table_active
+        if required:
+            self._on = True
+            if at_startup:
+                return True  # the start-up line says so; this is no change
+            logger.warning(
+                "auth turned ON: a token was created in api_tokens; every /api/* request "
+                "now needs a bearer token, also after all tokens are revoked (AUTH=off "
+                "turns it off)"
+            )
+        return self._on
 
     def enabled_now(self) -> bool | None:
         """The cached answer without awaiting; None when the table must be re-read."""
-        if self.env:
-            return True
+        if self._on or self.mode != "auto":
+            return self._on
         if time.monotonic() - self._table_checked >= self._ttl:
             return None
-        return self._table_active
+        return False
 
     async def enabled(self) -> bool:
-        if self.env:
-            return True
-        if time.monotonic() - self._table_checked >= self._ttl:
-            try:
-                await self.refresh_table_state()
-            except _PG_ERRORS as err:
-                # keep the last answer: Postgres being down must not switch auth off or on
-                logger.warning("api_tokens not readable, auth state kept: %r", err)
-        return self._table_active
+        on = self.enabled_now()
+        if on is not None:
+            return on
+        try:
+            return await self.refresh_table_state()
+        except _PG_ERRORS as err:
+            # keep the last answer: Postgres being down must not switch auth off or on
+            logger.warning("api_tokens not readable, auth state kept: %r", err)
+            return self._on
 
     async def lookup(self, token: str) -> Scope | _Unknown:
         token_hash = tokens_db.hash_token(token)
@@ -221,29 +245,45 @@ AUTH = web.AppKey("auth", AuthState)
 
 
 async def auth_ctx(app: web.Application) -> AsyncIterator[None]:
-    """After Postgres: read AUTH_TOKENS and the table once, and say whether auth is on."""
+    """After Postgres: read AUTH, AUTH_TOKENS and the table once, and say whether auth is on."""
     settings = app[SETTINGS]
     env = parse_auth_tokens(settings.auth_tokens)
-    store = TokenStore(env, app[PG_POOL], settings.auth_cache_ttl)
-    table_active = await store.refresh_table_state()
+    store = TokenStore(env, app[PG_POOL], settings.auth_cache_ttl, settings.auth)
+    on = await store.refresh_table_state(at_startup=True)
     app[AUTH] = state = AuthState(
         store, app[PG_POOL], settings.rate_limit, settings.rate_limit_burst
     )
-    limiter = state.limiter(authed=bool(env) or table_active)
+    limiter = state.limiter(authed=on)
     rate = (
         f"{limiter.rate:g}/s per token (burst {limiter.burst:g})" if limiter else "off"
     )
-    if env or table_active:
+    if store.mode == "off":
+        logger.warning(
+            "auth OFF (AUTH=off): every /api/* route is open to anyone%s; rate limit %s",
+            ", AUTH_TOKENS and api_tokens are ignored" if env else "",
+            rate,
+        )
+    elif on:
+        why = (
+            "AUTH=on"
+            if store.mode == "on"
+            else "AUTH_TOKENS is set"
+            if env
+            else "api_tokens has held a token"
+        )
         logger.info(
-            "auth on: %d token(s) from AUTH_TOKENS%s; rate limit %s",
+            "auth on (%s): %d token(s) from AUTH_TOKENS, table tokens checked with a "
+            "%gs cache; rate limit %s",
+            why,
             len(env),
-            ", api_tokens has active tokens" if table_active else "",
+            settings.auth_cache_ttl,
             rate,
         )
     else:
-        logger.info(
-            "auth off: AUTH_TOKENS unset and api_tokens empty "
-            "(it turns on within %gs of creating a token); rate limit %s",
+        logger.warning(
+            "auth off: AUTH_TOKENS unset and no token ever created in api_tokens, every "
+            "/api/* route is open; it turns on for good within %gs of the first "
+            "`routa-tokens create` (AUTH=on forces it on now); rate limit %s",
             settings.auth_cache_ttl,
             rate,
         )

@@ -29,6 +29,7 @@ from acp.core import ClientSideConnection
 from acp.exceptions import RequestError
 
 from services.gateway import terminals
+from services.gateway.confine import AgentUser, Fence, Outside, hand_over, user_argv
 from services.gateway.terminals import Terminals
 
 logger = logging.getLogger(__name__)
@@ -95,6 +96,20 @@ class AgentSpec:
     # TERMINAL_OUTPUT_LIMIT, MAX_TERMINALS: the agent's ACP client terminals
     terminal_output_limit: int = terminals.OUTPUT_LIMIT
     max_terminals: int = terminals.MAX_TERMINALS
+    # what fs requests may touch; None: the cwd and everything below it
+    fence: Fence | None = None
+    # AGENT_USER: the user the agent runs as, and the directories handed to it
+    user: AgentUser | None = None
+    owned: tuple[Path, ...] = ()
+
+    def resolve(self, path: str) -> Path:
+        """A path of an fs request, resolved inside the fence; else RequestError."""
+        try:
+            return (self.fence or Fence(self.cwd.resolve(), self.cwd, ())).resolve(path)
+        except Outside as err:
+            raise RequestError.invalid_params(
+                {"path": path, "reason": str(err)}
+            ) from err
 
 
 def agent_env(home: Path) -> dict[str, str]:
@@ -104,21 +119,6 @@ def agent_env(home: Path) -> dict[str, str]:
         "LANG": os.environ.get("LANG", "C.UTF-8"),
         "HOME": str(home),
     }
-
-
-def resolve_inside(cwd: Path, path: str) -> Path:
-    """`path` resolved (symlinks, ..) when it is absolute and inside `cwd`; else RequestError."""
-    if not path or not os.path.isabs(path):
-        raise RequestError.invalid_params(
-            {"path": path, "reason": "path must be absolute"}
-        )
-    root = cwd.resolve()
-    target = Path(path).resolve()
-    if target != root and root not in target.parents:
-        raise RequestError.invalid_params(
-            {"path": path, "reason": "path is outside the session cwd"}
-        )
-    return target
 
 
 class _LineLimitedReader(asyncio.StreamReader):
@@ -194,7 +194,7 @@ class _Client:
         limit: int | None = None,
         **kwargs: Any,
     ) -> dict[str, Any]:
-        target = resolve_inside(self._agent.spec.cwd, path)
+        target = self._agent.spec.resolve(path)
         try:
             text = await asyncio.to_thread(target.read_text, encoding="utf-8")
         except FileNotFoundError as err:
@@ -213,11 +213,16 @@ class _Client:
     async def write_text_file(
         self, session_id: str, path: str, content: str, **kwargs: Any
     ) -> dict[str, Any]:
-        target = resolve_inside(self._agent.spec.cwd, path)
+        spec = self._agent.spec
+        target = spec.resolve(path)
 
         def _write() -> None:
+            made = [p for p in (target, *target.parents) if not p.exists()]
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(content, encoding="utf-8")
+            if spec.user is not None:
+                # what the gateway writes for the agent is the agent's, like its own files
+                hand_over(spec.user, made)
 
         try:
             await asyncio.to_thread(_write)
@@ -292,6 +297,7 @@ class AgentProcess:
             self._record_terminal_output,
             output_limit=spec.terminal_output_limit,
             max_terminals=spec.max_terminals,
+            wrap=lambda argv: user_argv(spec.user, argv),
         )
 
     @property
@@ -302,9 +308,10 @@ class AgentProcess:
         """Spawn the process and connect; raises OSError when it cannot be started."""
         self.spec.home.mkdir(parents=True, exist_ok=True)
         self.env.update(agent_env(self.spec.home))
+        if self.spec.user is not None:
+            hand_over(self.spec.user, self.spec.owned)
         self.proc = await asyncio.create_subprocess_exec(
-            self.spec.command,
-            *self.spec.args,
+            *user_argv(self.spec.user, [self.spec.command, *self.spec.args]),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,

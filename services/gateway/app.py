@@ -8,7 +8,9 @@ from services.common.app import base_app
 from services.common.health import HEALTH
 from services.common.keys import SETTINGS
 from services.gateway import commands, forwarding, jsonrpc
+from services.gateway.confine import agent_user, warn_if_root
 from services.gateway.keys import SESSION_MANAGER
+from services.gateway.mcp import McpPolicy
 from services.gateway.sse import close_streams_on_shutdown
 from shared.settings import Settings
 
@@ -16,12 +18,23 @@ DEFAULT_PORT = 8001
 
 
 def create_app(settings: Settings) -> web.Application:
+    preflight(settings)
     app = base_app(settings, "gateway")
     from services.gateway import routes
 
     routes.setup(app)
     setup_scaleout(app)
     return app
+
+
+def preflight(settings: Settings) -> None:
+    """Refuse to start, in one line, on agent settings the gateway cannot honour."""
+    try:
+        McpPolicy.from_settings(settings)
+        agent_user(settings)
+    except ValueError as err:
+        raise SystemExit(f"gateway: {err}") from None
+    warn_if_root(settings)
 
 
 def setup_scaleout(app: web.Application) -> None:

@@ -33,6 +33,7 @@ from services.gateway.agents import (
     AgentRequestFailed,
     on_exit_message,
 )
+from services.gateway.confine import AgentUser
 from services.gateway.eventlog import EventWriter
 from services.gateway.failures import (
     AGENT_FAILURES,
@@ -41,6 +42,7 @@ from services.gateway.failures import (
     not_ready,
     start_error,
 )
+from services.gateway.mcp import McpPolicy
 from services.gateway.permissions import PermissionBroker
 from services.gateway.spec import agent_spec
 from services.gateway.turn import Turn, consume
@@ -87,6 +89,9 @@ class SessionDeps:
     spawn: Callable[[Coroutine[Any, Any, Any]], asyncio.Task[Any]]
     # the registry lets go of a session whose agent stopped
     forget: Callable[[LiveSession], None]
+    # what agents may be given (mcpServers) and who they run as (AGENT_USER)
+    mcp: McpPolicy
+    agent_user: AgentUser | None
     # SIGTERM: no new sessions or turns here, running turns finish
     draining: bool = False
     closed: bool = False
@@ -240,11 +245,15 @@ class LiveSession:
         spec = agent_spec(
             deps.settings,
             session_id=self.session_id,
+            workspace_id=self.workspace_id,
             provider_id=self.provider,
             cwd=self.cwd,
             custom_command=self.custom_command,
             custom_args=self.custom_args,
+            user=deps.agent_user,
         )
+        # the stored list, checked again: nothing the current policy refuses reaches an agent
+        mcp_servers = deps.mcp.for_agent(self.mcp_servers)
         await asyncio.to_thread(self.cwd.mkdir, parents=True, exist_ok=True)
         agent = AgentProcess(spec, self)
         self.agent = agent
@@ -269,7 +278,7 @@ class LiveSession:
                     {
                         "sessionId": stored_id,
                         "cwd": str(self.cwd),
-                        "mcpServers": self.mcp_servers,
+                        "mcpServers": mcp_servers,
                     },
                 )
             finally:
@@ -277,7 +286,7 @@ class LiveSession:
             self.resume_mode = "native"
         else:
             result = await agent.request(
-                "session/new", {"cwd": str(self.cwd), "mcpServers": self.mcp_servers}
+                "session/new", {"cwd": str(self.cwd), "mcpServers": mcp_servers}
             )
             if not isinstance(result, dict) or not isinstance(
                 result.get("sessionId"), str

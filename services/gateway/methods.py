@@ -33,9 +33,10 @@ P = TypeVar("P", bound=BaseModel)
 
 
 class Params(BaseModel):
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="ignore", strict=True
-    )
+    # One spelling per parameter, camelCase: a snake_case key is unknown, so ignored like
+    # any other unknown key. The scope check reads these same camelCase keys from the raw
+    # params, so no second spelling can carry an id past it.
+    model_config = ConfigDict(alias_generator=to_camel, extra="ignore", strict=True)
 
 
 class NewParams(Params):
@@ -45,13 +46,13 @@ class NewParams(Params):
     branch: str | None = None
     provider: str | None = None
     mode_id: str | None = Field(
-        default=None, validation_alias=AliasChoices("modeId", "mode", "mode_id")
+        default=None, validation_alias=AliasChoices("modeId", "mode")
     )
     role: str | None = None
     model: str | None = None
     parent_session_id: str | None = None
     specialist_id: str | None = None
-    mcp_servers: list[dict[str, Any]] | None = None
+    mcp_servers: list[Any] | None = None  # entries or names: checked by McpPolicy
     idempotency_key: str | None = None
     auto_approve_permissions: bool | None = None
     custom_command: str | None = None
@@ -67,7 +68,7 @@ class PromptParams(SessionParams):
 
 
 class SetModeParams(SessionParams):
-    mode_id: str = Field(validation_alias=AliasChoices("modeId", "mode", "mode_id"))
+    mode_id: str = Field(validation_alias=AliasChoices("modeId", "mode"))
 
 
 class SetModelParams(SessionParams):
@@ -212,7 +213,7 @@ async def session_new(call: RpcCall) -> dict[str, Any]:
             model=p.model,
             parent_session_id=parent,
             specialist_id=p.specialist_id,
-            mcp_servers=list(p.mcp_servers or []),
+            mcp_servers=_manager(call).mcp.check(p.mcp_servers),
             idempotency_key=p.idempotency_key or None,
             auto_approve_permissions=bool(p.auto_approve_permissions),
             custom_command=p.custom_command,
@@ -256,7 +257,7 @@ async def session_set_model(call: RpcCall) -> dict[str, Any]:
 
 async def session_load(call: RpcCall) -> dict[str, Any]:
     p = parse(LoadParams, call.params)
-    return await _manager(call).load(p.session_id, call.allowed_workspaces)
+    return await _manager(call).load(p.session_id, call.allowed_workspaces, p.cwd)
 
 
 async def session_respond_user_input(call: RpcCall) -> dict[str, Any]:

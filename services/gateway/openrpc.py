@@ -178,7 +178,8 @@ METHOD_DOCS: tuple[MethodDoc, ...] = (
         "Create a session; the agent starts in the background (acp_status events follow)",
         NewParams,
         "SessionStarted",
-        ("InvalidParams", "AgentError", "ProviderUnavailable"),
+        # SessionNotFound: a parentSessionId that is unknown or of another workspace
+        ("InvalidParams", "SessionNotFound", "AgentError", "ProviderUnavailable"),
     ),
     MethodDoc(
         "session/prompt",

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import time
 import uuid
 from collections.abc import Callable, Coroutine
@@ -22,6 +21,7 @@ from typing import Any
 import asyncpg
 
 from services.gateway.capacity import Capacity
+from services.gateway.confine import agent_user, check_cwd, safe_segment
 from services.gateway.eventlog import EventWriter
 from services.gateway.live import (
     LiveSession,
@@ -30,10 +30,11 @@ from services.gateway.live import (
     StartRequest,
     check_allowed,
 )
+from services.gateway.mcp import McpPolicy
 from services.gateway.ownership import Leases
 from services.gateway.spec import provider_command
 from shared.channels import Channels
-from shared.db import session_events, sessions
+from shared.db import session_events, sessions, workspaces
 from shared.db.connect import Connection, Pool
 from shared.errors import (
     AgentError,
@@ -51,23 +52,6 @@ from shared.settings import Settings
 logger = logging.getLogger(__name__)
 
 
-def safe_segment(value: str) -> str:
-    """A path segment made from an id (workspace ids are free text)."""
-    seg = re.sub(r"[^A-Za-z0-9._-]", "_", value)
-    return "_" if seg in ("", ".", "..") else seg
-
-
-def check_cwd(settings: Settings, cwd: str) -> Path:
-    """An absolute path inside AGENT_CWD_ROOT, else -32602 naming cwd."""
-    if not cwd or not Path(cwd).is_absolute():
-        raise BadRequest(f"Invalid cwd: must be an absolute path, got {cwd!r}")
-    root = settings.cwd_root
-    target = Path(cwd).resolve()
-    if target != root and root not in target.parents:
-        raise BadRequest(f"Invalid cwd: {cwd} is outside the agent cwd root {root}")
-    return target
-
-
 @dataclass(slots=True)
 class NewSessionArgs:
     workspace_id: str
@@ -80,7 +64,7 @@ class NewSessionArgs:
     model: str | None = None
     parent_session_id: uuid.UUID | None = None
     specialist_id: str | None = None
-    mcp_servers: list[Any] = field(default_factory=list)
+    mcp_servers: list[Any] = field(default_factory=list)  # as McpPolicy.check returns
     idempotency_key: str | None = None
     auto_approve_permissions: bool = False
     custom_command: str | None = None
@@ -99,7 +83,15 @@ class SessionManager:
         self.channels = channels
         self.live: dict[str, LiveSession] = {}
         self.deps = SessionDeps(
-            settings, pool, redis, channels, spawn=self.spawn, forget=self._forget
+            settings,
+            pool,
+            redis,
+            channels,
+            spawn=self.spawn,
+            forget=self._forget,
+            # what agents may be given and who they run as (checked at start: app.preflight)
+            mcp=McpPolicy.from_settings(settings),
+            agent_user=agent_user(settings),
         )
         self.capacity = Capacity(self.deps, self.live)
         self.leases = Leases(self.deps, self.live)
@@ -117,6 +109,10 @@ class SessionManager:
     @property
     def closed(self) -> bool:
         return self.deps.closed
+
+    @property
+    def mcp(self) -> McpPolicy:
+        return self.deps.mcp
 
     # --- tasks ------------------------------------------------------------------------
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
@@ -231,10 +227,12 @@ class SessionManager:
         session_id = uuid.uuid4()
         sid = str(session_id)
         if args.cwd is not None:
-            cwd = check_cwd(self.settings, args.cwd)
+            cwd = await self.check_cwd(args.workspace_id, args.cwd)
         else:
             cwd = self.settings.cwd_root / safe_segment(args.workspace_id) / sid
 
+        if args.parent_session_id is not None:
+            await self._check_parent(args.parent_session_id, args.workspace_id)
         if self.draining:
             raise AgentError("Gateway draining")
         await self.capacity.make_room()
@@ -280,9 +278,8 @@ class SessionManager:
                 )
             except asyncpg.ForeignKeyViolationError as err:
                 if "parent" in (err.constraint_name or ""):
-                    raise BadRequest(
-                        f"Invalid parentSessionId: unknown session {args.parent_session_id}"
-                    ) from err
+                    # deleted since _check_parent: unknown now
+                    raise SessionNotFound(str(args.parent_session_id)) from err
                 raise UnknownWorkspace(args.workspace_id) from err
         # event 1, the list invalidation and session:created in one Redis round trip
         await session_changed_with_events(
@@ -310,6 +307,17 @@ class SessionManager:
             "acpStatus": "connecting",
             "ownerInstanceId": self.settings.instance_id,
         }
+
+    async def _check_parent(self, parent: uuid.UUID, workspace_id: str) -> None:
+        """-32004 as for an unknown id unless the parent is a session of the same workspace
+        (so of the caller's scope too): no id reaches another workspace's session."""
+        if await sessions.workspace_of(self.pool, parent) != workspace_id:
+            raise SessionNotFound(str(parent))
+
+    async def check_cwd(self, workspace_id: str, cwd: str) -> Path:
+        """`cwd` resolved when inside the workspace's directory or one of its codebases."""
+        repos = await workspaces.repo_paths(self.pool, workspace_id)
+        return check_cwd(self.settings, workspace_id, cwd, repos)
 
     async def _idempotent_reply(
         self, conn: Connection, args: NewSessionArgs
@@ -394,9 +402,13 @@ class SessionManager:
             return live, live.resume_mode
 
     async def load(
-        self, sid: str, allowed: frozenset[str] | None = None
+        self, sid: str, allowed: frozenset[str] | None = None, cwd: str | None = None
     ) -> dict[str, Any]:
         """session/load: the session live here, and how it came to be (§5.4)."""
+        if cwd is not None:
+            # checked by the session/new rule, then the stored cwd is used
+            row = await self.get_session_or_404(sid, allowed)
+            await self.check_cwd(row.session.workspace_id, cwd)
         live, mode = await self.ensure_live(sid, allowed)
         live.last_used = time.monotonic()
         return {

@@ -5,7 +5,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from services.gateway import confine
 from services.gateway.agents import AgentSpec
+from services.gateway.confine import AgentUser
 from shared.errors import BadRequest, ProviderUnavailable
 from shared.providers import Provider, get_provider, resolve_binary
 from shared.settings import Settings
@@ -48,10 +50,12 @@ def agent_spec(
     settings: Settings,
     *,
     session_id: str,
+    workspace_id: str,
     provider_id: str,
     cwd: Path,
     custom_command: str | None,
     custom_args: list[str],
+    user: AgentUser | None,
 ) -> AgentSpec:
     """Command, cwd, home and limits of one session's agent (from settings and its row)."""
     provider = get_provider(provider_id)
@@ -68,4 +72,7 @@ def agent_spec(
         max_line=settings.agent_max_line,
         terminal_output_limit=settings.terminal_output_limit,
         max_terminals=settings.max_terminals,
+        fence=confine.fence(settings, workspace_id, cwd),
+        user=user,
+        owned=confine.owned_dirs(settings, workspace_id, home, cwd),
     )

@@ -169,8 +169,11 @@ class Terminals:
         *,
         output_limit: int,
         max_terminals: int,
+        wrap: Callable[[list[str]], list[str]] = list,
     ) -> None:
         self._cwd = cwd
+        # the argv that runs a command as the agent's user (AGENT_USER), or the argv itself
+        self._wrap = wrap
         self._env = env  # read at each create: the agent's env is filled in at spawn
         self._record = record
         self._output_limit = output_limit
@@ -210,8 +213,7 @@ class Terminals:
             limit = min(max(0, output_byte_limit), limit)
         try:
             proc = await asyncio.create_subprocess_exec(
-                command,
-                *(args or []),
+                *self._wrap([command, *(args or [])]),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,

@@ -14,6 +14,7 @@ from services.common.auth import require_workspace
 from services.common.http import json_response, read_json_body
 from services.common.keys import CHANNELS, PG_POOL, REDIS
 from services.query import live
+from services.query.sessions import check_session_ref
 from services.query.workspaces import ensure_workspace
 from shared.channels import Channels
 from shared.db import notes as db
@@ -143,10 +144,10 @@ async def post_note(request: web.Request) -> web.Response:
         source=body.source,
     )
     note_id = body.note_id or str(uuid.uuid4())
+    pool = request.app[PG_POOL]
+    await check_session_ref(pool, body.workspace_id, body.session_id)
     try:
-        note, created = await db.upsert(
-            request.app[PG_POOL], body.workspace_id, note_id, values
-        )
+        note, created = await db.upsert(pool, body.workspace_id, note_id, values)
     except asyncpg.ForeignKeyViolationError as err:
         raise UnknownWorkspace(body.workspace_id) from err
     await _publish(

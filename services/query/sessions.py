@@ -32,6 +32,7 @@ from shared import cache
 from shared.db import session_events
 from shared.db import sessions as sessions_db
 from shared.db import workspaces as workspaces_db
+from shared.db.connect import Executor
 from shared.errors import BadRequest, DependencyDown, SessionNotFound
 from shared.events import gateway_update, publish_events
 from shared.jsonutil import dumps, loads
@@ -257,6 +258,21 @@ async def disconnect_session(request: web.Request) -> web.Response:
     return json_response({"ok": True})
 
 
+async def check_session_ref(
+    conn: Executor, workspace_id: str, session_id: str | None
+) -> None:
+    """A note's or task's `sessionId` may be any string (filters match nothing for an
+    unknown one), but one naming a session of another workspace is refused as unknown: 404."""
+    sid = sessions_db.parse_session_id(session_id)
+    if sid is None:
+        return
+    owner = await sessions_db.workspace_of(conn, sid)
+    if owner is not None and owner != workspace_id:
+        raise SessionNotFound(
+            str(session_id), rest_message=f"Session not found: {session_id}"
+        )
+
+
 async def fork_session(request: web.Request) -> web.Response:
     """A new closed session with the source's settings, the source as parent, no events."""
     sid = _session_uuid(request)
@@ -338,12 +354,16 @@ async def session_context(request: web.Request) -> web.Response:
             )
             history_length = await session_events.count(conn, sid)
             workspace_row = await workspaces_db.get(conn, session.workspace_id)
+            # family of the same workspace only: a row written before parents were
+            # checked may point into another one, whose names must not show here
             parent = None
             if session.parent_session_id is not None:
                 parent_id = sessions_db.parse_session_id(session.parent_session_id)
                 if parent_id is not None:
-                    parent = await sessions_db.ref(conn, parent_id)
-            children = await sessions_db.children(conn, sid)
+                    parent = await sessions_db.ref(
+                        conn, parent_id, session.workspace_id
+                    )
+            children = await sessions_db.children(conn, sid, session.workspace_id)
     context: dict[str, Any] = {"sessionId": session.session_id, "cwd": session.cwd}
     if session.mode_id is not None:
         context["modeId"] = session.mode_id

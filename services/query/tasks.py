@@ -14,6 +14,7 @@ from services.common.auth import require_workspace
 from services.common.http import json_response, read_json_body
 from services.common.keys import CHANNELS, PG_POOL, REDIS
 from services.query import live
+from services.query.sessions import check_session_ref
 from services.query.workspaces import ensure_workspace
 from shared.channels import Channels
 from shared.db import tasks as db
@@ -170,8 +171,10 @@ async def create_task(request: web.Request) -> web.Response:
         db.TaskValues(title=body.title, objective=body.objective), body
     )
     task_id = body.id or str(uuid.uuid4())
+    pool = request.app[PG_POOL]
+    await check_session_ref(pool, body.workspace_id, values.session_id)
     try:
-        task = await db.insert(request.app[PG_POOL], task_id, body.workspace_id, values)
+        task = await db.insert(pool, task_id, body.workspace_id, values)
     except asyncpg.ForeignKeyViolationError as err:
         raise UnknownWorkspace(body.workspace_id) from err
     except asyncpg.UniqueViolationError as err:
@@ -195,9 +198,10 @@ async def _update(request: web.Request, task_id: str, fields: TaskFields) -> Tas
         current = await db.locked_get(conn, task_id)
         if current is None:
             raise _not_found(task_id)
-        task = await db.update(
-            conn, task_id, apply_fields(db.TaskValues.of(current), fields)
-        )
+        values = apply_fields(db.TaskValues.of(current), fields)
+        if "session_id" in fields.model_fields_set:
+            await check_session_ref(conn, current.workspace_id, values.session_id)
+        task = await db.update(conn, task_id, values)
     assert task is not None
     await _publish(request, "task:updated", task.workspace_id, task.id, task)
     return task

@@ -32,12 +32,14 @@ ORDER BY n.updated_at DESC, n.id
 
 # For groupBy=session: each note with its session's name (sessions ids are uuids; a note's
 # session_id is any string, so compare as text and let unknown ids simply match nothing).
+# Only a session of the note's own workspace lends its name: another workspace's stays hidden.
 LIST_WITH_SESSION_NAME = (
     "SELECT"
     + _COLUMNS
     + """, s.name AS session_name
 FROM notes n
 LEFT JOIN sessions s ON n.session_id IS NOT NULL AND s.session_id::text = n.session_id
+                    AND s.workspace_id = n.workspace_id
 WHERE n.workspace_id = $1
   AND ($2::text IS NULL OR n.session_id = $2)
   AND ($3::text IS NULL OR n.type = $3)

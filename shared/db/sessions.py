@@ -122,15 +122,18 @@ CHILDREN = """
 SELECT session_id::text AS session_id, name,
        CASE WHEN status <> 'closed' AND (lease_expires_at IS NULL OR lease_expires_at < now())
             THEN 'closed' ELSE status END AS status
-FROM sessions WHERE parent_session_id = $1 ORDER BY created_at
+FROM sessions WHERE parent_session_id = $1 AND ($2::text IS NULL OR workspace_id = $2)
+ORDER BY created_at
 """
 
 REF = """
 SELECT session_id::text AS session_id, name,
        CASE WHEN status <> 'closed' AND (lease_expires_at IS NULL OR lease_expires_at < now())
             THEN 'closed' ELSE status END AS status
-FROM sessions WHERE session_id = $1
+FROM sessions WHERE session_id = $1 AND ($2::text IS NULL OR workspace_id = $2)
 """
+
+WORKSPACE_OF = "SELECT workspace_id FROM sessions WHERE session_id = $1"
 
 
 def parse_session_id(value: str | None) -> uuid.UUID | None:
@@ -369,21 +372,33 @@ async def release_owner(
     await conn.execute(RELEASE_OWNER, session_id, instance_id)
 
 
-async def children(conn: Executor, session_id: uuid.UUID) -> list[SessionRef]:
-    rows = await conn.fetch(CHILDREN, session_id)
+async def children(
+    conn: Executor, session_id: uuid.UUID, workspace_id: str | None = None
+) -> list[SessionRef]:
+    """Child sessions; with `workspace_id`, only those of that workspace."""
+    rows = await conn.fetch(CHILDREN, session_id, workspace_id)
     return [
         SessionRef(session_id=r["session_id"], name=r["name"], status=r["status"])
         for r in rows
     ]
 
 
-async def ref(conn: Executor, session_id: uuid.UUID) -> SessionRef | None:
-    row = await conn.fetchrow(REF, session_id)
+async def ref(
+    conn: Executor, session_id: uuid.UUID, workspace_id: str | None = None
+) -> SessionRef | None:
+    """A session's id, name and status; with `workspace_id`, None unless it is in it."""
+    row = await conn.fetchrow(REF, session_id, workspace_id)
     if row is None:
         return None
     return SessionRef(
         session_id=row["session_id"], name=row["name"], status=row["status"]
     )
+
+
+async def workspace_of(conn: Executor, session_id: uuid.UUID) -> str | None:
+    """The workspace of a session (it never changes), or None for an unknown id."""
+    workspace: str | None = await conn.fetchval(WORKSPACE_OF, session_id)
+    return workspace
 
 
 # --- query service writes (delete, disconnect) and the list cache's freshness bound ---

@@ -33,8 +33,9 @@ ORDER BY created_at DESC, id
 """
 )
 
-# PENDING tasks none of whose dependencies is anything but a COMPLETED task (a dependency
-# naming no task at all is not completed, so it keeps the task waiting).
+# PENDING tasks none of whose dependencies is anything but a COMPLETED task of the same
+# workspace (a dependency naming no task at all, or another workspace's task, is not
+# completed, so it keeps the task waiting and reveals nothing about that task).
 READY = (
     "SELECT"  # noqa: S608 - constant fragments, values are $n parameters
     + _COLUMNS
@@ -43,7 +44,9 @@ FROM tasks t
 WHERE t.workspace_id = $1 AND t.status = 'PENDING'
   AND NOT EXISTS (
       SELECT 1 FROM jsonb_array_elements_text(t.dependencies) AS d(dep_id)
-      WHERE NOT EXISTS (SELECT 1 FROM tasks c WHERE c.id = d.dep_id AND c.status = 'COMPLETED')
+      WHERE NOT EXISTS (SELECT 1 FROM tasks c
+                        WHERE c.id = d.dep_id AND c.workspace_id = t.workspace_id
+                          AND c.status = 'COMPLETED')
   )
 ORDER BY t.position, t.created_at, t.id
 """

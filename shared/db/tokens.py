@@ -19,6 +19,12 @@ RETURNING token_hash, label, workspaces, created_at, revoked_at
 LOOKUP = (
     "SELECT workspaces FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL"
 )
+# Auth is required once any token was ever created: the auth_config flag (set by a trigger
+# on api_tokens, never cleared by the product), or an active token should the flag be gone.
+AUTH_REQUIRED = """
+SELECT EXISTS (SELECT 1 FROM auth_config)
+    OR EXISTS (SELECT 1 FROM api_tokens WHERE revoked_at IS NULL)
+"""
 ANY_ACTIVE = "SELECT EXISTS (SELECT 1 FROM api_tokens WHERE revoked_at IS NULL)"
 LIST = """
 SELECT token_hash, label, workspaces, created_at, revoked_at
@@ -69,6 +75,11 @@ async def lookup(conn: Executor, token_hash: str) -> list[str] | None:
     """The workspaces of an active token, or None when it is unknown or revoked."""
     workspaces: list[str] | None = await conn.fetchval(LOOKUP, token_hash)
     return workspaces
+
+
+async def auth_required(conn: Executor) -> bool:
+    """True once a token was ever created here, even if every token is revoked now."""
+    return bool(await conn.fetchval(AUTH_REQUIRED))
 
 
 async def any_active(conn: Executor) -> bool:

@@ -38,6 +38,8 @@ WHERE id = $1
 RETURNING id
 """
 
+REPO_PATHS = "SELECT repo_path FROM codebases WHERE workspace_id = $1"
+
 DELETE_CODEBASES = "DELETE FROM codebases WHERE workspace_id = $1"
 
 INSERT_CODEBASE = """
@@ -96,6 +98,11 @@ async def exists(conn: Executor, workspace_id: str) -> bool:
 async def get(conn: Executor, workspace_id: str) -> Workspace | None:
     row = await conn.fetchrow(GET, workspace_id)
     return _row_to_workspace(row) if row else None
+
+
+async def repo_paths(conn: Executor, workspace_id: str) -> list[str]:
+    """The codebase paths registered on a workspace (a session cwd may lie in one)."""
+    return [r["repo_path"] for r in await conn.fetch(REPO_PATHS, workspace_id)]
 
 
 async def list_workspaces(conn: Executor) -> list[Workspace]:

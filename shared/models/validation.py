@@ -50,7 +50,8 @@ def validate_body(model: type[M], data: Any) -> M:
     if nul is not None:
         raise BadRequest(f"Invalid {field_name(nul)}: NUL characters are not allowed")
     try:
-        return model.model_validate(data)
+        # camelCase only: a snake_case key is unknown (ignored), one spelling per field
+        return model.model_validate(data, by_alias=True, by_name=False)
     except ValidationError as err:
         first = err.errors()[0]
         raise BadRequest(

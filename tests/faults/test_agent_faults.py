@@ -73,7 +73,8 @@ async def test_crash_mid_turn(make_gw, pool, workspace_id):
 
 
 async def test_initialize_never_answered(make_gw, pool, workspace_id):
-    gw = await make_gw(agent_request_timeout=3.0)  # echo must still start
+    # long enough for echo (a Python process importing the SDK) to start on a loaded box
+    gw = await make_gw(agent_request_timeout=10.0)
     sid = await new_bad(gw, workspace_id, "--hang-init")
     evs = await wait_ready(pool, sid)
     assert has_status("error")(evs)

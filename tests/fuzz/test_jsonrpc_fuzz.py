@@ -42,6 +42,20 @@ METHODS = [
     "_providers/list",
 ]
 
+# issue 12: MCP servers a request may not hand an agent (stdio, foreign URLs, unknown names)
+MCP_SEEDS: list[Any] = [
+    {
+        "name": "x",
+        "command": "/bin/sh",
+        "args": ["-c", "id"],
+        "env": [{"name": "LD_PRELOAD", "value": "/tmp/x.so"}],
+    },
+    {"type": "http", "name": "x", "url": "https://evil.example/mcp", "headers": []},
+    {"type": "sse", "name": "x", "url": "http://127.0.0.1:1/sse"},
+    {"name": "x"},
+    "no-such-server",
+]
+
 NASTY = [
     "",
     " ",
@@ -120,7 +134,10 @@ def params_for(ctx: dict[str, Any]) -> st.SearchStrategy[Any]:
         "workspaceId": ws,
         "sessionId": sid,
         "name": text,
-        "cwd": st.sampled_from([ctx["cwd"], "/", "relative", "/tmp/../etc"]) | text,
+        "cwd": st.sampled_from(
+            [ctx["cwd"], ctx["root"], ctx["other"], "/", "relative", "/tmp/../etc"]
+        )
+        | text,
         "branch": text,
         "provider": st.sampled_from(["opencode", "echo", "custom", "nope"]) | text,
         "modeId": st.sampled_from(["chat", "plan"]) | text,
@@ -129,7 +146,8 @@ def params_for(ctx: dict[str, Any]) -> st.SearchStrategy[Any]:
         "model": st.sampled_from(["echo-small", "m"]) | text,
         "parentSessionId": sid,
         "specialistId": text,
-        "mcpServers": st.lists(st.dictionaries(text, junk, max_size=2), max_size=2),
+        "mcpServers": st.lists(st.dictionaries(text, junk, max_size=2), max_size=2)
+        | st.lists(st.sampled_from(MCP_SEEDS) | text, max_size=2),
         "idempotencyKey": text,
         "autoApprovePermissions": st.booleans(),
         "customCommand": text,
@@ -298,7 +316,9 @@ def fuzz_env(make_settings, cwd_root, database_url):
         "pool": pool,
         "ws": ws,
         "sid": sid,
-        "cwd": str(cwd_root / "fuzz"),
+        "cwd": str(cwd_root / ws / "fuzz"),
+        "root": str(cwd_root),
+        "other": str(cwd_root / "other-workspace"),
     }
     yield ctx
     loop.run_until_complete(pool.close())

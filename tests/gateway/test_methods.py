@@ -133,7 +133,7 @@ async def test_session_new_validation(gw, workspace_id, cwd_root):
 
 
 async def test_session_new_options(gw, pool, workspace_id, cwd_root):
-    cwd = cwd_root / "given"
+    cwd = cwd_root / workspace_id / "given"
     res = await new_echo(
         gw,
         workspace_id,
@@ -346,8 +346,8 @@ async def test_auto_approve_permissions(gw, pool, workspace_id):
 
 
 async def test_fs_inside_and_outside_cwd(gw, pool, workspace_id, cwd_root, tmp_path):
-    cwd = cwd_root / ("fs-" + uuid.uuid4().hex[:6])
-    cwd.mkdir()
+    cwd = cwd_root / workspace_id / ("fs-" + uuid.uuid4().hex[:6])
+    cwd.mkdir(parents=True)
     (cwd / "note.txt").write_text("first line\nsecond\n")
     outside = tmp_path / "secret.txt"
     outside.write_text("top secret\n")

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 
+import asyncpg
 import pytest
+from yarl import URL
 
 from shared.db import sessions
+from shared.db.migrate import migrate
 
 TOKEN_A = "tok-a-" + uuid.uuid4().hex
 TOKEN_B = "tok-b-" + uuid.uuid4().hex
@@ -15,6 +19,22 @@ TOKEN_ALL = "tok-all-" + uuid.uuid4().hex
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+async def private_database_url(database_url: str) -> AsyncIterator[str]:
+    """A database of this test's own: a token created in it turns auth on for good, and
+    that must not reach the other tests of the run. Request it first, so it is dropped last."""
+    base = URL(database_url)
+    name = f"{base.path.lstrip('/')}_{uuid.uuid4().hex[:8]}"
+    url = str(base.with_path(f"/{name}"))
+    await migrate(url)
+    yield url
+    admin = await asyncpg.connect(str(base.with_path("/postgres")))
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
 
 
 @pytest.fixture
