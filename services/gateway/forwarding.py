@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -286,12 +287,8 @@ async def route(call: RpcCall, local: Method) -> Any:
 
 
 def routed(local: Method) -> Method:
-    """`local` wrapped so that it runs wherever the session lives (see `route`)."""
-
-    async def method(call: RpcCall) -> Any:
-        return await route(call, local)
-
-    return method
+    """`local` bound into `route`, so that it runs wherever the session lives."""
+    return functools.partial(route, local=local)
 
 
 def link_ctx(

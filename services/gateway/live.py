@@ -71,6 +71,14 @@ ResumeMode = Literal["attached", "native", "recreated"]
 USER_MESSAGE_STORE_WAIT = 5.0
 
 
+def session_uuid(sid: str) -> uuid.UUID:
+    """A session id from a call as the database keys it; -32004 when it cannot be one."""
+    parsed = sessions.parse_session_id(sid)
+    if parsed is None:
+        raise SessionNotFound(sid)
+    return parsed
+
+
 def check_allowed(workspace_id: str, sid: str, allowed: frozenset[str] | None) -> None:
     """A session outside the caller's workspaces does not exist for it (-32004)."""
     if allowed is not None and workspace_id not in allowed:

@@ -7,56 +7,28 @@ here when needed, then calls the session itself (live.LiveSession) with plain ar
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any, Literal, TypeVar
 
 import orjson
 import structlog
 from aiohttp import web
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
-from pydantic.alias_generators import to_camel
+from pydantic import AliasChoices, BaseModel, Field, ValidationError
 
 from services.common.keys import CHANNELS, PG_POOL, REDIS, SETTINGS
 from services.common.metrics import METRICS
 from services.gateway import control, jsonrpc
 from services.gateway.forwarding import routed
 from services.gateway.keys import FANOUT, SESSION_MANAGER
+from services.gateway.params import NewParams, Params
 from services.gateway.permissions import no_pending
 from services.gateway.rpc import METHODS, MethodRegistry, RpcCall
-from services.gateway.runtime import NewSessionArgs, SessionManager
+from services.gateway.runtime import SessionManager
 from shared.errors import BadRequest, UnknownWorkspace
 from shared.models.session import NAME_MAX, ROLES
 from shared.providers import PROVIDERS, get_provider, resolve_binary
 
 P = TypeVar("P", bound=BaseModel)
-
-
-class Params(BaseModel):
-    # One spelling per parameter, camelCase: a snake_case key is unknown, so ignored like
-    # any other unknown key. The scope check reads these same camelCase keys from the raw
-    # params, so no second spelling can carry an id past it.
-    model_config = ConfigDict(alias_generator=to_camel, extra="ignore", strict=True)
-
-
-class NewParams(Params):
-    workspace_id: str
-    name: str | None = None
-    cwd: str | None = None
-    branch: str | None = None
-    provider: str | None = None
-    mode_id: str | None = Field(
-        default=None, validation_alias=AliasChoices("modeId", "mode")
-    )
-    role: str | None = None
-    model: str | None = None
-    parent_session_id: str | None = None
-    specialist_id: str | None = None
-    mcp_servers: list[Any] | None = None  # entries or names: checked by McpPolicy
-    idempotency_key: str | None = None
-    auto_approve_permissions: bool | None = None
-    custom_command: str | None = None
-    custom_args: list[str] | None = None
 
 
 class SessionParams(Params):
@@ -176,22 +148,11 @@ async def session_new(call: RpcCall) -> dict[str, Any]:
     role = (p.role or "CRAFTER").upper()
     if role not in ROLES:
         raise BadRequest(f"Invalid role: {p.role!r} (one of {', '.join(ROLES)})")
-    parent: uuid.UUID | None = None
-    if p.parent_session_id is not None:
-        try:
-            parent = uuid.UUID(p.parent_session_id)
-        except ValueError as err:
-            raise BadRequest(
-                f"Invalid parentSessionId: {p.parent_session_id!r} is not a session id"
-            ) from err
-    provider = p.provider or (
-        "custom"
-        if p.custom_command
-        else call.app[SESSION_MANAGER].settings.default_provider
-    )
+    _ = p.parent()  # -32602 naming parentSessionId, in the order of the checks
+    manager = _manager(call)
     # The agent answers after session/new has replied: what a preset is known to offer
     # is checked up front (§9.26).
-    preset = get_provider(provider)
+    preset = get_provider(p.provider_id(manager.settings.default_provider))
     if preset is not None:
         if p.model is not None and preset.models and p.model not in preset.models:
             raise BadRequest(
@@ -201,25 +162,16 @@ async def session_new(call: RpcCall) -> dict[str, Any]:
             raise BadRequest(
                 f"Invalid modeId: {p.mode_id!r} is not offered by {preset.id} ({', '.join(preset.modes)})"
             )
-    created = await _manager(call).create(
-        NewSessionArgs(
-            workspace_id=workspace_id,
-            name=check_name(p.name),
-            cwd=p.cwd,
-            branch=p.branch,
-            provider=p.provider,
-            mode_id=p.mode_id,
-            role=role,
-            model=p.model,
-            parent_session_id=parent,
-            specialist_id=p.specialist_id,
-            mcp_servers=_manager(call).mcp.check(p.mcp_servers),
-            idempotency_key=p.idempotency_key or None,
-            auto_approve_permissions=bool(p.auto_approve_permissions),
-            custom_command=p.custom_command,
-            custom_args=p.custom_args,
-        )
+    checked = p.model_copy(
+        update={
+            "workspace_id": workspace_id,
+            "role": role,
+            "name": check_name(p.name),
+            "mcp_servers": manager.mcp.check(p.mcp_servers),
+            "idempotency_key": p.idempotency_key or None,
+        }
     )
+    created = await manager.create(checked)
     structlog.contextvars.bind_contextvars(session_id=created["sessionId"])
     return created
 

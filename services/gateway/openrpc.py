@@ -17,13 +17,13 @@ from pydantic.json_schema import models_json_schema
 
 from services.gateway.methods import (
     LoadParams,
-    NewParams,
     PromptParams,
     RespondParams,
     SessionParams,
     SetModelParams,
     SetModeParams,
 )
+from services.gateway.params import NewParams
 from shared.errors import (
     AGENT_ERROR,
     INTERNAL_ERROR,

@@ -5,11 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import uuid
 
 import asyncpg
 
-from services.gateway.live import LiveSession, SessionDeps, check_allowed
+from services.gateway.live import (
+    LiveSession,
+    SessionDeps,
+    check_allowed,
+    session_uuid,
+)
 from shared.db import sessions
 
 logger = logging.getLogger(__name__)
@@ -51,7 +55,12 @@ class Leases:
         self, sid: str, allowed: frozenset[str] | None = None
     ) -> str | None:
         """The other instance holding a live lease on `sid`, else None (unknown: None)."""
-        session = await sessions.get(self._deps.pool, sid)
+        session_id = sessions.parse_session_id(sid)
+        session = (
+            await sessions.get(self._deps.pool, session_id)
+            if session_id is not None
+            else None
+        )
         if session is None:
             return None
         check_allowed(session.workspace_id, sid, allowed)
@@ -67,7 +76,7 @@ class Leases:
         # ensure_live (whose own claim then succeeds) still sees a turn it interrupted.
         previous = await sessions.claim_owner_from(
             deps.pool,
-            uuid.UUID(sid),
+            session_uuid(sid),
             deps.settings.instance_id,
             deps.settings.lease_ttl,
             dead_owner,

@@ -14,7 +14,6 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +28,11 @@ from services.gateway.live import (
     SessionDeps,
     StartRequest,
     check_allowed,
+    session_uuid,
 )
 from services.gateway.mcp import McpPolicy
 from services.gateway.ownership import Leases
+from services.gateway.params import NewParams
 from services.gateway.spec import provider_command
 from shared.channels import Channels
 from shared.db import session_events, sessions, workspaces
@@ -50,25 +51,6 @@ from shared.redisconn import Redis
 from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(slots=True)
-class NewSessionArgs:
-    workspace_id: str
-    name: str | None = None
-    cwd: str | None = None
-    branch: str | None = None
-    provider: str | None = None
-    mode_id: str | None = None
-    role: str = "CRAFTER"
-    model: str | None = None
-    parent_session_id: uuid.UUID | None = None
-    specialist_id: str | None = None
-    mcp_servers: list[Any] = field(default_factory=list)  # as McpPolicy.check returns
-    idempotency_key: str | None = None
-    auto_approve_permissions: bool = False
-    custom_command: str | None = None
-    custom_args: list[str] | None = None
 
 
 class SessionManager:
@@ -196,7 +178,7 @@ class SessionManager:
     async def get_session_or_404(
         self, sid: str, allowed: frozenset[str] | None = None
     ) -> sessions.SessionRow:
-        row = await sessions.get_row(self.pool, sid)
+        row = await sessions.get_row(self.pool, session_uuid(sid))
         if row is None:
             raise SessionNotFound(sid)
         check_allowed(row.session.workspace_id, sid, allowed)
@@ -211,11 +193,13 @@ class SessionManager:
         return True
 
     # --- session/new ------------------------------------------------------------------
-    async def create(self, args: NewSessionArgs) -> dict[str, Any]:
-        """Insert the row and event 1, announce, start the agent in the background."""
-        provider_id = args.provider or (
-            "custom" if args.custom_command else self.settings.default_provider
-        )
+    async def create(self, args: NewParams) -> dict[str, Any]:
+        """Insert the row and event 1, announce, start the agent in the background.
+
+        `args` as session/new checked them: workspace id and name trimmed, role upper case,
+        mcpServers through the policy.
+        """
+        provider_id = args.provider_id(self.settings.default_provider)
         provider = get_provider(provider_id)
         if provider is None:
             raise BadRequest(f"Invalid provider: unknown provider {provider_id!r}")
@@ -231,29 +215,31 @@ class SessionManager:
         else:
             cwd = self.settings.cwd_root / safe_segment(args.workspace_id) / sid
 
-        if args.parent_session_id is not None:
-            await self._check_parent(args.parent_session_id, args.workspace_id)
+        parent = args.parent()
+        if parent is not None:
+            await self._check_parent(parent, args.workspace_id)
         if self.draining:
             raise AgentError("Gateway draining")
         await self.capacity.make_room()
+        role = args.role or "CRAFTER"
         new = sessions.NewSession(
             session_id=session_id,
             workspace_id=args.workspace_id,
             cwd=str(cwd),
             provider=provider.id,
-            role=args.role,
+            role=role,
             name=args.name,
             branch=args.branch,
             mode_id=args.mode_id,
             model=args.model,
-            parent_session_id=args.parent_session_id,
+            parent_session_id=parent,
             specialist_id=args.specialist_id,
             owner_instance_id=self.settings.instance_id,
             lease_ttl=self.settings.lease_ttl,
-            auto_approve_permissions=args.auto_approve_permissions,
+            auto_approve_permissions=bool(args.auto_approve_permissions),
             custom_command=args.custom_command,
             custom_args=args.custom_args,
-            mcp_servers=args.mcp_servers,
+            mcp_servers=list(args.mcp_servers or []),
             idempotency_key=args.idempotency_key,
         )
         # Row, event 1 and the row as read back: one statement, one round trip. Only an
@@ -279,7 +265,7 @@ class SessionManager:
             except asyncpg.ForeignKeyViolationError as err:
                 if "parent" in (err.constraint_name or ""):
                     # deleted since _check_parent: unknown now
-                    raise SessionNotFound(str(args.parent_session_id)) from err
+                    raise SessionNotFound(str(parent)) from err
                 raise UnknownWorkspace(args.workspace_id) from err
         # event 1, the list invalidation and session:created in one Redis round trip
         await session_changed_with_events(
@@ -303,7 +289,7 @@ class SessionManager:
         return {
             "sessionId": sid,
             "provider": provider.id,
-            "role": args.role,
+            "role": role,
             "acpStatus": "connecting",
             "ownerInstanceId": self.settings.instance_id,
         }
@@ -320,7 +306,7 @@ class SessionManager:
         return check_cwd(self.settings, workspace_id, cwd, repos)
 
     async def _idempotent_reply(
-        self, conn: Connection, args: NewSessionArgs
+        self, conn: Connection, args: NewParams
     ) -> dict[str, Any] | None:
         """The earlier reply for a repeated idempotency key, under its lock; else None."""
         assert args.idempotency_key is not None
@@ -376,12 +362,12 @@ class SessionManager:
             await self.capacity.make_room()
             previous = await sessions.claim_owner_from(
                 self.pool,
-                uuid.UUID(sid),
+                session_uuid(sid),
                 self.settings.instance_id,
                 self.settings.lease_ttl,
             )
             if previous is None:
-                fresh = await sessions.get(self.pool, sid)
+                fresh = await sessions.get(self.pool, session_uuid(sid))
                 owner = fresh.owner_instance_id if fresh else None
                 raise SessionUnservable(
                     f"Session owned by {owner or 'another instance'}"

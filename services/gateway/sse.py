@@ -136,8 +136,11 @@ async def handle_stream(request: web.Request) -> web.StreamResponse:
     if not session_id:
         return error_response(400, "Missing sessionId query param")
     pool = app[PG_POOL]
-    session = await sessions.get(pool, session_id)
-    if session is None:
+    session_uuid = sessions.parse_session_id(session_id)
+    session = (
+        await sessions.get(pool, session_uuid) if session_uuid is not None else None
+    )
+    if session is None or session_uuid is None:
         return error_response(404, "Session not found")
     raw_last = _last_event_id(request)
     if raw_last is not None and not _DIGITS.fullmatch(raw_last):
@@ -147,7 +150,6 @@ async def handle_stream(request: web.Request) -> web.StreamResponse:
         return error_response(400, f"Invalid replay: {replay} (only 'all' is accepted)")
     if request.query.get("probe") == "1":
         return web.Response(status=204)
-    session_uuid = uuid.UUID(session.session_id)
 
     fanout = app[FANOUT]
     limit = app[SETTINGS].max_subscribers
@@ -198,7 +200,7 @@ async def _replay_start(
     if raw_last is not None:
         # Beyond the last stored id: nothing to replay, and live starts right after the
         # head (read after subscribing, so nothing newer can slip by).
-        row = await sessions.get_row(pool, str(session_uuid))
+        row = await sessions.get_row(pool, session_uuid)
         return min(int(raw_last), row.last_event_id if row is not None else 0)
     if replay == "all":
         return 0

@@ -79,7 +79,7 @@ INSERT_WITH_FIRST_EVENT = (
 )
 
 FIND_IDEMPOTENT = """
-SELECT session_id::text FROM sessions
+SELECT session_id FROM sessions
 WHERE workspace_id = $1 AND idempotency_key = $2
   AND created_at > now() - make_interval(secs => $3)
 ORDER BY created_at DESC LIMIT 1
@@ -196,19 +196,13 @@ class SessionRow:
     mcp_servers: list[Any]
 
 
-async def get(conn: Executor, session_id: str) -> Session | None:
-    sid = parse_session_id(session_id)
-    if sid is None:
-        return None
-    row = await conn.fetchrow(GET, sid)
+async def get(conn: Executor, session_id: uuid.UUID) -> Session | None:
+    row = await conn.fetchrow(GET, session_id)
     return row_to_session(row) if row else None
 
 
-async def get_row(conn: Executor, session_id: str) -> SessionRow | None:
-    sid = parse_session_id(session_id)
-    if sid is None:
-        return None
-    row = await conn.fetchrow(GET, sid)
+async def get_row(conn: Executor, session_id: uuid.UUID) -> SessionRow | None:
+    row = await conn.fetchrow(GET, session_id)
     if row is None:
         return None
     return _session_row(row)
@@ -308,9 +302,11 @@ async def insert_with_first_event(
 
 async def find_idempotent(
     conn: Connection, workspace_id: str, key: str, window: float
-) -> str | None:
-    value = await conn.fetchval(FIND_IDEMPOTENT, workspace_id, key, window)
-    return str(value) if value is not None else None
+) -> uuid.UUID | None:
+    value: uuid.UUID | None = await conn.fetchval(
+        FIND_IDEMPOTENT, workspace_id, key, window
+    )
+    return value
 
 
 async def rename(conn: Executor, session_id: uuid.UUID, name: str) -> str | None:

@@ -132,7 +132,7 @@ async def test_request_mcp_servers_are_checked_before_the_row(
     sid = await new_session(
         gw, pool, {"workspaceId": workspace_id, "mcpServers": [entry, "tools"]}
     )
-    row = await sessions.get_row(pool, sid)
+    row = await sessions.get_row(pool, uuid.UUID(sid))
     assert row.mcp_servers == [
         {
             "type": "http",
