@@ -75,6 +75,10 @@ class AgentCallbacks(Protocol):
 
     async def request_permission(self, params: dict[str, Any]) -> dict[str, Any]: ...
 
+    async def holds_lease(self) -> bool:
+        """False once another instance took the session over: no more side effects."""
+        ...
+
     def cancel_permission(self, tool_call_id: str) -> None: ...
 
 
@@ -208,6 +212,11 @@ class _Client:
         self, session_id: str, path: str, content: str, **kwargs: Any
     ) -> dict[str, Any]:
         target = resolve_inside(self._agent.spec.cwd, path)
+        if not await self._agent.callbacks.holds_lease():
+            # fenced: the session runs on another instance now, which owns its files
+            raise RequestError.internal_error(
+                {"path": path, "details": "session taken over by another gateway"}
+            )
 
         def _write() -> None:
             target.parent.mkdir(parents=True, exist_ok=True)

@@ -137,6 +137,13 @@ async def end_turn(
         live.emit("turn_complete", **result)
     live.cancel_all_permissions()
     await live.writer.flush()
+    if live.writer.fenced:
+        # not stored: the instance that took the session over ended this turn instead
+        result, error, exc = (
+            None,
+            "Session taken over by another gateway instance",
+            None,
+        )
     if live.turn is turn:
         live.turn = None
     if live.approve_scope == "turn":
