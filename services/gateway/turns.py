@@ -50,6 +50,9 @@ async def prompt(
             raise DependencyDown(
                 "Postgres unavailable: the prompt could not be stored"
             ) from err
+        if live.writer.fenced:
+            # not stored: another instance owns the session now; the prompt can go there
+            raise SessionUnservable("Session taken over by another gateway instance")
         await manager.set_state(live, live.acp_status, "active")
     except BaseException as err:
         if live.turn is turn:
