@@ -505,11 +505,14 @@ class SessionManager:
             # between storing a turn's end and writing its status. Our claim fenced it,
             # so the log cannot change under this read.
             if await session_events.turn_open(self.pool, live.uuid):
-                # The previous owner died mid-turn: end that turn in the log (§9.25).
-                live.emit(
-                    "error",
-                    message="Turn interrupted: the gateway instance running it was lost",
+                # The previous owner died mid-turn (or was told to stop quietly, which
+                # left the row closed): end that turn in the log (§9.25).
+                cause = (
+                    "the session was closed while it ran"
+                    if claim.previous_status == "closed"
+                    else "the gateway instance running it was lost"
                 )
+                live.emit("error", message=f"Turn interrupted: {cause}")
             await self.set_state(live, "connecting", "idle")
             live.emit("acp_status", status="connecting")
             self.spawn(startup.start(self, live, StartRequest(resume=True)))

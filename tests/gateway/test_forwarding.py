@@ -237,6 +237,8 @@ async def test_restart_with_same_instance_id_releases_stale_leases(
                 lease_ttl=60,
             ),
         )
+        # the previous run died in the middle of a turn
+        await session_events.append(conn, uuid.UUID(sid), [user_message("one")])
     await pool.execute(
         "UPDATE sessions SET acp_status = 'ready', status = 'active'"
         " WHERE session_id = $1",
@@ -248,3 +250,6 @@ async def test_restart_with_same_instance_id_releases_stale_leases(
     assert row.status == "closed"
     assert row.acp_status == "closed"
     assert row.owner_instance_id is None
+    evs = await events(pool, sid)
+    assert kinds(evs) == ["user_message", "error", "acp_status"]
+    assert "restarted" in evs[1]["update"]["message"]

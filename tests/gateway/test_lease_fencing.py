@@ -180,3 +180,14 @@ async def test_a_stale_owner_writes_no_file(make_gw, pool, workspace_id, cwd_roo
         await client.write_text_file(live.agent_session_id or "", str(fenced), "late")
     assert not fenced.exists()
     await wait_until(lambda: sid not in manager.live)  # and its agent is stopped
+
+
+async def test_disconnect_fences_the_owner(pool, workspace_id):
+    """The query service's disconnect releases the lease at a new generation."""
+    sid = await _dead_owner_row(pool, workspace_id, [user_message("hi")])
+    before = await pool.fetchval(
+        "SELECT lease_generation FROM sessions WHERE session_id = $1", uuid.UUID(sid)
+    )
+    assert await sessions.close_and_release(pool, uuid.UUID(sid)) is not None
+    assert not await sessions.holds_generation(pool, uuid.UUID(sid), before)
+    assert await sessions.holds_generation(pool, uuid.UUID(sid), before + 1)
