@@ -96,6 +96,8 @@ async def sweep_loop(manager: SessionManager) -> None:
             await sweep(manager)
         except _PG_ERRORS as err:
             logger.warning("lease sweep failed: %s", err)
+        except Exception:  # the sweeper must outlive any one bad pass
+            logger.exception("lease sweep failed")
 
 
 async def sweep(manager: SessionManager) -> int:
