@@ -94,6 +94,8 @@ class LiveSession:
             asyncio.Event()
         )  # set once the agent is reaped and the lease released
         self.last_used = time.monotonic()
+        # monotonic time until which our lease surely runs (claim or renewal + LEASE_TTL)
+        self.lease_until = 0.0
 
     # --- AgentCallbacks -------------------------------------------------------------
     def on_update(self, params: dict[str, Any]) -> None:
@@ -113,6 +115,9 @@ class LiveSession:
 
     async def request_permission(self, params: dict[str, Any]) -> dict[str, Any]:
         return await self.manager.request_permission(self, params)
+
+    async def holds_lease(self) -> bool:
+        return await self.manager.holds_lease(self)
 
     def cancel_permission(self, tool_call_id: str) -> None:
         pending = self.permissions.pop(tool_call_id, None)

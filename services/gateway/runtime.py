@@ -118,6 +118,7 @@ class SessionManager:
         self._loops = [
             asyncio.create_task(ownership.renew_loop(self), name="lease-renewal"),
             asyncio.create_task(capacity.idle_loop(self), name="idle-sweeper"),
+            asyncio.create_task(ownership.sweep_loop(self), name="lease-sweeper"),
         ]
 
     async def close(self) -> None:
@@ -162,9 +163,18 @@ class SessionManager:
         if error:
             changes["acpError"] = error
         live.acp_status, live.status = acp_status, status
-        await sessions.set_state(
-            self.pool, live.uuid, acp_status=acp_status, status=status, acp_error=error
+        written = await sessions.set_state(
+            self.pool,
+            live.uuid,
+            acp_status=acp_status,
+            status=status,
+            acp_error=error,
+            generation=live.writer.generation,
         )
+        if written is None:
+            # another instance took the session over (or it was deleted): not ours to say
+            self.lease_lost(live)
+            return
         if changes:
             await self.announce(live.workspace_id, live.session_id, changes)
 
@@ -227,6 +237,7 @@ class SessionManager:
         if self.draining:
             raise AgentError("Gateway draining")
         await self.make_room()
+        claimed_at = time.monotonic()
         new = sessions.NewSession(
             session_id=session_id,
             workspace_id=args.workspace_id,
@@ -282,7 +293,8 @@ class SessionManager:
             row.session.wire(),
             [first],
         )
-        live = self._register(row)
+        live = self._register(row, row.lease_generation)
+        live.lease_until = claimed_at + self.settings.lease_ttl
         live.acp_status, live.status = "connecting", "idle"
         self.spawn(
             startup.start(
@@ -336,17 +348,31 @@ class SessionManager:
         repos = await workspaces.repo_paths(self.pool, workspace_id)
         return check_cwd(self.settings, workspace_id, cwd, repos)
 
-    def _register(self, row: sessions.SessionRow) -> LiveSession:
+    def _register(self, row: sessions.SessionRow, generation: int) -> LiveSession:
+        """A live session writing at lease `generation` (the one this instance claimed)."""
         writer = EventWriter(
             self.pool,
             self.redis,
             self.channels,
             uuid.UUID(row.session.session_id),
             on_batch=self.on_batch,
+            generation=generation,
         )
         live = LiveSession(self, row, writer)
+        writer.on_fenced = lambda: self.lease_lost(live)
         self.live[live.session_id] = live
         return live
+
+    def lease_lost(self, live: LiveSession) -> None:
+        """Our lease generation is stale: stop the agent here and write nothing more."""
+        if live.stopping:
+            return
+        logger.warning("lost the lease of %s; stopping", live.session_id)
+        self.spawn(self.stop(live, reason="lease lost", quiet=True))
+
+    async def holds_lease(self, live: LiveSession) -> bool:
+        """Whether a side effect outside the log (fs write, terminal) may still happen."""
+        return await ownership.holds_lease(self, live)
 
     async def make_room(self) -> None:
         """At MAX_SESSIONS stop the least recently used idle agent, else -32000."""
@@ -457,27 +483,35 @@ class SessionManager:
             if self.draining:
                 raise SessionUnservable("Gateway draining")
             await self.make_room()
-            previous = await sessions.claim_owner_from(
+            claimed_at = time.monotonic()
+            claim = await sessions.claim_owner_from(
                 self.pool,
                 uuid.UUID(sid),
                 self.settings.instance_id,
                 self.settings.lease_ttl,
             )
-            if previous is None:
+            if claim is None:
                 fresh = await sessions.get(self.pool, sid)
                 owner = fresh.owner_instance_id if fresh else None
                 raise SessionUnservable(
                     f"Session owned by {owner or 'another instance'}"
                 )
-            live = self._register(row)
+            live = self._register(row, claim.generation)
+            live.lease_until = claimed_at + self.settings.lease_ttl
             live.acp_status = row.session.acp_status
             live.status = "closed"
-            if previous == "active":
-                # The previous owner died mid-turn: end that turn in the log (§9.25).
-                live.emit(
-                    "error",
-                    message="Turn interrupted: the gateway instance running it was lost",
+            # The log, not the status, says whether a turn is open: an owner can die
+            # between storing a turn's end and writing its status. Our claim fenced it,
+            # so the log cannot change under this read.
+            if await session_events.turn_open(self.pool, live.uuid):
+                # The previous owner died mid-turn (or was told to stop quietly, which
+                # left the row closed): end that turn in the log (§9.25).
+                cause = (
+                    "the session was closed while it ran"
+                    if claim.previous_status == "closed"
+                    else "the gateway instance running it was lost"
                 )
+                live.emit("error", message=f"Turn interrupted: {cause}")
             await self.set_state(live, "connecting", "idle")
             live.emit("acp_status", status="connecting")
             self.spawn(startup.start(self, live, StartRequest(resume=True)))

@@ -50,6 +50,9 @@ async def prompt(
             raise DependencyDown(
                 "Postgres unavailable: the prompt could not be stored"
             ) from err
+        if live.writer.fenced:
+            # not stored: another instance owns the session now; the prompt can go there
+            raise SessionUnservable("Session taken over by another gateway instance")
         await manager.set_state(live, live.acp_status, "active")
     except BaseException as err:
         if live.turn is turn:
@@ -137,6 +140,13 @@ async def end_turn(
         live.emit("turn_complete", **result)
     live.cancel_all_permissions()
     await live.writer.flush()
+    if live.writer.fenced:
+        # not stored: the instance that took the session over ended this turn instead
+        result, error, exc = (
+            None,
+            "Session taken over by another gateway instance",
+            None,
+        )
     if live.turn is turn:
         live.turn = None
     if live.approve_scope == "turn":
