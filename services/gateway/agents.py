@@ -79,6 +79,10 @@ class AgentCallbacks(Protocol):
 
     async def request_permission(self, params: dict[str, Any]) -> dict[str, Any]: ...
 
+    async def holds_lease(self) -> bool:
+        """False once another instance took the session over: no more side effects."""
+        ...
+
     def cancel_permission(self, tool_call_id: str) -> None: ...
 
 
@@ -215,6 +219,11 @@ class _Client:
     ) -> dict[str, Any]:
         spec = self._agent.spec
         target = spec.resolve(path)
+        if not await self._agent.callbacks.holds_lease():
+            # fenced: the session runs on another instance now, which owns its files
+            raise RequestError.internal_error(
+                {"path": path, "details": "session taken over by another gateway"}
+            )
 
         def _write() -> None:
             made = [p for p in (target, *target.parents) if not p.exists()]
@@ -242,6 +251,11 @@ class _Client:
         output_byte_limit: int | None = None,
         **kwargs: Any,
     ) -> dict[str, Any]:
+        if not await self._agent.callbacks.holds_lease():
+            # fenced: the session runs on another instance now; start nothing here
+            raise RequestError.internal_error(
+                {"command": command, "details": "session taken over by another gateway"}
+            )
         return await self._agent.terminals.create(
             command,
             args,

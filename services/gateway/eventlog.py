@@ -6,6 +6,10 @@ A single flush task takes everything queued, appends it in ONE statement (counte
 and insert, contiguous ids from the session row counter), then publishes it; while a flush runs the next batch
 accumulates, so a burst of chunks costs a few transactions, and an idle writer flushes at
 once (no timer delay).
+
+Each append carries the session's lease generation (the fencing token of its owner): once
+another instance has taken the session over, nothing more is stored and `on_fenced` tells
+the owner to stop its agent.
 """
 
 from __future__ import annotations
@@ -57,8 +61,13 @@ class EventWriter:
         session_id: uuid.UUID,
         *,
         on_batch: Callable[[int, float], None] | None = None,
+        generation: int | None = None,
     ) -> None:
         self._on_batch = on_batch
+        # the lease generation this instance holds (None: unfenced); set on every claim
+        self.generation = generation
+        self.on_fenced: Callable[[], None] | None = None
+        self._fenced = False
         self._pool = pool
         self._redis = redis
         self._channels = channels
@@ -81,9 +90,14 @@ class EventWriter:
     def session_id(self) -> uuid.UUID:
         return self._session_id
 
+    @property
+    def fenced(self) -> bool:
+        """True once a store found our lease generation stale: nothing more is stored."""
+        return self._fenced
+
     def append(self, params: dict[str, Any]) -> int:
         """Queue one session/update params object; returns its position for `flush(upto)`."""
-        if self._gone:
+        if self._gone or self._fenced:
             return self._appended
         self._queue.append(params)
         self._appended += 1
@@ -186,11 +200,13 @@ class EventWriter:
         delay = RETRY_BASE
         events: list[session_events.StoredEvent] = []
         while True:
+            if self._fenced:
+                return []
             try:
                 started = time.perf_counter()
                 async with self._pool.acquire() as conn:
                     events = await session_events.append_batch(
-                        conn, self._session_id, batch
+                        conn, self._session_id, batch, generation=self.generation
                     )
                 if self._on_batch is not None:
                     self._on_batch(len(batch), time.perf_counter() - started)
@@ -198,6 +214,9 @@ class EventWriter:
             except SessionNotFound:
                 # deleted meanwhile: nothing can be stored for it any more
                 self._gone = True
+                return []
+            except session_events.LeaseLost:
+                self._lease_lost(len(batch))
                 return []
             except asyncpg.PostgresError as err:
                 if not isinstance(err, _TRANSIENT):
@@ -231,6 +250,18 @@ class EventWriter:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_CAP)
         return events
+
+    def _lease_lost(self, count: int) -> None:
+        """Another instance owns the session now: drop, never write after its events."""
+        self._fenced = True
+        logger.warning(
+            "lease generation %s of %s is stale; %d events not stored",
+            self.generation,
+            self._session_id,
+            count,
+        )
+        if self.on_fenced is not None:
+            self.on_fenced()
 
     async def _backoff(self, err: BaseException, delay: float, count: int) -> None:
         logger.warning(

@@ -69,6 +69,8 @@ ResumeMode = Literal["attached", "native", "recreated"]
 
 # how long session/prompt waits to store its user_message before answering (Postgres down)
 USER_MESSAGE_STORE_WAIT = 5.0
+# Postgres unreachable or failing: the lease checks fall back to their own clock
+PG_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 def session_uuid(sid: str) -> uuid.UUID:
@@ -162,6 +164,8 @@ class LiveSession:
         # set once the agent is reaped and the lease released
         self.closed = asyncio.Event()
         self.last_used = time.monotonic()
+        # monotonic time until which our lease surely runs (claim or renewal + LEASE_TTL)
+        self.lease_until = 0.0
 
     # --- state ------------------------------------------------------------------------
     @property
@@ -195,13 +199,18 @@ class LiveSession:
         if error:
             changes["acpError"] = error
         self.acp_status, self.status = acp_status, status
-        await sessions.set_state(
+        written = await sessions.set_state(
             self._deps.pool,
             self.uuid,
             acp_status=acp_status,
             status=status,
             acp_error=error,
+            generation=self.writer.generation,
         )
+        if written is None:
+            # another instance took the session over (or it was deleted): not ours to say
+            self.lease_lost()
+            return
         if changes:
             await self._deps.announce(self.workspace_id, self.session_id, changes)
 
@@ -210,6 +219,35 @@ class LiveSession:
 
     def model_choice(self) -> options.ModelChoice | None:
         return options.model_choice(self.config_options, self.legacy_models)
+
+    # --- the lease --------------------------------------------------------------------
+    def lease_lost(self) -> None:
+        """Our lease generation is stale: stop the agent here and write nothing more."""
+        if self.stopping:
+            return
+        logger.warning("lost the lease of %s; stopping", self.session_id)
+        _ = self._deps.spawn(self.stop(reason="lease lost", quiet=True))
+
+    async def holds_lease(self) -> bool:
+        """Before a side effect outside the log (fs write, terminal): is our generation
+        current? Without Postgres, our own clock decides: the lease cannot have been
+        taken before it ran out.
+        """
+        generation = self.writer.generation
+        if self.writer.fenced:
+            return False
+        if generation is None:
+            return True
+        try:
+            current = await sessions.holds_generation(
+                self._deps.pool, self.uuid, generation
+            )
+        except PG_ERRORS as err:
+            logger.warning("lease check of %s failed: %s", self.session_id, err)
+            return time.monotonic() < self.lease_until
+        if not current:
+            self.lease_lost()
+        return current
 
     # --- the agent's callbacks (agents.AgentCallbacks) --------------------------------
     def on_update(self, params: dict[str, Any]) -> None:
@@ -372,6 +410,11 @@ class LiveSession:
                 raise DependencyDown(
                     "Postgres unavailable: the prompt could not be stored"
                 ) from err
+            if self.writer.fenced:
+                # not stored: another instance owns the session now; the prompt can go there
+                raise SessionUnservable(
+                    "Session taken over by another gateway instance"
+                )
             await self.set_state(self.acp_status, "active")
         except BaseException as err:
             if self.turn is turn:
@@ -451,6 +494,13 @@ class LiveSession:
             self.emit("turn_complete", **result)
         self.permissions.cancel_all()
         await self.writer.flush()
+        if self.writer.fenced:
+            # not stored: the instance that took the session over ended this turn instead
+            result, error, exc = (
+                None,
+                "Session taken over by another gateway instance",
+                None,
+            )
         if self.turn is turn:
             self.turn = None
         self.permissions.turn_ended()

@@ -1,22 +1,36 @@
-"""Leases: renewal, the owner of a session, adoption, stale release, draining (§5.4)."""
+"""Leases: renewal, the owner of a session, adoption, stale release, draining (§5.4).
+
+A lease has a generation, bumped by every claim and every forced release: the fencing
+token. The owner stores events and state only at the generation it claimed, and checks it
+before a side effect outside the log (a file write), so an instance that lost its lease
+while paused writes nothing after its adopter. The sweeper closes sessions whose owner's
+lease ran out, so an interrupted turn gets its end event without waiting for a call.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-
-import asyncpg
+import time
+import uuid
 
 from services.gateway.live import (
+    PG_ERRORS,
     LiveSession,
     SessionDeps,
     check_allowed,
     session_uuid,
 )
-from shared.db import sessions
+from shared.db import session_events, sessions
+from shared.events import gateway_update, publish_events
 
 logger = logging.getLogger(__name__)
+
+# The sweeper looks this often at most (and every third of LEASE_TTL when shorter), so an
+# interrupted turn ends within LEASE_TTL + this after its owner died.
+SWEEP_MAX_INTERVAL = 1.0
+SWEEP_BATCH = 100
 
 
 class Leases:
@@ -28,28 +42,100 @@ class Leases:
 
     async def renew_loop(self) -> None:
         deps = self._deps
-        interval = max(deps.settings.lease_ttl / 3, 0.05)
+        ttl = deps.settings.lease_ttl
+        interval = max(ttl / 3, 0.05)
         while True:
             await asyncio.sleep(interval)
-            lives = [lv for lv in self._live.values() if not lv.stopping]
+            lives = [
+                lv
+                for lv in self._live.values()
+                if not lv.stopping and lv.writer.generation is not None
+            ]
             if not lives:
                 continue
+            started = time.monotonic()
             try:
                 owned = await sessions.renew_leases_owned(
                     deps.pool,
                     deps.settings.instance_id,
-                    deps.settings.lease_ttl,
-                    [lv.uuid for lv in lives],
+                    ttl,
+                    [(lv.uuid, lv.writer.generation or 0) for lv in lives],
                 )
-            except (OSError, asyncpg.PostgresError) as err:
+            except PG_ERRORS as err:
                 logger.warning("lease renewal failed: %s", err)
                 continue
             for live in lives:
-                # Another instance adopted it (our lease ran out): two agents must not
-                # write one session, so ours stops without touching the row.
-                if live.uuid not in owned and not live.stopping:
-                    logger.warning("lost the lease of %s; stopping", live.session_id)
-                    _ = deps.spawn(live.stop(reason="lease lost", quiet=True))
+                if live.uuid in owned:
+                    live.lease_until = started + ttl
+                else:
+                    # Another instance took it (our lease ran out): two agents must not
+                    # write one session, so ours stops without touching the row.
+                    live.lease_lost()
+
+    async def sweep_loop(self) -> None:
+        """Close the sessions of owners whose lease ran out, without waiting for a call."""
+        deps = self._deps
+        interval = min(max(deps.settings.lease_ttl / 3, 0.05), SWEEP_MAX_INTERVAL)
+        while not deps.closed:
+            await asyncio.sleep(interval)
+            try:
+                await self.sweep()
+            except PG_ERRORS as err:
+                logger.warning("lease sweep failed: %s", err)
+            except Exception:  # the sweeper must outlive any one bad pass
+                logger.exception("lease sweep failed")
+
+    async def sweep(self) -> int:
+        """One pass of the sweeper; returns how many sessions it closed."""
+        me = self._deps.settings.instance_id
+        closed = 0
+        for lease in await sessions.expired_leases(self._deps.pool, SWEEP_BATCH):
+            if lease.owner_instance_id == me and lease.session_id in self._live:
+                continue  # running here: the renewal extends it
+            reason = (
+                f"the gateway instance running it ({lease.owner_instance_id}) was lost"
+            )
+            if await self.close_orphan(lease, reason=reason, expired_only=True):
+                closed += 1
+        return closed
+
+    async def close_orphan(
+        self, lease: sessions.HeldLease, *, reason: str, expired_only: bool
+    ) -> bool:
+        """Close a session its owner left, end its open turn: one transaction, one instance.
+
+        The compare-and-set on (owner, generation) lets exactly one instance do it; the new
+        generation fences the old owner, so its turn ends once (here) even if it comes back.
+        """
+        deps = self._deps
+        sid = uuid.UUID(lease.session_id)
+        async with deps.pool.acquire() as conn, conn.transaction():
+            closed = await sessions.close_orphan(conn, lease, expired_only=expired_only)
+            if closed is None:
+                return False  # renewed, claimed or closed by someone else meanwhile
+            updates = []
+            if await session_events.turn_open(conn, sid):
+                updates.append(
+                    gateway_update("error", message=f"Turn interrupted: {reason}")
+                )
+            if closed.acp_status != closed.previous_acp_status:
+                updates.append(gateway_update("acp_status", status=closed.acp_status))
+            stored = await session_events.append_batch(
+                conn, sid, updates, generation=closed.generation
+            )
+        logger.warning(
+            "closed session %s: %s (%d events written)",
+            lease.session_id,
+            reason,
+            len(stored),
+        )
+        await publish_events(deps.redis, deps.channels, lease.session_id, stored)
+        await deps.announce(
+            closed.workspace_id,
+            lease.session_id,
+            {"status": "closed", "acpStatus": closed.acp_status},
+        )
+        return True
 
     async def remote_owner(
         self, sid: str, allowed: frozenset[str] | None = None
@@ -72,24 +158,25 @@ class Leases:
         deps = self._deps
         if deps.draining or deps.closed:
             return False
-        # Only the claim: the stored status stays as the dead owner left it, so
-        # ensure_live (whose own claim then succeeds) still sees a turn it interrupted.
-        previous = await sessions.claim_owner_from(
+        # Only the claim (a new generation fences the dead owner): ensure_live, whose own
+        # claim then succeeds, ends the turn it interrupted.
+        claim = await sessions.claim_owner_from(
             deps.pool,
             session_uuid(sid),
             deps.settings.instance_id,
             deps.settings.lease_ttl,
             dead_owner,
         )
-        return previous is not None
+        return claim is not None
 
     async def release_stale(self) -> None:
         """At start: what the row says this INSTANCE_ID owns is left from a previous run."""
         deps = self._deps
-        released = await sessions.release_instance(deps.pool, deps.settings.instance_id)
-        for sid, workspace_id, acp_status in released:
-            await deps.announce(
-                workspace_id, sid, {"status": "closed", "acpStatus": acp_status}
+        for lease in await sessions.owned_by(deps.pool, deps.settings.instance_id):
+            await self.close_orphan(
+                lease,
+                reason="the gateway instance running it restarted",
+                expired_only=False,
             )
 
     async def drain(self, grace: float) -> None:

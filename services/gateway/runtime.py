@@ -113,6 +113,7 @@ class SessionManager:
         self._loops = [
             asyncio.create_task(self.leases.renew_loop(), name="lease-renewal"),
             asyncio.create_task(self.capacity.idle_loop(), name="idle-sweeper"),
+            asyncio.create_task(self.leases.sweep_loop(), name="lease-sweeper"),
         ]
 
     async def close(self) -> None:
@@ -137,15 +138,21 @@ class SessionManager:
         await self.leases.drain(grace)
 
     # --- the registry -----------------------------------------------------------------
-    def _register(self, row: sessions.SessionRow) -> LiveSession:
+    def _register(
+        self, row: sessions.SessionRow, generation: int, claimed_at: float
+    ) -> LiveSession:
+        """A live session writing at lease `generation` (the one this instance claimed)."""
         writer = EventWriter(
             self.pool,
             self.redis,
             self.channels,
             uuid.UUID(row.session.session_id),
             on_batch=self.on_batch,
+            generation=generation,
         )
         live = LiveSession(self.deps, row, writer)
+        writer.on_fenced = live.lease_lost
+        live.lease_until = claimed_at + self.settings.lease_ttl
         self.live[live.session_id] = live
         return live
 
@@ -221,6 +228,7 @@ class SessionManager:
         if self.draining:
             raise AgentError("Gateway draining")
         await self.capacity.make_room()
+        claimed_at = time.monotonic()
         role = args.role or "CRAFTER"
         new = sessions.NewSession(
             session_id=session_id,
@@ -277,7 +285,7 @@ class SessionManager:
             row.session.wire(),
             [first],
         )
-        live = self._register(row)
+        live = self._register(row, row.lease_generation, claimed_at)
         live.acp_status, live.status = "connecting", "idle"
         _ = self.spawn(
             live.start(
@@ -360,27 +368,34 @@ class SessionManager:
             if self.draining:
                 raise SessionUnservable("Gateway draining")
             await self.capacity.make_room()
-            previous = await sessions.claim_owner_from(
+            claimed_at = time.monotonic()
+            claim = await sessions.claim_owner_from(
                 self.pool,
                 session_uuid(sid),
                 self.settings.instance_id,
                 self.settings.lease_ttl,
             )
-            if previous is None:
+            if claim is None:
                 fresh = await sessions.get(self.pool, session_uuid(sid))
                 owner = fresh.owner_instance_id if fresh else None
                 raise SessionUnservable(
                     f"Session owned by {owner or 'another instance'}"
                 )
-            live = self._register(row)
+            live = self._register(row, claim.generation, claimed_at)
             live.acp_status = row.session.acp_status
             live.status = "closed"
-            if previous == "active":
-                # The previous owner died mid-turn: end that turn in the log (§9.25).
-                live.emit(
-                    "error",
-                    message="Turn interrupted: the gateway instance running it was lost",
+            # The log, not the status, says whether a turn is open: an owner can die
+            # between storing a turn's end and writing its status. Our claim fenced it,
+            # so the log cannot change under this read.
+            if await session_events.turn_open(self.pool, live.uuid):
+                # The previous owner died mid-turn (or was told to stop quietly, which
+                # left the row closed): end that turn in the log (§9.25).
+                cause = (
+                    "the session was closed while it ran"
+                    if claim.previous_status == "closed"
+                    else "the gateway instance running it was lost"
                 )
+                live.emit("error", message=f"Turn interrupted: {cause}")
             await live.set_state("connecting", "idle")
             live.emit("acp_status", status="connecting")
             _ = self.spawn(live.start(StartRequest(resume=True)))

@@ -36,13 +36,29 @@ ORDER BY event_id
 
 COUNT = "SELECT count(*) FROM session_events WHERE session_id = $1"
 
+EXISTS = "SELECT EXISTS (SELECT 1 FROM sessions WHERE session_id = $1)"
+
+# The latest turn boundary: a user_message opens a turn, turn_complete or error ends it.
+LAST_TURN_MARK = """
+SELECT kind FROM session_events
+WHERE session_id = $1 AND kind IN ('user_message', 'turn_complete', 'error')
+ORDER BY event_id DESC LIMIT 1
+"""
+
+
+class LeaseLost(Exception):
+    """The writer's lease generation is no longer current: another instance took over."""
+
+
 # One statement (one round trip, its own transaction): bump the counter and insert the
 # batch with the ids it reserved. $2 event count, $3 kinds, $4 each payload after its
 # eventId (`rest`), $5 the payload head up to the eventId; payload = head || id || rest.
+# $6 the writer's lease generation (None: unfenced): a stale one stores nothing.
 APPEND_BATCH = """
 WITH bumped AS (
     UPDATE sessions SET last_event_id = last_event_id + $2, last_activity = now()
-    WHERE session_id = $1 RETURNING last_event_id
+    WHERE session_id = $1 AND ($6::bigint IS NULL OR lease_generation = $6)
+    RETURNING last_event_id
 ), inserted AS (
     INSERT INTO session_events (session_id, event_id, kind, payload)
     SELECT $1, b.last_event_id - $2 + e.n, e.kind,
@@ -120,11 +136,14 @@ async def append_batch(
     conn: Executor,
     session_id: uuid.UUID,
     params_list: Sequence[dict[str, Any]],
+    *,
+    generation: int | None = None,
 ) -> list[StoredEvent]:
     """`append` in one statement and one round trip; payloads byte-identical to it.
 
     Each params object is encoded once; the stored text and the returned (published)
-    bytes are the same head + eventId + rest.
+    bytes are the same head + eventId + rest. With `generation` (the lease's fencing
+    token) nothing is stored unless it is current: LeaseLost.
     """
     if not params_list:
         return []
@@ -139,8 +158,11 @@ async def append_batch(
         [kind_of(p) for p in params_list],
         [r.decode() for r in rests],
         head.decode(),
+        generation,
     )
     if last is None:
+        if generation is not None and await conn.fetchval(EXISTS, session_id):
+            raise LeaseLost(sid)
         raise SessionNotFound(sid)
     first = last - count + 1
     return [
@@ -174,3 +196,8 @@ async def of_kinds(
 
 async def count(conn: Executor, session_id: uuid.UUID) -> int:
     return int(await conn.fetchval(COUNT, session_id))
+
+
+async def turn_open(conn: Executor, session_id: uuid.UUID) -> bool:
+    """Whether the log holds a turn without its end event: what an adopter must end."""
+    return bool(await conn.fetchval(LAST_TURN_MARK, session_id) == "user_message")

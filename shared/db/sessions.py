@@ -26,7 +26,7 @@ SELECT session_id::text AS session_id, workspace_id, name, cwd, branch, provider
             THEN 'closed' ELSE status END AS status,
        CASE WHEN lease_expires_at >= now() THEN owner_instance_id END AS owner_instance_id,
        created_at, last_activity, last_event_id, auto_approve_permissions,
-       custom_command, custom_args, mcp_servers
+       custom_command, custom_args, mcp_servers, lease_generation
 FROM sessions
 """
 
@@ -89,9 +89,11 @@ RENAME = "UPDATE sessions SET name = $2, updated_at = now() WHERE session_id = $
 
 DELETE = "DELETE FROM sessions WHERE session_id = $1 RETURNING workspace_id, owner_instance_id"
 
+# $5: the lease generation the writer holds (None: unfenced); a stale one changes nothing
 SET_STATE = """
 UPDATE sessions SET acp_status = $2, status = $3, acp_error = $4, updated_at = now()
-WHERE session_id = $1 RETURNING workspace_id
+WHERE session_id = $1 AND ($5::bigint IS NULL OR lease_generation = $5)
+RETURNING workspace_id
 """
 
 SET_MODE = "UPDATE sessions SET mode_id = $2, updated_at = now() WHERE session_id = $1"
@@ -194,6 +196,8 @@ class SessionRow:
     custom_command: str | None
     custom_args: list[str] | None
     mcp_servers: list[Any]
+    # the lease's fencing token as read (session/new: the owner's own)
+    lease_generation: int = 0
 
 
 async def get(conn: Executor, session_id: uuid.UUID) -> Session | None:
@@ -216,6 +220,7 @@ def _session_row(row: asyncpg.Record) -> SessionRow:
         custom_command=row["custom_command"],
         custom_args=row["custom_args"],
         mcp_servers=row["mcp_servers"] or [],
+        lease_generation=row["lease_generation"],
     )
 
 
@@ -326,8 +331,12 @@ async def set_state(
     acp_status: str,
     status: str,
     acp_error: str | None = None,
+    generation: int | None = None,
 ) -> str | None:
-    value = await conn.fetchval(SET_STATE, session_id, acp_status, status, acp_error)
+    """The workspace id; None when the row is gone or `generation` is no longer current."""
+    value = await conn.fetchval(
+        SET_STATE, session_id, acp_status, status, acp_error, generation
+    )
     return str(value) if value is not None else None
 
 
@@ -405,7 +414,8 @@ RETURNING workspace_id,
           CASE WHEN lease_expires_at >= now() THEN owner_instance_id END AS owner_instance_id
 """
 
-# One statement: read the state before (under the row lock), close, release ownership.
+# One statement: read the state before (under the row lock), close, release ownership
+# (a new lease generation: the owner, if it still runs, can write nothing more).
 CLOSE_AND_RELEASE = """
 WITH prev AS (
     SELECT session_id, workspace_id, acp_status,
@@ -416,7 +426,8 @@ WITH prev AS (
 )
 UPDATE sessions s
 SET acp_status = 'closed', status = 'closed', acp_error = NULL,
-    owner_instance_id = NULL, lease_expires_at = NULL, updated_at = now()
+    owner_instance_id = NULL, lease_expires_at = NULL,
+    lease_generation = s.lease_generation + 1, updated_at = now()
 FROM prev WHERE s.session_id = prev.session_id
 RETURNING prev.workspace_id, prev.acp_status, prev.status, prev.owner_instance_id
 """
@@ -493,35 +504,95 @@ async def lock_idempotency_key(conn: Connection, workspace_id: str, key: str) ->
 
 # Take ownership when nobody holds a live lease, when we hold it, or when the holder is the
 # instance the caller found dead ($4): a compare-and-swap on the owner, so of two instances
-# adopting at once exactly one wins. Returns the stored (raw) status before the claim:
-# 'active' means the previous owner died in the middle of a turn.
+# adopting at once exactly one wins. Every claim is a new lease generation (the fencing
+# token the new owner writes with). Returns the stored (raw) status before the claim and
+# the new generation.
 CLAIM_OWNER_FROM = """
 WITH prev AS (SELECT session_id, status FROM sessions WHERE session_id = $1 FOR UPDATE)
 UPDATE sessions s
-SET owner_instance_id = $2, lease_expires_at = now() + make_interval(secs => $3)
+SET owner_instance_id = $2, lease_expires_at = now() + make_interval(secs => $3),
+    lease_generation = s.lease_generation + 1
 FROM prev
 WHERE s.session_id = prev.session_id
   AND (s.owner_instance_id IS NULL OR s.owner_instance_id = $2
        OR ($4::text IS NOT NULL AND s.owner_instance_id = $4)
        OR s.lease_expires_at IS NULL OR s.lease_expires_at < now())
-RETURNING prev.status
+RETURNING prev.status, s.lease_generation
 """
 
+# Renew only the leases still held at the generation we claimed ($3 ids, $4 generations).
 RENEW_LEASES_OWNED = """
-UPDATE sessions SET lease_expires_at = now() + make_interval(secs => $2)
-WHERE owner_instance_id = $1 AND session_id = ANY($3::uuid[])
-RETURNING session_id
+UPDATE sessions s SET lease_expires_at = now() + make_interval(secs => $2)
+FROM unnest($3::uuid[], $4::bigint[]) AS held(session_id, generation)
+WHERE s.session_id = held.session_id AND s.lease_generation = held.generation
+  AND s.owner_instance_id = $1
+RETURNING s.session_id
+"""
+
+# Leases that ran out while still naming an owner: that owner died or stalls (the sweeper's).
+EXPIRED_LEASES = """
+SELECT session_id::text AS session_id, owner_instance_id, lease_generation
+FROM sessions
+WHERE owner_instance_id IS NOT NULL AND lease_expires_at < now()
+ORDER BY lease_expires_at
+LIMIT $1
 """
 
 # A restarted instance (same INSTANCE_ID) runs no agent yet: what the row says it owns is stale.
-RELEASE_INSTANCE = """
-UPDATE sessions SET owner_instance_id = NULL, lease_expires_at = NULL,
-       acp_status = CASE WHEN acp_status IN ('connecting', 'ready') THEN 'closed'
-                         ELSE acp_status END,
-       status = 'closed', updated_at = now()
-WHERE owner_instance_id = $1
-RETURNING session_id::text AS session_id, workspace_id, acp_status
+OWNED_BY = """
+SELECT session_id::text AS session_id, owner_instance_id, lease_generation
+FROM sessions WHERE owner_instance_id = $1
 """
+
+# Close a session whose owner is gone, compare-and-set on (owner, generation): of several
+# instances that noticed, one does it. Status and acp_status as an owner that stopped would
+# leave them (an error stays), the lease released at a new generation, so the old owner
+# (if it still runs) is fenced. $4: only when the lease ran out (the sweeper), else any.
+CLOSE_ORPHAN = """
+WITH prev AS (
+    SELECT session_id, workspace_id, acp_status FROM sessions
+    WHERE session_id = $1 FOR UPDATE
+)
+UPDATE sessions s
+SET owner_instance_id = NULL, lease_expires_at = NULL,
+    lease_generation = s.lease_generation + 1,
+    acp_status = CASE WHEN s.acp_status IN ('connecting', 'ready') THEN 'closed'
+                      ELSE s.acp_status END,
+    status = 'closed', updated_at = now()
+FROM prev
+WHERE s.session_id = prev.session_id AND s.owner_instance_id = $2
+  AND s.lease_generation = $3
+  AND (NOT $4::boolean OR s.lease_expires_at < now())
+RETURNING prev.workspace_id, prev.acp_status AS previous_acp_status, s.acp_status,
+          s.lease_generation
+"""
+
+HOLDS_GENERATION = "SELECT lease_generation = $2 FROM sessions WHERE session_id = $1"
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A successful claim: the raw status the previous owner left, our generation."""
+
+    previous_status: str
+    generation: int
+
+
+@dataclass(frozen=True, slots=True)
+class HeldLease:
+    """A lease as the row names it: whose it is and at which generation."""
+
+    session_id: str
+    owner_instance_id: str
+    generation: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClosedOrphan:
+    workspace_id: str
+    previous_acp_status: str
+    acp_status: str
+    generation: int
 
 
 async def claim_owner_from(
@@ -530,28 +601,72 @@ async def claim_owner_from(
     instance_id: str,
     ttl: float,
     dead_owner: str | None = None,
-) -> str | None:
-    """Claim (see CLAIM_OWNER_FROM); the previous raw status, or None when not claimed."""
-    value = await conn.fetchval(
+) -> Claim | None:
+    """Claim (see CLAIM_OWNER_FROM); None when another instance holds a live lease."""
+    row = await conn.fetchrow(
         CLAIM_OWNER_FROM, session_id, instance_id, ttl, dead_owner
     )
-    return None if value is None else str(value)
+    if row is None:
+        return None
+    return Claim(str(row["status"]), int(row["lease_generation"]))
 
 
 async def renew_leases_owned(
     conn: Executor,
     instance_id: str,
     ttl: float,
-    session_ids: Sequence[uuid.UUID],
+    held: Sequence[tuple[uuid.UUID, int]],
 ) -> set[uuid.UUID]:
-    """Renew; the ids still owned by `instance_id` (the others were adopted elsewhere)."""
-    rows = await conn.fetch(RENEW_LEASES_OWNED, instance_id, ttl, list(session_ids))
+    """Renew (session id, generation) leases; the ids still ours (the others were taken)."""
+    rows = await conn.fetch(
+        RENEW_LEASES_OWNED,
+        instance_id,
+        ttl,
+        [sid for sid, _ in held],
+        [generation for _, generation in held],
+    )
     return {r["session_id"] for r in rows}
 
 
-async def release_instance(
-    conn: Executor, instance_id: str
-) -> list[tuple[str, str, str]]:
-    """Close and release every session `instance_id` owns: (sessionId, workspaceId, acpStatus)."""
-    rows = await conn.fetch(RELEASE_INSTANCE, instance_id)
-    return [(r["session_id"], r["workspace_id"], r["acp_status"]) for r in rows]
+def _held(rows: Sequence[asyncpg.Record]) -> list[HeldLease]:
+    return [
+        HeldLease(r["session_id"], r["owner_instance_id"], r["lease_generation"])
+        for r in rows
+    ]
+
+
+async def expired_leases(conn: Executor, limit: int) -> list[HeldLease]:
+    """Leases past their expiry that still name an owner, oldest first."""
+    return _held(await conn.fetch(EXPIRED_LEASES, limit))
+
+
+async def owned_by(conn: Executor, instance_id: str) -> list[HeldLease]:
+    return _held(await conn.fetch(OWNED_BY, instance_id))
+
+
+async def close_orphan(
+    conn: Executor, lease: HeldLease, *, expired_only: bool
+) -> ClosedOrphan | None:
+    """Close and release (see CLOSE_ORPHAN); None when the lease changed meanwhile."""
+    row = await conn.fetchrow(
+        CLOSE_ORPHAN,
+        uuid.UUID(lease.session_id),
+        lease.owner_instance_id,
+        lease.generation,
+        expired_only,
+    )
+    if row is None:
+        return None
+    return ClosedOrphan(
+        row["workspace_id"],
+        row["previous_acp_status"],
+        row["acp_status"],
+        row["lease_generation"],
+    )
+
+
+async def holds_generation(
+    conn: Executor, session_id: uuid.UUID, generation: int
+) -> bool:
+    """Whether `generation` is still the session's current lease generation."""
+    return bool(await conn.fetchval(HOLDS_GENERATION, session_id, generation))

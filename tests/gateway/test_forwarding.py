@@ -16,7 +16,8 @@ from services.gateway import jsonrpc
 from services.gateway.app import create_app
 from services.gateway.forwarding import GATEWAY_LINK
 from services.gateway.keys import SESSION_MANAGER
-from shared.db import sessions
+from shared.db import session_events, sessions
+from tests.gateway.conftest import user_message
 from tests.gateway.rpcutil import (
     call,
     err,
@@ -133,7 +134,9 @@ async def test_two_instances_adopting_at_once_end_with_one_owner(
     sid = await new_ready(a, pool, workspace_id)
     assert await ok(a, "session/prompt", {"sessionId": sid, "prompt": "one"})
     await a.app[SESSION_MANAGER].stop_quiet(sid, "disconnected")
-    # a dead owner that was in the middle of a turn
+    # a dead owner that was in the middle of a turn: its user_message has no end yet
+    async with pool.acquire() as conn:
+        await session_events.append(conn, uuid.UUID(sid), [user_message("two")])
     await _orphan(pool, sid, "ghost-gateway", status="active")
     loads = await asyncio.gather(
         ok(b, "session/load", {"sessionId": sid}),
@@ -234,6 +237,8 @@ async def test_restart_with_same_instance_id_releases_stale_leases(
                 lease_ttl=60,
             ),
         )
+        # the previous run died in the middle of a turn
+        await session_events.append(conn, uuid.UUID(sid), [user_message("one")])
     await pool.execute(
         "UPDATE sessions SET acp_status = 'ready', status = 'active'"
         " WHERE session_id = $1",
@@ -245,3 +250,6 @@ async def test_restart_with_same_instance_id_releases_stale_leases(
     assert row.status == "closed"
     assert row.acp_status == "closed"
     assert row.owner_instance_id is None
+    evs = await events(pool, sid)
+    assert kinds(evs) == ["user_message", "error", "acp_status"]
+    assert "restarted" in evs[1]["update"]["message"]
