@@ -87,8 +87,6 @@ ORDER BY created_at DESC LIMIT 1
 
 RENAME = "UPDATE sessions SET name = $2, updated_at = now() WHERE session_id = $1 RETURNING workspace_id"
 
-DELETE = "DELETE FROM sessions WHERE session_id = $1 RETURNING workspace_id, owner_instance_id"
-
 # $5: the lease generation the writer holds (None: unfenced); a stale one changes nothing
 SET_STATE = """
 UPDATE sessions SET acp_status = $2, status = $3, acp_error = $4, updated_at = now()
@@ -101,19 +99,6 @@ SET_MODEL = "UPDATE sessions SET model = $2, updated_at = now() WHERE session_id
 SET_AGENT_ID = (
     "UPDATE sessions SET routa_agent_id = $2, updated_at = now() WHERE session_id = $1"
 )
-
-CLAIM_OWNER = """
-UPDATE sessions SET owner_instance_id = $2, lease_expires_at = now() + make_interval(secs => $3)
-WHERE session_id = $1
-  AND (owner_instance_id IS NULL OR owner_instance_id = $2 OR lease_expires_at IS NULL
-       OR lease_expires_at < now())
-RETURNING session_id
-"""
-
-RENEW_LEASES = """
-UPDATE sessions SET lease_expires_at = now() + make_interval(secs => $2)
-WHERE owner_instance_id = $1 AND session_id = ANY($3::uuid[])
-"""
 
 RELEASE_OWNER = """
 UPDATE sessions SET owner_instance_id = NULL, lease_expires_at = NULL
@@ -320,10 +305,6 @@ async def rename(conn: Executor, session_id: uuid.UUID, name: str) -> str | None
     return str(value) if value is not None else None
 
 
-async def delete(conn: Executor, session_id: uuid.UUID) -> asyncpg.Record | None:
-    return await conn.fetchrow(DELETE, session_id)
-
-
 async def set_state(
     conn: Executor,
     session_id: uuid.UUID,
@@ -350,25 +331,6 @@ async def set_model(conn: Executor, session_id: uuid.UUID, model: str) -> None:
 
 async def set_agent_id(conn: Executor, session_id: uuid.UUID, agent_id: str) -> None:
     await conn.execute(SET_AGENT_ID, session_id, agent_id)
-
-
-async def claim_owner(
-    conn: Executor,
-    session_id: uuid.UUID,
-    instance_id: str,
-    ttl: float,
-) -> bool:
-    """Take (or keep) ownership when nobody holds a live lease; True when we own it now."""
-    return await conn.fetchval(CLAIM_OWNER, session_id, instance_id, ttl) is not None
-
-
-async def renew_leases(
-    conn: Executor,
-    instance_id: str,
-    ttl: float,
-    session_ids: Sequence[uuid.UUID],
-) -> None:
-    await conn.execute(RENEW_LEASES, instance_id, ttl, list(session_ids))
 
 
 async def release_owner(

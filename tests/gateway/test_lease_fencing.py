@@ -167,7 +167,7 @@ async def test_a_stale_owner_writes_no_file(make_gw, pool, workspace_id, cwd_roo
     assert live.agent is not None
     client = _Client(live.agent)
     allowed = live.cwd / "allowed.txt"
-    await client.write_text_file(live.agent_session_id or "", str(allowed), "ours")
+    await client.write_text_file(live.routa_agent_id or "", str(allowed), "ours")
     assert allowed.read_text() == "ours"
     await pool.execute(
         "UPDATE sessions SET owner_instance_id = 'adopter',"
@@ -176,7 +176,7 @@ async def test_a_stale_owner_writes_no_file(make_gw, pool, workspace_id, cwd_roo
     )
     fenced = live.cwd / "fenced.txt"
     with pytest.raises(RequestError):
-        await client.write_text_file(live.agent_session_id or "", str(fenced), "late")
+        await client.write_text_file(live.routa_agent_id or "", str(fenced), "late")
     assert not fenced.exists()
     await wait_until(lambda: sid not in manager.live)  # and its agent is stopped
 
