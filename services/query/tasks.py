@@ -19,6 +19,7 @@ from shared.channels import Channels
 from shared.db import tasks as db
 from shared.errors import BadRequest, Conflict, NotFound, UnknownWorkspace
 from shared.jsonutil import dumps, now_iso
+from shared.models.limits import check_id
 from shared.models.task import (
     COLUMN_TO_STATUS,
     STATUS_TO_COLUMN,
@@ -46,8 +47,9 @@ def _not_found(task_id: str) -> NotFound:
     return NotFound(f"Task not found: {task_id}")
 
 
-def _task_id(task_id: str) -> str:
-    """Postgres text cannot hold NUL: such an id names no task."""
+def _task_id(task_id: str, field: str = "id") -> str:
+    """Postgres text cannot hold NUL: such an id names no task; a long one is a 400."""
+    check_id(task_id, field)
     if "\x00" in task_id:
         raise _not_found(task_id)
     return task_id
@@ -72,7 +74,7 @@ def apply_fields(values: db.TaskValues, fields: TaskFields) -> db.TaskValues:
         values.priority = fields.priority
     # optional references: null clears them
     if "session_id" in sent:
-        values.session_id = fields.session_id
+        values.session_id = check_id(fields.session_id, "sessionId")
     if "assigned_to" in sent:
         values.assigned_to = fields.assigned_to
     for name in (
@@ -169,7 +171,7 @@ async def create_task(request: web.Request) -> web.Response:
     values = apply_fields(
         db.TaskValues(title=body.title, objective=body.objective), body
     )
-    task_id = body.id or str(uuid.uuid4())
+    task_id = check_id(body.id, "id") or str(uuid.uuid4())
     try:
         task = await db.insert(request.app[PG_POOL], task_id, body.workspace_id, values)
     except asyncpg.ForeignKeyViolationError as err:
@@ -219,8 +221,10 @@ async def set_task_status(request: web.Request) -> web.Response:
     return json_response({"task": task.wire()})
 
 
-async def _delete(request: web.Request, task_id: str) -> web.Response:
-    _task_id(task_id)
+async def _delete(
+    request: web.Request, task_id: str, field: str = "id"
+) -> web.Response:
+    _task_id(task_id, field)
     workspace_id = await db.delete(request.app[PG_POOL], task_id)
     if workspace_id is None:
         raise _not_found(task_id)
@@ -241,7 +245,7 @@ async def delete_task_by_query(request: web.Request) -> web.Response:
                 "taskId is required: deleting every task of a workspace is not allowed"
             )
         raise BadRequest("taskId is required")
-    return await _delete(request, task_id)
+    return await _delete(request, task_id, "taskId")
 
 
 async def task_events(request: web.Request) -> web.StreamResponse:
