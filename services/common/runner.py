@@ -9,14 +9,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 from collections.abc import Callable
 
 from aiohttp import web
 
 from services.common.accesslog import ACCESS_LOGGER, AccessLogger
 from services.common.badrequest import shape_parse_errors
+from services.common.http import dependency_of
 from services.common.logging import configure_logging
-from shared.settings import Settings
+from shared.settings import Settings, load_settings
 
 MAX_LINE_SIZE = 64 * 1024
 KEEPALIVE_TIMEOUT = 75.0  # run_app's default
@@ -49,7 +51,7 @@ async def serve(app: web.Application, settings: Settings, port: int) -> None:
 def run(
     factory: Callable[[Settings], web.Application], default_port: int, name: str
 ) -> None:
-    settings = Settings()
+    settings = load_settings(f"routa-{name}")
     configure_logging(settings.log_level, settings.log_format)
     port = settings.port_or(default_port)
     logging.getLogger(name).info(
@@ -68,10 +70,21 @@ def run(
         loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     main = loop.create_task(serve(factory(settings), settings, port))
+    failed: str | None = None
     try:
         loop.run_until_complete(main)
     except (web.GracefulExit, KeyboardInterrupt):
         pass
+    except Exception as err:
+        # Postgres or Redis still down after the start-up retries: one line naming the
+        # variable, not a traceback through aiohttp's start-up
+        dependency = dependency_of(err)
+        if dependency is None:
+            raise
+        variable = "DATABASE_URL" if dependency == "Postgres" else "REDIS_URL"
+        detail = str(err).strip()
+        failed = f"{variable}: {dependency} does not answer ({err.__class__.__name__}"
+        failed += f": {detail})" if detail else ")"
     finally:
         # as run_app: finish the cleanup, then whatever tasks are left
         if not main.done():
@@ -84,3 +97,6 @@ def run(
         loop.run_until_complete(asyncio.gather(*rest, return_exceptions=True))
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
+    if failed is not None:
+        sys.stderr.write(f"routa-{name}: {failed}\n")
+        raise SystemExit(1)
