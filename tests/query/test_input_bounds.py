@@ -163,6 +163,20 @@ async def test_long_task_ids_are_400_naming_them(client, workspace_id) -> None:
     assert (await error_of(resp)).startswith("Invalid taskId: ")
 
 
+@pytest.mark.parametrize("position", [2**31, 2**40, -(2**31) - 1])
+async def test_task_position_beyond_an_integer_is_400(
+    client, workspace_id, position
+) -> None:
+    base = {"workspaceId": workspace_id, "title": "t", "objective": "o"}
+    resp = await client.post("/api/tasks", json={**base, "position": position})
+    assert (await error_of(resp)).startswith("Invalid position: ")
+    resp = await client.post("/api/tasks", json={**base, "position": 2**31 - 1})
+    assert resp.status == 201
+    task_id = (await resp.json())["task"]["id"]
+    resp = await client.patch(f"/api/tasks/{task_id}", json={"position": position})
+    assert (await error_of(resp)).startswith("Invalid position: ")
+
+
 # -- workspaces --------------------------------------------------------------------------
 
 
