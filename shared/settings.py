@@ -6,11 +6,11 @@ import os
 import socket
 import sys
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator
+from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from yarl import URL
 
 
 def _default_instance_id() -> str:
@@ -22,7 +22,7 @@ _LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
 
 def _check_url(value: str, schemes: tuple[str, ...]) -> str:
     """A URL with one of `schemes`; the message names the scheme, never the URL (passwords)."""
-    scheme = urlsplit(value).scheme.lower() if "://" in value else ""
+    scheme = URL(value).scheme.lower() if "://" in value else ""
     if scheme not in schemes:
         names = [f"{s}://" for s in schemes]
         wanted = ", ".join(names[:-1]) + f" or {names[-1]}"
@@ -79,6 +79,27 @@ class Settings(BaseSettings):
     # bytes of one line an agent writes on stdout; a longer one stops the agent
     agent_max_line: int = 50 * 1024 * 1024
 
+    @field_validator("allow_custom_commands", mode="before")
+    @classmethod
+    def _truthy(cls, value: object) -> object:
+        # ALLOW_CUSTOM_COMMANDS=1 / yes / true all mean on; an empty value means off.
+        if isinstance(value, str):
+            return value.strip().lower() in {"1", "true", "yes", "on"}
+        return value
+
+    @property
+    def cwd_root(self) -> Path:
+        """Every session cwd must be inside this directory."""
+        root = self.agent_cwd_root or (self.data_dir / "workspaces")
+        return root.resolve()
+
+    @property
+    def agents_home_root(self) -> Path:
+        return (self.data_dir / "agents").resolve()
+
+    def port_or(self, default: int) -> int:
+        return self.port or default
+
     @field_validator("database_url")
     @classmethod
     def _postgres_url(cls, value: str) -> str:
@@ -103,29 +124,8 @@ class Settings(BaseSettings):
             raise ValueError("must be console or json")
         return value
 
-    @field_validator("allow_custom_commands", mode="before")
-    @classmethod
-    def _truthy(cls, value: object) -> object:
-        # ALLOW_CUSTOM_COMMANDS=1 / yes / true all mean on; an empty value means off.
-        if isinstance(value, str):
-            return value.strip().lower() in {"1", "true", "yes", "on"}
-        return value
 
-    @property
-    def cwd_root(self) -> Path:
-        """Every session cwd must be inside this directory."""
-        root = self.agent_cwd_root or (self.data_dir / "workspaces")
-        return root.resolve()
-
-    @property
-    def agents_home_root(self) -> Path:
-        return (self.data_dir / "agents").resolve()
-
-    def port_or(self, default: int) -> int:
-        return self.port or default
-
-
-def _describe(error: Any) -> str:
+def _describe(error: ErrorDetails) -> str:
     """`PROMPT_TIMEOUT='abc': Input should be a valid number, …` (URLs are not echoed)."""
     name = "_".join(str(part) for part in error["loc"]).upper() or "settings"
     message = str(error["msg"]).removeprefix("Value error, ")

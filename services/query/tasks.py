@@ -164,6 +164,7 @@ async def create_task(request: web.Request) -> web.Response:
             if value is None or (isinstance(value, str) and not value.strip()):
                 raise BadRequest(f"{name} is required")
     body = validate_body(TaskCreate, raw)
+    check_id(body.id, "id")
     assert body.title is not None
     assert body.objective is not None
     assert body.workspace_id is not None
@@ -171,7 +172,7 @@ async def create_task(request: web.Request) -> web.Response:
     values = apply_fields(
         db.TaskValues(title=body.title, objective=body.objective), body
     )
-    task_id = check_id(body.id, "id") or str(uuid.uuid4())
+    task_id = body.id or str(uuid.uuid4())
     try:
         task = await db.insert(request.app[PG_POOL], task_id, body.workspace_id, values)
     except asyncpg.ForeignKeyViolationError as err:
