@@ -91,7 +91,7 @@ def _nul_at(value: Any, label: str) -> str | None:
     else:
         return None
     for key, item in items:
-        where = f"{label}[{key}]" if isinstance(key, int) else f"{label}.{key}"
+        where = f"{label}.{key}"  # as pydantic's loc in parse(): mcpServers.0.command
         if isinstance(key, str) and "\x00" in key:
             return where
         found = _nul_at(item, where)

@@ -155,9 +155,9 @@ async def test_nul_in_a_session_new_param_is_32602_naming_it(
 @pytest.mark.parametrize(
     ("params", "named"),
     [
-        ({"customArgs": ["ok", "x\x00y"]}, "customArgs[1]"),
-        ({"mcpServers": [{"name": "m\x00", "command": "c"}]}, "mcpServers[0].name"),
-        ({"mcpServers": [{"k\x00ey": "v"}]}, "mcpServers[0].k"),
+        ({"customArgs": ["ok", "x\x00y"]}, "customArgs.1"),
+        ({"mcpServers": [{"name": "m\x00", "command": "c"}]}, "mcpServers.0.name"),
+        ({"mcpServers": [{"k\x00ey": "v"}]}, "mcpServers.0.k"),
     ],
 )
 async def test_nul_nested_in_session_new_params_is_32602_naming_it(
