@@ -1,9 +1,11 @@
 """`routa-dev`: the whole system on http://localhost:3000 from one command (api.md §1).
 
-Uses the Postgres and Redis named by DATABASE_URL / REDIS_URL when they answer, else starts
-private ones from PyPI wheels under DATA_DIR; then one gateway, one query service and the
-origin (nginx when installed, else the aiohttp router). Like honcho: when one child dies, the
-rest is stopped. Ctrl-C / SIGTERM stops children first, then the embedded servers.
+Uses the Postgres and Redis named by DATABASE_URL / REDIS_URL; a set variable whose server
+does not answer stops the command (one line naming it). Private servers from PyPI wheels
+under DATA_DIR only when a variable is unset and its default does not answer, or with
+--embedded. Then one gateway, one query service and the origin (nginx when installed, else
+the aiohttp router). Like honcho: when one child dies, the rest is stopped. Ctrl-C / SIGTERM
+stops children first, then the embedded servers.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,11 +31,11 @@ from services.devtools.embedded import (
     EmbeddedStartError,
     free_port,
     port_is_free,
-    postgres_answers,
-    redis_answers,
+    postgres_problem,
+    redis_problem,
 )
 from services.devtools.origin import Backend, Upstreams, create_origin_app
-from shared.settings import Settings
+from shared.settings import load_settings
 
 READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 10.0
@@ -46,8 +48,28 @@ def say(line: str) -> None:
 
 
 def _env_int(name: str, default: int) -> int:
+    """An integer variable; anything else is one line naming it and exit 2 (as Settings)."""
     value = os.environ.get(name, "")
-    return int(value) if value.strip() else default
+    if not value.strip():
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        sys.stderr.write(
+            f"routa-dev: invalid setting {name}={value!r}: must be an integer\n"
+        )
+        raise SystemExit(2) from None
+
+
+class ServerUnreachable(Exception):
+    """A server named explicitly (DATABASE_URL / REDIS_URL) does not answer."""
+
+
+def _unreachable(name: str, url: str, problem: str) -> ServerUnreachable:
+    return ServerUnreachable(
+        f"{name}={_redact(url)} does not answer ({problem}); "
+        "unset it to use a private server, or pass --embedded"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,10 +82,14 @@ class Options:
     gateway_port: int
     query_port: int
     origin: str  # "auto" | "nginx" | "aiohttp"
+    # DATABASE_URL / REDIS_URL given explicitly: never replaced by an embedded server
+    database_url_set: bool = False
+    redis_url_set: bool = False
+    embedded: bool = False  # --embedded: private servers, whatever the variables say
 
     @classmethod
     def parse(cls, argv: Sequence[str] | None) -> Options:
-        defaults = Settings()
+        defaults = load_settings("routa-dev")
         parser = argparse.ArgumentParser(
             prog="routa-dev",
             description="Run Postgres, Redis, one gateway, one query service "
@@ -98,6 +124,13 @@ class Options:
             default=os.environ.get("ORIGIN", "auto"),
             help="nginx when installed (auto), or force one (env ORIGIN)",
         )
+        parser.add_argument(
+            "--embedded",
+            action="store_true",
+            help="start private Postgres and Redis servers even when DATABASE_URL / "
+            "REDIS_URL are set (without it, a set variable whose server does not "
+            "answer stops the command)",
+        )
         args = parser.parse_args(argv)
         return cls(
             data_dir=defaults.data_dir.resolve(),
@@ -108,6 +141,9 @@ class Options:
             gateway_port=args.gateway_port,
             query_port=args.query_port,
             origin=args.origin,
+            database_url_set="database_url" in defaults.model_fields_set,
+            redis_url_set="redis_url" in defaults.model_fields_set,
+            embedded=args.embedded,
         )
 
 
@@ -130,23 +166,50 @@ class DevServer:
     stop_requested: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def _ensure_postgres(self) -> str:
-        url = self.options.database_url
-        if await postgres_answers(url):
-            return url
-        say(f"postgres at {_redact(url)} does not answer; starting an embedded one")
-        self.postgres = EmbeddedPostgres(self.options.data_dir / "postgres" / "data")
+        """DATABASE_URL's server; an embedded one only when the variable is unset (and
+        the default does not answer) or with --embedded: an explicit setting is never
+        silently replaced, so writes never land where the operator did not point them."""
+        opts = self.options
+        url = opts.database_url
+        if not opts.embedded:
+            problem = await postgres_problem(url)
+            if problem is None:
+                return url
+            if opts.database_url_set:
+                raise _unreachable("DATABASE_URL", url, problem)
+            say(f"postgres at {_redact(url)} does not answer; starting an embedded one")
+        self.postgres = EmbeddedPostgres(opts.data_dir / "postgres" / "data")
         await asyncio.to_thread(self.postgres.start)
         database = URL(url).path.lstrip("/") or "routa"
         return self.postgres.url(database)
 
     async def _ensure_redis(self) -> str:
-        url = self.options.redis_url
-        if await redis_answers(url):
-            return url
-        say(f"redis at {_redact(url)} does not answer; starting an embedded one")
-        self.redis = EmbeddedRedis(self.options.data_dir / "redis")
+        """REDIS_URL's server, under the same rule as Postgres."""
+        opts = self.options
+        url = opts.redis_url
+        if not opts.embedded:
+            problem = await redis_problem(url)
+            if problem is None:
+                return url
+            if opts.redis_url_set:
+                raise _unreachable("REDIS_URL", url, problem)
+            say(f"redis at {_redact(url)} does not answer; starting an embedded one")
+        self.redis = EmbeddedRedis(opts.data_dir / "redis")
         await asyncio.to_thread(self.redis.start)
         return self.redis.url
+
+    async def _check_explicit(self) -> None:
+        """ServerUnreachable for the first set variable whose server does not answer."""
+        opts = self.options
+        checks: list[tuple[str, str, Callable[[str], Awaitable[str | None]]]] = []
+        if opts.database_url_set:
+            checks.append(("DATABASE_URL", opts.database_url, postgres_problem))
+        if opts.redis_url_set:
+            checks.append(("REDIS_URL", opts.redis_url, redis_problem))
+        problems = await asyncio.gather(*(check(url) for _, url, check in checks))
+        for (name, url, _), problem in zip(checks, problems, strict=True):
+            if problem is not None:
+                raise _unreachable(name, url, problem)
 
     async def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> Child:
         proc = await asyncio.create_subprocess_exec(
@@ -200,6 +263,9 @@ class DevServer:
         except EmbeddedStartError as err:
             say(f"could not start an embedded server: {err}")
             return 1
+        except ServerUnreachable as err:
+            sys.stderr.write(f"routa-dev: {err}\n")
+            return 1
         finally:
             await self._shutdown()
 
@@ -209,6 +275,10 @@ class DevServer:
             say(f"port {opts.origin_port} is taken; set ORIGIN_PORT or --port")
             return 2
         opts.data_dir.mkdir(parents=True, exist_ok=True)
+        # both checked before anything starts: an explicit server that does not answer
+        # stops the command before an embedded one for the other is started
+        if not opts.embedded:
+            await self._check_explicit()
         database_url, redis_url = await asyncio.gather(
             self._ensure_postgres(), self._ensure_redis()
         )

@@ -4,15 +4,32 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
+from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from yarl import URL
 
 
 def _default_instance_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
+
+
+_LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
+
+
+def _check_url(value: str, schemes: tuple[str, ...]) -> str:
+    """A URL with one of `schemes`; the message names the scheme, never the URL (passwords)."""
+    scheme = URL(value).scheme.lower() if "://" in value else ""
+    if scheme not in schemes:
+        names = [f"{s}://" for s in schemes]
+        wanted = ", ".join(names[:-1]) + f" or {names[-1]}"
+        got = f"scheme {scheme!r}" if scheme else "no scheme"
+        raise ValueError(f"must start with {wanted}, got {got}")
+    return value
 
 
 class Settings(BaseSettings):
@@ -105,3 +122,52 @@ class Settings(BaseSettings):
 
     def port_or(self, default: int) -> int:
         return self.port or default
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, value: str) -> str:
+        return _check_url(value, ("postgresql", "postgres"))
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        return _check_url(value, ("redis", "rediss", "unix"))
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        if value.upper() not in _LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(_LOG_LEVELS)}")
+        return value
+
+    @field_validator("log_format")
+    @classmethod
+    def _log_format(cls, value: str) -> str:
+        if value not in ("console", "json"):
+            raise ValueError("must be console or json")
+        return value
+
+
+def _describe(error: ErrorDetails) -> str:
+    """`PROMPT_TIMEOUT='abc': Input should be a valid number, …` (URLs are not echoed)."""
+    name = "_".join(str(part) for part in error["loc"]).upper() or "settings"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if name.endswith("_URL") or "input" not in error:
+        return f"{name}: {message}"
+    value = error["input"]
+    shown = value if len(str(value)) <= 80 else f"{str(value)[:80]}…"
+    return f"{name}={shown!r}: {message}"
+
+
+def load_settings(program: str) -> Settings:
+    """Settings from the environment; a malformed value is one line on stderr, exit 2.
+
+    Every command starts with this, so a typo in a variable never ends in a traceback.
+    """
+    try:
+        return Settings()
+    except ValidationError as err:
+        for error in err.errors():
+            sys.stderr.write(f"{program}: invalid setting {_describe(error)}\n")
+        sys.stderr.flush()
+        raise SystemExit(2) from None

@@ -10,26 +10,53 @@ from __future__ import annotations
 import logging
 
 import structlog
+from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
+
+from services.common.badrequest import (
+    PARSE_ERROR_KEY,
+    REQUEST_ID_KEY,
+    UnparsedRequest,
+)
 
 ACCESS_LOGGER = logging.getLogger("routa.access")
 _log = structlog.stdlib.get_logger("routa.access")
 _SKIP = frozenset({"/metrics", "/healthz", "/readyz"})
 
 
+def _route(request: BaseRequest) -> str:
+    """The route template; a request that never reached the router has none."""
+    if not isinstance(request, web.Request):
+        return "<unmatched>"
+    try:
+        match_info = request.match_info
+    except AssertionError:  # aiohttp asserts it was routed
+        return "<unmatched>"
+    resource = match_info.route.resource
+    return resource.canonical if resource is not None else "<unmatched>"
+
+
 class AccessLogger(AbstractAccessLogger):
     def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
+        if isinstance(request, UnparsedRequest):
+            # the parser refused it: no method, path or route to speak of
+            _log.info(
+                "request",
+                route="<unparsed>",
+                status=response.status,
+                duration_ms=round(time * 1000, 3),
+                error=request.get(PARSE_ERROR_KEY),
+                request_id=request.get(REQUEST_ID_KEY),
+            )
+            return
         if request.path in _SKIP:
             return
-        match_info = getattr(request, "match_info", None)
-        resource = match_info.route.resource if match_info is not None else None
-        route = resource.canonical if resource is not None else "<unmatched>"
         _log.info(
             "request",
             method=request.method,
-            route=route,
+            route=_route(request),
             status=response.status,
             duration_ms=round(time * 1000, 3),
         )

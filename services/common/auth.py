@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import asyncpg
-import orjson
 from aiohttp import web
 
+from services.common import rpcjson
 from services.common.http import MAX_BODY_BYTES, error_response
 from services.common.keys import PG_POOL, SETTINGS
 from shared.db import sessions as sessions_db
@@ -395,8 +395,10 @@ async def check_rpc_scope(request: web.Request, raw: bytes) -> None:
     if allowed is None:
         return
     try:
-        payload: Any = orjson.loads(raw)
-    except orjson.JSONDecodeError:
+        payload: Any = rpcjson.loads(
+            raw
+        )  # the envelope's parser: what it runs, we check
+    except ValueError:
         return  # the envelope answers -32700
     members = payload if isinstance(payload, list) else [payload]
     state = request.app[AUTH]

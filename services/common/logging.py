@@ -6,6 +6,7 @@ import logging
 import sys
 
 import structlog
+from aiohttp.http_exceptions import HttpProcessingError
 
 
 def configure_logging(level: str = "INFO", fmt: str = "console") -> None:
@@ -41,3 +42,59 @@ def configure_logging(level: str = "INFO", fmt: str = "console") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    install_filters()
+
+
+# The ACP SDK logs these on the root logger, with a traceback, when it writes to an agent
+# whose stdin is already closed (the agent died, or was stopped with a permission request
+# still being answered): an expected end of a pipe, said in one line.
+_SDK_PIPE_MESSAGES = frozenset(
+    {"Send loop failed", "Background task failed", "Receive loop failed"}
+)
+
+
+def _closed_pipe(exc: BaseException | None) -> bool:
+    if isinstance(exc, ConnectionError):  # BrokenPipeError, ConnectionResetError, ...
+        return True
+    # uvloop: "unable to perform operation on <WriteUnixTransport closed=True ...>"
+    return isinstance(exc, RuntimeError) and "closed" in str(exc)
+
+
+class ClosedPipeFilter(logging.Filter):
+    """The SDK's traceback for a write to a closed agent pipe → one warning line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.msg  # structlog's records carry a dict here
+        if not isinstance(message, str) or message not in _SDK_PIPE_MESSAGES:
+            return True
+        if not record.exc_info:
+            return True
+        exc = record.exc_info[1]
+        if not _closed_pipe(exc):
+            return True  # anything else keeps its traceback
+        if message == "Background task failed":
+            return False  # the same failed write, already said by the send loop
+        record.msg = f"ACP: {message}: agent pipe closed ({exc.__class__.__name__})"
+        record.args = None
+        record.exc_info = None
+        record.exc_text = None
+        record.levelno = logging.WARNING
+        record.levelname = "WARNING"
+        return True
+
+
+class ParseErrorFilter(logging.Filter):
+    """aiohttp logs a traceback for every request its parser refused; our access line for
+    it (route `<unparsed>`, with the reason) says all there is, so the traceback goes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, HttpProcessingError)
+
+
+def install_filters() -> None:
+    """Idempotent: on the loggers themselves, so they hold whatever the handlers are."""
+    for name, kind in (("", ClosedPipeFilter), ("aiohttp.server", ParseErrorFilter)):
+        target = logging.getLogger(name)
+        if not any(isinstance(f, kind) for f in target.filters):
+            target.addFilter(kind())

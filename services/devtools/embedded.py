@@ -61,30 +61,49 @@ def free_port(preferred: int | None = None, host: str = LOOPBACK) -> int:
         return port
 
 
-async def postgres_answers(database_url: str, timeout: float = 1.0) -> bool:
-    """True when the server of `database_url` accepts a connection to its `postgres` db."""
+def _problem(err: BaseException) -> str:
+    text = str(err).strip()
+    return f"{err.__class__.__name__}: {text}" if text else err.__class__.__name__
+
+
+async def postgres_problem(database_url: str, timeout: float = 1.0) -> str | None:
+    """None when the server of `database_url` accepts a connection to its `postgres`
+    database (the services create their own), else what went wrong, in one line."""
     url = str(URL(database_url).with_path("/postgres"))
     try:
         async with asyncio.timeout(timeout):
             conn = await asyncpg.connect(url, timeout=timeout)
-    except (OSError, TimeoutError, asyncpg.PostgresError):
-        return False
+    except (OSError, TimeoutError, ValueError, asyncpg.PostgresError) as err:
+        return _problem(err)
     await conn.close()
-    return True
+    return None
+
+
+async def postgres_answers(database_url: str, timeout: float = 1.0) -> bool:
+    return await postgres_problem(database_url, timeout) is None
+
+
+async def redis_problem(redis_url: str, timeout: float = 1.0) -> str | None:
+    """None when `redis_url` answers PING, else what went wrong, in one line."""
+    try:
+        client = aioredis.from_url(
+            redis_url, socket_connect_timeout=timeout, socket_timeout=timeout
+        )
+    except ValueError as err:
+        return _problem(err)
+    try:
+        async with asyncio.timeout(timeout):
+            if await client.ping():
+                return None
+            return "PING went unanswered"
+    except (OSError, TimeoutError, aioredis.RedisError) as err:
+        return _problem(err)
+    finally:
+        await client.aclose()
 
 
 async def redis_answers(redis_url: str, timeout: float = 1.0) -> bool:
-    """True when `redis_url` answers PING."""
-    client = aioredis.from_url(
-        redis_url, socket_connect_timeout=timeout, socket_timeout=timeout
-    )
-    try:
-        async with asyncio.timeout(timeout):
-            return bool(await client.ping())
-    except (OSError, TimeoutError, aioredis.RedisError):
-        return False
-    finally:
-        await client.aclose()
+    return await redis_problem(redis_url, timeout) is None
 
 
 def _log_tail(path: Path, lines: int = 20) -> str:

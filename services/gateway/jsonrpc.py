@@ -15,6 +15,7 @@ import asyncpg
 import orjson
 from aiohttp import web
 
+from services.common import rpcjson
 from services.common.auth import allowed_workspaces, check_rpc_scope
 from services.common.http import (
     MAX_BODY_BYTES,
@@ -62,8 +63,10 @@ def error_object(id_: Any, code: int, message: str, data: Any = None) -> dict[st
 
 def _valid_id(value: Any) -> bool:
     # bool is an int in Python but not a JSON-RPC id
-    return value is None or (
-        isinstance(value, str | int | float) and not isinstance(value, bool)
+    return (
+        value is None
+        or (isinstance(value, str | int | float) and not isinstance(value, bool))
+        or rpcjson.is_literal_id(value)
     )
 
 
@@ -220,8 +223,9 @@ async def dispatch_bytes(
 ) -> bytes | None:
     """Raw JSON → encoded reply (None for notifications); bad JSON → -32700 with id null."""
     try:
-        payload = orjson.loads(raw) if raw.strip() else _NO_ID
-    except orjson.JSONDecodeError:
+        # a big or odd numeric id comes back as written (rpcjson)
+        payload = rpcjson.loads(raw) if raw.strip() else _NO_ID
+    except ValueError:
         payload = _NO_ID
     if payload is _NO_ID:
         return orjson.dumps(parse_error())

@@ -25,6 +25,7 @@ from services.gateway.permissions import no_pending
 from services.gateway.rpc import METHODS, MethodRegistry, RpcCall
 from services.gateway.runtime import SessionManager
 from shared.errors import BadRequest, UnknownWorkspace
+from shared.models.limits import check_params
 from shared.models.session import NAME_MAX, ROLES
 from shared.providers import PROVIDERS, get_provider, resolve_binary
 
@@ -72,6 +73,7 @@ def parse(model: type[P], params: dict[str, Any]) -> P:
         if first["type"] == "missing":
             raise BadRequest(f"Invalid params: {loc} is required") from err
         raise BadRequest(f"Invalid params: {loc}: {first['msg']}") from err
+    check_params(parsed)
     session_id = getattr(parsed, "session_id", None)
     if isinstance(session_id, str):
         # log lines of this call (the access log included) carry the session id

@@ -10,7 +10,6 @@ once (fanout.event_frame) and written with `StreamResponse.write` (perf-ceilings
 from __future__ import annotations
 
 import logging
-import re
 import uuid
 from collections.abc import AsyncIterator, Callable
 
@@ -30,11 +29,12 @@ from services.gateway.fanout import (
 from services.gateway.keys import FANOUT, STREAM_CONFIG
 from shared.db import session_events, sessions
 from shared.db.connect import Pool
+from shared.errors import BadRequest
 from shared.jsonutil import dumps
+from shared.models.limits import parse_uint
 
 logger = logging.getLogger(__name__)
 
-_DIGITS = re.compile(r"[0-9]+")
 PAGE = 1000
 HEARTBEAT = b": ping\n\n"
 STREAM_HEADERS = {
@@ -143,8 +143,12 @@ async def handle_stream(request: web.Request) -> web.StreamResponse:
     if session is None or session_uuid is None:
         return error_response(404, "Session not found")
     raw_last = _last_event_id(request)
-    if raw_last is not None and not _DIGITS.fullmatch(raw_last):
-        return error_response(400, f"Invalid Last-Event-ID: {raw_last}")
+    if raw_last is not None:
+        # checked before any header is sent: past a bigint is a 400 too (§9.3, §9.18)
+        try:
+            raw_last = str(parse_uint(raw_last, "Last-Event-ID"))
+        except BadRequest as err:
+            return error_response(400, err.message)
     replay = request.query.get("replay")
     if replay is not None and replay != "all":
         return error_response(400, f"Invalid replay: {replay} (only 'all' is accepted)")

@@ -20,6 +20,7 @@ from shared.channels import Channels
 from shared.db import notes as db
 from shared.errors import BadRequest, NotFound, UnknownWorkspace
 from shared.jsonutil import dumps, now_iso
+from shared.models.limits import check_id
 from shared.models.note import NOTE_SOURCES, NOTE_TYPES, Note, NoteWrite
 from shared.models.validation import clean_title, query_value, validate_body
 
@@ -93,7 +94,7 @@ async def get_notes(request: web.Request) -> web.Response:
     query = request.query
     pool = request.app[PG_POOL]
     workspace_id = await ensure_workspace(pool, query_value(query, "workspaceId"))
-    note_id = query_value(query, "noteId")
+    note_id = check_id(query_value(query, "noteId"), "noteId")
     if note_id is not None:
         note = None if "\x00" in note_id else await db.get(pool, workspace_id, note_id)
         if note is None:
@@ -120,6 +121,8 @@ async def post_note(request: web.Request) -> web.Response:
     body = validate_body(NoteWrite, await read_json_body(request))
     if not body.workspace_id:
         raise BadRequest("workspaceId is required")
+    check_id(body.note_id, "noteId")
+    check_id(body.session_id, "sessionId")
     require_workspace(request, body.workspace_id)
     metadata = body.metadata
     note_type = _note_type(body.type or (metadata.type if metadata else None))
@@ -165,7 +168,7 @@ async def delete_note(request: web.Request) -> web.Response:
     query = request.query
     pool = request.app[PG_POOL]
     workspace_id = await ensure_workspace(pool, query_value(query, "workspaceId"))
-    note_id = query_value(query, "noteId")
+    note_id = check_id(query_value(query, "noteId"), "noteId")
     if not note_id:
         raise BadRequest("noteId is required")
     source = query_value(query, "source") or "user"

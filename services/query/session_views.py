@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from shared.errors import BadRequest
+from shared.models.limits import parse_uint
 from shared.models.session import NAME_MAX, SESSION_STATUSES
 from shared.models.validation import query_value
 
 MAX_LIMIT = 1000
-_DIGITS = re.compile(r"^[0-9]+$")
 _UUID_NONE = uuid.UUID(int=0)
 
 
@@ -29,9 +28,10 @@ def _param(query: Mapping[str, str], name: str) -> str | None:
 def parse_limit(value: str | None, *, default: int | None) -> int | None:
     if value is None:
         return default
-    if not _DIGITS.match(value) or not 1 <= int(value) <= MAX_LIMIT:
+    limit = parse_uint(value, "limit", MAX_LIMIT)
+    if limit < 1:
         raise BadRequest(f"Invalid limit: {value}")
-    return int(value)
+    return limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,12 +91,9 @@ class HistoryQuery:
 
 def parse_history_query(query: Mapping[str, str]) -> HistoryQuery:
     """`after` (^[0-9]+$, §9.18), `limit` 1-1000 (default 1000), `consolidated` true|false."""
-    after_raw = query.get("after")
-    after = 0
-    if after_raw is not None and after_raw != "":
-        if not _DIGITS.match(after_raw):
-            raise BadRequest(f"Invalid after: {after_raw}")
-        after = int(after_raw)
+    after_raw = _param(query, "after")
+    # beyond a bigint (and beyond int()'s 4,300 digits) is a 400, not a 500 (§9.18)
+    after = parse_uint(after_raw, "after") if after_raw is not None else 0
     limit = parse_limit(_param(query, "limit"), default=MAX_LIMIT)
     assert limit is not None
     consolidated_raw = _param(query, "consolidated")

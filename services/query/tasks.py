@@ -20,6 +20,7 @@ from shared.channels import Channels
 from shared.db import tasks as db
 from shared.errors import BadRequest, Conflict, NotFound, UnknownWorkspace
 from shared.jsonutil import dumps, now_iso
+from shared.models.limits import check_id
 from shared.models.task import (
     COLUMN_TO_STATUS,
     STATUS_TO_COLUMN,
@@ -47,8 +48,9 @@ def _not_found(task_id: str) -> NotFound:
     return NotFound(f"Task not found: {task_id}")
 
 
-def _task_id(task_id: str) -> str:
-    """Postgres text cannot hold NUL: such an id names no task."""
+def _task_id(task_id: str, field: str = "id") -> str:
+    """Postgres text cannot hold NUL: such an id names no task; a long one is a 400."""
+    check_id(task_id, field)
     if "\x00" in task_id:
         raise _not_found(task_id)
     return task_id
@@ -73,7 +75,7 @@ def apply_fields(values: db.TaskValues, fields: TaskFields) -> db.TaskValues:
         values.priority = fields.priority
     # optional references: null clears them
     if "session_id" in sent:
-        values.session_id = fields.session_id
+        values.session_id = check_id(fields.session_id, "sessionId")
     if "assigned_to" in sent:
         values.assigned_to = fields.assigned_to
     for name in (
@@ -163,6 +165,7 @@ async def create_task(request: web.Request) -> web.Response:
             if value is None or (isinstance(value, str) and not value.strip()):
                 raise BadRequest(f"{name} is required")
     body = validate_body(TaskCreate, raw)
+    check_id(body.id, "id")
     assert body.title is not None
     assert body.objective is not None
     assert body.workspace_id is not None
@@ -223,8 +226,10 @@ async def set_task_status(request: web.Request) -> web.Response:
     return json_response({"task": task.wire()})
 
 
-async def _delete(request: web.Request, task_id: str) -> web.Response:
-    _task_id(task_id)
+async def _delete(
+    request: web.Request, task_id: str, field: str = "id"
+) -> web.Response:
+    _task_id(task_id, field)
     workspace_id = await db.delete(request.app[PG_POOL], task_id)
     if workspace_id is None:
         raise _not_found(task_id)
@@ -245,7 +250,7 @@ async def delete_task_by_query(request: web.Request) -> web.Response:
                 "taskId is required: deleting every task of a workspace is not allowed"
             )
         raise BadRequest("taskId is required")
-    return await _delete(request, task_id)
+    return await _delete(request, task_id, "taskId")
 
 
 async def task_events(request: web.Request) -> web.StreamResponse:

@@ -96,11 +96,23 @@ async def migrate(database_url: str) -> list[str]:
 
 def main() -> None:
     """`routa-migrate`: apply migrations to DATABASE_URL and exit."""
-    from shared.settings import Settings
+    from shared.settings import load_settings
 
     logging.basicConfig(level=logging.INFO)
-    settings = Settings()
-    applied = asyncio.run(migrate(settings.database_url))
+    settings = load_settings("routa-migrate")
+    try:
+        applied = asyncio.run(migrate(settings.database_url))
+    except (
+        OSError,
+        asyncpg.PostgresConnectionError,
+        asyncpg.InvalidAuthorizationSpecificationError,
+    ) as err:
+        # the server named by DATABASE_URL does not answer: one line, not a traceback
+        sys.stderr.write(
+            f"routa-migrate: DATABASE_URL: Postgres does not answer "
+            f"({err.__class__.__name__}: {err})\n"
+        )
+        raise SystemExit(1) from None
     sys.stdout.write(f"applied: {', '.join(applied) or 'nothing (up to date)'}\n")
 
 

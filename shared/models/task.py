@@ -83,7 +83,8 @@ class TaskFields(WireModel):
     verification_commands: list[str] | None = None
     comments: list[Any] | None = None
     column_id: str | None = None
-    position: int | None = None
+    # a Postgres integer: past it is a 400 naming position, not a 500
+    position: int | None = Field(default=None, ge=-(2**31), le=2**31 - 1)
     creation_source: str | None = None
 
 

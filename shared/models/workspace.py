@@ -31,7 +31,7 @@ class Workspace(WireModel):
 class CodebaseIn(WireModel):
     """A codebase as sent by a client; the id is generated when absent."""
 
-    id: str | None = Field(default=None, min_length=1)
+    id: str | None = Field(default=None, min_length=1, max_length=200)
     repo_path: str = Field(min_length=1)
     branch: str | None = None
 

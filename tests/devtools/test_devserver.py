@@ -74,7 +74,7 @@ class DevRun:
 async def start_dev(data_tmp: Path):
     runs: list[DevRun] = []
 
-    async def _start(**env: str) -> DevRun:
+    async def _start(*args: str, **env: str) -> DevRun:
         origin_port = free_port()
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -88,6 +88,7 @@ async def start_dev(data_tmp: Path):
             "0",
             "--origin",
             "aiohttp",
+            *args,
             env={
                 **os.environ,
                 "DATA_DIR": str(data_tmp / "data"),
@@ -148,8 +149,10 @@ async def test_serves_through_origin_and_stops_cleanly_on_sigint(
     assert not await _port_answers(run.origin)
 
 
-async def test_starts_embedded_servers_when_none_answer(start_dev):
+async def test_embedded_flag_starts_embedded_servers(start_dev):
+    """--embedded: private servers even where DATABASE_URL / REDIS_URL name others."""
     run = await start_dev(
+        "--embedded",
         DATABASE_URL=f"postgresql://postgres@127.0.0.1:{free_port()}/routa",
         REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",
     )

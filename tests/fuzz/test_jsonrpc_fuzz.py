@@ -17,13 +17,15 @@ import collections
 import io
 import json
 import os
+import random
+import string
 import uuid
 from typing import Any
 
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from services.gateway.app import create_app
@@ -80,7 +82,14 @@ NASTY = [
     "00000000-0000-0000-0000-000000000000",
     "-1",
     "1e309",
+    # issue 12 defect 8: numbers past a bigint and Python's 4,300-digit int limit, an id
+    # past a Postgres index row (random, so it does not compress)
+    "9223372036854775808",
+    "9" * 5000,
+    "".join(random.Random(12).choices(string.ascii_letters + string.digits, k=3000)),
 ]
+# request ids past 64 bits come back exactly as sent (issue 12 defect 8)
+BIG_IDS = [2**63, 2**64, 2**64 + 1, -(2**63) - 1, 10**30, 10**400]
 
 text = st.one_of(st.sampled_from(NASTY), st.text(max_size=300))
 scalar = st.one_of(
@@ -173,6 +182,7 @@ def params_for(ctx: dict[str, Any]) -> st.SearchStrategy[Any]:
 def envelopes(ctx: dict[str, Any]) -> st.SearchStrategy[Any]:
     ids = st.one_of(
         st.integers(min_value=-(2**53), max_value=2**53),
+        st.sampled_from(BIG_IDS),
         text,
         st.none(),
         st.booleans(),
@@ -182,7 +192,9 @@ def envelopes(ctx: dict[str, Any]) -> st.SearchStrategy[Any]:
     good = st.fixed_dictionaries(
         {
             "jsonrpc": st.just("2.0"),
-            "id": st.integers(min_value=0, max_value=2**53) | text,
+            "id": st.integers(min_value=0, max_value=2**53)
+            | st.sampled_from(BIG_IDS)
+            | text,
             "method": st.sampled_from(METHODS),
             "params": params_for(ctx),
         }
@@ -251,7 +263,8 @@ def _check_reply(
     if status == 204:
         assert body == b""
         return
-    reply = orjson.loads(body)
+    # the stdlib keeps big integers exact (orjson reads them as floats)
+    reply = json.loads(body)
     replies = reply if isinstance(reply, list) else [reply]
     if isinstance(reply, list):
         tally["batch"] += 1
@@ -372,6 +385,45 @@ def test_jsonrpc_fuzz(fuzz_env):
         # with another Content-Type (none, +json: accepted; text/plain: 415)
         shape=st.sampled_from(range(14)),
     )
+    # issue 12 defect 8: seeds that once gave -32603 or a float id
+    @example(
+        payload={"jsonrpc": "2.0", "id": 2**64, "method": "initialize"},
+        raw=b"",
+        shape=0,
+    )
+    @example(
+        payload=[
+            {"jsonrpc": "2.0", "id": 10**30, "method": "nope"},
+            {"jsonrpc": "2.0", "id": -(2**63) - 1, "method": "initialize"},
+        ],
+        raw=b"",
+        shape=0,
+    )
+    @example(
+        payload={
+            "jsonrpc": "2.0",
+            "id": 5,
+            "method": "session/new",
+            "params": {"workspaceId": fuzz_env["ws"], "cwd": fuzz_env["cwd"] + "\x00"},
+        },
+        raw=b"",
+        shape=0,
+    )
+    @example(
+        payload={
+            "jsonrpc": "2.0",
+            "id": 6,
+            "method": "session/new",
+            "params": {"workspaceId": fuzz_env["ws"], "idempotencyKey": NASTY[-1]},
+        },
+        raw=b"",
+        shape=0,
+    )
+    @example(
+        payload=None,
+        raw=b'{"jsonrpc":"2.0","id":' + b"9" * 500 + b',"method":"initialize"}',
+        shape=9,
+    )
     def run(payload, raw, shape):
         body = json.dumps(payload).encode()
         content_type = {11: None, 12: "application/ld+json", 13: "text/plain"}.get(
@@ -411,19 +463,23 @@ def test_hostile_strings_in_every_session_new_field(fuzz_env):
     loop, client, ws = fuzz_env["loop"], fuzz_env["client"], fuzz_env["ws"]
     fields = ["name", "branch", "cwd", "specialistId", "idempotencyKey", "model"]
     tally: collections.Counter[str] = collections.Counter()
-    for i, value in enumerate(NASTY):
-        for field in fields:
-            request = {
-                "jsonrpc": "2.0",
-                "id": i,
-                "method": "session/new",
-                "params": {"workspaceId": ws, "provider": "opencode", field: value},
-            }
-            body = json.dumps(request).encode()
-            status, reply = loop.run_until_complete(
-                _post(client, body, "application/json")
-            )
-            _check_reply(status, reply, request, body, tally)
+    # a NUL inside the cwd root once gave -32603 (issue 12 defect 8)
+    cwd_seeds = [
+        ("cwd", fuzz_env["cwd"] + "/a\x00b"),
+        ("cwd", fuzz_env["cwd"] + "\x00"),
+    ]
+    for i, (field, value) in enumerate(
+        [(f, v) for v in NASTY for f in fields] + cwd_seeds
+    ):
+        request = {
+            "jsonrpc": "2.0",
+            "id": i,
+            "method": "session/new",
+            "params": {"workspaceId": ws, "provider": "opencode", field: value},
+        }
+        body = json.dumps(request).encode()
+        status, reply = loop.run_until_complete(_post(client, body, "application/json"))
+        _check_reply(status, reply, request, body, tally)
     assert tally["result"] > 0
     assert tally["-32602"] > 0
     broken = loop.run_until_complete(_half_written(fuzz_env["pool"], ws))
