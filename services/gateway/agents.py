@@ -18,7 +18,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, cast
 
@@ -89,6 +89,10 @@ class AgentSpec:
     request_timeout: float = REQUEST_TIMEOUT
     # AGENT_MAX_LINE: one stdout line over this stops the agent
     max_line: int = STREAM_LIMIT
+    # the provider's variables (credentials, preset), over agent_env's
+    env: dict[str, str] = field(default_factory=dict)
+    session_id: str = ""  # for log lines
+    provider: str = ""
 
 
 def agent_env(home: Path) -> dict[str, str]:
@@ -255,7 +259,7 @@ class AgentProcess:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             cwd=str(self.spec.cwd),
-            env=agent_env(self.spec.home),
+            env={**agent_env(self.spec.home), **self.spec.env},
             start_new_session=True,
             limit=self.spec.max_line,
         )
@@ -402,19 +406,38 @@ class AgentProcess:
         if self.conn is None or self.exited.done():
             raise AgentDied("agent process is not running")
         call = self.conn._conn.send_request(method, params)
+        started = time.monotonic()
         try:
             if timeout is None:
                 return await call
             async with asyncio.timeout(timeout):
                 return await call
         except RequestError as err:
+            self._warn(method, err.code, str(err), started)
             raise AgentRequestFailed(err.code, str(err), err.data) from err
         except ConnectionError as err:
+            self._warn(method, None, "agent process exited", started)
             raise AgentDied("agent process exited") from err
         except TimeoutError as err:
+            self._warn(method, None, "timed out", started)
             raise AgentTimeout(
                 f"agent did not answer {method} within {timeout:g}s"
             ) from err
+
+    def _warn(
+        self, method: str, code: int | None, message: str, started: float
+    ) -> None:
+        """Every failed agent request, with what an operator needs to find it."""
+        logger.warning(
+            "agent request failed: session=%s provider=%s method=%s code=%s "
+            "duration=%.2fs: %s",
+            self.spec.session_id or "-",
+            self.spec.provider or "-",
+            method,
+            code if code is not None else "-",
+            time.monotonic() - started,
+            message,
+        )
 
     async def notify(self, method: str, params: dict[str, Any]) -> None:
         if self.conn is None or self.exited.done():
