@@ -13,8 +13,6 @@ processes in the test's network namespace (they need Postgres and Redis).
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import tempfile
 import uuid
 from collections.abc import AsyncIterator
@@ -26,43 +24,18 @@ import pytest
 from shared.providers import AGENTS_BIN
 from tests.realagents.harness import (
     AGENTS,
-    INSTALL_HINT,
     Agent,
     Stack,
-    missing_agents,
+    readiness_problem,
     write_wrapper,
 )
 from tests.realagents.modelserver import ModelServer
 
 
-def _unshare_problem() -> str | None:
-    for tool in ("unshare", "ip"):
-        if shutil.which(tool) is None:
-            return f"`{tool}` is not installed (util-linux, iproute2)"
-    probe = subprocess.run(
-        ["unshare", "-n", "--", "ip", "link", "set", "lo", "up"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if probe.returncode != 0:
-        return (
-            "`unshare -n` failed (needs root or user namespaces): "
-            + probe.stderr.strip()
-        )
-    return None
-
-
 @pytest.fixture(scope="session")
 def realagents_ready() -> None:
     """Fail (never skip) when the suite cannot run here, saying how to fix it."""
-    missing = missing_agents()
-    if missing:
-        pytest.fail(
-            f"realagents: {', '.join(missing)} not installed in {AGENTS_BIN}; {INSTALL_HINT}",
-            pytrace=False,
-        )
-    problem = _unshare_problem()
+    problem = readiness_problem()
     if problem:
         pytest.fail(f"realagents: {problem}", pytrace=False)
 

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -185,6 +186,32 @@ def start_service(
 
 def missing_agents() -> list[str]:
     return [a.binary for a in AGENTS.values() if not (AGENTS_BIN / a.binary).exists()]
+
+
+def unshare_problem() -> str | None:
+    for tool in ("unshare", "ip"):
+        if shutil.which(tool) is None:
+            return f"`{tool}` is not installed (util-linux, iproute2)"
+    probe = subprocess.run(
+        ["unshare", "-n", "--", "ip", "link", "set", "lo", "up"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if probe.returncode != 0:
+        return (
+            "`unshare -n` failed (needs root or user namespaces): "
+            + probe.stderr.strip()
+        )
+    return None
+
+
+def readiness_problem() -> str | None:
+    """Why the suite cannot run here (it then fails with this), else None."""
+    missing = missing_agents()
+    if missing:
+        return f"{', '.join(missing)} not installed in {AGENTS_BIN}; {INSTALL_HINT}"
+    return unshare_problem()
 
 
 def write_wrapper(path: Path, binary: Path, socket: Path) -> Path:

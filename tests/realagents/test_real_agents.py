@@ -107,22 +107,23 @@ async def test_reads_a_file_in_cwd(stack: Stack, model: ModelServer) -> None:
 # --- b: an edit behind a permission request -----------------------------------------
 
 
-@pytest.mark.parametrize("decision", ["approve", "deny"])
-async def test_edit_asks_permission(
-    stack: Stack, model: ModelServer, decision: str
-) -> None:
-    gw = await stack.gateway("gw-b")
-    cwd = _cwd(stack, "edit")
-    target = cwd / "settings.ini"
-    target.write_text("speed = slow\n")
-    sid, sub = await _ready_session(stack, gw, cwd)
+async def _edit_turn(
+    stack: Stack,
+    model: ModelServer,
+    gw: Any,
+    sid: str,
+    sub: Subscriber,
+    target: Path,
+    decision: str,
+) -> dict[str, Any]:
+    """One turn: read, then edit `target` (slow → fast); answer its permission request."""
+    model.steps.clear()
     model.script(
         stack.agent.read(str(target)),  # both agents edit only what they have read
         stack.agent.edit(str(target), "slow", "fast"),
         _answer("Edit result: "),
     )
-
-    turn = _prompt(stack, gw, sid, "Make it fast")
+    turn = _prompt(stack, gw, sid, f"Make it fast ({decision})")
     await wait_for(sub, lambda s: waiting_tool_call(s) is not None)
     asked = waiting_tool_call(sub)
     assert asked is not None
@@ -137,28 +138,42 @@ async def test_edit_asks_permission(
         },
     ) == {"ok": True}
     reply = await turn
-
     assert "error" not in reply, (reply, stack.tails())
-    if decision == "approve":
-        assert target.read_text() == "speed = fast\n"
-        return
+    return asked
+
+
+async def test_edit_asks_permission_deny_then_allow(
+    stack: Stack, model: ModelServer
+) -> None:
+    gw = await stack.gateway("gw-b")
+    cwd = _cwd(stack, "edit")
+    target = cwd / "settings.ini"
+    target.write_text("speed = slow\n")
+    sid, sub = await _ready_session(stack, gw, cwd)
+
+    denied = await _edit_turn(stack, model, gw, sid, sub, target, "deny")
+
     assert target.read_text() == "speed = slow\n"
-    # the agent was told: its own failed tool call (the gateway's carries _meta.permission)
     await wait_for(sub, _turns_done(1))
-    told = [
-        u
-        for u in updates(sub, "tool_call_update")
-        if u["toolCallId"] == asked["toolCallId"]
-        and u.get("status") == "failed"
-        and "permission" not in (u.get("_meta") or {})
-    ]
     if stack.agent.provider == "claude":
-        # Claude Code reports the refusal to its model as the tool's result
-        refused = model.main_requests()[-1].last_tool_result()
-        assert refused, model.main_requests()[-1].body["messages"][-1]
-        assert len(model.main_requests()) == 3
+        # Claude Code tells its model: the refusal is the tool's result
+        told = model.main_requests()[-1].last_tool_result()
+        assert "refused permission" in told, told
     else:
-        assert told, updates(sub, "tool_call_update")
+        # opencode marks its own tool call failed (the gateway's carries _meta.permission)
+        told_updates = [
+            u
+            for u in updates(sub, "tool_call_update")
+            if u["toolCallId"] == denied["toolCallId"]
+            and u.get("status") == "failed"
+            and "permission" not in (u.get("_meta") or {})
+        ]
+        assert told_updates, updates(sub, "tool_call_update")
+
+    await _edit_turn(stack, model, gw, sid, sub, target, "approve")
+
+    assert target.read_text() == "speed = fast\n"
+    await wait_for(sub, lambda s: "Edit result: " in agent_text(s))
 
 
 # --- c: shell commands through the agent's own bash tool ----------------------------
