@@ -31,7 +31,7 @@ def make_gw(make_settings, aiohttp_client, cwd_root):
     return _make
 
 
-async def _session(gw, pool, workspace_id) -> str:
+async def _session(gw, pool, workspace_id, *args: str) -> str:
     res = await ok(
         gw,
         "session/new",
@@ -39,7 +39,7 @@ async def _session(gw, pool, workspace_id) -> str:
             "workspaceId": workspace_id,
             "provider": "custom",
             "customCommand": sys.executable,
-            "customArgs": [str(AGENT)],
+            "customArgs": [str(AGENT), *args],
         },
     )
     await wait_ready(pool, res["sessionId"])
@@ -90,6 +90,23 @@ async def test_missing_or_refused_credentials_answer_32002(
         and "duration=" in line
         for line in logged
     ), logged
+
+
+async def test_credentials_refused_at_session_new_answer_32002(
+    make_gw, pool, workspace_id
+):
+    gw = await make_gw()
+    sid = await _session(gw, pool, workspace_id, "--no-key")
+    status = [
+        e["update"]
+        for e in await events(pool, sid)
+        if e["update"]["sessionUpdate"] == "acp_status"
+    ]
+    assert status[-1]["status"] == "error"
+    assert "API key is missing" in status[-1]["error"]
+    reply = await call(gw, "session/prompt", {"sessionId": sid, "prompt": "hi"})
+    assert reply["error"]["code"] == -32002, reply
+    assert "API key is missing" in reply["error"]["message"]
 
 
 async def test_other_agent_errors_stay_32000(make_gw, pool, workspace_id):

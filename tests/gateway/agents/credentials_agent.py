@@ -3,7 +3,8 @@
 Prompts: `env` answers with a JSON chunk of its environment; `auth` fails with ACP's -32000
 "Authentication required" (claude-agent-acp without a key); `refused` with -32603 "Internal
 error: Incorrect API key provided" (opencode when the model API says 401); `boom` with an
-unrelated -32603; anything else ends the turn.
+unrelated -32603; anything else ends the turn. With the argument `--no-key`, session/new
+itself fails with -32000 "Gemini API key is missing or not configured." (gemini, codex).
 """
 
 from __future__ import annotations
@@ -39,6 +40,13 @@ def main() -> None:
                 "authMethods": [],
             }
         elif method == "session/new":
+            if "--no-key" in sys.argv:
+                error = {
+                    "code": -32000,
+                    "message": "Gemini API key is missing or not configured.",
+                }
+                send({"jsonrpc": "2.0", "id": id_, "error": error})
+                continue
             result = {"sessionId": "cred-1"}
         elif method == "session/prompt":
             word = params["prompt"][0]["text"].split()[0]
