@@ -30,6 +30,7 @@ from services.gateway import capacity, modes, ownership, permissions, startup, t
 from services.gateway.agents import AgentRequestFailed, on_exit_message
 from services.gateway.confine import agent_user, check_cwd, safe_segment
 from services.gateway.eventlog import EventWriter
+from services.gateway.failures import start_failure
 from services.gateway.keys import FANOUT
 from services.gateway.live import LiveSession, ResumeMode, settle_turn
 from services.gateway.mcp import McpPolicy
@@ -390,9 +391,7 @@ class SessionManager:
         if not live.ready.done():
             err: AgentError | ProviderUnavailable = AgentError(message)
             if isinstance(start_error, AgentRequestFailed):
-                err = AgentError(
-                    message, data={"agentError": start_error.agent_error()}
-                )
+                err = start_failure(start_error, live.provider, message)
             elif isinstance(start_error, ProviderUnavailable):
                 err = start_error
             live.ready.set_exception(err)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from services.gateway import confine
@@ -20,7 +22,7 @@ from services.gateway.live import LiveSession, current_model
 from services.gateway.modes import agent_set_mode, agent_set_model
 from shared.db import sessions
 from shared.errors import AgentError, ProviderUnavailable
-from shared.providers import get_provider
+from shared.providers import get_provider, provider_env
 
 if TYPE_CHECKING:
     from services.gateway.runtime import SessionManager
@@ -58,7 +60,24 @@ def agent_spec(manager: SessionManager, live: LiveSession) -> AgentSpec:
         fence=confine.fence(settings, live.workspace_id, live.cwd),
         user=manager.agent_user,
         owned=confine.owned_dirs(settings, live.workspace_id, home, live.cwd),
+        env=provider_env(provider.id, settings),
+        session_id=live.session_id,
+        provider=provider.id,
     )
+
+
+def prepare_home(home: Path, provider_id: str, opencode_config: Path | None) -> None:
+    """Files an agent needs in its private HOME before it starts.
+
+    opencode reads its providers (model API base URL, `{env:…}` credentials) from
+    $HOME/.config/opencode/opencode.json: OPENCODE_CONFIG is copied there at every start,
+    so an edited file takes effect with the next agent and every home has it.
+    """
+    home.mkdir(parents=True, exist_ok=True)
+    if provider_id == "opencode" and opencode_config is not None:
+        target = home / ".config" / "opencode" / "opencode.json"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(opencode_config, target)
 
 
 async def start(manager: SessionManager, live: LiveSession, req: StartRequest) -> None:
@@ -82,6 +101,9 @@ async def start_agent(
     # the stored list, checked again: nothing the current policy refuses reaches an agent
     mcp_servers = manager.mcp.for_agent(live.mcp_servers)
     await asyncio.to_thread(live.cwd.mkdir, parents=True, exist_ok=True)
+    await asyncio.to_thread(
+        prepare_home, spec.home, live.provider, manager.settings.opencode_config
+    )
     agent = AgentProcess(spec, live)
     live.agent = agent
     await agent.start()

@@ -9,7 +9,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from services.gateway.agents import AgentDied, AgentRequestFailed
-from services.gateway.failures import AgentCallFailed
+from services.gateway.failures import call_failure
 from services.gateway.live import LiveSession, Turn, consume, settle_turn
 from shared.errors import AgentError, DependencyDown, SessionUnservable
 
@@ -97,7 +97,7 @@ async def run_turn(
                 live,
                 turn,
                 error=f"Agent error: {err.message}",
-                exc=AgentCallFailed(err, "session/prompt"),
+                exc=call_failure(err, live.provider, "session/prompt"),
             )
         return
     reply: dict[str, Any] = {
