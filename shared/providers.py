@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from shared.settings import Settings
@@ -14,6 +17,17 @@ ResumeMode = Literal["native", "replay", "both"]
 # What the echo agent offers (api.md §10): its catalogue takes them from here.
 ECHO_MODES: dict[str, str] = {"chat": "Chat", "plan": "Plan"}
 ECHO_MODELS: dict[str, str] = {"echo-small": "Echo small", "echo-large": "Echo large"}
+
+# where scripts/install-agents puts the pinned agents (agents/package-lock.json)
+AGENTS_BIN = Path(__file__).resolve().parents[1] / "agents" / "node_modules" / ".bin"
+
+# Claude Code: no calls home beyond the model API (telemetry, update checks, error reports)
+CLAUDE_ENV = (
+    ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"),
+    ("DISABLE_TELEMETRY", "1"),
+    ("DISABLE_AUTOUPDATER", "1"),
+    ("DISABLE_ERROR_REPORTING", "1"),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +42,7 @@ class Provider:
     env_override: str | None = (
         None  # Settings attribute holding an explicit binary path
     )
+    env: tuple[tuple[str, str], ...] = ()  # always set in this provider's agents
     # Modes and models (id → name) the preset is known to offer, checked by session/new
     # before the agent answers; empty: whatever the agent offers.
     modes: dict[str, str] = field(default_factory=dict, hash=False)
@@ -70,6 +85,7 @@ PROVIDERS: dict[str, Provider] = {
             True,
             "native",
             "claude_agent_acp_bin",
+            CLAUDE_ENV,
         ),
         Provider(
             "codex",
@@ -109,7 +125,8 @@ def get_provider(provider_id: str) -> Provider | None:
 
 
 def resolve_binary(provider: Provider, settings: Settings) -> str | None:
-    """The executable to run: the override variable, else PATH; None when not found."""
+    """The executable to run: the override variable, else the pinned install
+    (scripts/install-agents), else PATH; None when not found."""
     if provider.id == "echo":
         return provider.binary
     if provider.id == "custom":
@@ -118,7 +135,29 @@ def resolve_binary(provider: Provider, settings: Settings) -> str | None:
         override = getattr(settings, provider.env_override, None)
         if override:
             return shutil.which(override) or None
+        pinned = shutil.which(provider.binary, path=str(AGENTS_BIN))
+        if pinned:
+            return pinned
     return shutil.which(provider.binary)
+
+
+def provider_env(
+    provider_id: str, settings: Settings, environ: Mapping[str, str] = os.environ
+) -> dict[str, str]:
+    """What this provider's agents get beyond PATH/LANG/HOME: the variables named by
+    AGENT_ENV_<PROVIDER> (copied when set here), then the preset's own.
+
+    IS_SANDBOX=yes makes claude-agent-acp pass a flag Claude Code accepts as root only
+    with the value `1` (session/new then fails): a true value is always passed as `1`.
+    """
+    env = {n: environ[n] for n in settings.agent_env_for(provider_id) if n in environ}
+    sandbox = env.pop("IS_SANDBOX", None)
+    if sandbox is not None and sandbox.strip().lower() in {"1", "yes", "true", "on"}:
+        env["IS_SANDBOX"] = "1"
+    provider = PROVIDERS.get(provider_id)
+    if provider is not None:
+        env.update(provider.env)
+    return env
 
 
 def resume_capabilities_for(provider_id: str) -> dict[str, object]:

@@ -32,6 +32,11 @@ def _check_url(value: str, schemes: tuple[str, ...]) -> str:
     return value
 
 
+def agent_env_names(value: str | None) -> tuple[str, ...]:
+    """`A, B,C` → ("A", "B", "C"); empty items dropped."""
+    return tuple(n.strip() for n in (value or "").split(",") if n.strip())
+
+
 class Settings(BaseSettings):
     """Every variable of api.md §1; unprefixed, defaults that work on a developer machine."""
 
@@ -49,6 +54,15 @@ class Settings(BaseSettings):
     claude_agent_acp_bin: str | None = None
     codex_acp_bin: str | None = None
     gemini_bin: str | None = None
+    # per provider: names of variables copied from this process's environment into its
+    # agents (credentials such as ANTHROPIC_API_KEY); never the service's own settings
+    agent_env_claude: str | None = None
+    agent_env_opencode: str | None = None
+    agent_env_codex: str | None = None
+    agent_env_gemini: str | None = None
+    agent_env_custom: str | None = None
+    # an opencode.json copied into each opencode agent's private config directory
+    opencode_config: Path | None = None
     agent_cwd_root: Path | None = None
     agent_home: Path | None = None
     prompt_timeout: float = 300.0
@@ -109,6 +123,29 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return value.strip().lower() or "auto"
         return value
+
+    @field_validator(
+        "agent_env_claude",
+        "agent_env_opencode",
+        "agent_env_codex",
+        "agent_env_gemini",
+        "agent_env_custom",
+    )
+    @classmethod
+    def _agent_env(cls, value: str | None) -> str | None:
+        # refused at start, loudly: a listed secret of the service itself is a mistake
+        for name in agent_env_names(value):
+            if name in SERVICE_VARIABLES or name.startswith(SERVICE_PREFIXES):
+                raise ValueError(
+                    f"{name} is the service's own configuration and is never given to agents"
+                )
+            if not name.replace("_", "").isalnum():
+                raise ValueError(f"{name!r} is not an environment variable name")
+        return value
+
+    def agent_env_for(self, provider_id: str) -> tuple[str, ...]:
+        """The variable names AGENT_ENV_<PROVIDER> copies into that provider's agents."""
+        return agent_env_names(getattr(self, f"agent_env_{provider_id}", None))
 
     @property
     def cwd_root(self) -> Path:
@@ -171,3 +208,12 @@ def load_settings(program: str) -> Settings:
             sys.stderr.write(f"{program}: invalid setting {_describe(error)}\n")
         sys.stderr.flush()
         raise SystemExit(2) from None
+
+
+# the service's own variables (every setting above) and the clients' ones: an AGENT_ENV_*
+# list naming one of them is refused
+SERVICE_VARIABLES = frozenset(name.upper() for name in Settings.model_fields) | {
+    "TEST_DATABASE_URL",
+    "TEST_REDIS_URL",
+}
+SERVICE_PREFIXES = ("PG", "REDIS", "AGENT_ENV_")

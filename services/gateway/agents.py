@@ -18,7 +18,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, cast
 
@@ -114,6 +114,11 @@ class AgentSpec:
             raise RequestError.invalid_params(
                 {"path": path, "reason": str(err)}
             ) from err
+
+    # the provider's variables (credentials, preset), over agent_env's
+    env: dict[str, str] = field(default_factory=dict)
+    session_id: str = ""  # for log lines
+    provider: str = ""
 
 
 def agent_env(home: Path) -> dict[str, str]:
@@ -322,6 +327,7 @@ class AgentProcess:
         """Spawn the process and connect; raises OSError when it cannot be started."""
         self.spec.home.mkdir(parents=True, exist_ok=True)
         self.env.update(agent_env(self.spec.home))
+        self.env.update(self.spec.env)  # the provider's variables win
         if self.spec.user is not None:
             hand_over(self.spec.user, self.spec.owned)
         self.proc = await asyncio.create_subprocess_exec(
@@ -481,19 +487,38 @@ class AgentProcess:
         if self.conn is None or self.exited.done():
             raise AgentDied("agent process is not running")
         call = self.conn._conn.send_request(method, params)
+        started = time.monotonic()
         try:
             if timeout is None:
                 return await call
             async with asyncio.timeout(timeout):
                 return await call
         except RequestError as err:
+            self._warn(method, err.code, str(err), started)
             raise AgentRequestFailed(err.code, str(err), err.data) from err
         except ConnectionError as err:
+            self._warn(method, None, "agent process exited", started)
             raise AgentDied("agent process exited") from err
         except TimeoutError as err:
+            self._warn(method, None, "timed out", started)
             raise AgentTimeout(
                 f"agent did not answer {method} within {timeout:g}s"
             ) from err
+
+    def _warn(
+        self, method: str, code: int | None, message: str, started: float
+    ) -> None:
+        """Every failed agent request, with what an operator needs to find it."""
+        logger.warning(
+            "agent request failed: session=%s provider=%s method=%s code=%s "
+            "duration=%.2fs: %s",
+            self.spec.session_id or "-",
+            self.spec.provider or "-",
+            method,
+            code if code is not None else "-",
+            time.monotonic() - started,
+            message,
+        )
 
     async def notify(self, method: str, params: dict[str, Any]) -> None:
         if self.conn is None or self.exited.done():

@@ -37,14 +37,14 @@ from services.gateway.confine import AgentUser
 from services.gateway.eventlog import EventWriter
 from services.gateway.failures import (
     AGENT_FAILURES,
-    AgentCallFailed,
     agent_failure,
+    call_failure,
     not_ready,
     start_error,
 )
 from services.gateway.mcp import McpPolicy
 from services.gateway.permissions import PermissionBroker
-from services.gateway.spec import agent_spec
+from services.gateway.spec import agent_spec, prepare_home
 from services.gateway.turn import Turn, consume
 from shared.channels import Channels
 from shared.db import sessions
@@ -301,6 +301,9 @@ class LiveSession:
         # the stored list, checked again: nothing the current policy refuses reaches an agent
         mcp_servers = deps.mcp.for_agent(self.mcp_servers)
         await asyncio.to_thread(self.cwd.mkdir, parents=True, exist_ok=True)
+        await asyncio.to_thread(
+            prepare_home, spec.home, self.provider, deps.settings.opencode_config
+        )
         agent = AgentProcess(spec, self)
         self.agent = agent
         await agent.start()
@@ -453,7 +456,7 @@ class LiveSession:
                 await self.end_turn(
                     turn,
                     error=f"Agent error: {err.message}",
-                    exc=AgentCallFailed(err, "session/prompt"),
+                    exc=call_failure(err, self.provider, "session/prompt"),
                 )
             return
         reply: dict[str, Any] = {
@@ -673,7 +676,7 @@ class LiveSession:
     # --- failing and stopping ---------------------------------------------------------
     async def fail(self, message: str, *, cause: Exception | None = None) -> None:
         """acp_status error + status closed; stop the agent; the session stays resumable."""
-        if self._begin_stop(not_ready(message, cause)):
+        if self._begin_stop(not_ready(message, cause, self.provider)):
             await self._shut_down(message, "error", error=message, stop_agent=False)
 
     async def stop(self, *, reason: str, quiet: bool = False) -> None:

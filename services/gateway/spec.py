@@ -9,7 +9,7 @@ from services.gateway import confine
 from services.gateway.agents import AgentSpec
 from services.gateway.confine import AgentUser
 from shared.errors import BadRequest, ProviderUnavailable
-from shared.providers import Provider, get_provider, resolve_binary
+from shared.providers import Provider, get_provider, provider_env, resolve_binary
 from shared.settings import Settings
 
 
@@ -75,4 +75,21 @@ def agent_spec(
         fence=confine.fence(settings, workspace_id, cwd),
         user=user,
         owned=confine.owned_dirs(settings, workspace_id, home, cwd),
+        env=provider_env(provider.id, settings),
+        session_id=session_id,
+        provider=provider.id,
     )
+
+
+def prepare_home(home: Path, provider_id: str, opencode_config: Path | None) -> None:
+    """Files an agent needs in its private HOME before it starts.
+
+    opencode reads its providers (model API base URL, `{env:…}` credentials) from
+    $HOME/.config/opencode/opencode.json: OPENCODE_CONFIG is copied there at every start,
+    so an edited file takes effect with the next agent and every home has it.
+    """
+    home.mkdir(parents=True, exist_ok=True)
+    if provider_id == "opencode" and opencode_config is not None:
+        target = home / ".config" / "opencode" / "opencode.json"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(opencode_config, target)

@@ -87,7 +87,12 @@ async def ready_echo(gw, pool, workspace_id, **extra):
     return sid
 
 
-async def test_session_new_validation(gw, workspace_id, cwd_root):
+async def test_session_new_validation(
+    gw, workspace_id, cwd_root, monkeypatch, tmp_path
+):
+    # opencode missing: neither pinned (scripts/install-agents) nor on PATH
+    monkeypatch.setattr("shared.providers.AGENTS_BIN", tmp_path)
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
     e = await err(gw, "session/new", {})
     assert e["code"] == -32602
     assert "workspaceId" in e["message"]

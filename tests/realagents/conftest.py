@@ -1,66 +1,125 @@
-"""Real third-party ACP agents (claude-agent-acp, opencode) with the network cut off.
+"""Real third-party ACP agents (claude-agent-acp, opencode) doing real work, offline.
 
-Install them once (about 0.7 GB of node packages):
-    npm install -g @zed-industries/claude-agent-acp@0.23.1 opencode-ai@1.18.33
-or into a prefix of your own (`--prefix DIR`, then put DIR/bin on PATH or set
-REALAGENTS_BIN=DIR/bin). Run with `pytest -m realagents`. Each agent runs under
-`unshare -n` (a network namespace with only loopback up, which opencode's internal server
-needs), a private HOME and no credentials, so nothing leaves the machine.
+Install the pinned agents once: `scripts/install-agents` (agents/package-lock.json into
+agents/node_modules, about 440 MB). Run: `pytest -m realagents` (scripts/test does). A
+missing agent, or a machine where `unshare -n` does not work, FAILS the run with the
+reason: this suite never skips.
+
+Each agent runs under `unshare -n` (a network namespace with only loopback up) through
+netns_relay.py, whose relay is its only way out: to the scripted model endpoint of the
+test (modelserver.py) on a Unix socket. Gateways and the query service run as real
+processes in the test's network namespace (they need Postgres and Redis).
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import stat
-import subprocess
+import tempfile
+import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
-WRAPPER = """#!/bin/sh
-# no network: a fresh network namespace with only loopback up
-exec unshare -n -- sh -c 'ip link set lo up && exec "$0" "$@"' {binary} "$@"
-"""
-
-
-def find_agent(name: str) -> str | None:
-    extra = os.environ.get("REALAGENTS_BIN")
-    path = os.pathsep.join(p for p in (extra, os.environ.get("PATH")) if p)
-    return shutil.which(name, path=path)
-
-
-def _can_unshare() -> bool:
-    if shutil.which("unshare") is None or shutil.which("ip") is None:
-        return False
-    probe = subprocess.run(
-        ["unshare", "-n", "--", "sh", "-c", "ip link set lo up"],
-        capture_output=True,
-        check=False,
-    )
-    return probe.returncode == 0
+from shared.providers import AGENTS_BIN
+from tests.realagents.harness import (
+    AGENTS,
+    Agent,
+    Stack,
+    readiness_problem,
+    write_wrapper,
+)
+from tests.realagents.modelserver import ModelServer
 
 
 @pytest.fixture(scope="session")
-def unshare_ok() -> None:
-    if not _can_unshare():
-        pytest.skip("realagents need `unshare -n` and `ip` (root or user namespaces)")
+def realagents_ready() -> None:
+    """Fail (never skip) when the suite cannot run here, saying how to fix it."""
+    problem = readiness_problem()
+    if problem:
+        pytest.fail(f"realagents: {problem}", pytrace=False)
 
 
 @pytest.fixture
-def offline_agent(tmp_path: Path, unshare_ok: None):
-    """`offline_agent("claude-agent-acp")` → path of a wrapper that runs it without network."""
+async def model() -> AsyncIterator[ModelServer]:
+    # a short path: a Unix socket path must fit in 108 bytes
+    with tempfile.TemporaryDirectory(prefix="rm-", dir="/tmp") as tmp:
+        server = ModelServer(Path(tmp) / "model.sock")
+        await server.start()
+        yield server
+        await server.close()
 
-    def _make(name: str) -> str:
-        binary = find_agent(name)
-        if binary is None:
-            pytest.skip(
-                f"{name} not installed: npm install -g "
-                "@zed-industries/claude-agent-acp@0.23.1 opencode-ai@1.18.33"
-            )
-        wrapper = tmp_path / f"{name}-offline"
-        wrapper.write_text(WRAPPER.format(binary=binary))
-        wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
-        return str(wrapper)
 
-    return _make
+@pytest.fixture(params=sorted(AGENTS))
+def agent(request: pytest.FixtureRequest, realagents_ready: None) -> Agent:
+    return AGENTS[request.param]
+
+
+async def make_stack(
+    agent: Agent,
+    model: ModelServer,
+    tmp_path: Path,
+    database_url: str,
+    redis_url: str,
+    workspace_id: str,
+    *,
+    credentials: bool = True,
+) -> Stack:
+    data_dir = (tmp_path / "data").resolve()
+    logdir = tmp_path / "logs"
+    data_dir.mkdir()
+    logdir.mkdir()
+    wrapper = write_wrapper(
+        tmp_path / f"{agent.binary}-offline",
+        AGENTS_BIN / agent.binary,
+        model.socket_path,
+    )
+    env = {
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "REDIS_PREFIX": f"ra-{uuid.uuid4().hex[:8]}",
+        "DATA_DIR": str(data_dir),
+        "LOG_LEVEL": "INFO",
+        "PG_POOL_MAX": "4",
+        agent.bin_setting: str(wrapper),
+        **agent.env(tmp_path, credentials),
+    }
+    http = aiohttp.ClientSession()
+    return Stack(agent, model, env, data_dir, logdir, workspace_id, http)
+
+
+@pytest.fixture
+async def stack(
+    agent: Agent,
+    model: ModelServer,
+    tmp_path: Path,
+    database_url: str,
+    redis_url: str,
+    workspace_id: str,
+) -> AsyncIterator[Stack]:
+    s = await make_stack(agent, model, tmp_path, database_url, redis_url, workspace_id)
+    try:
+        yield s
+    finally:
+        await s.close()
+        await s.http.close()
+
+
+@pytest.fixture
+async def stack_without_credentials(
+    agent: Agent,
+    model: ModelServer,
+    tmp_path: Path,
+    database_url: str,
+    redis_url: str,
+    workspace_id: str,
+) -> AsyncIterator[Stack]:
+    """As `stack`, but AGENT_ENV_* names a key the gateway's environment lacks."""
+    s = await make_stack(
+        agent, model, tmp_path, database_url, redis_url, workspace_id, credentials=False
+    )
+    try:
+        yield s
+    finally:
+        await s.close()
+        await s.http.close()
