@@ -22,7 +22,12 @@ from aiohttp import web
 from standardwebhooks import Webhook as StandardWebhook
 
 from services.common.keys import PG_POOL, SETTINGS
-from services.query.webhook_targets import AllowList, GuardedResolver, check_literal
+from services.query.webhook_targets import (
+    AllowList,
+    GuardedResolver,
+    TargetRefused,
+    check_literal,
+)
 from shared.db import webhooks as db
 from shared.db.connect import Pool
 
@@ -188,6 +193,10 @@ class DeliveryWorker:
                 return resp.status, f"HTTP {resp.status}"
         except TimeoutError:
             return None, f"no answer within {self.timeout:g} s"
+        except aiohttp.ClientConnectorError as err:
+            if isinstance(err.os_error, TargetRefused):  # from GuardedResolver
+                return None, f"url refused: {err.os_error}"
+            return None, f"{type(err).__name__}: {err}"[:500]
         except (aiohttp.ClientError, OSError) as err:
             return None, f"{type(err).__name__}: {err}"[:500]
 

@@ -57,13 +57,14 @@ CREATE FUNCTION webhook_enqueue(
 LANGUAGE sql AS $$
     INSERT INTO webhook_deliveries (webhook_id, event, body)
     SELECT w.id, p_event,
-           jsonb_strip_nulls(jsonb_build_object(
+           -- absent, not null, when there is no eventId; `data` is kept as stored
+           (jsonb_strip_nulls(jsonb_build_object(
                'type', p_event,
                'workspaceId', p_workspace,
                'sessionId', p_session,
                'eventId', p_event_id::text,
                'at', webhook_iso(p_at)
-           ) || jsonb_build_object('data', COALESCE(p_data, '{}'::jsonb)))::text
+           )) || jsonb_build_object('data', COALESCE(p_data, '{}'::jsonb)))::text
     FROM webhooks w
     WHERE w.workspace_id = p_workspace AND p_event = ANY (w.events)
 $$;
