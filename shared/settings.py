@@ -81,7 +81,7 @@ class Settings(BaseSettings):
     # word `public` for every public address; unset = public addresses only
     webhook_allow: str | None = None
     # seconds between a delivery worker's looks for due deliveries when it found none
-    webhook_poll_interval: float = 1.0
+    webhook_poll_interval: float = Field(default=1.0, gt=0)
 
     @field_validator("allow_custom_commands", mode="before")
     @classmethod

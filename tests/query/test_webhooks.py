@@ -29,6 +29,7 @@ from services.query.app import create_app as create_query
 from services.query.webhook_delivery import (
     FIRST_RETRY,
     GIVE_UP_AFTER,
+    KEEP_FINISHED,
     MAX_GAP,
     TIMEOUT_KEY,
     DeliveryWorker,
@@ -41,6 +42,7 @@ from services.query.webhook_targets import (
     check_target,
 )
 from shared.db import session_events
+from shared.db import webhooks as webhooks_db
 from shared.events import gateway_update
 from tests.gateway.conftest import wait_fanout_ready
 from tests.gateway.rpcutil import call, ok, wait_ready
@@ -1001,3 +1003,104 @@ async def test_the_address_is_checked_again_at_delivery(
         await asyncio.gather(task, return_exceptions=True)
     assert "not allowed" in row["last_error"]
     assert receiver.requests == []
+
+
+async def test_shutdown_hands_back_an_attempt_in_flight(
+    pool, workspace_id, start_receiver
+) -> None:
+    """A worker stopped mid-attempt leaves the delivery due at once, the attempt uncounted."""
+    receiver, url = await start_receiver(["hang"])
+    hook = uuid.uuid4()
+    await pool.execute(
+        "INSERT INTO webhooks (id, workspace_id, url, events, secret)"
+        " VALUES ($1, $2, $3, $4, 'a secret of sixteen+ bytes')",
+        hook,
+        workspace_id,
+        url,
+        ["session_created"],
+    )
+    await insert_session(pool, workspace_id)
+    worker = DeliveryWorker(pool, AllowList.parse("127.0.0.1"), poll_interval=0.05)
+    task = asyncio.create_task(worker.run())
+    await receiver.next()
+    claimed = await pool.fetchrow(
+        "SELECT attempts, next_attempt_at > now() AS held FROM webhook_deliveries"
+        " WHERE webhook_id = $1",
+        hook,
+    )
+    assert (claimed["attempts"], claimed["held"]) == (1, True)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    row = await pool.fetchrow(
+        "SELECT status, attempts, first_attempt_at, next_attempt_at <= now() AS due"
+        " FROM webhook_deliveries WHERE webhook_id = $1",
+        hook,
+    )
+    assert row["status"] == "pending"
+    assert row["attempts"] == 0
+    assert row["first_attempt_at"] is None
+    assert row["due"]
+
+
+async def test_finished_deliveries_are_purged_after_a_week(pool, workspace_id) -> None:
+    hook = uuid.uuid4()
+    await pool.execute(
+        "INSERT INTO webhooks (id, workspace_id, url, events, secret)"
+        " VALUES ($1, $2, 'http://127.0.0.1:9/', '{}', 'x')",
+        hook,
+        workspace_id,
+    )
+    for status, age, finished in (
+        ("delivered", timedelta(days=8), True),
+        ("dead", timedelta(days=8), True),
+        ("delivered", timedelta(days=6), True),
+        ("failed", timedelta(days=8), False),
+    ):
+        await pool.execute(
+            "INSERT INTO webhook_deliveries (webhook_id, event, body, status,"
+            " next_attempt_at, finished_at) VALUES ($1, 'turn_complete', '{}', $2,"
+            " now() + interval '1 hour',"
+            " CASE WHEN $3 THEN now() - $4::interval END)",
+            hook,
+            status,
+            finished,
+            age,
+        )
+    assert await webhooks_db.purge(pool, KEEP_FINISHED) == 2
+    left = await pool.fetch(
+        "SELECT status FROM webhook_deliveries WHERE webhook_id = $1 ORDER BY status",
+        hook,
+    )
+    assert [r["status"] for r in left] == ["delivered", "failed"]
+
+
+async def test_triggers_read_json_written_with_spaces(pool, workspace_id) -> None:
+    """The trigger's text pre-filter does not depend on one JSON writer's spacing."""
+    hook = uuid.uuid4()
+    await pool.execute(
+        "INSERT INTO webhooks (id, workspace_id, url, events, secret)"
+        " VALUES ($1, $2, 'http://127.0.0.1:9/', $3, 'x')",
+        hook,
+        workspace_id,
+        ["permission_requested", "session_error"],
+    )
+    sid = uuid.UUID(await insert_session(pool, workspace_id))
+    for event_id, kind, update in (
+        (1, "tool_call", {"sessionUpdate": "tool_call", "status": "waiting"}),
+        (2, "acp_status", {"sessionUpdate": "acp_status", "status": "error"}),
+        (3, "tool_call", {"sessionUpdate": "tool_call", "status": "pending"}),
+    ):
+        payload = orjson.dumps({"update": update}).decode().replace(":", " : ")
+        await pool.execute(
+            "INSERT INTO session_events (session_id, event_id, kind, payload)"
+            " VALUES ($1, $2, $3, $4)",
+            sid,
+            event_id,
+            kind,
+            payload,
+        )
+    got = await outbox(pool, str(hook))
+    assert [(g["type"], g["eventId"]) for g in got] == [
+        ("permission_requested", "1"),
+        ("session_error", "2"),
+    ]

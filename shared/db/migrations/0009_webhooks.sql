@@ -100,10 +100,15 @@ BEGIN
 END
 $$;
 
+-- The WHEN clause keeps the write path cheap: message chunks and the usual tool_call and
+-- acp_status events never call the function. The text test only narrows (any JSON writer
+-- spells the key and value out); the function decides on the parsed payload.
 CREATE TRIGGER session_events_webhooks
     AFTER INSERT ON session_events
     FOR EACH ROW
-    WHEN (NEW.kind IN ('turn_complete', 'tool_call', 'error', 'acp_status'))
+    WHEN (NEW.kind IN ('turn_complete', 'error')
+          OR (NEW.kind IN ('tool_call', 'acp_status')
+              AND NEW.payload ~ '"status"\s*:\s*"(waiting|error)"'))
     EXECUTE FUNCTION webhook_on_session_event();
 
 CREATE FUNCTION webhook_on_session_row() RETURNS trigger
