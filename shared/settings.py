@@ -107,6 +107,12 @@ class Settings(BaseSettings):
     # outputByteLimit can only lower it), terminals held at once per session
     terminal_output_limit: int = 1024 * 1024
     max_terminals: int = 8
+    # --- webhooks ---
+    # where webhook URLs may point: comma-separated host names, IPs and CIDRs, plus the
+    # word `public` for every public address; unset = public addresses only
+    webhook_allow: str | None = None
+    # seconds between a delivery worker's looks for due deliveries when it found none
+    webhook_poll_interval: float = Field(default=1.0, gt=0)
 
     @field_validator("allow_custom_commands", mode="before")
     @classmethod

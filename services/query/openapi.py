@@ -29,6 +29,7 @@ from shared.models.task import (
     TaskFields,
     TaskStatusChange,
 )
+from shared.models.webhook import Webhook, WebhookCreate, WebhookDelivery
 from shared.models.workspace import Workspace, WorkspaceCreate, WorkspacePatch
 
 OPENAPI_PATH = "/api/openapi.json"
@@ -48,6 +49,9 @@ _MODELS: list[tuple[type[BaseModel], JsonSchemaMode]] = [
     (Workspace, "serialization"),
     (WorkspaceCreate, "validation"),
     (WorkspacePatch, "validation"),
+    (Webhook, "serialization"),
+    (WebhookCreate, "validation"),
+    (WebhookDelivery, "serialization"),
 ]
 
 _REF = "#/components/schemas/{model}"
@@ -208,6 +212,7 @@ _SID = Param("session_id", "path", required=True, description="Session id (UUID)
 _TID = Param("id", "path", required=True, description="Task id")
 _WID = Param("id", "path", required=True, description="Workspace id")
 _LIMIT = Param("limit", schema={"type": "integer", "minimum": 1, "maximum": 1000})
+_HOOK = Param("webhook_id", "path", required=True, description="Webhook id (UUID)")
 
 OPERATIONS: tuple[Op, ...] = (
     # sessions (api.md §4.1, §4.2)
@@ -510,6 +515,53 @@ OPERATIONS: tuple[Op, ...] = (
         _ref("Ok"),
         (404, 409, 503),
         (_WID,),
+    ),
+    # webhooks of a workspace
+    Op(
+        "POST",
+        "/api/workspaces/{id}/webhooks",
+        "Register a webhook; the signing secret is in this reply only",
+        "webhooks",
+        {
+            "type": "object",
+            "required": ["webhook", "secret"],
+            "properties": {"webhook": _ref("Webhook"), "secret": {"type": "string"}},
+        },
+        (400, 404, 413, 415, 503),
+        (_WID,),
+        _ref("WebhookCreate"),
+        status=201,
+    ),
+    Op(
+        "GET",
+        "/api/workspaces/{id}/webhooks",
+        "The workspace's webhooks, oldest first (no secrets)",
+        "webhooks",
+        _list_of("webhooks", "Webhook"),
+        (404, 503),
+        (_WID,),
+    ),
+    Op(
+        "DELETE",
+        "/api/workspaces/{id}/webhooks/{webhook_id}",
+        "Delete a webhook and its deliveries",
+        "webhooks",
+        {
+            "type": "object",
+            "required": ["deleted"],
+            "properties": {"deleted": {"const": True}},
+        },
+        (404, 503),
+        (_WID, _HOOK),
+    ),
+    Op(
+        "GET",
+        "/api/workspaces/{id}/webhooks/{webhook_id}/deliveries",
+        "A webhook's deliveries, newest first",
+        "webhooks",
+        _list_of("deliveries", "WebhookDelivery"),
+        (400, 404, 503),
+        (_WID, _HOOK, _LIMIT),
     ),
     # this document, the dashboard, operations
     Op("GET", OPENAPI_PATH, "This document", "meta", {"type": "object"}),

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from services.query import dashboard, notes, openapi, sessions, tasks, workspaces
+from services.query import (
+    dashboard,
+    notes,
+    openapi,
+    sessions,
+    tasks,
+    webhooks,
+    workspaces,
+)
 
 
 def setup(app: web.Application) -> None:
@@ -13,5 +21,6 @@ def setup(app: web.Application) -> None:
     notes.setup(app)
     tasks.setup(app)
     workspaces.setup(app)
+    webhooks.setup(app)
     dashboard.setup(app)
     openapi.setup(app)
