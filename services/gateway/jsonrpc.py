@@ -89,9 +89,11 @@ def _record(
     method: str,
     result: _Ok | _Invalid | DomainError,
     seconds: float,
+    forwarded: bool,
 ) -> None:
     """One call's metrics and its log line: method, code, duration (and session_id,
-    bound by the method, through the log context)."""
+    bound by the method, through the log context). A call forwarded to its session's
+    owner is logged on both instances; the owner's line says `forwarded`."""
     if isinstance(result, _Ok):
         code, message = 0, None
     elif isinstance(result, DomainError):
@@ -103,17 +105,17 @@ def _record(
     if metrics is not None:
         # a label per known method only: a client cannot mint series
         metrics.observe_rpc(method if known else "<unknown>", code, seconds)
-    duration_ms = round(seconds * 1000, 3)
+    fields: dict[str, Any] = {
+        "method": method if known else method[:100],
+        "code": code,
+        "duration_ms": round(seconds * 1000, 3),
+    }
+    if forwarded:
+        fields["forwarded"] = True
     if code == 0:
-        _rpc_log.info("rpc", method=method, code=0, duration_ms=duration_ms)
+        _rpc_log.info("rpc", **fields)
     else:
-        _rpc_log.warning(
-            "rpc",
-            method=method if known else method[:100],
-            code=code,
-            duration_ms=duration_ms,
-            error=message,
-        )
+        _rpc_log.warning("rpc", error=message, **fields)
 
 
 async def _dispatch_one(
@@ -154,7 +156,7 @@ async def _dispatch_one(
     structlog.contextvars.unbind_contextvars("session_id")
     start = time.perf_counter()
     result = await _execute(app, method, request, allowed_workspaces, forwarded)
-    _record(app, method, result, time.perf_counter() - start)
+    _record(app, method, result, time.perf_counter() - start, forwarded)
     if id_ is _NO_ID:
         return None
     if isinstance(result, _Invalid):
