@@ -98,6 +98,8 @@ class SessionManager:
         self.has_subscribers: Callable[[str], bool] = lambda _sid: False
         # set by the app: (events, seconds) of each stored batch, for metrics
         self.on_batch: Callable[[int, float], None] | None = None
+        # set by the app: an agent failed, after it was ready (True: a crash) or before
+        self.on_agent_failure: Callable[[bool], None] | None = None
 
     # --- tasks ------------------------------------------------------------------------
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
@@ -387,6 +389,8 @@ class SessionManager:
         if live.stopping:
             return
         live.stopping = True
+        if self.on_agent_failure is not None:
+            self.on_agent_failure(live.ready.done())
         live.cancel_all_permissions()
         if not live.ready.done():
             err: AgentError | ProviderUnavailable = AgentError(message)
@@ -651,6 +655,14 @@ def manager_ctx(key: web.AppKey[SessionManager]) -> Any:
                 latency.observe(seconds)
 
             manager.on_batch = _observe
+
+            def _agent_failed(running: bool) -> None:
+                failures = (
+                    metrics.agent_crashes if running else metrics.agent_start_failures
+                )
+                failures.inc()
+
+            manager.on_agent_failure = _agent_failed
         await manager.release_stale()
         manager.start_loops()
         yield
