@@ -10,7 +10,6 @@ stops children first, then the embedded servers.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import os
@@ -35,6 +34,7 @@ from services.devtools.embedded import (
     redis_problem,
 )
 from services.devtools.origin import Backend, Upstreams, create_origin_app
+from shared import cli
 from shared.settings import load_settings
 
 READY_TIMEOUT = 60.0
@@ -89,40 +89,33 @@ class Options:
 
     @classmethod
     def parse(cls, argv: Sequence[str] | None) -> Options:
-        defaults = load_settings("routa-dev")
-        parser = argparse.ArgumentParser(
-            prog="routa-dev",
-            description="Run Postgres, Redis, one gateway, one query service "
+        # flags first: --help and --version return before any setting is read
+        parser = cli.parser(
+            "routa-dev",
+            "Run Postgres, Redis, one gateway, one query service "
             "and the origin on http://localhost:3000.",
+            cli.SETTINGS_EPILOG,
         )
         parser.add_argument(
-            "--port",
-            type=int,
-            default=_env_int("ORIGIN_PORT", 3000),
-            help="origin port (env ORIGIN_PORT, default 3000)",
+            "--port", type=int, help="origin port (env ORIGIN_PORT, default 3000)"
         )
         parser.add_argument(
-            "--host",
-            default=os.environ.get("ORIGIN_HOST", "localhost"),
-            help="origin host (env ORIGIN_HOST, default localhost)",
+            "--host", help="origin host (env ORIGIN_HOST, default localhost)"
         )
         parser.add_argument(
             "--gateway-port",
             type=int,
-            default=_env_int("GATEWAY_PORT", 8001),
-            help="gateway port, a free one if taken (env GATEWAY_PORT)",
+            help="gateway port, a free one if taken (env GATEWAY_PORT, default 8001)",
         )
         parser.add_argument(
             "--query-port",
             type=int,
-            default=_env_int("QUERY_PORT", 8002),
-            help="query service port, a free one if taken (env QUERY_PORT)",
+            help="query service port, a free one if taken (env QUERY_PORT, default 8002)",
         )
         parser.add_argument(
             "--origin",
             choices=["auto", "nginx", "aiohttp"],
-            default=os.environ.get("ORIGIN", "auto"),
-            help="nginx when installed (auto), or force one (env ORIGIN)",
+            help="nginx when installed (auto), or force one (env ORIGIN, default auto)",
         )
         parser.add_argument(
             "--embedded",
@@ -132,15 +125,27 @@ class Options:
             "answer stops the command)",
         )
         args = parser.parse_args(argv)
+        defaults = load_settings("routa-dev")
+        origin = args.origin or os.environ.get("ORIGIN") or "auto"
+        if origin not in ("auto", "nginx", "aiohttp"):
+            sys.stderr.write(
+                f"routa-dev: invalid setting ORIGIN={origin!r}: "
+                "must be auto, nginx or aiohttp\n"
+            )
+            raise SystemExit(2)
+
+        def pick(flag: int | None, name: str, default: int) -> int:
+            return flag if flag is not None else _env_int(name, default)
+
         return cls(
             data_dir=defaults.data_dir.resolve(),
             database_url=defaults.database_url,
             redis_url=defaults.redis_url,
-            origin_host=args.host,
-            origin_port=args.port,
-            gateway_port=args.gateway_port,
-            query_port=args.query_port,
-            origin=args.origin,
+            origin_host=args.host or os.environ.get("ORIGIN_HOST", "localhost"),
+            origin_port=pick(args.port, "ORIGIN_PORT", 3000),
+            gateway_port=pick(args.gateway_port, "GATEWAY_PORT", 8001),
+            query_port=pick(args.query_port, "QUERY_PORT", 8002),
+            origin=origin,
             database_url_set="database_url" in defaults.model_fields_set,
             redis_url_set="redis_url" in defaults.model_fields_set,
             embedded=args.embedded,

@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import socket
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_core import ErrorDetails
@@ -202,13 +203,14 @@ def _describe(error: ErrorDetails) -> str:
     return f"{name}={shown!r}: {message}"
 
 
-def load_settings(program: str) -> Settings:
+def load_settings(program: str, overrides: Mapping[str, Any] | None = None) -> Settings:
     """Settings from the environment; a malformed value is one line on stderr, exit 2.
 
     Every command starts with this, so a typo in a variable never ends in a traceback.
+    `overrides` are the command's flags (shared/cli.py), which win over the environment.
     """
     try:
-        return Settings()
+        return Settings(**(overrides or {}))
     except ValidationError as err:
         for error in err.errors():
             sys.stderr.write(f"{program}: invalid setting {_describe(error)}\n")

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import asyncpg
 
+from shared import cli
 from shared.db import tokens
 from shared.db.migrate import migrate
 
@@ -27,7 +28,7 @@ def _workspaces(value: str) -> list[str]:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="routa-tokens", description=__doc__)
+    p = cli.parser("routa-tokens", __doc__ or "")
     sub = p.add_subparsers(dest="command", required=True)
     create = sub.add_parser("create", help="make a token and print it (once)")
     create.add_argument(
@@ -49,9 +50,9 @@ async def run(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     database_url = args.database_url
     if database_url is None:
-        from shared.settings import Settings
+        from shared.settings import load_settings
 
-        database_url = Settings().database_url
+        database_url = load_settings("routa-tokens").database_url
     await migrate(database_url)
     conn = await asyncpg.connect(database_url)
     out = sys.stdout
@@ -91,8 +92,8 @@ async def run(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def main() -> None:
-    sys.exit(asyncio.run(run()))
+def main(argv: Sequence[str] | None = None) -> None:
+    sys.exit(asyncio.run(run(argv)))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """Prometheus metrics of one process, in a registry of its own app (no global state).
 
 Each app instance owns a `CollectorRegistry`, so several apps in one test process never clash.
-Series are labelled by route template, never by raw path.
+Series are labelled by route template or JSON-RPC method name, never by raw path or session
+id. No `_created` series (they double the series count and no dashboard reads them); the
+process and Python runtime collectors are in each registry.
 """
 
 from __future__ import annotations
@@ -11,15 +13,53 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
 from prometheus_client.aiohttp import make_aiohttp_handler
+
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 _UNMATCHED = "<unmatched>"
 _SKIP = frozenset({"/metrics", "/healthz", "/readyz"})
+# why the gateway's fan-out closes a stream whose client does not keep up
+_SLOW_REASONS = frozenset({"overflow", "backlog", "lagging"})
+
+
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    300,
+)
 
 
 def _registry() -> CollectorRegistry:
-    return CollectorRegistry(auto_describe=True)
+    registry = CollectorRegistry(auto_describe=True)
+    # process_* (CPU, memory, file descriptors) and python_* (GC, version): the
+    # stateless default collectors, read at scrape time, safe in several registries
+    for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+        registry.register(collector)
+    return registry
 
 
 @dataclass
@@ -33,29 +73,39 @@ class Metrics:
             "HTTP request latency by route template",
             ["method", "route", "status"],
             registry=r,
-            buckets=(
-                0.0005,
-                0.001,
-                0.0025,
-                0.005,
-                0.01,
-                0.025,
-                0.05,
-                0.1,
-                0.25,
-                0.5,
-                1,
-                2.5,
-                5,
-                10,
-                30,
-                300,
-            ),
+            buckets=LATENCY_BUCKETS,
         )
         self.jsonrpc_calls = Counter(
             "routa_jsonrpc_calls_total",
             "JSON-RPC calls by method and error code (0 = success)",
             ["method", "code"],
+            registry=r,
+        )
+        self.jsonrpc_latency = Histogram(
+            "routa_jsonrpc_duration_seconds",
+            "JSON-RPC call latency by method (a prompt: until its turn ends)",
+            ["method"],
+            registry=r,
+            buckets=LATENCY_BUCKETS,
+        )
+        self.agent_crashes = Counter(
+            "routa_agent_crashes_total",
+            "Agents that exited or broke their connection while running",
+            registry=r,
+        )
+        self.agent_start_failures = Counter(
+            "routa_agent_start_failures_total",
+            "Agents that could not be started (spawn, initialize, session/new or load)",
+            registry=r,
+        )
+        self.subscribers_dropped = Counter(
+            "routa_sse_subscribers_dropped_total",
+            "Event streams closed because their client did not keep up",
+            registry=r,
+        )
+        self.subscribers_evicted = Counter(
+            "routa_sse_subscribers_evicted_total",
+            "Event streams closed to keep the process's stream buffers in budget",
             registry=r,
         )
         self.sse_streams = Gauge(
@@ -79,17 +129,12 @@ class Metrics:
             ["result"],
             registry=r,
         )
-        self._cache_counts: dict[str, int] = {}
         # labelled children by label values: `labels()` takes a lock and builds keys on
         # every call, a visible share of a warm-list hit (py-spy)
         self._latency_children: dict[tuple[str, str, str], Any] = {}
         self._cache_children: dict[str, Any] = {}
-        self.cache_hit_ratio = Gauge(
-            "routa_cache_hit_ratio",
-            "Share of session list lookups answered from the cache (L1 or Redis)",
-            registry=r,
-        )
-        self.cache_hit_ratio.set_function(self._hit_ratio)
+        self._rpc_children: dict[str, Any] = {}
+        self._call_children: dict[tuple[str, int], Any] = {}
 
     def observe_request(
         self, method: str, route: str, status: str, seconds: float
@@ -106,14 +151,28 @@ class Metrics:
         if child is None:
             child = self._cache_children[result] = self.cache_requests.labels(result)
         child.inc()
-        self._cache_counts[result] = self._cache_counts.get(result, 0) + 1
 
-    def _hit_ratio(self) -> float:
-        total = sum(self._cache_counts.values())
-        hits = self._cache_counts.get("hit_local", 0) + self._cache_counts.get(
-            "hit_redis", 0
-        )
-        return hits / total if total else 0.0
+    def observe_rpc(self, method: str, code: int, seconds: float) -> None:
+        """One JSON-RPC call: its latency by method, its count by method and code."""
+        latency = self._rpc_children.get(method)
+        if latency is None:
+            latency = self._rpc_children[method] = self.jsonrpc_latency.labels(method)
+        latency.observe(seconds)
+        key = (method, code)
+        calls = self._call_children.get(key)
+        if calls is None:
+            calls = self._call_children[key] = self.jsonrpc_calls.labels(
+                method, str(code)
+            )
+        calls.inc()
+
+    def subscriber_closed(self, reason: str | None) -> None:
+        """An event stream ended; count it when the fan-out closed it for being slow
+        (`overflow`, `backlog`, `lagging`) or for the process budget (`memory`)."""
+        if reason == "memory":
+            self.subscribers_evicted.inc()
+        elif reason in _SLOW_REASONS:
+            self.subscribers_dropped.inc()
 
     def track_stream(self, kind: str) -> Callable[[], None]:
         """Count one open SSE stream of `kind`; call the result once when it ends."""

@@ -23,7 +23,12 @@ async def app_middleware(request: web.Request, handler: Handler) -> web.StreamRe
     request_id = request.headers.get("X-Request-Id") or os.urandom(16).hex()
     request[REQUEST_ID] = request_id
     clear_contextvars()
-    bind_contextvars(request_id=request_id)
+    session_id = request.match_info.get("session_id")
+    if session_id is not None:
+        # session routes (/api/sessions/{session_id}/…): every line of the request
+        bind_contextvars(request_id=request_id, session_id=session_id[:100])
+    else:
+        bind_contextvars(request_id=request_id)
     metrics = None if request.path in SKIP_PATHS else request.app.get(METRICS)
     start = time.perf_counter()
     status = 500

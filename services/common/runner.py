@@ -1,7 +1,11 @@
-"""Running an app factory as a process: logging, uvloop, the port, a short shutdown.
+"""Running an app factory as a process: flags, logging, uvloop, the port, the drain.
 
-What `web.run_app` does, with one step between setting the runner up and serving: the
-server's request factory learns to answer the HTTP parser's 400s as JSON (badrequest.py).
+What `web.run_app` does, with two differences. Between setting the runner up and serving,
+the server's request factory learns to answer the HTTP parser's 400s as JSON
+(badrequest.py). And on SIGTERM / SIGINT the app's on_shutdown hooks (readiness turns 503,
+a gateway's running turns finish) run while the listener is still open: probes and the
+balancer get a 503 rather than a refused connection until the drain is over; only then
+are the listener and the connections closed. A second signal stops at once.
 """
 
 from __future__ import annotations
@@ -9,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from aiohttp import web
 
@@ -18,17 +23,34 @@ from services.common.accesslog import ACCESS_LOGGER, AccessLogger
 from services.common.badrequest import shape_parse_errors
 from services.common.http import dependency_of
 from services.common.logging import configure_logging
+from shared.cli import SERVICE_FLAGS, overrides, service_parser
 from shared.settings import Settings, load_settings
 
 MAX_LINE_SIZE = 64 * 1024
 KEEPALIVE_TIMEOUT = 75.0  # run_app's default
 
 
-async def serve(app: web.Application, settings: Settings, port: int) -> None:
-    """Serve until cancelled or SIGINT/SIGTERM (GracefulExit), then clean up."""
-    runner = web.AppRunner(
+class _Runner(web.AppRunner):
+    """on_shutdown runs once: from `serve` before the listener closes, not again in cleanup."""
+
+    _shut_down = False
+
+    async def shutdown(self) -> None:
+        if not self._shut_down:
+            self._shut_down = True
+            await super().shutdown()
+
+
+async def serve(
+    app: web.Application,
+    settings: Settings,
+    port: int,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Serve until `stop` is set (or cancelled); drain with the listener open; clean up."""
+    runner = _Runner(
         app,
-        handle_signals=True,
+        handle_signals=False,
         shutdown_timeout=settings.shutdown_timeout,
         access_log=ACCESS_LOGGER,
         access_log_class=AccessLogger,
@@ -43,18 +65,27 @@ async def serve(app: web.Application, settings: Settings, port: int) -> None:
         assert runner.server is not None
         shape_parse_errors(runner.server)
         await web.TCPSite(runner, settings.host, port).start()
-        await asyncio.Event().wait()
+        await (stop or asyncio.Event()).wait()
+        # the drain (on_shutdown) while /readyz still answers, with 503
+        await runner.shutdown()
     finally:
         await runner.cleanup()
 
 
 def run(
-    factory: Callable[[Settings], web.Application], default_port: int, name: str
+    factory: Callable[[Settings], web.Application],
+    default_port: int,
+    name: str,
+    description: str = "",
+    argv: Sequence[str] | None = None,
 ) -> None:
-    settings = load_settings(f"routa-{name}")
+    program = f"routa-{name}"
+    args = service_parser(program, description, default_port).parse_args(argv)
+    settings = load_settings(program, overrides(args, *SERVICE_FLAGS))
     configure_logging(settings.log_level, settings.log_format)
     port = settings.port_or(default_port)
-    logging.getLogger(name).info(
+    log = logging.getLogger(name)
+    log.info(
         "starting %s instance=%s on %s:%s",
         name,
         settings.instance_id,
@@ -69,11 +100,23 @@ def run(
     except ImportError:  # pragma: no cover - windows
         loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    main = loop.create_task(serve(factory(settings), settings, port))
+    stop = asyncio.Event()
+    main = loop.create_task(serve(factory(settings), settings, port, stop))
+
+    def on_signal(signame: str) -> None:
+        if not stop.is_set():
+            log.info("%s: draining, then stopping", signame)
+            stop.set()
+        else:
+            log.warning("%s again: stopping without waiting for the drain", signame)
+            main.cancel()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig.name)
     failed: str | None = None
     try:
         loop.run_until_complete(main)
-    except (web.GracefulExit, KeyboardInterrupt):
+    except (web.GracefulExit, KeyboardInterrupt, asyncio.CancelledError):
         pass
     except Exception as err:
         # Postgres or Redis still down after the start-up retries: one line naming the

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+
+import structlog
 from aiohttp import web
 
 from services.common.app import base_app
@@ -15,6 +18,7 @@ from services.gateway.sse import close_streams_on_shutdown
 from shared.settings import Settings
 
 DEFAULT_PORT = 8001
+_log = structlog.stdlib.get_logger("routa.drain")
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -78,10 +82,31 @@ def setup_scaleout(app: web.Application) -> None:
 
 
 async def drain(app: web.Application) -> None:
-    """on_shutdown: stop reading commands, let running turns finish, release leases."""
+    """on_shutdown: stop reading commands, let running turns finish, release leases.
+
+    Logged at start (the turns it waits for) and at the end (how they ended), so an
+    operator sees why a stop took as long as it did.
+    """
+    started = time.monotonic()
+    grace = app[SETTINGS].drain_grace
+    manager = app.get(SESSION_MANAGER)
+    live = list(manager.live.values()) if manager is not None else []
+    turns = [lv.turn for lv in live if lv.turn is not None and not lv.turn.done]
+    _log.info(
+        "drain started",
+        live_sessions=len(live),
+        running_turns=len(turns),
+        drain_grace=grace,
+    )
     consumer = app.get(commands.COMMAND_CONSUMER)
     if consumer is not None:
         await consumer.stop_reading()
-    manager = app.get(SESSION_MANAGER)
     if manager is not None:
-        await manager.drain(app[SETTINGS].drain_grace)
+        await manager.drain(grace)
+    finished = sum(1 for t in turns if isinstance(t.outcome, dict))
+    _log.info(
+        "drain finished",
+        seconds=round(time.monotonic() - started, 3),
+        turns_finished=finished,
+        turns_cut_short=len(turns) - finished,
+    )

@@ -9,10 +9,12 @@ all get exactly the same semantics.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import asyncpg
 import orjson
+import structlog
 from aiohttp import web
 
 from services.common import rpcjson
@@ -38,6 +40,7 @@ from shared.errors import (
 )
 
 logger = logging.getLogger(__name__)
+_rpc_log = structlog.stdlib.get_logger("routa.rpc")
 
 PROTOCOL_VERSION = 1
 AGENT_INFO = {"name": "routa-py", "version": "0.1.0"}
@@ -81,6 +84,40 @@ def _count(app: web.Application, method: str, code: int) -> None:
         metrics.jsonrpc_calls.labels(method, str(code)).inc()
 
 
+def _record(
+    app: web.Application,
+    method: str,
+    result: _Ok | _Invalid | DomainError,
+    seconds: float,
+    forwarded: bool,
+) -> None:
+    """One call's metrics and its log line: method, code, duration (and session_id,
+    bound by the method, through the log context). A call forwarded to its session's
+    owner is logged on both instances; the owner's line says `forwarded`."""
+    if isinstance(result, _Ok):
+        code, message = 0, None
+    elif isinstance(result, DomainError):
+        code, message = result.jsonrpc_code, result.message
+    else:
+        code, message = result.code, result.message
+    known = _registry(app).get(method) is not None
+    metrics = app.get(METRICS)
+    if metrics is not None:
+        # a label per known method only: a client cannot mint series
+        metrics.observe_rpc(method if known else "<unknown>", code, seconds)
+    fields: dict[str, Any] = {
+        "method": method if known else method[:100],
+        "code": code,
+        "duration_ms": round(seconds * 1000, 3),
+    }
+    if forwarded:
+        fields["forwarded"] = True
+    if code == 0:
+        _rpc_log.info("rpc", **fields)
+    else:
+        _rpc_log.warning("rpc", error=message, **fields)
+
+
 async def _dispatch_one(
     app: web.Application,
     request: Any,
@@ -115,7 +152,11 @@ async def _dispatch_one(
         _count(app, "<invalid>", err.code)
         return error_object(reply_id, err.code, err.message)
 
+    # a batch member does not lend its session_id to the log lines of the next
+    structlog.contextvars.unbind_contextvars("session_id")
+    start = time.perf_counter()
     result = await _execute(app, method, request, allowed_workspaces, forwarded)
+    _record(app, method, result, time.perf_counter() - start, forwarded)
     if id_ is _NO_ID:
         return None
     if isinstance(result, _Invalid):
@@ -139,19 +180,19 @@ async def _execute(
     allowed_workspaces: frozenset[str] | None,
     forwarded: bool,
 ) -> _Ok | _Invalid | DomainError:
-    """Run the method; every failure becomes a value so notifications can drop it."""
+    """Run the method; every failure becomes a value so notifications can drop it.
+
+    The caller times, counts and logs it (`_record`).
+    """
     handler = _registry(app).get(method)
     if handler is None:
-        _count(app, "<unknown>", METHOD_NOT_FOUND)
         return _Invalid(METHOD_NOT_FOUND, f"Method not found: {method}")
     params = request.get("params")
     if params is None:
         params = {}
     elif isinstance(params, list):
-        _count(app, method, INVALID_PARAMS)
         return _Invalid(INVALID_PARAMS, "params must be an object (named params)")
     elif not isinstance(params, dict):
-        _count(app, method, INVALID_PARAMS)
         return _Invalid(INVALID_PARAMS, "params must be an object")
     call = RpcCall(
         app=app,
@@ -163,27 +204,22 @@ async def _execute(
     try:
         value = await handler(call)
     except DomainError as err:
-        _count(app, method, err.jsonrpc_code)
         return err
     except (
         asyncpg.CharacterNotInRepertoireError,
         asyncpg.UntranslatableCharacterError,
     ):
         # a NUL (or another character Postgres text cannot hold) in some param
-        _count(app, method, INVALID_PARAMS)
         return _Invalid(INVALID_PARAMS, f"Invalid params: {NUL_MESSAGE}")
     except Exception as err:
         dependency = dependency_of(err)
         if dependency is not None:
             # Postgres or Redis is down: -32603 with a message naming it (api.md §2)
             logger.warning("%s failure in %s: %r", dependency, method, err)
-            _count(app, method, INTERNAL_ERROR)
             return dependency_down(dependency, err)
         # Logged once here, with the traceback; the client only sees -32603.
         logger.exception("unhandled error in JSON-RPC method %s", method)
-        _count(app, method, INTERNAL_ERROR)
         return _Invalid(INTERNAL_ERROR, "Internal error")
-    _count(app, method, 0)
     return _Ok(value)
 
 

@@ -102,6 +102,8 @@ class SessionDeps:
     # what agents may be given (mcpServers) and who they run as (AGENT_USER)
     mcp: McpPolicy
     agent_user: AgentUser | None
+    # metrics: an agent failed, after it was ready (True: a crash) or before
+    on_agent_failure: Callable[[bool], None] | None = None
     # SIGTERM: no new sessions or turns here, running turns finish
     draining: bool = False
     closed: bool = False
@@ -676,7 +678,10 @@ class LiveSession:
     # --- failing and stopping ---------------------------------------------------------
     async def fail(self, message: str, *, cause: Exception | None = None) -> None:
         """acp_status error + status closed; stop the agent; the session stays resumable."""
+        was_ready = self.ready.done()
         if self._begin_stop(not_ready(message, cause, self.provider)):
+            if self._deps.on_agent_failure is not None:
+                self._deps.on_agent_failure(was_ready)
             await self._shut_down(message, "error", error=message, stop_agent=False)
 
     async def stop(self, *, reason: str, quiet: bool = False) -> None:

@@ -268,6 +268,14 @@ async def manager_ctx(app: web.Application) -> AsyncIterator[None]:
             latency.observe(seconds)
 
         manager.on_batch = _observe
+
+        def _agent_failed(running: bool) -> None:
+            failures = (
+                metrics.agent_crashes if running else metrics.agent_start_failures
+            )
+            failures.inc()
+
+        manager.deps.on_agent_failure = _agent_failed
     await manager.leases.release_stale()
     manager.start_loops()
     yield

@@ -184,6 +184,7 @@ async def handle_stream(request: web.Request) -> web.StreamResponse:
     finally:
         if metrics is not None:
             metrics.sse_streams.labels("acp").dec()
+            metrics.subscriber_closed(sub.closed_reason)
         await fanout.unsubscribe(sub)
     return resp
 

@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import logging
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 
@@ -94,12 +95,22 @@ async def migrate(database_url: str) -> list[str]:
         await conn.close()
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     """`routa-migrate`: apply migrations to DATABASE_URL and exit."""
+    from shared.cli import SETTINGS_EPILOG, parser
     from shared.settings import load_settings
 
+    cli = parser(
+        "routa-migrate",
+        "Create the database when it is missing and apply the pending migrations, "
+        "then exit (the processes also do this at start).",
+        SETTINGS_EPILOG,
+    )
+    cli.add_argument("--database-url", help="the database (env DATABASE_URL)")
+    args = cli.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    settings = load_settings("routa-migrate")
+    overrides = {"database_url": args.database_url} if args.database_url else None
+    settings = load_settings("routa-migrate", overrides)
     try:
         applied = asyncio.run(migrate(settings.database_url))
     except (

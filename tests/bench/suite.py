@@ -848,6 +848,11 @@ def machine() -> str:
     return f"{os.cpu_count()} vCPU, {model}, Python {platform.python_version()}, {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC"
 
 
+def progress(line: str) -> None:
+    """One line on stderr per step: the table goes to stdout at the end."""
+    print(f"bench: {line}", file=sys.stderr, flush=True)
+
+
 async def run(only: set[str] | None = None) -> Ctx:
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is missing: apt-get install -y wrk")
@@ -865,24 +870,51 @@ async def run(only: set[str] | None = None) -> Ctx:
         f"bench-{run_id}",
         Path(tempfile.mkdtemp(prefix="routa-bench-")),
     )
+    progress(f"database {db_url.rsplit('/', 1)[-1]}: creating and migrating")
     await migrate(db_url)
-    want = only or {"1", "2", "3", "4", "5"}
+    want = sorted(only or {"1", "2", "3", "4", "5"})
+    if SOAK <= 0:
+        want = [n for n in want if n != "5"]
     try:
         qport, gport = free_port(), free_port()
+        progress(f"starting a query service (:{qport}) and a gateway (:{gport})")
         query = await start(ctx, ["-m", "services.query"], qport, "/healthz")
         gateway = await start(ctx, ["-m", "services.gateway"], gport, "/healthz")
-        if "1" in want:
-            await scenario_list(ctx, qport)
-        else:
+        if "1" not in want:
+            progress("seeding 10,000 sessions")
             await seed_sessions(ctx)
-        if "4" in want:
-            await scenario_new(ctx, gport, qport)
-        if "2" in want:
-            await scenario_hop(ctx, gport)
-        if "3" in want:
-            await scenario_fanout(ctx, gateway, gport)
-        if "5" in want and SOAK > 0:
-            await scenario_soak(ctx, {"gateway": gateway, "query": query}, gport, qport)
+        # in this order: the list runs first (it seeds), the soak last
+        scenarios = {
+            "1": (
+                "warm session list (wrk, 3 runs of BENCH_DURATION each side)",
+                lambda: scenario_list(ctx, qport),
+            ),
+            "4": (
+                "session/new reply and time to ready",
+                lambda: scenario_new(ctx, gport, qport),
+            ),
+            "2": (
+                "event hop agent → SSE, and the store+publish rate",
+                lambda: scenario_hop(ctx, gport),
+            ),
+            "3": (
+                "fan-out to 1,000 and 2,500 streams",
+                lambda: scenario_fanout(ctx, gateway, gport),
+            ),
+            "5": (
+                f"soak for {SOAK:g}s",
+                lambda: scenario_soak(
+                    ctx, {"gateway": gateway, "query": query}, gport, qport
+                ),
+            ),
+        }
+        chosen = [n for n in scenarios if n in want]
+        for i, number in enumerate(chosen, 1):
+            title, scenario = scenarios[number]
+            progress(f"scenario {number} ({i}/{len(chosen)}): {title}")
+            began = time.monotonic()
+            await scenario()
+            progress(f"scenario {number} done in {time.monotonic() - began:.0f}s")
     finally:
         for p in list(ctx.procs):
             stop(ctx, p)

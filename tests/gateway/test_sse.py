@@ -316,6 +316,10 @@ async def test_slow_subscriber_is_closed_and_catches_up(
         while fanout.subscriber_count(sid):
             await asyncio.sleep(0.01)
     assert sub.closed_reason == "overflow"
+    # counted for operators (issue 15 item 5); nothing was evicted for the budget
+    metrics = await (await client.get("/metrics")).text()
+    assert "\nrouta_sse_subscribers_dropped_total 1.0\n" in metrics
+    assert "\nrouta_sse_subscribers_evicted_total 0.0\n" in metrics
     got: list[int] = []
     # the connection was dropped: what arrived before is whole frames, then an error
     with contextlib.suppress(ClientPayloadError):

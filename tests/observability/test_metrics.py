@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -88,7 +89,8 @@ async def test_query_metrics_move(settings, aiohttp_client, workspace_id):
         after, "routa_cache_requests_total", result="hit_redis"
     )
     assert hits >= 1
-    assert 0 < value(after, "routa_cache_hit_ratio") < 1
+    # counters add across instances; a ratio gauge does not (issue 15 item 5)
+    assert not any(name == "routa_cache_hit_ratio" for (name, _) in after)
 
     for r in opened:
         r.close()
@@ -97,9 +99,11 @@ async def test_query_metrics_move(settings, aiohttp_client, workspace_id):
 
 
 async def test_gateway_metrics_move(
-    settings, aiohttp_client, pool, workspace_id, cwd_root
+    make_settings, aiohttp_client, pool, workspace_id, cwd_root
 ):
-    client = await aiohttp_client(create_gateway(settings))
+    client = await aiohttp_client(
+        create_gateway(make_settings(allow_custom_commands=True))
+    )
     before = await scrape(client)
     assert value(before, "routa_agent_processes_live") == 0
     assert value(before, "routa_event_log_write_seconds_count") == 0
@@ -135,6 +139,17 @@ async def test_gateway_metrics_move(
         == 1
     )
     assert value(after, "routa_jsonrpc_calls_total", code="-32601") == 1
+    # latency per method, whatever the outcome; an unknown name is not a label
+    assert (
+        value(after, "routa_jsonrpc_duration_seconds_count", method="session/prompt")
+        == 2
+    )
+    assert (
+        value(after, "routa_jsonrpc_duration_seconds_count", method="session/new") == 1
+    )
+    assert value(after, "routa_jsonrpc_duration_seconds_count", method="<unknown>") == 1
+    assert not any("no/such" in str(labels) for (_, labels) in after)
+    assert not any(sid in str(labels) for (_, labels) in after)
     assert value(after, "routa_agent_processes_live") == 1
     assert value(after, "routa_event_log_write_seconds_count") >= 1
     assert value(after, "routa_events_written_total") >= 4
@@ -149,3 +164,41 @@ async def test_gateway_metrics_move(
     )
     stream.close()
     await wait_value(client, "routa_sse_streams_open", 0, stream="acp")
+
+    # an agent that dies mid-turn, one that never starts
+    assert value(after, "routa_agent_crashes_total") == 0
+    assert value(after, "routa_agent_start_failures_total") == 0
+    crash = await call(client, "session/prompt", {"sessionId": sid, "prompt": "/crash"})
+    assert crash["error"]["code"] == -32000
+    await wait_value(client, "routa_agent_crashes_total", 1)
+    broken = await ok(
+        client,
+        "session/new",
+        {
+            "workspaceId": workspace_id,
+            "provider": "custom",
+            # exits before it answers initialize
+            "customCommand": sys.executable,
+            "customArgs": ["-c", "raise SystemExit(3)"],
+        },
+    )
+    await wait_ready(pool, broken["sessionId"])
+    await wait_value(client, "routa_agent_start_failures_total", 1)
+    assert value(await scrape(client), "routa_agent_crashes_total") == 1
+
+
+async def test_runtime_collectors_and_no_created_series(settings, aiohttp_client):
+    for factory in (create_gateway, create_query):
+        client = await aiohttp_client(factory(settings))
+        resp = await client.get("/metrics")
+        text = await resp.text()
+        samples = await scrape(client)
+        names = {name for (name, _) in samples}
+        assert {
+            "process_resident_memory_bytes",
+            "process_cpu_seconds_total",
+            "process_open_fds",
+        } <= names
+        assert "python_info" in names
+        assert any(n.startswith("python_gc_") for n in names)
+        assert "_created" not in text

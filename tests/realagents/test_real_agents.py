@@ -35,7 +35,8 @@ pytestmark = [pytest.mark.realagents, pytest.mark.timeout(400)]
 
 
 def _cwd(stack: Stack, name: str) -> Path:
-    cwd = stack.data_dir / "workspaces" / name
+    # a session's cwd lies in its own workspace's directory (AGENT_CWD_ROOT/<workspaceId>)
+    cwd = stack.data_dir / "workspaces" / stack.workspace_id / name
     cwd.mkdir(parents=True, exist_ok=True)
     return cwd
 
