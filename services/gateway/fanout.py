@@ -208,7 +208,8 @@ class Subscriber:
     @property
     def stalled(self) -> bool:
         """Waiting on the client: blocked in a write or for its socket to take more."""
-        return self.writing or self.flushed is not None
+        flushed = self.flushed
+        return self.writing or (flushed is not None and not flushed.done())
 
     def attach(self, transport: asyncio.Transport | None) -> None:
         self.transport = transport
@@ -226,7 +227,12 @@ class Subscriber:
             self.close("lagging")
             return
         self.queued_bytes += size
-        if self.queued_bytes + self.pending + self.unacked > limits.backlog_bytes:
+        # A burst queued while the writer is free is taken at once; it counts only
+        # while the writer waits on the client.
+        if (
+            self.queued_bytes + self.pending + self.unacked > limits.backlog_bytes
+            and self.stalled
+        ):
             self.close("backlog")
             return
         try:
@@ -251,6 +257,14 @@ class Subscriber:
         """
         transport = self.transport
         if transport is None or not transport.get_write_buffer_size():
+            return
+        # uvloop sends small writes at the end of the loop iteration: give it one
+        await asyncio.sleep(0)
+        if (
+            self.closed_reason is not None
+            or transport.is_closing()
+            or not transport.get_write_buffer_size()
+        ):
             return
         self.flushed = asyncio.get_running_loop().create_future()
         try:
@@ -294,11 +308,12 @@ class Subscriber:
                 self.held.recount()
 
     def observe(self) -> int:
-        """Measure what is unsent; forget writes the client has wholly received.
+        """Measure what the client has not received; forget writes it has wholly.
 
-        Unsent bytes (the transport's buffer, then the socket's unacknowledged ones)
-        are the last bytes written plus chunk framing, so a write has arrived once they
-        are no more than what was written after it. Returns the backlog.
+        Those bytes (the transport's buffer, then the socket's unacknowledged ones) are
+        the last bytes written plus chunk framing, so a write has arrived once they are
+        no more than what was written after it. Returns the backlog: those bytes, and
+        the queue while the writer waits on the client.
         """
         transport = self.transport
         if transport is None or transport.is_closing():
@@ -319,7 +334,7 @@ class Subscriber:
                 marks.popleft()
         if not pending and self.flushed is not None:
             self._wake_if_flushed()
-        return self.queued_bytes + unsent
+        return unsent + self.queued_bytes if self.stalled else unsent
 
     def oldest_unsent(self) -> float | None:
         """Since when the client has left bytes unreceived (None: it has them all)."""

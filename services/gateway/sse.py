@@ -229,8 +229,8 @@ async def _live(stream: _Stream, sub: Subscriber) -> None:
     queue = sub.queue
     while True:
         # Take everything already queued: one write for a burst.
-        await sub.writable()
         items = [await queue.get()]
+        await sub.writable()
         while not queue.empty():
             items.append(queue.get_nowait())
         sub.taken()
