@@ -261,12 +261,12 @@ async def test_stream_with_old_unreceived_bytes_is_closed_and_replays(
 async def test_stream_over_its_byte_budget_is_closed(
     make_gw, pool, workspace_id, append
 ):
-    gw = await make_gw(stream_backlog_bytes=64 * 1024, stream_backlog_seconds=600)
+    gw = await make_gw(stream_backlog_bytes=16 * 1024, stream_backlog_seconds=600)
     sid = await insert_session(pool, workspace_id)
     fast, fast_sub, slow_sub, sock = await fast_and_slow(gw, sid)
-    # 96 KB: over the budget for the never-reader (its window is 4 KiB), while the
-    # fast reader's socket takes it all even before the reader gets to it
-    ids = await append(sid, *(chunk(f"{i}:" + "y" * 16000) for i in range(6)))
+    # 40 KB: over the budget for the never-reader (its window is 4 KiB), while the
+    # fast reader's window takes it all even before the reader gets to it
+    ids = await append(sid, *(chunk(f"{i}:" + "y" * 4000) for i in range(10)))
     await wait_until(lambda: slow_sub.closed, "the slow stream to close")
     assert slow_sub.closed_reason == "backlog"
     await wait_until(lambda: fast.ids[-1:] == ids[-1:], "the fast reader")
