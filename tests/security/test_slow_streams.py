@@ -379,7 +379,7 @@ async def open_acp_streams(http: aiohttp.ClientSession, base: str) -> int:
 
 
 class FloodReader:
-    """Reads a stream line by line as fast as it comes, until the turn completes."""
+    """Reads a stream line by line as fast as it comes; `done` when a live turn completes."""
 
     def __init__(self) -> None:
         self.ids: list[int] = []
@@ -405,8 +405,8 @@ class FloodReader:
                     self.ids.append(event_id)
                     self.kinds.append(kind)
                     event_id = None
-                    if kind == "turn_complete":
-                        self.done.set()
+                    if kind == "turn_complete" and self.connected.is_set():
+                        self.done.set()  # a live turn ended (not one replayed)
         self.ended = True
         self.done.set()
 
