@@ -102,6 +102,16 @@ class Settings(BaseSettings):
     rate_limit_burst: int | None = None  # bucket size; unset: twice the rate
     max_prompt_bytes: int = 256 * 1024  # JSON size of session/prompt's `prompt`
     max_subscribers: int = 100  # event streams per session per gateway instance
+    # event streams per client (bearer token, else remote address) per instance; 0 = no cap
+    max_client_streams: int = 50
+    # a stream whose unsent bytes (queued + the socket's write buffer) exceed this, or
+    # whose oldest unsent event is older than STREAM_BACKLOG_SECONDS, is closed; the
+    # client reconnects with Last-Event-ID and replays from the log
+    stream_backlog_bytes: int = 4 * 1024 * 1024
+    stream_backlog_seconds: float = 5.0
+    # unsent bytes held for all streams of the process; over it the streams with the
+    # largest, then oldest, backlog are closed first
+    streams_buffer_bytes: int = 64 * 1024 * 1024
     # bytes of one line an agent writes on stdout; a longer one stops the agent
     agent_max_line: int = 50 * 1024 * 1024
     # ACP client terminals: bytes of output kept per terminal (an agent's

@@ -4,20 +4,23 @@ Order on connect: subscribe (live events queue up) → replay from the Postgres 
 connected frame → live. The stream remembers the last eventId it wrote: live events at or
 below it are dropped and a jump is filled from the log first, so no event is missed or
 repeated at the replay/live seam, after a Redis outage or anywhere else. Frames are encoded
-once (fanout.event_frame) and written with `StreamResponse.write` (perf-ceilings §7).
+once (fanout.event_frame) and written with `StreamResponse.write` (perf-ceilings §7), at most
+WRITE_SLICE bytes at a time and only once the socket took the previous write
+(`Subscriber.writable`), so a client that does not read leaves little in this process
+before the fan-out closes its stream (StreamLimits).
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
 
 import asyncpg
 from aiohttp import web
 
+from services.common.auth import PRINCIPAL, Principal
 from services.common.http import error_response, stamp_request_id
-from services.common.keys import PG_POOL, SETTINGS
+from services.common.keys import PG_POOL
 from services.common.metrics import METRICS
 from services.gateway.fanout import (
     Marker,
@@ -37,6 +40,8 @@ from shared.models.limits import parse_uint
 logger = logging.getLogger(__name__)
 
 PAGE = 1000
+# bytes handed to the transport per write, at most (a single frame may be more)
+WRITE_SLICE = 64 * 1024
 HEARTBEAT = b": ping\n\n"
 STREAM_HEADERS = {
     "Content-Type": "text/event-stream",
@@ -79,12 +84,25 @@ class _Stream:
         self.last = last
 
     async def write(self, data: bytes) -> None:
-        self.sub.wrote = True
-        self.sub.writing = True
+        self.sub.write_started(len(data))
         try:
             await self.resp.write(data)
         finally:
-            self.sub.writing = False
+            self.sub.write_done()
+
+    async def write_frames(self, frames: list[bytes]) -> None:
+        """Frames joined into writes of about WRITE_SLICE bytes."""
+        out: list[bytes] = []
+        size = 0
+        for frame in frames:
+            out.append(frame)
+            size += len(frame)
+            if size >= WRITE_SLICE:
+                await self.write(b"".join(out))
+                out = []
+                size = 0
+        if out:
+            await self.write(b"".join(out))
 
     async def catch_up(self, upto: int | None = None) -> None:
         """Write stored events after `last` (up to `upto`, or all) in pages."""
@@ -95,8 +113,8 @@ class _Stream:
             )
             if not events:
                 return
-            await self.write(
-                b"".join(event_frame(e.event_id, e.payload) for e in events)
+            await self.write_frames(
+                [event_frame(e.event_id, e.payload) for e in events]
             )
             self.last = events[-1].event_id
             if len(events) < limit:
@@ -110,7 +128,7 @@ class _Stream:
                 continue
             if event_id > self.last + 1:
                 if out:
-                    await self.write(b"".join(out))
+                    await self.write_frames(out)
                     out = []
                 await self.catch_up(upto=event_id - 1)
                 if event_id <= self.last:
@@ -118,7 +136,7 @@ class _Stream:
             out.append(frame)
             self.last = event_id
         if out:
-            await self.write(b"".join(out))
+            await self.write_frames(out)
 
 
 def _last_event_id(request: web.Request) -> str | None:
@@ -155,13 +173,12 @@ async def handle_stream(request: web.Request) -> web.StreamResponse:
     session_uuid = uuid.UUID(session.session_id)
 
     fanout = app[FANOUT]
-    limit = app[SETTINGS].max_subscribers
-    if fanout.subscriber_count(session.session_id) >= limit:
-        # checked and subscribed with no await between: the limit holds under a burst
-        return error_response(
-            429, f"Too many event streams for session {session_id} (limit {limit})"
-        )
-    sub = await fanout.subscribe(session.session_id)
+    client = _client_key(request)
+    refused = fanout.refusal(session.session_id, client)
+    if refused is not None:
+        # checked and subscribed with no await between: the caps hold under a burst
+        return error_response(429, refused)
+    sub = await fanout.subscribe(session.session_id, client)
     metrics = app.get(METRICS)
     if metrics is not None:
         metrics.sse_streams.labels("acp").inc()
@@ -169,7 +186,7 @@ async def handle_stream(request: web.Request) -> web.StreamResponse:
     try:
         stamp_request_id(request, resp)
         await resp.prepare(request)
-        sub.abort = _aborter(request)
+        sub.attach(request.transport)
         start = await _replay_start(pool, session_uuid, raw_last, replay)
         stream = _Stream(resp, sub, pool, session_uuid, start)
         await stream.catch_up()
@@ -179,7 +196,8 @@ async def handle_stream(request: web.Request) -> web.StreamResponse:
         pass  # the client left; the agent goes on
     except (OSError, asyncpg.PostgresError) as err:
         # Headers are out, so no error body: end the stream, the client reconnects.
-        logger.warning("event stream of %s ended: %s", session_id, err)
+        if not sub.closed:  # else the fan-out dropped the connection and logged it
+            logger.warning("event stream of %s ended: %s", session_id, err)
     finally:
         if metrics is not None:
             metrics.sse_streams.labels("acp").dec()
@@ -188,13 +206,12 @@ async def handle_stream(request: web.Request) -> web.StreamResponse:
     return resp
 
 
-def _aborter(request: web.Request) -> Callable[[], None]:
-    def abort() -> None:
-        transport = request.transport
-        if transport is not None:
-            transport.abort()
-
-    return abort
+def _client_key(request: web.Request) -> str:
+    """Who opened a stream, for MAX_CLIENT_STREAMS: its token, else its address."""
+    principal: Principal | None = request.get(PRINCIPAL)
+    if principal is not None:
+        return principal.key
+    return f"addr:{request.remote}"
 
 
 async def _replay_start(
@@ -218,8 +235,10 @@ async def _live(stream: _Stream, sub: Subscriber) -> None:
     while True:
         # Take everything already queued: one write for a burst.
         items = [await queue.get()]
+        await sub.writable()
         while not queue.empty():
             items.append(queue.get_nowait())
+        sub.taken()
         events: list[tuple[int, bytes]] = []
         heartbeat = False
         for item in items:
