@@ -99,6 +99,8 @@ class Subscriber:
     wrote: bool = True
     # drops the client connection; set by the stream once its response is prepared
     abort: Callable[[], None] | None = None
+    # the share link the stream was opened with: revoking it ends the stream
+    share_id: str | None = None
 
     @property
     def closed(self) -> bool:
@@ -196,9 +198,13 @@ class Fanout:
         channel = self._by_session.get(session_id)
         return list(channel.subscribers) if channel else []
 
-    async def subscribe(self, session_id: str) -> Subscriber:
+    async def subscribe(
+        self, session_id: str, share_id: str | None = None
+    ) -> Subscriber:
         """Register a stream; returns once live delivery is in place (or Redis is down)."""
-        sub = Subscriber(session_id, asyncio.Queue(self.config.queue_size))
+        sub = Subscriber(
+            session_id, asyncio.Queue(self.config.queue_size), share_id=share_id
+        )
         if self._stopping:
             sub.close("shutdown")
             return sub
@@ -245,6 +251,27 @@ class Fanout:
         for sub in subs:
             sub.close(reason)
         return len(subs)
+
+    def close_share(self, share_id: str, reason: str = "revoked") -> int:
+        """End every local stream opened with this share link; returns how many."""
+        subs = [
+            sub
+            for channel in self._by_session.values()
+            for sub in channel.subscribers
+            if sub.share_id == share_id
+        ]
+        for sub in subs:
+            sub.close(reason)
+        return len(subs)
+
+    def share_ids(self) -> set[str]:
+        """The share links that open local streams were opened with."""
+        return {
+            sub.share_id
+            for channel in self._by_session.values()
+            for sub in channel.subscribers
+            if sub.share_id is not None
+        }
 
     def close_all(self, reason: str = "shutdown") -> None:
         self._stopping = True

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from services.query import dashboard, notes, openapi, sessions, tasks, workspaces
+from services.query import (
+    dashboard,
+    notes,
+    openapi,
+    sessions,
+    shares,
+    tasks,
+    workspaces,
+)
 
 
 def setup(app: web.Application) -> None:
     """Sessions first: it registers /api/sessions/events before /api/sessions/{id}."""
     sessions.setup(app)
+    shares.setup(app)
     notes.setup(app)
     tasks.setup(app)
     workspaces.setup(app)

@@ -6,6 +6,7 @@ const RETRY_MS = 3000;
 
 const state = {
   token: null,            // bearer token when auth is on (?token=… or localStorage)
+  shared: false,          // read-only view of one session at /s/<share token>
   workspaceId: "default",
   sessions: new Map(),    // sessionId → session (wire shape)
   listSource: null,       // EventSource of /api/sessions/events
@@ -267,6 +268,7 @@ function selectSession(sessionId) {
   $("no-session").hidden = true;
   $("session-view").hidden = false;
   renderSessionList();
+  if (state.shared) return void attempt(openStream); // the share token reads nothing else
   history.replaceState(null, "", `#${new URLSearchParams({ ws: state.workspaceId, session: sessionId })}`);
   attempt(openStream);
   attempt(loadSidePanel);
@@ -326,7 +328,11 @@ function handleFrame(frame) {
   if (eventId <= state.lastEventId) return; // already shown (replay overlap)
   state.lastEventId = eventId;
   renderEvent(event);
+  // no lifecycle stream for a share link: re-read the header when the session changes
+  if (state.shared && SHARED_REFRESH.has((event.update || {}).sessionUpdate)) attempt(loadSharedSession);
 }
+
+const SHARED_REFRESH = new Set(["turn_complete", "error", "acp_status", "session_renamed", "current_mode_update"]);
 
 // ---------- rendering events ----------
 
@@ -559,7 +565,7 @@ async function changeMode() {
 
 async function loadSidePanel() {
   const sessionId = state.selectedId;
-  if (!sessionId) return;
+  if (!sessionId || state.shared) return;
   const params = { workspaceId: state.workspaceId, sessionId };
   const [{ notes }, { tasks }] = await Promise.all([getJson("/api/notes", params), getJson("/api/tasks", params)]);
   if (sessionId !== state.selectedId) return;
@@ -588,6 +594,13 @@ function taskItem(task) {
 // ---------- start ----------
 
 function readInitialState() {
+  const sharedSession = document.body.dataset.shareSession;
+  if (sharedSession) {
+    // /s/<token>: the token stays in this page's memory, never in localStorage
+    state.shared = true;
+    state.token = decodeURIComponent(window.location.pathname.split("/")[2] || "");
+    return sharedSession;
+  }
   const query = new URLSearchParams(window.location.search);
   const hash = new URLSearchParams(window.location.hash.slice(1));
   const token = query.get("token");
@@ -620,9 +633,27 @@ function wireControls() {
   $("refresh-side").addEventListener("click", () => attempt(loadSidePanel));
 }
 
+/** The session of a share link, for the header (the list and its stream are not readable). */
+async function loadSharedSession() {
+  const sessionId = state.selectedId;
+  const { session } = await getJson(`/api/sessions/${encodeURIComponent(sessionId)}`);
+  state.sessions.set(sessionId, session);
+  renderSessionHeader();
+}
+
+async function startShared(sessionId) {
+  document.title = "Shared session (read-only)";
+  document.querySelector(".topbar h1").textContent = "Shared session (read-only)";
+  $("error-close").addEventListener("click", clearError);
+  selectSession(sessionId);
+  await attempt(loadSharedSession);
+  document.body.dataset.ready = "true";
+}
+
 async function main() {
-  wireControls();
   const initialSession = readInitialState();
+  if (state.shared) return startShared(initialSession);
+  wireControls();
   await attempt(loadWorkspaces);
   await attempt(loadProviders);
   openSessionList();
