@@ -16,12 +16,12 @@ from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from shared.models.note import Note, NoteGroup, NoteWrite
-from shared.models.share import ShareCreate, ShareLink
 from shared.models.session import (
     SESSION_STATUSES,
     Session,
     SessionRef,
 )
+from shared.models.share import ShareCreate, ShareLink
 from shared.models.task import (
     TASK_STATUSES,
     Task,

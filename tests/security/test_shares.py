@@ -180,7 +180,8 @@ async def test_create_list_delete(make_stack, pool, workspace_id) -> None:
     resp = await query.get(f"/api/sessions/{sid}/shares")
     assert resp.status == 200
     text = await resp.text()
-    assert token not in text and second["token"] not in text
+    assert token not in text
+    assert second["token"] not in text
     listed = orjson.loads(text)["shares"]
     assert [s["shareId"] for s in listed] == [
         share["shareId"],
@@ -506,7 +507,7 @@ async def test_auth_on_with_scoped_tokens(
 
 
 async def test_share_page(make_stack, pool, workspace_id) -> None:
-    gw, query = await make_stack(auth="off")
+    _gw, query = await make_stack(auth="off")
     sid = await insert_session(pool, workspace_id)
     created = await create_share(query, sid)
     resp = await query.get(f"/s/{created['token']}")
