@@ -34,12 +34,6 @@ async def test_share_page_is_live_and_read_only(
         await _rpc(
             http, stack.origin, "session/prompt", {"sessionId": sid, "prompt": "first"}
         )
-        async with http.post(f"{stack.origin}/api/sessions/{sid}/shares") as resp:
-            assert resp.status == 201
-            created = await resp.json()
-        # created through the origin: the link points at the origin
-        assert created["url"] == f"{stack.origin}/s/{created['token']}"
-
         context = await browser.new_context(viewport={"width": width, "height": 800})
         page = await context.new_page()
         foreign: list[str] = []
@@ -55,7 +49,15 @@ async def test_share_page_is_live_and_read_only(
 
         await page.route("**/*", only_local)
         try:
-            await page.goto(created["url"])
+            # the dashboard's Share button makes the link, on the origin it was opened at
+            await page.goto(f"{stack.origin}/#ws=default&session={sid}")
+            await expect(page.locator("body[data-ready=true]")).to_have_count(1)
+            await page.get_by_test_id("share").click()
+            share_url = page.get_by_test_id("share-url")
+            await expect(share_url).to_be_visible()
+            url = await share_url.input_value()
+            assert url.startswith(f"{stack.origin}/s/routa_share_")
+            await page.goto(url)
             await expect(page.locator("body[data-ready=true]")).to_have_count(1)
             await expect(page.get_by_test_id("stream-status")).to_have_text("live")
             await expect(page.get_by_test_id("session-id")).to_have_text(sid)
@@ -67,7 +69,13 @@ async def test_share_page_is_live_and_read_only(
                 ["echo: first"]
             )
             # read-only: nothing that writes, and no other session or workspace
-            for testid in ("prompt-form", "cancel", "session-list", "side-panel"):
+            for testid in (
+                "prompt-form",
+                "cancel",
+                "share",
+                "session-list",
+                "side-panel",
+            ):
                 await expect(page.get_by_test_id(testid)).to_be_hidden()
             # live: a turn run elsewhere shows up
             await _rpc(
@@ -81,7 +89,9 @@ async def test_share_page_is_live_and_read_only(
             )
             await page.screenshot(path=str(artifacts_dir / f"share-{width}.png"))
             # revoked: the stream ends and is refused from then on
-            share_id = created["share"]["shareId"]
+            async with http.get(f"{stack.origin}/api/sessions/{sid}/shares") as resp:
+                [share] = (await resp.json())["shares"]
+            share_id = share["shareId"]
             async with http.delete(
                 f"{stack.origin}/api/sessions/{sid}/shares/{share_id}"
             ) as resp:

@@ -280,6 +280,7 @@ function closeSession() {
   Object.assign(state, { stream: null, streamRetry: null, selectedId: null, lastEventId: 0, lastItem: null });
   state.toolCalls.clear();
   $("conversation").replaceChildren();
+  $("share-url").hidden = true;
   renderPlan(null);
   $("session-view").hidden = true;
   $("no-session").hidden = false;
@@ -556,6 +557,25 @@ async function cancelTurn() {
   if (state.selectedId) await attempt(() => rpc("session/cancel", { sessionId: state.selectedId }));
 }
 
+/** A read-only link to the selected session: shown (and copied when the browser allows). */
+async function shareSession() {
+  const sessionId = state.selectedId;
+  if (!sessionId) return;
+  const res = await fetch(apiUrl(`/api/sessions/${encodeURIComponent(sessionId)}/shares`), {
+    method: "POST",
+    headers: { "Content-Type": "application/json", ...authHeaders() },
+    body: "{}",
+  });
+  const body = await res.json().catch(() => ({}));
+  if (!res.ok) throw new Error(body.error || `share: HTTP ${res.status}`);
+  if (sessionId !== state.selectedId) return;
+  const input = $("share-url");
+  input.value = body.url;
+  input.hidden = false;
+  input.select();
+  if (navigator.clipboard) navigator.clipboard.writeText(body.url).catch(() => {});
+}
+
 async function changeMode() {
   const modeId = $("mode-select").value;
   if (state.selectedId) await attempt(() => rpc("session/set_mode", { sessionId: state.selectedId, modeId }));
@@ -629,6 +649,7 @@ function wireControls() {
     if (ev.key === "Enter" && !ev.shiftKey) ev.preventDefault();
   });
   $("cancel-button").addEventListener("click", cancelTurn);
+  $("share-button").addEventListener("click", () => attempt(shareSession));
   $("mode-select").addEventListener("change", changeMode);
   $("refresh-side").addEventListener("click", () => attempt(loadSidePanel));
 }
