@@ -47,6 +47,8 @@ class Revocations:
     on_resync: list[ResyncHook] = field(default_factory=list)
     listening: asyncio.Event = field(default_factory=asyncio.Event)
     subscriptions: int = 0  # confirmed subscriptions so far (one per connection)
+    # redis-py's get_message can swallow a task cancellation: the loops check this instead
+    stopping: bool = False
 
 
 REVOCATIONS = web.AppKey("share_revocations", Revocations)
@@ -111,7 +113,7 @@ async def _listen(app: web.Application, client: aioredis.Redis) -> None:
     pubsub = client.pubsub()
     try:
         await pubsub.subscribe(app[CHANNELS].share_revocations)
-        while True:
+        while not rev.stopping:
             message = await pubsub.get_message(timeout=POLL)
             if message is None:
                 continue
@@ -130,7 +132,7 @@ async def _listen(app: web.Application, client: aioredis.Redis) -> None:
 async def _run(app: web.Application, client: aioredis.Redis) -> None:
     rev = app[REVOCATIONS]
     logged_at = -1  # the subscription count when the last outage was logged
-    while True:
+    while not rev.stopping:
         try:
             await _listen(app, client)
         except (RedisError, OSError) as err:
@@ -154,9 +156,12 @@ async def revocations_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     task = asyncio.create_task(_run(app, client), name="share-revocations")
     yield
+    app[REVOCATIONS].stopping = True
     task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    # ends within POLL even when the cancellation was swallowed (see `stopping`)
+    await asyncio.wait({task}, timeout=POLL * 5)
+    if task.done() and not task.cancelled() and task.exception() is not None:
+        logger.warning("share revocation listener ended with %r", task.exception())
     await client.aclose()
 
 

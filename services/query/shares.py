@@ -16,7 +16,7 @@ from urllib.parse import quote
 from aiohttp import web
 
 from services.common.auth import AUTH
-from services.common.http import json_response, read_json_body
+from services.common.http import error_response, json_response, read_json_body
 from services.common.keys import PG_POOL, SETTINGS
 from services.common.shares import publish_revocation
 from services.query.dashboard import STATIC_DIR
@@ -107,16 +107,6 @@ async def delete_share(request: web.Request) -> web.Response:
 _PAGE = web.AppKey("share_page", str)
 
 
-def _page(status: int, body: str) -> web.Response:
-    return web.Response(
-        text=body,
-        status=status,
-        content_type="text/html",
-        charset="utf-8",
-        headers=PAGE_HEADERS,
-    )
-
-
 async def share_page(request: web.Request) -> web.Response:
     """The dashboard in its read-only mode, for the one session the token reads."""
     token = request.match_info["token"]
@@ -125,13 +115,17 @@ async def share_page(request: web.Request) -> web.Response:
         with _postgres():
             grant = await request.app[AUTH].store.lookup_share(token)
     if grant is None or grant.expired(datetime.now(UTC)):
-        return _page(
-            404,
-            "<!doctype html><meta charset=utf-8><title>Share link</title>"
-            "<p>This share link is unknown, expired or revoked.</p>",
-        )
+        # an error is JSON here like everywhere else (the asset 404 too)
+        resp = error_response(404, "Share link not found, expired or revoked")
+        resp.headers.update(PAGE_HEADERS)
+        return resp
     attrs = f'class="share" data-share-session="{html.escape(str(grant.session_id))}"'
-    return _page(200, request.app[_PAGE].replace("<body>", f"<body {attrs}>", 1))
+    return web.Response(
+        text=request.app[_PAGE].replace("<body>", f"<body {attrs}>", 1),
+        content_type="text/html",
+        charset="utf-8",
+        headers=PAGE_HEADERS,
+    )
 
 
 def setup(app: web.Application) -> None:
