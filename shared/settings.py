@@ -96,6 +96,9 @@ class Settings(BaseSettings):
     # --- auth and limits (api.md §8) ---
     # api_tokens lookups are cached this long; a revoke takes effect within it
     auth_cache_ttl: float = 5.0
+    # the origin share links point at (https://routa.example.com); unset: the origin the
+    # client used, from the Host or a proxy's X-Forwarded-Proto/-Host headers
+    public_url: str | None = None
     # requests per second per token (token bucket per process); unset: 50/s when auth
     # is on, off when it is not; 0 turns it off
     rate_limit: float | None = None

@@ -200,6 +200,8 @@ class Subscriber:
     # writes the client may not have received yet, oldest first
     written: int = 0
     marks: deque[tuple[float, int]] = field(default_factory=deque)
+    # the share link the stream was opened with: revoking it ends the stream
+    share_id: str | None = None
 
     @property
     def closed(self) -> bool:
@@ -483,10 +485,19 @@ class Fanout:
             )
         return None
 
-    async def subscribe(self, session_id: str, client: str | None = None) -> Subscriber:
+    async def subscribe(
+        self,
+        session_id: str,
+        client: str | None = None,
+        share_id: str | None = None,
+    ) -> Subscriber:
         """Register a stream; returns once live delivery is in place (or Redis is down)."""
         sub = Subscriber(
-            session_id, asyncio.Queue(self.config.queue_size), self.held, client
+            session_id,
+            asyncio.Queue(self.config.queue_size),
+            self.held,
+            client,
+            share_id=share_id,
         )
         if self._stopping:
             sub.close("shutdown")
@@ -545,6 +556,27 @@ class Fanout:
         for sub in subs:
             sub.close(reason)
         return len(subs)
+
+    def close_share(self, share_id: str, reason: str = "revoked") -> int:
+        """End every local stream opened with this share link; returns how many."""
+        subs = [
+            sub
+            for channel in self._by_session.values()
+            for sub in channel.subscribers
+            if sub.share_id == share_id
+        ]
+        for sub in subs:
+            sub.close(reason)
+        return len(subs)
+
+    def share_ids(self) -> set[str]:
+        """The share links that open local streams were opened with."""
+        return {
+            sub.share_id
+            for channel in self._by_session.values()
+            for sub in channel.subscribers
+            if sub.share_id is not None
+        }
 
     def close_all(self, reason: str = "shutdown") -> None:
         self._stopping = True

@@ -12,16 +12,19 @@ before the fan-out closes its stream (StreamLimits).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
+from datetime import UTC, datetime
 
 import asyncpg
 from aiohttp import web
 
-from services.common.auth import PRINCIPAL, Principal
+from services.common.auth import AUTH, PRINCIPAL, Principal, share_of
 from services.common.http import error_response, stamp_request_id
 from services.common.keys import PG_POOL
 from services.common.metrics import METRICS
+from services.common.shares import REVOCATIONS
 from services.gateway.fanout import (
     Marker,
     StreamConfig,
@@ -32,6 +35,7 @@ from services.gateway.fanout import (
 )
 from services.gateway.keys import FANOUT, STREAM_CONFIG
 from shared.db import session_events, sessions
+from shared.db import shares as shares_db
 from shared.db.connect import Pool
 from shared.errors import BadRequest
 from shared.jsonutil import dumps
@@ -178,7 +182,11 @@ async def handle_stream(request: web.Request) -> web.StreamResponse:
     if refused is not None:
         # checked and subscribed with no await between: the caps hold under a burst
         return error_response(429, refused)
-    sub = await fanout.subscribe(session.session_id, client)
+    grant = share_of(request)
+    sub = await fanout.subscribe(
+        session.session_id, client, grant.share_id if grant is not None else None
+    )
+    expiry = _watch_share(app, sub, grant)
     metrics = app.get(METRICS)
     if metrics is not None:
         metrics.sse_streams.labels("acp").inc()
@@ -199,6 +207,8 @@ async def handle_stream(request: web.Request) -> web.StreamResponse:
         if not sub.closed:  # else the fan-out dropped the connection and logged it
             logger.warning("event stream of %s ended: %s", session_id, err)
     finally:
+        if expiry is not None:
+            expiry.cancel()
         if metrics is not None:
             metrics.sse_streams.labels("acp").dec()
             metrics.subscriber_closed(sub.closed_reason)
@@ -212,6 +222,25 @@ def _client_key(request: web.Request) -> str:
     if principal is not None:
         return principal.key
     return f"addr:{request.remote}"
+
+
+def _watch_share(
+    app: web.Application, sub: Subscriber, grant: shares_db.Grant | None
+) -> asyncio.TimerHandle | None:
+    """A stream opened with a share link ends when the link expires or is revoked.
+
+    Revocations arrive through the fan-out's registry (close_share); one heard between the
+    auth check and the registration is in the token store's revoked set, checked here.
+    """
+    if grant is None:
+        return None
+    if app[AUTH].store.share_revoked(grant.share_id):
+        sub.close("revoked")
+        return None
+    if grant.expires_at is None:
+        return None
+    left = (grant.expires_at - datetime.now(UTC)).total_seconds()
+    return asyncio.get_running_loop().call_later(max(0.0, left), sub.close, "expired")
 
 
 async def _replay_start(
@@ -261,10 +290,33 @@ async def _live(stream: _Stream, sub: Subscriber) -> None:
             await stream.write(HEARTBEAT)
 
 
+def _end_streams_of_revoked_shares(app: web.Application) -> None:
+    """Revoking a share link ends its streams on every gateway (services/common/shares.py)."""
+
+    def on_revoked(share_id: str) -> None:
+        fanout = app.get(FANOUT)
+        if fanout is not None:
+            fanout.close_share(share_id)
+
+    async def on_resync() -> None:
+        fanout = app.get(FANOUT)
+        open_ids = fanout.share_ids() if fanout is not None else set()
+        if not open_ids or fanout is None:
+            return
+        alive = await shares_db.existing(app[PG_POOL], sorted(open_ids))
+        for share_id in open_ids - alive:
+            fanout.close_share(share_id)
+
+    revocations = app[REVOCATIONS]
+    revocations.on_revoked.append(on_revoked)
+    revocations.on_resync.append(on_resync)
+
+
 def setup(app: web.Application) -> None:
     """The GET route, the fan-out's cleanup context and the shutdown sentinel."""
     if STREAM_CONFIG not in app:
         app[STREAM_CONFIG] = StreamConfig()
     app.router.add_get("/api/acp", handle_stream)
     app.cleanup_ctx.append(fanout_ctx)
+    _end_streams_of_revoked_shares(app)
     app.on_shutdown.append(close_streams_on_shutdown)

@@ -21,6 +21,7 @@ from shared.models.session import (
     Session,
     SessionRef,
 )
+from shared.models.share import ShareCreate, ShareLink
 from shared.models.task import (
     TASK_STATUSES,
     Task,
@@ -46,6 +47,8 @@ _MODELS: list[tuple[type[BaseModel], JsonSchemaMode]] = [
     (TaskFields, "validation"),
     (TaskStatusChange, "validation"),
     (Workspace, "serialization"),
+    (ShareLink, "serialization"),
+    (ShareCreate, "validation"),
     (WorkspaceCreate, "validation"),
     (WorkspacePatch, "validation"),
     (Webhook, "serialization"),
@@ -313,6 +316,51 @@ OPERATIONS: tuple[Op, ...] = (
         (404, 503),
         (_SID,),
     ),
+    # share links: read-only tokens for one session
+    Op(
+        "POST",
+        "/api/sessions/{session_id}/shares",
+        "Create a share link; its token and url are shown only in this answer",
+        "sessions",
+        {
+            "type": "object",
+            "required": ["share", "token", "url"],
+            "properties": {
+                "share": _ref("ShareLink"),
+                "token": {"type": "string"},
+                "url": {
+                    "type": "string",
+                    "description": "The read-only page /s/<token>",
+                },
+            },
+        },
+        (400, 404, 413, 415, 503),
+        (_SID,),
+        _ref("ShareCreate"),
+        status=201,
+    ),
+    Op(
+        "GET",
+        "/api/sessions/{session_id}/shares",
+        "The session's share links (never their tokens)",
+        "sessions",
+        _list_of("shares", "ShareLink"),
+        (404, 503),
+        (_SID,),
+    ),
+    Op(
+        "DELETE",
+        "/api/sessions/{session_id}/shares/{share_id}",
+        "Revoke a share link: its token answers 401 and its open streams end",
+        "sessions",
+        {
+            "type": "object",
+            "required": ["deleted"],
+            "properties": {"deleted": {"const": True}},
+        },
+        (404, 503),
+        (_SID, Param("share_id", "path", required=True, description="Share id")),
+    ),
     # notes (api.md §4.3)
     Op(
         "GET",
@@ -561,6 +609,15 @@ OPERATIONS: tuple[Op, ...] = (
     # this document, the dashboard, operations
     Op("GET", OPENAPI_PATH, "This document", "meta", {"type": "object"}),
     Op("GET", "/", "The live dashboard", "meta", "text/html"),
+    Op(
+        "GET",
+        "/s/{token}",
+        "A shared session, read-only and live (404 page when the link is not valid)",
+        "meta",
+        "text/html",
+        (),
+        (Param("token", "path", required=True, description="Share token"),),
+    ),
     Op(
         "GET",
         "/healthz",

@@ -9,6 +9,7 @@ from services.query import (
     notes,
     openapi,
     sessions,
+    shares,
     tasks,
     webhooks,
     workspaces,
@@ -18,6 +19,7 @@ from services.query import (
 def setup(app: web.Application) -> None:
     """Sessions first: it registers /api/sessions/events before /api/sessions/{id}."""
     sessions.setup(app)
+    shares.setup(app)
     notes.setup(app)
     tasks.setup(app)
     workspaces.setup(app)
