@@ -4,12 +4,23 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from services.query import dashboard, notes, openapi, sessions, tasks, workspaces
+from services.query import (
+    dashboard,
+    export,
+    notes,
+    openapi,
+    search,
+    sessions,
+    tasks,
+    workspaces,
+)
 
 
 def setup(app: web.Application) -> None:
     """Sessions first: it registers /api/sessions/events before /api/sessions/{id}."""
     sessions.setup(app)
+    export.setup(app)
+    search.setup(app)
     notes.setup(app)
     tasks.setup(app)
     workspaces.setup(app)
