@@ -1,7 +1,7 @@
 """SQL for `search_documents`, the full-text index of user prompts and agent messages.
 
 The table is kept by a trigger on session_events (migration 0009_search); this module only
-reads it. Ranking is `ts_rank_cd` over an English `tsvector`; the query is Postgres's
+reads it. Ranking is `ts_rank_cd` (divided by 1 + log of the length) over an English `tsvector`; the query is Postgres's
 `websearch_to_tsquery` (words ANDed, "phrases", -exclusions, OR).
 """
 
@@ -18,8 +18,7 @@ from shared.db.connect import Executor
 MARK_START = "\ue000"
 MARK_STOP = "\ue001"
 HEADLINE_OPTIONS = (
-    f"StartSel={MARK_START}, StopSel={MARK_STOP}, MaxWords=30, MinWords=12, "
-    'ShortWord=2, MaxFragments=2, FragmentDelimiter=" … "'
+    f"StartSel={MARK_START}, StopSel={MARK_STOP}, MaxWords=35, MinWords=15"
 )
 
 # $1 workspace, $2 q, $3 rows, $4-$7 the cursor (rank, at, session, first event) or NULLs,
@@ -30,7 +29,7 @@ WITH q AS (SELECT websearch_to_tsquery('english', $2) AS query),
 page AS (
     SELECT d.session_id, d.first_event_id, d.event_id, d.kind, d.at, d.body, d.rank
     FROM (
-        SELECT d.*, ts_rank_cd(d.tsv, q.query) AS rank
+        SELECT d.*, ts_rank_cd(d.tsv, q.query, 1) AS rank
         FROM search_documents d, q
         WHERE d.workspace_id = $1 AND d.tsv @@ q.query
     ) d
