@@ -209,7 +209,8 @@ async def test_snippets_escape_everything_but_their_marks(
     assert "<mark>needle</mark>" in snippet
     for escaped in ("&lt;", "&amp;&amp;", "&gt;", "&quot;hi&quot;", "&#x27;bye&#x27;"):
         assert escaped in snippet
-    assert "\ue000" not in snippet and "\ue001" not in snippet
+    assert "\ue000" not in snippet
+    assert "\ue001" not in snippet
 
 
 async def test_pages_follow_the_cursor_without_gaps_or_repeats(
@@ -241,7 +242,8 @@ async def test_pages_follow_the_cursor_without_gaps_or_repeats(
     assert [h["eventId"] for h in full["results"]] == seen  # the same order
     assert "next" not in full
     default = await search(client, workspaceId=workspace_id, q="walrus")
-    assert len(default["results"]) == 20 and "next" in default
+    assert len(default["results"]) == 20
+    assert "next" in default
 
 
 async def test_deleted_session_vanishes_at_once(client, pool, workspace_id) -> None:
