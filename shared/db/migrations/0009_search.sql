@@ -28,6 +28,8 @@ CREATE TABLE search_documents (
 );
 
 CREATE INDEX search_documents_tsv_idx ON search_documents USING gin (tsv);
+-- with the GIN index, a bitmap AND: a common word's hits in other workspaces are never read
+CREATE INDEX search_documents_workspace_idx ON search_documents (workspace_id);
 -- the open agent message of a session (at most one), probed on every event
 CREATE UNIQUE INDEX search_documents_open_idx ON search_documents (session_id)
     WHERE body IS NULL;
