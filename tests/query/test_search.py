@@ -6,6 +6,8 @@ under test is the one the trigger keeps on the real write path.
 
 from __future__ import annotations
 
+import itertools
+import random
 import re
 import uuid
 from typing import Any
@@ -17,6 +19,7 @@ from yarl import URL
 from services.gateway.app import create_app as create_gateway
 from services.query import search as search_mod
 from services.query.app import create_app
+from services.query.session_views import consolidate
 from shared.db import migrate as migrate_mod
 from shared.db import session_events
 from shared.db.connect import create_pool
@@ -177,6 +180,59 @@ async def test_messages_merge_like_consolidated_history(
     hits = {h["eventId"]: TAGS.sub("", h["snippet"]) for h in body["results"]}
     assert hits == {e["eventId"]: e["update"]["content"]["text"] for e in merged}
     assert len(hits) == 4
+
+
+async def test_documents_do_not_depend_on_how_events_were_batched(
+    pool, workspace_id
+) -> None:
+    """The trigger sees one stored batch at a time: whatever the cuts, every session ends
+    with the documents consolidation gives (messages continued across batches included)."""
+    events = [
+        user("first prompt"),
+        chunk("a1 ", "a"),
+        chunk("a2 ", "a"),
+        chunk("a3", "a"),
+        chunk("b1 ", "b"),
+        chunk("b2", "b"),
+        {
+            "sessionUpdate": "agent_thought_chunk",
+            "content": {"type": "text", "text": "t"},
+        },
+        chunk("c1 "),
+        chunk("c2"),
+        user("second prompt"),
+        chunk("d1 ", "d"),
+        {"sessionUpdate": "agent_message_chunk", "content": {"type": "image"}},
+        chunk("e1 ", "d"),
+        chunk("e2", "d"),
+        DONE,
+    ]
+    history = [{"eventId": str(i + 1), "update": u} for i, u in enumerate(events)]
+    expected = [
+        (int(e["eventId"]), e["update"]["content"]["text"])
+        for e in consolidate(history)
+        if e["update"]["sessionUpdate"] in ("agent_message", "user_message")
+    ]
+    rng = random.Random(14)
+    splits = [[], list(range(1, len(events)))]  # one batch; one event per batch
+    splits += [sorted(rng.sample(range(1, len(events)), k)) for k in (2, 4, 7) * 3]
+    for cuts in splits:
+        sid = await make_session(pool, workspace_id)
+        bounds = [0, *cuts, len(events)]
+        async with pool.acquire() as conn:
+            for lo, hi in itertools.pairwise(bounds):
+                writer = (
+                    session_events.append_batch if lo % 2 else session_events.append
+                )
+                await writer(
+                    conn, uuid.UUID(sid), [{"update": u} for u in events[lo:hi]]
+                )
+        rows = await pool.fetch(
+            "SELECT event_id, body FROM search_documents WHERE session_id = $1 "
+            "ORDER BY event_id",
+            uuid.UUID(sid),
+        )
+        assert [(r["event_id"], r["body"]) for r in rows] == expected, cuts
 
 
 async def test_an_open_message_is_searchable_once_its_session_moves_on(

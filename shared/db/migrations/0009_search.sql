@@ -5,11 +5,11 @@
 -- /history?consolidated=true merges them. A trigger on session_events keeps the table, so
 -- every writer (gateway, query service, any helper) maintains it without knowing about it.
 --
--- Cost on the write path: a chunk that continues its session's open message only moves the
--- open row's last event id; no text is copied per chunk. The message's text (and so its
--- tsvector) is built once, from the log, when the next event of the session arrives (every
--- turn ends with turn_complete or error), so a message of n chunks is tokenised once, not n
--- times. Every other event costs one probe of a tiny partial index.
+-- Cost on the write path: one statement per stored batch, not per event. Chunks that continue
+-- their session's open message only move the open row's last event id; no text is copied
+-- per chunk. A message's text (and so its tsvector) is built once, when the next event of
+-- its session is stored (every turn ends with turn_complete or error), so a message of n
+-- chunks is tokenised once, not n times.
 
 CREATE TABLE search_documents (
     session_id     uuid NOT NULL REFERENCES sessions (session_id) ON DELETE CASCADE,
@@ -30,9 +30,8 @@ CREATE TABLE search_documents (
 CREATE INDEX search_documents_tsv_idx ON search_documents USING gin (tsv);
 -- with the GIN index, a bitmap AND: a common word's hits in other workspaces are never read
 CREATE INDEX search_documents_workspace_idx ON search_documents (workspace_id);
--- the open agent message of a session (at most one), probed on every event
-CREATE UNIQUE INDEX search_documents_open_idx ON search_documents (session_id)
-    WHERE body IS NULL;
+-- the open agent message of a session (at most one), looked up on every write
+CREATE INDEX search_documents_open_idx ON search_documents (session_id) WHERE body IS NULL;
 
 -- Signing key of search cursors: one per database, so every instance accepts the others'.
 CREATE TABLE server_keys (
@@ -60,85 +59,129 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     END
 $$;
 
-CREATE FUNCTION search_documents_on_event() RETURNS trigger
+-- Once per INSERT or COPY statement, over all its rows (the gateway stores events in
+-- batches): one statement that continues or ends each session's open message, adds the new
+-- messages (closed unless a message is the batch's last event) and the prompts.
+CREATE FUNCTION search_documents_on_events() RETURNS trigger
 LANGUAGE plpgsql AS $$
-DECLARE
-    open_first   bigint;
-    open_last    bigint;
-    open_message jsonb;
-    upd          jsonb;
-    body_text    text;
-    message      jsonb;
 BEGIN
-    SELECT d.first_event_id, d.event_id, d.message_id
-    INTO open_first, open_last, open_message
-    FROM search_documents d
-    WHERE d.session_id = NEW.session_id AND d.body IS NULL;
-
-    IF NEW.kind IN ('agent_message_chunk', 'user_message') THEN
-        upd := search_update_of(NEW.payload);
-        body_text := search_text_of(upd);
-        message := nullif(upd -> 'messageId', 'null'::jsonb);
-    END IF;
-
-    IF open_first IS NOT NULL THEN
-        IF NEW.kind = 'agent_message_chunk' AND body_text IS NOT NULL
-           AND open_last = NEW.event_id - 1
-           AND open_message IS NOT DISTINCT FROM message THEN
-            -- the open message goes on: only its last event moves
-            UPDATE search_documents SET event_id = NEW.event_id, at = NEW.created_at
-            WHERE session_id = NEW.session_id AND first_event_id = open_first;
-            RETURN NULL;
-        END IF;
-        -- anything else ends it: its text, once, from the log
-        UPDATE search_documents SET body = coalesce((
-            SELECT left(string_agg(search_text_of(search_update_of(e.payload)), ''
-                                   ORDER BY e.event_id), 100000)
-            FROM session_events e
-            WHERE e.session_id = NEW.session_id
-              AND e.event_id BETWEEN open_first AND open_last
-        ), '')
-        WHERE session_id = NEW.session_id AND first_event_id = open_first;
-    END IF;
-
-    IF body_text IS NULL THEN
-        RETURN NULL;
-    END IF;
+    -- MATERIALIZED (and OFFSET 0 below): each payload is parsed once, not once per use
+    WITH batch AS MATERIALIZED (
+        SELECT n.session_id, n.event_id, n.kind, n.created_at,
+               CASE WHEN n.kind IN ('agent_message_chunk', 'user_message')
+                    THEN search_update_of(n.payload) END AS upd
+        FROM new_events n
+    ), ev AS (
+        SELECT b.session_id, b.event_id, b.kind, b.created_at,
+               search_text_of(b.upd) AS body_text,
+               nullif(b.upd -> 'messageId', 'null'::jsonb) AS message,
+               NULL::bigint AS open_first
+        FROM batch b
+    ), seq AS (
+        -- each session's open message goes first, as the chunk before the batch
+        SELECT * FROM ev
+        UNION ALL
+        SELECT d.session_id, d.event_id, 'agent_message_chunk', NULL, '', d.message_id,
+               d.first_event_id
+        FROM search_documents d
+        WHERE d.body IS NULL AND d.session_id IN (SELECT session_id FROM ev)
+    ), marked AS (
+        SELECT s.*,
+               (s.kind = 'agent_message_chunk' AND s.body_text IS NOT NULL) AS is_chunk,
+               lag(s.kind = 'agent_message_chunk' AND s.body_text IS NOT NULL) OVER w
+                   AS prev_chunk,
+               lag(s.event_id) OVER w AS prev_id,
+               lag(s.message) OVER w AS prev_message,
+               max(s.event_id) OVER (PARTITION BY s.session_id) AS session_last
+        FROM seq s
+        WINDOW w AS (PARTITION BY s.session_id ORDER BY s.event_id)
+    ), runs AS (
+        SELECT m.*,
+               sum(CASE WHEN m.is_chunk AND m.prev_chunk AND m.prev_id = m.event_id - 1
+                             AND m.prev_message IS NOT DISTINCT FROM m.message
+                        THEN 0 ELSE 1 END)
+                   OVER (PARTITION BY m.session_id ORDER BY m.event_id) AS run
+        FROM marked m
+    ), messages AS (
+        SELECT r.session_id,
+               min(r.open_first) AS open_first,
+               min(r.event_id) AS first_id,
+               max(r.event_id) AS last_id,
+               max(r.created_at) AS at,
+               (array_agg(r.message ORDER BY r.event_id))[1] AS message,
+               string_agg(r.body_text, '' ORDER BY r.event_id) AS body_text,
+               max(r.event_id) < min(r.session_last) AS closed
+        FROM runs r
+        WHERE r.is_chunk
+        GROUP BY r.session_id, r.run
+    ), continued AS (
+        -- the open message: moved on, and when it ended, its text once, from the log
+        UPDATE search_documents d
+        SET event_id = m.last_id,
+            at = coalesce(m.at, d.at),
+            body = CASE WHEN m.closed THEN coalesce((
+                SELECT left(string_agg(search_text_of(x.upd), '' ORDER BY x.event_id), 100000)
+                FROM (
+                    SELECT e.event_id, search_update_of(e.payload) AS upd
+                    FROM session_events e
+                    WHERE e.session_id = m.session_id
+                      AND e.event_id BETWEEN m.open_first AND m.last_id
+                    OFFSET 0
+                ) x
+            ), '') END
+        FROM messages m
+        WHERE m.open_first IS NOT NULL
+          AND d.session_id = m.session_id AND d.first_event_id = m.open_first
+    )
     INSERT INTO search_documents
         (session_id, first_event_id, event_id, workspace_id, kind, message_id, at, body)
-    SELECT NEW.session_id, NEW.event_id, NEW.event_id, s.workspace_id,
-           CASE NEW.kind WHEN 'user_message' THEN 'user_message' ELSE 'agent_message' END,
-           CASE NEW.kind WHEN 'user_message' THEN NULL ELSE message END,
-           NEW.created_at,
-           CASE NEW.kind WHEN 'user_message' THEN left(body_text, 100000) END
-    FROM sessions s
-    WHERE s.session_id = NEW.session_id;
+    SELECT m.session_id, m.first_id, m.last_id, s.workspace_id, 'agent_message', m.message,
+           m.at, CASE WHEN m.closed THEN left(m.body_text, 100000) END
+    FROM messages m
+    JOIN sessions s ON s.session_id = m.session_id
+    WHERE m.open_first IS NULL
+    UNION ALL
+    SELECT e.session_id, e.event_id, e.event_id, s.workspace_id, 'user_message', NULL,
+           e.created_at, left(e.body_text, 100000)
+    FROM ev e
+    JOIN sessions s ON s.session_id = e.session_id
+    WHERE e.kind = 'user_message' AND e.body_text IS NOT NULL;
     RETURN NULL;
 END
 $$;
 
 CREATE TRIGGER session_events_search
 AFTER INSERT ON session_events
-FOR EACH ROW EXECUTE FUNCTION search_documents_on_event();
+REFERENCING NEW TABLE AS new_events
+FOR EACH STATEMENT EXECUTE FUNCTION search_documents_on_events();
 
 -- Events stored before this migration: user prompts, then agent messages (runs of adjacent
 -- text chunks with the same messageId), all closed.
+WITH prompts AS MATERIALIZED (
+    SELECT e.session_id, e.event_id, e.created_at, s.workspace_id,
+           search_update_of(e.payload) AS upd
+    FROM session_events e
+    JOIN sessions s USING (session_id)
+    WHERE e.kind = 'user_message'
+)
 INSERT INTO search_documents
     (session_id, first_event_id, event_id, workspace_id, kind, at, body)
-SELECT e.session_id, e.event_id, e.event_id, s.workspace_id, 'user_message', e.created_at,
-       left(search_text_of(search_update_of(e.payload)), 100000)
-FROM session_events e
-JOIN sessions s USING (session_id)
-WHERE e.kind = 'user_message'
-  AND search_text_of(search_update_of(e.payload)) IS NOT NULL;
+SELECT p.session_id, p.event_id, p.event_id, p.workspace_id, 'user_message', p.created_at,
+       left(search_text_of(p.upd), 100000)
+FROM prompts p
+WHERE search_text_of(p.upd) IS NOT NULL;
 
-WITH chunks AS (
+WITH parsed AS MATERIALIZED (
     SELECT e.session_id, e.event_id, e.created_at, s.workspace_id,
-           search_text_of(search_update_of(e.payload)) AS body_text,
-           nullif(search_update_of(e.payload) -> 'messageId', 'null'::jsonb) AS message
+           search_update_of(e.payload) AS upd
     FROM session_events e
     JOIN sessions s USING (session_id)
     WHERE e.kind = 'agent_message_chunk'
+), chunks AS (
+    SELECT p.session_id, p.event_id, p.created_at, p.workspace_id,
+           search_text_of(p.upd) AS body_text,
+           nullif(p.upd -> 'messageId', 'null'::jsonb) AS message
+    FROM parsed p
 ), text_chunks AS (
     SELECT c.*,
            lag(c.event_id) OVER w AS prev_id,
