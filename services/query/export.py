@@ -470,13 +470,13 @@ def _render(
 
 
 async def export_session(request: web.Request) -> web.StreamResponse:
-    """Checks (400 format, 404 session) and the first page before any byte goes out."""
+    """Checks (404 session, then 400 format) and the first page before any byte goes out."""
     sid = _session_uuid(request)
-    fmt = parse_format(request.query)
     pool = request.app[PG_POOL]
     row = await sessions_db.get_row(pool, str(sid))
     if row is None:
         raise SessionNotFound(str(sid))
+    fmt = parse_format(request.query)
     session, end = row.session, row.last_event_id
     page = await session_events.after(pool, sid, 0, PAGE)
     transcript: Transcript | None = None

@@ -227,8 +227,9 @@ async def test_bad_format_and_unknown_session(client, pool, workspace_id) -> Non
         assert resp.status == 400
         assert (await resp.json())["error"].startswith(f"Invalid format: {fmt}")
     for unknown in (str(uuid.uuid4()), "not-a-uuid"):
+        # an unknown session is 404 whatever the format, as every session sub-route
         resp = await client.get(
-            f"/api/sessions/{unknown}/export", params={"format": "jsonl"}
+            f"/api/sessions/{unknown}/export", params={"format": "pdf"}
         )
         assert resp.status == 404
         assert await resp.json() == {"error": "Session not found"}
