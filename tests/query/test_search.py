@@ -365,12 +365,15 @@ async def test_only_cursors_issued_for_this_search_are_taken(
     assert second["results"][0]["eventId"] != first["results"][0]["eventId"]
 
     payload, _, signature = cursor.partition(".")
+    # the last character: its low bits are unused, so this is the same signature misspelt
     flipped = signature[:-1] + ("A" if signature[-1] != "A" else "B")
+    first_flipped = ("A" if signature[0] != "A" else "B") + signature[1:]
     forged = [
         "garbage",
         "a.b",
         cursor + "x",
         f"{payload}.{flipped}",
+        f"{payload}.{first_flipped}",
         f"{payload[::-1]}.{signature}",
         "€.€",
     ]

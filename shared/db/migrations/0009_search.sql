@@ -27,9 +27,12 @@ CREATE TABLE search_documents (
     PRIMARY KEY (session_id, first_event_id)
 );
 
-CREATE INDEX search_documents_tsv_idx ON search_documents USING gin (tsv);
--- with the GIN index, a bitmap AND: a common word's hits in other workspaces are never read
-CREATE INDEX search_documents_workspace_idx ON search_documents (workspace_id);
+-- One GIN index over (workspace, words): a search reads only its workspace's entries, so a
+-- word common across all workspaces costs no more than its hits in this one (a GIN on the
+-- words alone ANDed with a workspace index read every workspace's hits: 0.2 s at 1M rows).
+-- btree_gin (a trusted contrib extension shipped with Postgres) indexes the text column.
+CREATE EXTENSION IF NOT EXISTS btree_gin;
+CREATE INDEX search_documents_words_idx ON search_documents USING gin (workspace_id, tsv);
 -- the open agent message of a session (at most one), looked up on every write
 CREATE INDEX search_documents_open_idx ON search_documents (session_id) WHERE body IS NULL;
 
