@@ -145,6 +145,37 @@ _EXTRA_SCHEMAS: dict[str, Any] = {
             },
         },
     },
+    "SearchResults": {
+        "type": "object",
+        "required": ["results"],
+        "properties": {
+            "results": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["sessionId", "eventId", "kind", "snippet", "at"],
+                    "properties": {
+                        "sessionId": {"type": "string"},
+                        "sessionName": {"type": "string"},
+                        "eventId": {
+                            "type": "string",
+                            "description": "The user_message, or an agent message's last chunk",
+                        },
+                        "kind": {"enum": ["user_message", "agent_message"]},
+                        "snippet": {
+                            "type": "string",
+                            "description": "HTML: matches in <mark>…</mark>, the rest escaped",
+                        },
+                        "at": {"type": "string"},
+                    },
+                },
+            },
+            "next": {
+                "type": "string",
+                "description": "Cursor of the next page (`after`)",
+            },
+        },
+    },
 }
 
 _ERROR_TEXT = {
@@ -195,7 +226,7 @@ class Op:
     path: str
     summary: str
     tag: str
-    ok: dict[str, Any] | str  # JSON schema, or a media type for non-JSON bodies
+    ok: dict[str, Any] | str | tuple[str, ...]  # JSON schema, or non-JSON media type(s)
     errors: tuple[int, ...] = ()
     params: tuple[Param, ...] = ()
     body: dict[str, Any] | None = None
@@ -360,6 +391,42 @@ OPERATIONS: tuple[Op, ...] = (
         },
         (404, 503),
         (_SID, Param("share_id", "path", required=True, description="Share id")),
+    ),
+    Op(
+        "GET",
+        "/api/sessions/{session_id}/export",
+        "The whole stored log as a download (Content-Disposition), streamed",
+        "sessions",
+        ("text/markdown", "application/x-ndjson", "text/html"),
+        (400, 404, 503),
+        (
+            _SID,
+            Param(
+                "format",
+                schema={"enum": ["markdown", "jsonl", "html"], "default": "markdown"},
+                description="jsonl: one stored event per line, as /history has them",
+            ),
+        ),
+    ),
+    # search
+    Op(
+        "GET",
+        "/api/search",
+        "Full-text search of a workspace's user prompts and agent messages, best first",
+        "search",
+        _ref("SearchResults"),
+        (400, 404, 503),
+        (
+            _WS_REQ,
+            Param(
+                "q",
+                required=True,
+                schema={"type": "string", "minLength": 1, "maxLength": 500},
+                description='Web-search syntax: words (ANDed), "phrases", -exclusions, OR',
+            ),
+            Param("limit", schema={"type": "integer", "minimum": 1, "maximum": 100}),
+            Param("after", description="The `next` cursor of the previous page"),
+        ),
     ),
     # notes (api.md §4.3)
     Op(
@@ -638,7 +705,9 @@ OPERATIONS: tuple[Op, ...] = (
 
 
 def _operation(op: Op) -> dict[str, Any]:
-    def content(schema: dict[str, Any] | str) -> dict[str, Any]:
+    def content(schema: dict[str, Any] | str | tuple[str, ...]) -> dict[str, Any]:
+        if isinstance(schema, tuple):
+            return {t: {"schema": {"type": "string"}} for t in schema}
         if isinstance(schema, str):
             return {schema: {"schema": {"type": "string"}}}
         return {"application/json": {"schema": schema}}

@@ -6,8 +6,10 @@ from aiohttp import web
 
 from services.query import (
     dashboard,
+    export,
     notes,
     openapi,
+    search,
     sessions,
     shares,
     tasks,
@@ -20,6 +22,8 @@ def setup(app: web.Application) -> None:
     """Sessions first: it registers /api/sessions/events before /api/sessions/{id}."""
     sessions.setup(app)
     shares.setup(app)
+    export.setup(app)
+    search.setup(app)
     notes.setup(app)
     tasks.setup(app)
     workspaces.setup(app)
