@@ -18,7 +18,7 @@ from pydantic.alias_generators import to_camel
 from services.common.keys import SETTINGS
 from services.echo.catalog import MODELS as ECHO_MODELS
 from services.echo.catalog import MODES as ECHO_MODES
-from services.gateway import control, jsonrpc
+from services.gateway import config, control, jsonrpc
 from services.gateway.forwarding import routed
 from services.gateway.keys import SESSION_MANAGER
 from services.gateway.rpc import METHODS, MethodRegistry, RpcCall
@@ -74,6 +74,11 @@ class SetModeParams(SessionParams):
 
 class SetModelParams(SessionParams):
     model: str
+
+
+class SetConfigOptionParams(SessionParams):
+    config_id: str
+    value: str | bool
 
 
 class LoadParams(SessionParams):
@@ -251,6 +256,13 @@ async def session_set_model(call: RpcCall) -> dict[str, Any]:
     return {}
 
 
+async def session_set_config_option(call: RpcCall) -> dict[str, Any]:
+    p = parse(SetConfigOptionParams, call.params)
+    return await config.set_config_option(
+        _manager(call), p.session_id, p.config_id, p.value, call.allowed_workspaces
+    )
+
+
 async def session_load(call: RpcCall) -> dict[str, Any]:
     p = parse(LoadParams, call.params)
     return await _manager(call).load(p.session_id, call.allowed_workspaces, p.cwd)
@@ -312,6 +324,7 @@ def setup(app: web.Application) -> None:
     registry.add("session/cancel", routed(session_cancel))
     registry.add("session/set_mode", routed(session_set_mode))
     registry.add("session/set_model", routed(session_set_model))
+    registry.add("session/set_config_option", routed(session_set_config_option))
     registry.add("session/load", routed(session_load))
     registry.add("session/respond_user_input", routed(session_respond_user_input))
     registry.add("_providers/list", providers_list)

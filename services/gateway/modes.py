@@ -6,6 +6,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from services.gateway.agents import AgentDied, AgentRequestFailed, AgentTimeout
+from services.gateway.config import remember
 from services.gateway.failures import agent_failure
 from services.gateway.live import LiveSession, current_model
 from shared.db import sessions
@@ -40,6 +41,7 @@ async def agent_set_mode(
             },
         )
         live.absorb_config_options(result)
+        remember(live)
     else:
         await live.agent.request(
             "session/set_mode",
@@ -74,6 +76,7 @@ async def agent_set_model(
             },
         )
         live.absorb_config_options(result)
+        remember(live)
     else:
         await live.agent.request(
             "session/set_model",
@@ -129,7 +132,7 @@ def interpret_update(
     elif kind == "config_option_update":
         options = update.get("configOptions")
         if isinstance(options, list):
-            live.config_options = [o for o in options if isinstance(o, dict)]
+            remember(live, [o for o in options if isinstance(o, dict)])
             model = current_model(live.config_options, None)
             if model and model != live.model:
                 live.model = model

@@ -21,6 +21,7 @@ from services.gateway.methods import (
     PromptParams,
     RespondParams,
     SessionParams,
+    SetConfigOptionParams,
     SetModelParams,
     SetModeParams,
 )
@@ -141,6 +142,17 @@ _EXTRA_SCHEMAS: dict[str, Any] = {
             }
         },
     },
+    "ConfigOptionsResult": {
+        "type": "object",
+        "required": ["configOptions"],
+        "properties": {
+            "configOptions": {
+                "type": "array",
+                "items": {"type": "object"},
+                "description": "The agent's complete option list after the change",
+            }
+        },
+    },
     "Ok": {
         "type": "object",
         "required": ["ok"],
@@ -207,6 +219,13 @@ METHOD_DOCS: tuple[MethodDoc, ...] = (
         "Switch the model (config option, else legacy session/set_model); persisted",
         SetModelParams,
         "Empty",
+        _SESSION_ERRORS,
+    ),
+    MethodDoc(
+        "session/set_config_option",
+        "Set one of the agent's config options (select or boolean); model/mode persisted",
+        SetConfigOptionParams,
+        "ConfigOptionsResult",
         _SESSION_ERRORS,
     ),
     MethodDoc(

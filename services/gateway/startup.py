@@ -17,6 +17,7 @@ from services.gateway.agents import (
     AgentRequestFailed,
     AgentSpec,
 )
+from services.gateway.config import remember
 from services.gateway.failures import start_error
 from services.gateway.live import LiveSession, current_model
 from services.gateway.modes import agent_set_mode, agent_set_model
@@ -181,7 +182,7 @@ def absorb(live: LiveSession, result: dict[str, Any]) -> None:
         live.modes = modes
     options = result.get("configOptions")
     if isinstance(options, list):
-        live.config_options = [o for o in options if isinstance(o, dict)]
+        remember(live, [o for o in options if isinstance(o, dict)])
     models = result.get("models")
     if isinstance(models, dict):
         live.legacy_models = models

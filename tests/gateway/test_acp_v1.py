@@ -1,0 +1,132 @@
+"""The ACP v1 surface through the real gateway, query service and echo agent.
+
+Config options, usage sums, elicitation, resume preference, `_meta` and
+`$/cancel_request`: each driven by an echo command or a raw fake agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from services.gateway.app import create_app
+from services.query.app import create_app as create_query_app
+from shared import providers
+from tests.gateway.conftest import wait_fanout_ready
+from tests.gateway.rpcutil import WAIT, err, ok
+from tests.gateway.test_terminals_e2e import REPO_ROOT, new_echo
+
+
+@pytest.fixture(autouse=True)
+def echo_of_this_checkout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Spawn the echo agent of this checkout (agents get no PYTHONPATH)."""
+    echo = providers.PROVIDERS["echo"]
+    code = (
+        f"import runpy, sys; sys.path.insert(0, {str(REPO_ROOT)!r}); "
+        "runpy.run_module('services.echo', run_name='__main__')"
+    )
+    monkeypatch.setitem(
+        providers.PROVIDERS, "echo", dataclasses.replace(echo, args=("-c", code))
+    )
+
+
+@pytest.fixture
+async def clients(make_settings, aiohttp_client, cwd_root):
+    settings = make_settings(allow_custom_commands=True)
+    gateway = await aiohttp_client(create_app(settings))
+    await wait_fanout_ready(gateway.app)
+    query = await aiohttp_client(create_query_app(settings))
+    return gateway, query, settings
+
+
+async def context_of(query: Any, sid: str) -> dict[str, Any]:
+    resp = await query.get(f"/api/sessions/{sid}/context")
+    assert resp.status == 200, await resp.text()
+    body: dict[str, Any] = await resp.json()
+    return body
+
+
+async def context_until(
+    query: Any, sid: str, predicate: Callable[[dict[str, Any]], bool]
+) -> dict[str, Any]:
+    """Poll the context until `predicate` holds (hang guard only)."""
+    async with asyncio.timeout(WAIT):
+        while True:
+            ctx = await context_of(query, sid)
+            if predicate(ctx):
+                return ctx
+            await asyncio.sleep(0.02)
+
+
+def current(options: list[dict[str, Any]], config_id: str) -> Any:
+    return next(o for o in options if o["id"] == config_id)["currentValue"]
+
+
+# -- config options ---------------------------------------------------------------------
+
+
+async def test_set_config_option_passes_the_option_and_context_shows_the_list(
+    clients, pool, workspace_id
+):
+    gateway, query, _ = clients
+    sid = await new_echo(gateway, pool, workspace_id)
+    # the list from session/new is stored once the agent reported it
+    ctx = await context_until(query, sid, lambda c: "configOptions" in c)
+    assert current(ctx["configOptions"], "model") == "echo-small"
+
+    out = await ok(
+        gateway,
+        "session/set_config_option",
+        {"sessionId": sid, "configId": "model", "value": "echo-large"},
+    )
+    assert current(out["configOptions"], "model") == "echo-large"
+    ctx = await context_of(query, sid)
+    assert current(ctx["configOptions"], "model") == "echo-large"
+    assert ctx["model"] == "echo-large"  # the model option persists the model
+
+    e = await err(
+        gateway,
+        "session/set_config_option",
+        {"sessionId": sid, "configId": "temperature", "value": "hot"},
+    )
+    assert e["code"] == -32602
+    assert "configId" in e["message"]
+    e = await err(
+        gateway,
+        "session/set_config_option",
+        {"sessionId": sid, "configId": "model", "value": "gpt-9"},
+    )
+    assert e["code"] == -32602
+    assert "value" in e["message"]
+    e = await err(
+        gateway,
+        "session/set_config_option",
+        {"sessionId": sid, "configId": "model", "value": True},
+    )
+    assert e["code"] == -32602
+    assert "value" in e["message"]
+    e = await err(
+        gateway, "session/set_config_option", {"sessionId": sid, "value": "x"}
+    )
+    assert e["code"] == -32602
+    assert "configId" in e["message"]
+    ctx = await context_of(query, sid)
+    assert current(ctx["configOptions"], "model") == "echo-large"
+
+
+async def test_context_has_no_config_options_before_the_agent_reported(
+    clients, pool, workspace_id
+):
+    gateway, query, _ = clients
+    # a fork has had no agent yet, so no list and no usage
+    sid = await new_echo(gateway, pool, workspace_id)
+    resp = await query.post(f"/api/sessions/{sid}/fork", json={})
+    assert resp.status == 201, await resp.text()
+    fork = (await resp.json())["session"]["sessionId"]
+    ctx = await context_of(query, fork)
+    assert "configOptions" not in ctx
+    assert "usage" not in ctx
