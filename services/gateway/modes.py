@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
+from services.gateway import usage
 from services.gateway.agents import AgentDied, AgentRequestFailed, AgentTimeout
 from services.gateway.config import remember
 from services.gateway.failures import agent_failure
@@ -137,6 +138,8 @@ def interpret_update(
             if model and model != live.model:
                 live.model = model
                 manager.spawn(persist(manager, live, "model", model))
+    elif kind == "usage_update":
+        usage.on_usage_update(manager, live, update)
     elif kind == "session_info_update":
         title = update.get("title")
         if isinstance(title, str) and title.strip():

@@ -25,7 +25,7 @@ import asyncpg
 from aiohttp import web
 
 from services.common.keys import CHANNELS, PG_POOL, REDIS, SETTINGS
-from services.common.metrics import METRICS
+from services.common.metrics import METRICS, Metrics
 from services.gateway import capacity, modes, ownership, permissions, startup, turns
 from services.gateway.agents import AgentRequestFailed, on_exit_message
 from services.gateway.confine import agent_user, check_cwd, safe_segment
@@ -98,6 +98,8 @@ class SessionManager:
         self.has_subscribers: Callable[[str], bool] = lambda _sid: False
         # set by the app: (events, seconds) of each stored batch, for metrics
         self.on_batch: Callable[[int, float], None] | None = None
+        # set by the app: agents' token and cost counters (usage.py)
+        self.metrics: Metrics | None = None
 
     # --- tasks ------------------------------------------------------------------------
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
@@ -643,6 +645,7 @@ def manager_ctx(key: web.AppKey[SessionManager]) -> Any:
             manager.has_subscribers = lambda sid: fanout.subscriber_count(sid) > 0
         metrics = app.get(METRICS)
         if metrics is not None:
+            manager.metrics = metrics
             metrics.live_agents.set_function(lambda: len(manager.live))
             written, latency = metrics.events_written, metrics.event_write_latency
 

@@ -8,6 +8,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from services.gateway import usage
 from services.gateway.agents import AgentDied, AgentRequestFailed
 from services.gateway.failures import call_failure
 from services.gateway.live import LiveSession, Turn, consume, settle_turn
@@ -109,6 +110,7 @@ async def run_turn(
     }
     if isinstance(result, dict) and isinstance(result.get("usage"), dict):
         reply["usage"] = result["usage"]
+        usage.on_turn_usage(manager, live, result["usage"])
     await end_turn(manager, live, turn, result=reply)
 
 

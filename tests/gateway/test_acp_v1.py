@@ -130,3 +130,49 @@ async def test_context_has_no_config_options_before_the_agent_reported(
     ctx = await context_of(query, fork)
     assert "configOptions" not in ctx
     assert "usage" not in ctx
+
+
+# -- usage --------------------------------------------------------------------------------
+
+
+async def session_of(query: Any, sid: str) -> dict[str, Any]:
+    resp = await query.get(f"/api/sessions/{sid}")
+    assert resp.status == 200, await resp.text()
+    session: dict[str, Any] = (await resp.json())["session"]
+    return session
+
+
+async def test_usage_is_summed_per_session_and_counted_by_provider(
+    clients, pool, workspace_id
+):
+    gateway, query, _ = clients
+    sid = await new_echo(gateway, pool, workspace_id)
+    assert "usage" not in await session_of(query, sid)  # absent before a report
+    listed = await (await query.get(f"/api/sessions?workspaceId={workspace_id}")).json()
+    assert "usage" not in next(s for s in listed["sessions"] if s["sessionId"] == sid)
+
+    for _ in range(2):
+        reply = await ok(
+            gateway, "session/prompt", {"sessionId": sid, "prompt": "/usage"}
+        )
+        assert reply["usage"]["inputTokens"] == 20
+    want = {
+        "contextUsed": 1200,
+        "contextSize": 200000,
+        "costAmount": 0.01,
+        "costCurrency": "USD",
+        "inputTokens": 40,  # two turns of 20
+        "outputTokens": 20,
+    }
+    assert (await session_of(query, sid))["usage"] == want
+    assert (await context_of(query, sid))["usage"] == want
+    # the list (served from its cache, warmed above) shows it too
+    listed = await (await query.get(f"/api/sessions?workspaceId={workspace_id}")).json()
+    assert next(s for s in listed["sessions"] if s["sessionId"] == sid)["usage"] == want
+
+    text = await (await gateway.get("/metrics")).text()
+    assert 'routa_agent_tokens_total{kind="input",provider="echo"} 40.0' in text
+    assert 'routa_agent_tokens_total{kind="output",provider="echo"} 20.0' in text
+    # echo reports the same cumulative cost twice: it grew once, by 0.01
+    assert 'routa_agent_cost_total{currency="USD",provider="echo"} 0.01' in text
+    assert sid not in text
