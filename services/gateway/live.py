@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from services.gateway import elicitation
 from services.gateway.agents import AgentProcess
 from services.gateway.eventlog import EventWriter
 from shared.db import sessions
@@ -127,6 +128,15 @@ class LiveSession:
     def cancel_all_permissions(self) -> None:
         for tool_call_id in list(self.permissions):
             self.cancel_permission(tool_call_id)
+        elicitation.cancel_all(self)  # held the same way, ended at the same points
+
+    async def request_elicitation(
+        self, elicitation_id: str, params: dict[str, Any]
+    ) -> dict[str, Any]:
+        return await elicitation.request(self, elicitation_id, params)
+
+    def cancel_elicitation(self, elicitation_id: str) -> None:
+        elicitation.cancel(self, elicitation_id)
 
     def emit(self, kind: str, /, **fields: Any) -> int:
         """Queue a gateway-made event (fields may include `kind`, e.g. a tool call's)."""

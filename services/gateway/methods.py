@@ -18,7 +18,7 @@ from pydantic.alias_generators import to_camel
 from services.common.keys import SETTINGS
 from services.echo.catalog import MODELS as ECHO_MODELS
 from services.echo.catalog import MODES as ECHO_MODES
-from services.gateway import config, control, jsonrpc
+from services.gateway import config, control, elicitation, jsonrpc
 from services.gateway.forwarding import routed
 from services.gateway.keys import SESSION_MANAGER
 from services.gateway.rpc import METHODS, MethodRegistry, RpcCall
@@ -94,6 +94,12 @@ class UserResponse(Params):
 class RespondParams(SessionParams):
     tool_call_id: str
     response: UserResponse
+
+
+class RespondElicitationParams(SessionParams):
+    elicitation_id: str
+    action: Literal["accept", "decline", "cancel"]
+    content: dict[str, Any] | None = None
 
 
 def parse(model: type[P], params: dict[str, Any]) -> P:
@@ -284,6 +290,19 @@ async def session_respond_user_input(call: RpcCall) -> dict[str, Any]:
     return {"ok": True}
 
 
+async def session_respond_elicitation(call: RpcCall) -> dict[str, Any]:
+    p = parse(RespondElicitationParams, call.params)
+    await elicitation.respond(
+        _manager(call),
+        p.session_id,
+        p.elicitation_id,
+        p.action,
+        p.content,
+        call.allowed_workspaces,
+    )
+    return {"ok": True}
+
+
 async def providers_list(call: RpcCall) -> dict[str, Any]:
     """Every preset with whether it can run here; available first (api.md §5.2)."""
     settings = call.app[SESSION_MANAGER].settings
@@ -327,4 +346,5 @@ def setup(app: web.Application) -> None:
     registry.add("session/set_config_option", routed(session_set_config_option))
     registry.add("session/load", routed(session_load))
     registry.add("session/respond_user_input", routed(session_respond_user_input))
+    registry.add("session/respond_elicitation", routed(session_respond_elicitation))
     registry.add("_providers/list", providers_list)

@@ -17,8 +17,8 @@ from services.gateway.app import create_app
 from services.query.app import create_app as create_query_app
 from shared import providers
 from tests.gateway.conftest import wait_fanout_ready
-from tests.gateway.rpcutil import WAIT, err, ok
-from tests.gateway.test_terminals_e2e import REPO_ROOT, new_echo
+from tests.gateway.rpcutil import WAIT, err, events, kinds, ok, wait_events
+from tests.gateway.test_terminals_e2e import REPO_ROOT, new_echo, updates_of
 
 
 @pytest.fixture(autouse=True)
@@ -176,3 +176,124 @@ async def test_usage_is_summed_per_session_and_counted_by_provider(
     # echo reports the same cumulative cost twice: it grew once, by 0.01
     assert 'routa_agent_cost_total{currency="USD",provider="echo"} 0.01' in text
     assert sid not in text
+
+
+# -- elicitation --------------------------------------------------------------------------
+
+
+async def _elicit_turn(gateway, pool, sid: str) -> tuple[asyncio.Task[Any], str]:
+    skip = len(await events(pool, sid))
+    task = asyncio.create_task(
+        ok(gateway, "session/prompt", {"sessionId": sid, "prompt": "/elicit"})
+    )
+    evs = await wait_events(
+        pool,
+        sid,
+        lambda evs: any(
+            e["update"]["sessionUpdate"] == "elicitation_request" for e in evs[skip:]
+        ),
+    )
+    request = next(
+        e["update"]
+        for e in evs[skip:]
+        if e["update"]["sessionUpdate"] == "elicitation_request"
+    )
+    assert request["message"] == "What is your name?"
+    assert request["requestedSchema"]["properties"]["name"]["type"] == "string"
+    assert request["requestedSchema"]["required"] == ["name"]
+    return task, request["elicitationId"]
+
+
+def last_turn_text(evs: list[dict[str, Any]]) -> str:
+    ks = [e["update"]["sessionUpdate"] for e in evs]
+    start = len(ks) - 1 - ks[::-1].index("user_message")
+    return "".join(
+        e["update"]["content"]["text"]
+        for e in evs[start:]
+        if e["update"]["sessionUpdate"] == "agent_message_chunk"
+    )
+
+
+async def test_elicitation_accept_decline_cancel_and_unknown(
+    clients, pool, workspace_id
+):
+    gateway, _, _ = clients
+    sid = await new_echo(gateway, pool, workspace_id)
+    e = await err(
+        gateway,
+        "session/respond_elicitation",
+        {"sessionId": sid, "elicitationId": "nope", "action": "accept"},
+    )
+    assert e["code"] == -32000
+
+    task, eid = await _elicit_turn(gateway, pool, sid)
+    e = await err(
+        gateway,
+        "session/respond_elicitation",
+        {"sessionId": sid, "elicitationId": eid, "action": "maybe"},
+    )
+    assert e["code"] == -32602
+    assert "action" in e["message"]
+    res = await ok(
+        gateway,
+        "session/respond_elicitation",
+        {
+            "sessionId": sid,
+            "elicitationId": eid,
+            "action": "accept",
+            "content": {"name": "Ada"},
+        },
+    )
+    assert res == {"ok": True}
+    assert (await task)["stopReason"] == "end_turn"
+    evs = await events(pool, sid)
+    assert last_turn_text(evs).endswith("hello Ada")
+    responses = updates_of(evs, "elicitation_response")
+    assert responses == [
+        {
+            "sessionUpdate": "elicitation_response",
+            "elicitationId": eid,
+            "action": "accept",
+        }
+    ]
+    # answered once: a second answer finds nothing pending
+    e = await err(
+        gateway,
+        "session/respond_elicitation",
+        {"sessionId": sid, "elicitationId": eid, "action": "accept"},
+    )
+    assert e["code"] == -32000
+
+    task, eid = await _elicit_turn(gateway, pool, sid)
+    await ok(
+        gateway,
+        "session/respond_elicitation",
+        {"sessionId": sid, "elicitationId": eid, "action": "decline"},
+    )
+    assert (await task)["stopReason"] == "end_turn"
+    assert last_turn_text(await events(pool, sid)).endswith("declined")
+
+    # a cancelled turn answers its pending elicitation `cancel`
+    task, eid = await _elicit_turn(gateway, pool, sid)
+    await ok(gateway, "session/cancel", {"sessionId": sid})
+    assert (await task)["stopReason"] == "cancelled"
+    evs = await events(pool, sid)
+    assert updates_of(evs, "elicitation_response")[-1] == {
+        "sessionUpdate": "elicitation_response",
+        "elicitationId": eid,
+        "action": "cancel",
+    }
+
+
+async def test_unanswered_elicitation_is_cancelled_after_prompt_timeout(
+    make_settings, aiohttp_client, cwd_root, pool, workspace_id
+):
+    settings = make_settings(prompt_timeout=1.0)
+    gateway = await aiohttp_client(create_app(settings))
+    sid = await new_echo(gateway, pool, workspace_id)
+    task, _ = await _elicit_turn(gateway, pool, sid)
+    # the call answers `pending` after PROMPT_TIMEOUT; the elicitation is cancelled then
+    assert (await task).get("pending") is True
+    evs = await wait_events(pool, sid, lambda evs: kinds(evs)[-1] == "turn_complete")
+    assert updates_of(evs, "elicitation_response")[-1]["action"] == "cancel"
+    assert last_turn_text(evs).endswith("cancelled")
