@@ -23,7 +23,7 @@ from shared.events import gateway_update
 if TYPE_CHECKING:
     from services.gateway.runtime import SessionManager
 
-ResumeMode = Literal["attached", "native", "recreated"]
+ResumeMode = Literal["attached", "resumed", "native", "recreated"]
 
 
 @dataclass(slots=True)

@@ -105,7 +105,7 @@ _EXTRA_SCHEMAS: dict[str, Any] = {
             "provider": {"type": "string"},
             "role": {"type": "string"},
             "acpStatus": {"type": "string"},
-            "resumeMode": {"enum": ["attached", "native", "recreated"]},
+            "resumeMode": {"enum": ["attached", "resumed", "native", "recreated"]},
         },
     },
     "InitializeResult": {

@@ -26,7 +26,15 @@ from aiohttp import web
 
 from services.common.keys import CHANNELS, PG_POOL, REDIS, SETTINGS
 from services.common.metrics import METRICS, Metrics
-from services.gateway import capacity, modes, ownership, permissions, startup, turns
+from services.gateway import (
+    capacity,
+    modes,
+    ownership,
+    permissions,
+    startup,
+    turns,
+)
+from services.gateway.agent_sessions import farewell
 from services.gateway.agents import AgentRequestFailed, on_exit_message
 from services.gateway.confine import agent_user, check_cwd, safe_segment
 from services.gateway.eventlog import EventWriter
@@ -421,6 +429,7 @@ class SessionManager:
         live.cancel_all_permissions()
         if not live.ready.done():
             live.ready.set_exception(AgentError(f"Agent stopped ({reason})"))
+        await farewell(live, reason)  # close/delete, when offered
         if quiet:
             # The query service already wrote state and events for it (api.md §6).
             turn = live.turn

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from services.gateway import confine
+from services.gateway.agent_sessions import try_resume
 from services.gateway.agents import (
     AgentDied,
     AgentProcess,
@@ -119,7 +120,13 @@ async def start_agent(
         and bool(live.capabilities.get("loadSession"))
         and bool(live.routa_agent_id)
     )
-    if native:
+    resumed = await try_resume(live, agent, mcp_servers) if req.resume else None
+    result: Any
+    if resumed is not None:
+        result = resumed
+        live.agent_session_id = live.routa_agent_id
+        live.resume_mode = "resumed"
+    elif native:
         assert live.routa_agent_id is not None
         agent.suppress_updates = True  # history is already in our log
         try:

@@ -8,17 +8,24 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from services.gateway.app import create_app
+from services.gateway.keys import SESSION_MANAGER
 from services.query.app import create_app as create_query_app
 from shared import providers
+from shared.db import sessions as sessions_db
 from tests.gateway.conftest import wait_fanout_ready
 from tests.gateway.rpcutil import WAIT, err, events, kinds, ok, wait_events
 from tests.gateway.test_terminals_e2e import REPO_ROOT, new_echo, updates_of
+
+V1_AGENT = Path(__file__).parent / "agents" / "v1_agent.py"
 
 
 @pytest.fixture(autouse=True)
@@ -297,3 +304,96 @@ async def test_unanswered_elicitation_is_cancelled_after_prompt_timeout(
     evs = await wait_events(pool, sid, lambda evs: kinds(evs)[-1] == "turn_complete")
     assert updates_of(evs, "elicitation_response")[-1]["action"] == "cancel"
     assert last_turn_text(evs).endswith("cancelled")
+
+
+# -- resume preference, close and delete ----------------------------------------------------
+
+
+async def new_v1(gateway, pool, workspace_id, log: Path, caps: str) -> str:
+    """A session on the raw v1 agent, which logs what it receives to `log`."""
+    res = await ok(
+        gateway,
+        "session/new",
+        {
+            "workspaceId": workspace_id,
+            "provider": "custom",
+            "customCommand": sys.executable,
+            "customArgs": [str(V1_AGENT), "--log", str(log), "--caps", caps],
+        },
+    )
+    sid: str = res["sessionId"]
+    evs = await wait_events(
+        pool,
+        sid,
+        lambda evs: any(
+            e["update"]["sessionUpdate"] == "acp_status"
+            and e["update"]["status"] in ("ready", "error")
+            for e in evs
+        ),
+    )
+    assert evs[-1]["update"]["status"] == "ready", evs
+    return sid
+
+
+def received(log: Path, method: str) -> list[dict[str, Any]]:
+    if not log.exists():
+        return []
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line]
+    return [m for m in lines if m.get("method") == method]
+
+
+async def wait_received(log: Path, method: str) -> list[dict[str, Any]]:
+    async with asyncio.timeout(WAIT):
+        while not (found := received(log, method)):
+            await asyncio.sleep(0.02)
+    return found
+
+
+async def test_resume_preferred_and_close_and_delete_sent_when_offered(
+    clients, pool, workspace_id, tmp_path
+):
+    gateway, query, _ = clients
+    log = tmp_path / "v1.log"
+    sid = await new_v1(gateway, pool, workspace_id, log, "resume,close,delete")
+    agent_sid = (await sessions_db.get(pool, sid)).routa_agent_id
+    assert agent_sid
+
+    resp = await query.post(f"/api/sessions/{sid}/disconnect")
+    assert resp.status == 200
+    closed = await wait_received(log, "session/close")
+    assert closed[0]["params"] == {"sessionId": agent_sid}
+
+    out = await ok(gateway, "session/load", {"sessionId": sid})
+    assert out["resumeMode"] == "resumed"
+    resumed = received(log, "session/resume")
+    assert [m["params"]["sessionId"] for m in resumed] == [agent_sid]
+    assert len(received(log, "session/new")) == 1  # no fresh agent session
+    assert (await sessions_db.get(pool, sid)).routa_agent_id == agent_sid
+
+    resp = await query.delete(f"/api/sessions/{sid}")
+    assert resp.status == 200
+    deleted = await wait_received(log, "session/delete")
+    assert deleted[0]["params"] == {"sessionId": agent_sid}
+
+
+async def test_without_resume_the_session_is_recreated_and_nothing_is_closed(
+    clients, pool, workspace_id, tmp_path
+):
+    gateway, query, _ = clients
+    log = tmp_path / "v1.log"
+    sid = await new_v1(gateway, pool, workspace_id, log, "")
+    resp = await query.post(f"/api/sessions/{sid}/disconnect")
+    assert resp.status == 200
+    await wait_until_stopped(gateway, sid)
+    out = await ok(gateway, "session/load", {"sessionId": sid})
+    assert out["resumeMode"] == "recreated"
+    assert len(received(log, "session/new")) == 2
+    assert received(log, "session/resume") == []
+    assert received(log, "session/close") == []
+
+
+async def wait_until_stopped(gateway, sid: str) -> None:
+    manager = gateway.app[SESSION_MANAGER]
+    async with asyncio.timeout(WAIT):
+        while manager.is_live_here(sid):
+            await asyncio.sleep(0.02)
