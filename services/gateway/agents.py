@@ -87,7 +87,7 @@ class AgentCallbacks(Protocol):
     def cancel_permission(self, tool_call_id: str) -> None: ...
 
     async def request_elicitation(
-        self, elicitation_id: str, params: dict[str, Any]
+        self, elicitation_id: str, params: dict[str, Any], *, withdrawn: bool = False
     ) -> dict[str, Any]: ...
 
     def cancel_elicitation(self, elicitation_id: str) -> None: ...
@@ -218,7 +218,12 @@ class _Client:
         tool_call_id = getattr(mode, "tool_call_id", None)
         if isinstance(tool_call_id, str):
             params["toolCallId"] = tool_call_id
-        return await self._agent.callbacks.request_elicitation(elicitation_id, params)
+        return await self._agent.callbacks.request_elicitation(
+            elicitation_id,
+            params,
+            # $/cancel_request may come before this handler ran: answered cancel at once
+            withdrawn=self._agent.withdrawn(elicitation_id),
+        )
 
     async def read_text_file(
         self,
@@ -334,6 +339,7 @@ class AgentProcess:
         # elicitation/create requests, named by the observer in arrival order
         self._elicitation_requests: dict[Any, str] = {}  # agent request id → our id
         self._elicitation_ids: collections.deque[str] = collections.deque()
+        self._withdrawn: set[str] = set()  # cancelled before their handler ran
         self._stopping = False
         self._drain: asyncio.Task[None] | None = None
         # the environment the agent is spawned with; its terminals get the same
@@ -463,7 +469,16 @@ class AgentProcess:
                 self.callbacks.cancel_permission(tool_call_id)
             withdrawn = self._elicitation_requests.pop(request_id, None)
             if withdrawn is not None:
+                if withdrawn in self._elicitation_ids:
+                    self._withdrawn.add(withdrawn)  # its handler has not run yet
                 self.callbacks.cancel_elicitation(withdrawn)
+
+    def withdrawn(self, elicitation_id: str) -> bool:
+        """Whether the agent cancelled this request before its handler ran (once)."""
+        if elicitation_id in self._withdrawn:
+            self._withdrawn.discard(elicitation_id)
+            return True
+        return False
 
     def take_elicitation_id(self) -> str:
         """The id the observer gave the oldest elicitation request not yet handled."""

@@ -65,9 +65,16 @@ def cancel_all(live: LiveSession) -> None:
 
 
 async def request(
-    live: LiveSession, elicitation_id: str, params: dict[str, Any]
+    live: LiveSession,
+    elicitation_id: str,
+    params: dict[str, Any],
+    withdrawn: bool = False,
 ) -> dict[str, Any]:
-    """Stream the request and wait for the user's answer (PROMPT_TIMEOUT → cancel)."""
+    """Stream the request and wait for the user's answer (PROMPT_TIMEOUT → cancel).
+
+    `withdrawn`: the agent cancelled it before it got here; recorded and cancelled at
+    once, so the log reads the same whichever came first.
+    """
     if live.turn is not None and live.turn.cancel_requested:
         return {"action": "cancel"}
     future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
@@ -77,6 +84,8 @@ async def request(
         elicitationId=elicitation_id,
         **params,
     )
+    if withdrawn:
+        cancel(live, elicitation_id)
     try:
         async with asyncio.timeout(live.manager.settings.prompt_timeout):
             return await asyncio.shield(future)

@@ -34,6 +34,8 @@ class Turn:
     cancel_requested: bool = False
     done: bool = False
     outcome: dict[str, Any] | AgentError | None = None
+    # the prompt's `_meta` as sent to the agent (its traceparent is stored on the events)
+    meta: dict[str, Any] | None = None
 
 
 def settle_turn(turn: Turn) -> None:
@@ -131,9 +133,9 @@ class LiveSession:
         elicitation.cancel_all(self)  # held the same way, ended at the same points
 
     async def request_elicitation(
-        self, elicitation_id: str, params: dict[str, Any]
+        self, elicitation_id: str, params: dict[str, Any], *, withdrawn: bool = False
     ) -> dict[str, Any]:
-        return await elicitation.request(self, elicitation_id, params)
+        return await elicitation.request(self, elicitation_id, params, withdrawn)
 
     def cancel_elicitation(self, elicitation_id: str) -> None:
         elicitation.cancel(self, elicitation_id)

@@ -23,6 +23,7 @@ from services.gateway.forwarding import routed
 from services.gateway.keys import SESSION_MANAGER
 from services.gateway.rpc import METHODS, MethodRegistry, RpcCall
 from services.gateway.runtime import NewSessionArgs, SessionManager, manager_ctx
+from services.gateway.tracing import with_traceparent
 from shared.errors import BadRequest, UnknownWorkspace
 from shared.models.limits import check_params
 from shared.models.session import ROLES
@@ -239,8 +240,14 @@ async def session_prompt(call: RpcCall) -> dict[str, Any]:
     p = parse(PromptParams, call.params)
     blocks, text = prompt_blocks(p.prompt)
     check_prompt_size(p.prompt, call.app[SETTINGS].max_prompt_bytes)
+    client_meta = call.params.get("_meta")
+    if client_meta is not None and not isinstance(client_meta, dict):
+        raise BadRequest("Invalid params: _meta must be an object")
+    meta, traceparent = with_traceparent(client_meta)
+    # the access log line and every log line of this turn carry it
+    structlog.contextvars.bind_contextvars(traceparent=traceparent)
     return await _manager(call).prompt(
-        p.session_id, blocks, text, call.allowed_workspaces
+        p.session_id, blocks, text, call.allowed_workspaces, meta=meta
     )
 
 

@@ -553,8 +553,10 @@ class SessionManager:
         blocks: list[dict[str, Any]],
         text: str,
         allowed: frozenset[str] | None = None,
+        *,
+        meta: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        return await turns.prompt(self, sid, blocks, text, allowed)
+        return await turns.prompt(self, sid, blocks, text, allowed, meta=meta)
 
     async def cancel(self, sid: str, allowed: frozenset[str] | None = None) -> None:
         await turns.cancel(self, sid, allowed)

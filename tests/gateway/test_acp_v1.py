@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -397,3 +398,87 @@ async def wait_until_stopped(gateway, sid: str) -> None:
     async with asyncio.timeout(WAIT):
         while manager.is_live_here(sid):
             await asyncio.sleep(0.02)
+
+
+# -- _meta and traceparent ------------------------------------------------------------------
+
+TRACEPARENT = re.compile(r"^00-[0-9a-f]{32}-[0-9a-f]{16}-01$")
+
+
+def turn_events(evs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    ks = kinds(evs)
+    return evs[len(ks) - 1 - ks[::-1].index("user_message") :]
+
+
+async def test_meta_reaches_the_agent_and_a_traceparent_is_made_and_stored(
+    clients, pool, workspace_id, tmp_path
+):
+    gateway, _, _ = clients
+    sid = await new_v1(gateway, pool, workspace_id, tmp_path / "v1.log", "")
+    await ok(
+        gateway,
+        "session/prompt",
+        {"sessionId": sid, "prompt": "meta", "_meta": {"tenant": {"id": 7}}},
+    )
+    turn = turn_events(await events(pool, sid))
+    said = json.loads(
+        "".join(
+            e["update"]["content"]["text"]
+            for e in turn
+            if e["update"]["sessionUpdate"] == "agent_message_chunk"
+        )
+    )
+    assert said["tenant"] == {"id": 7}  # the client's _meta, unchanged
+    assert TRACEPARENT.match(said["traceparent"])  # made here: the client sent none
+    ends = [e for e in turn if e["update"]["sessionUpdate"] == "turn_complete"]
+    assert turn[0]["_meta"] == {"traceparent": said["traceparent"]}
+    assert ends[0]["_meta"] == {"traceparent": said["traceparent"]}
+
+    given = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    await ok(
+        gateway,
+        "session/prompt",
+        {"sessionId": sid, "prompt": "meta", "_meta": {"traceparent": given}},
+    )
+    turn = turn_events(await events(pool, sid))
+    assert json.loads(turn[1]["update"]["content"]["text"]) == {"traceparent": given}
+    assert turn[-1]["_meta"] == {"traceparent": given}
+
+    e = await err(
+        gateway, "session/prompt", {"sessionId": sid, "prompt": "x", "_meta": [1]}
+    )
+    assert e["code"] == -32602
+    assert "_meta" in e["message"]
+
+
+# -- $/cancel_request -----------------------------------------------------------------------
+
+
+async def test_agent_withdraws_its_elicitation_with_cancel_request(
+    clients, pool, workspace_id, tmp_path
+):
+    gateway, _, _ = clients
+    sid = await new_v1(gateway, pool, workspace_id, tmp_path / "v1.log", "")
+    out = await ok(gateway, "session/prompt", {"sessionId": sid, "prompt": "withdraw"})
+    assert out["stopReason"] == "end_turn"
+    turn = turn_events(await events(pool, sid))
+    request = next(
+        e["update"]
+        for e in turn
+        if e["update"]["sessionUpdate"] == "elicitation_request"
+    )
+    assert updates_of(turn, "elicitation_response") == [
+        {
+            "sessionUpdate": "elicitation_response",
+            "elicitationId": request["elicitationId"],
+            "action": "cancel",
+        }
+    ]
+    said = json.loads(
+        next(
+            e["update"]["content"]["text"]
+            for e in turn
+            if e["update"]["sessionUpdate"] == "agent_message_chunk"
+        )
+    )
+    assert said["result"] == {"action": "cancel"}
