@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from services.gateway import elicitation
 from services.gateway.agents import AgentProcess
 from services.gateway.eventlog import EventWriter
 from shared.db import sessions
@@ -22,7 +23,7 @@ from shared.events import gateway_update
 if TYPE_CHECKING:
     from services.gateway.runtime import SessionManager
 
-ResumeMode = Literal["attached", "native", "recreated"]
+ResumeMode = Literal["attached", "resumed", "native", "recreated"]
 
 
 @dataclass(slots=True)
@@ -33,6 +34,8 @@ class Turn:
     cancel_requested: bool = False
     done: bool = False
     outcome: dict[str, Any] | AgentError | None = None
+    # the prompt's `_meta` as sent to the agent (its traceparent is stored on the events)
+    meta: dict[str, Any] | None = None
 
 
 def settle_turn(turn: Turn) -> None:
@@ -127,6 +130,15 @@ class LiveSession:
     def cancel_all_permissions(self) -> None:
         for tool_call_id in list(self.permissions):
             self.cancel_permission(tool_call_id)
+        elicitation.cancel_all(self)  # held the same way, ended at the same points
+
+    async def request_elicitation(
+        self, elicitation_id: str, params: dict[str, Any], *, withdrawn: bool = False
+    ) -> dict[str, Any]:
+        return await elicitation.request(self, elicitation_id, params, withdrawn)
+
+    def cancel_elicitation(self, elicitation_id: str) -> None:
+        elicitation.cancel(self, elicitation_id)
 
     def emit(self, kind: str, /, **fields: Any) -> int:
         """Queue a gateway-made event (fields may include `kind`, e.g. a tool call's)."""

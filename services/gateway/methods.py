@@ -18,11 +18,12 @@ from pydantic.alias_generators import to_camel
 from services.common.keys import SETTINGS
 from services.echo.catalog import MODELS as ECHO_MODELS
 from services.echo.catalog import MODES as ECHO_MODES
-from services.gateway import control, jsonrpc
+from services.gateway import config, control, elicitation, jsonrpc
 from services.gateway.forwarding import routed
 from services.gateway.keys import SESSION_MANAGER
 from services.gateway.rpc import METHODS, MethodRegistry, RpcCall
 from services.gateway.runtime import NewSessionArgs, SessionManager, manager_ctx
+from services.gateway.tracing import with_traceparent
 from shared.errors import BadRequest, UnknownWorkspace
 from shared.models.limits import check_params
 from shared.models.session import ROLES
@@ -76,6 +77,11 @@ class SetModelParams(SessionParams):
     model: str
 
 
+class SetConfigOptionParams(SessionParams):
+    config_id: str
+    value: str | bool
+
+
 class LoadParams(SessionParams):
     cwd: str | None = None
 
@@ -89,6 +95,12 @@ class UserResponse(Params):
 class RespondParams(SessionParams):
     tool_call_id: str
     response: UserResponse
+
+
+class RespondElicitationParams(SessionParams):
+    elicitation_id: str
+    action: Literal["accept", "decline", "cancel"]
+    content: dict[str, Any] | None = None
 
 
 def parse(model: type[P], params: dict[str, Any]) -> P:
@@ -228,8 +240,14 @@ async def session_prompt(call: RpcCall) -> dict[str, Any]:
     p = parse(PromptParams, call.params)
     blocks, text = prompt_blocks(p.prompt)
     check_prompt_size(p.prompt, call.app[SETTINGS].max_prompt_bytes)
+    client_meta = call.params.get("_meta")
+    if client_meta is not None and not isinstance(client_meta, dict):
+        raise BadRequest("Invalid params: _meta must be an object")
+    meta, traceparent = with_traceparent(client_meta)
+    # the access log line and every log line of this turn carry it
+    structlog.contextvars.bind_contextvars(traceparent=traceparent)
     return await _manager(call).prompt(
-        p.session_id, blocks, text, call.allowed_workspaces
+        p.session_id, blocks, text, call.allowed_workspaces, meta=meta
     )
 
 
@@ -251,6 +269,13 @@ async def session_set_model(call: RpcCall) -> dict[str, Any]:
     return {}
 
 
+async def session_set_config_option(call: RpcCall) -> dict[str, Any]:
+    p = parse(SetConfigOptionParams, call.params)
+    return await config.set_config_option(
+        _manager(call), p.session_id, p.config_id, p.value, call.allowed_workspaces
+    )
+
+
 async def session_load(call: RpcCall) -> dict[str, Any]:
     p = parse(LoadParams, call.params)
     return await _manager(call).load(p.session_id, call.allowed_workspaces, p.cwd)
@@ -267,6 +292,19 @@ async def session_respond_user_input(call: RpcCall) -> dict[str, Any]:
         r.option_id,
         r.decision,
         r.scope,
+        call.allowed_workspaces,
+    )
+    return {"ok": True}
+
+
+async def session_respond_elicitation(call: RpcCall) -> dict[str, Any]:
+    p = parse(RespondElicitationParams, call.params)
+    await elicitation.respond(
+        _manager(call),
+        p.session_id,
+        p.elicitation_id,
+        p.action,
+        p.content,
         call.allowed_workspaces,
     )
     return {"ok": True}
@@ -312,6 +350,8 @@ def setup(app: web.Application) -> None:
     registry.add("session/cancel", routed(session_cancel))
     registry.add("session/set_mode", routed(session_set_mode))
     registry.add("session/set_model", routed(session_set_model))
+    registry.add("session/set_config_option", routed(session_set_config_option))
     registry.add("session/load", routed(session_load))
     registry.add("session/respond_user_input", routed(session_respond_user_input))
+    registry.add("session/respond_elicitation", routed(session_respond_elicitation))
     registry.add("_providers/list", providers_list)

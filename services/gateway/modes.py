@@ -5,7 +5,9 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
+from services.gateway import usage
 from services.gateway.agents import AgentDied, AgentRequestFailed, AgentTimeout
+from services.gateway.config import remember
 from services.gateway.failures import agent_failure
 from services.gateway.live import LiveSession, current_model
 from shared.db import sessions
@@ -40,6 +42,7 @@ async def agent_set_mode(
             },
         )
         live.absorb_config_options(result)
+        remember(live)
     else:
         await live.agent.request(
             "session/set_mode",
@@ -74,6 +77,7 @@ async def agent_set_model(
             },
         )
         live.absorb_config_options(result)
+        remember(live)
     else:
         await live.agent.request(
             "session/set_model",
@@ -129,11 +133,13 @@ def interpret_update(
     elif kind == "config_option_update":
         options = update.get("configOptions")
         if isinstance(options, list):
-            live.config_options = [o for o in options if isinstance(o, dict)]
+            remember(live, [o for o in options if isinstance(o, dict)])
             model = current_model(live.config_options, None)
             if model and model != live.model:
                 live.model = model
                 manager.spawn(persist(manager, live, "model", model))
+    elif kind == "usage_update":
+        usage.on_usage_update(manager, live, update)
     elif kind == "session_info_update":
         title = update.get("title")
         if isinstance(title, str) and title.strip():

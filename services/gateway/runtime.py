@@ -25,8 +25,16 @@ import asyncpg
 from aiohttp import web
 
 from services.common.keys import CHANNELS, PG_POOL, REDIS, SETTINGS
-from services.common.metrics import METRICS
-from services.gateway import capacity, modes, ownership, permissions, startup, turns
+from services.common.metrics import METRICS, Metrics
+from services.gateway import (
+    capacity,
+    modes,
+    ownership,
+    permissions,
+    startup,
+    turns,
+)
+from services.gateway.agent_sessions import farewell
 from services.gateway.agents import AgentRequestFailed, on_exit_message
 from services.gateway.confine import agent_user, check_cwd, safe_segment
 from services.gateway.eventlog import EventWriter
@@ -100,6 +108,8 @@ class SessionManager:
         self.on_batch: Callable[[int, float], None] | None = None
         # set by the app: an agent failed, after it was ready (True: a crash) or before
         self.on_agent_failure: Callable[[bool], None] | None = None
+        # set by the app: agents' token and cost counters (usage.py)
+        self.metrics: Metrics | None = None
 
     # --- tasks ------------------------------------------------------------------------
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
@@ -423,6 +433,7 @@ class SessionManager:
         live.cancel_all_permissions()
         if not live.ready.done():
             live.ready.set_exception(AgentError(f"Agent stopped ({reason})"))
+        await farewell(live, reason)  # close/delete, when offered
         if quiet:
             # The query service already wrote state and events for it (api.md §6).
             turn = live.turn
@@ -546,8 +557,10 @@ class SessionManager:
         blocks: list[dict[str, Any]],
         text: str,
         allowed: frozenset[str] | None = None,
+        *,
+        meta: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        return await turns.prompt(self, sid, blocks, text, allowed)
+        return await turns.prompt(self, sid, blocks, text, allowed, meta=meta)
 
     async def cancel(self, sid: str, allowed: frozenset[str] | None = None) -> None:
         await turns.cancel(self, sid, allowed)
@@ -647,6 +660,7 @@ def manager_ctx(key: web.AppKey[SessionManager]) -> Any:
             manager.has_subscribers = lambda sid: fanout.subscriber_count(sid) > 0
         metrics = app.get(METRICS)
         if metrics is not None:
+            manager.metrics = metrics
             metrics.live_agents.set_function(lambda: len(manager.live))
             written, latency = metrics.events_written, metrics.event_write_latency
 

@@ -11,12 +11,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from services.gateway import confine
+from services.gateway.agent_sessions import try_resume
 from services.gateway.agents import (
     AgentDied,
     AgentProcess,
     AgentRequestFailed,
     AgentSpec,
 )
+from services.gateway.config import remember
 from services.gateway.failures import start_error
 from services.gateway.live import LiveSession, current_model
 from services.gateway.modes import agent_set_mode, agent_set_model
@@ -118,7 +120,13 @@ async def start_agent(
         and bool(live.capabilities.get("loadSession"))
         and bool(live.routa_agent_id)
     )
-    if native:
+    resumed = await try_resume(live, agent, mcp_servers) if req.resume else None
+    result: Any
+    if resumed is not None:
+        result = resumed
+        live.agent_session_id = live.routa_agent_id
+        live.resume_mode = "resumed"
+    elif native:
         assert live.routa_agent_id is not None
         agent.suppress_updates = True  # history is already in our log
         try:
@@ -181,7 +189,7 @@ def absorb(live: LiveSession, result: dict[str, Any]) -> None:
         live.modes = modes
     options = result.get("configOptions")
     if isinstance(options, list):
-        live.config_options = [o for o in options if isinstance(o, dict)]
+        remember(live, [o for o in options if isinstance(o, dict)])
     models = result.get("models")
     if isinstance(models, dict):
         live.legacy_models = models

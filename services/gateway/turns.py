@@ -8,6 +8,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from services.gateway import usage
 from services.gateway.agents import AgentDied, AgentRequestFailed
 from services.gateway.failures import call_failure
 from services.gateway.live import LiveSession, Turn, consume, settle_turn
@@ -28,6 +29,8 @@ async def prompt(
     blocks: list[dict[str, Any]],
     text: str,
     allowed: frozenset[str] | None = None,
+    *,
+    meta: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     live, _ = await manager.ensure_live(sid, allowed)
     if live.turn is not None:
@@ -35,13 +38,15 @@ async def prompt(
     if manager.draining:
         raise SessionUnservable("Gateway draining")
     loop = asyncio.get_running_loop()
-    turn = Turn(future=loop.create_future())
+    turn = Turn(future=loop.create_future(), meta=meta)
     turn.future.add_done_callback(consume)
     live.turn = turn
     live.last_used = time.monotonic()
     try:
         # the user's message is in the log before the agent sees it
-        stored = live.emit("user_message", content={"type": "text", "text": text})
+        stored = emit_traced(
+            live, turn, "user_message", content={"type": "text", "text": text}
+        )
         try:
             async with asyncio.timeout(USER_MESSAGE_STORE_WAIT):
                 await live.writer.flush(stored)
@@ -77,7 +82,11 @@ async def run_turn(
     try:
         result = await agent.request(
             "session/prompt",
-            {"sessionId": live.agent_session_id, "prompt": blocks},
+            {
+                "sessionId": live.agent_session_id,
+                "prompt": blocks,
+                **({"_meta": turn.meta} if turn.meta else {}),
+            },
             timeout=None,
         )
     except AgentDied:
@@ -109,6 +118,7 @@ async def run_turn(
     }
     if isinstance(result, dict) and isinstance(result.get("usage"), dict):
         reply["usage"] = result["usage"]
+        usage.on_turn_usage(manager, live, result["usage"])
     await end_turn(manager, live, turn, result=reply)
 
 
@@ -137,7 +147,7 @@ async def end_turn(
         live.emit("error", message=error)
     else:
         assert result is not None
-        live.emit("turn_complete", **result)
+        emit_traced(live, turn, "turn_complete", **result)
     live.cancel_all_permissions()
     await live.writer.flush()
     if live.writer.fenced:
@@ -158,6 +168,16 @@ async def end_turn(
     if settle:
         settle_turn(turn)
     return turn
+
+
+def emit_traced(live: LiveSession, turn: Turn, kind: str, /, **fields: Any) -> int:
+    """A gateway event of the turn carrying its traceparent as the notification's `_meta`
+    (beside `update`, where ACP puts it), so the update itself keeps its shape."""
+    params: dict[str, Any] = {"update": {"sessionUpdate": kind, **fields}}
+    traceparent = (turn.meta or {}).get("traceparent")
+    if traceparent:
+        params["_meta"] = {"traceparent": traceparent}
+    return live.writer.append(params)
 
 
 async def cancel(
