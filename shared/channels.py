@@ -66,6 +66,11 @@ class Channels:
     def gateway_control(self, instance_id: str) -> str:
         return f"{self.base}:gateway:{instance_id}:control"
 
+    @property
+    def share_revocations(self) -> str:
+        """Pub/sub: a share link was revoked; every process drops it and ends its streams."""
+        return f"{self.base}:shares:revoked"
+
     def reply(self, token: str) -> str:
         return f"{self.base}:reply:{token}"
 

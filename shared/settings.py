@@ -96,12 +96,25 @@ class Settings(BaseSettings):
     # --- auth and limits (api.md §8) ---
     # api_tokens lookups are cached this long; a revoke takes effect within it
     auth_cache_ttl: float = 5.0
+    # the origin share links point at (https://routa.example.com); unset: the origin the
+    # client used, from the Host or a proxy's X-Forwarded-Proto/-Host headers
+    public_url: str | None = None
     # requests per second per token (token bucket per process); unset: 50/s when auth
     # is on, off when it is not; 0 turns it off
     rate_limit: float | None = None
     rate_limit_burst: int | None = None  # bucket size; unset: twice the rate
     max_prompt_bytes: int = 256 * 1024  # JSON size of session/prompt's `prompt`
     max_subscribers: int = 100  # event streams per session per gateway instance
+    # event streams per client (bearer token, else remote address) per instance; 0 = no cap
+    max_client_streams: int = 50
+    # a stream whose unsent bytes (queued + the socket's write buffer) exceed this, or
+    # whose oldest unsent event is older than STREAM_BACKLOG_SECONDS, is closed; the
+    # client reconnects with Last-Event-ID and replays from the log
+    stream_backlog_bytes: int = 4 * 1024 * 1024
+    stream_backlog_seconds: float = 5.0
+    # unsent bytes held for all streams of the process; over it the streams with the
+    # largest, then oldest, backlog are closed first
+    streams_buffer_bytes: int = 64 * 1024 * 1024
     # bytes of one line an agent writes on stdout; a longer one stops the agent
     agent_max_line: int = 50 * 1024 * 1024
     # ACP client terminals: bytes of output kept per terminal (an agent's

@@ -11,6 +11,7 @@ from services.common.keys import CHANNELS, PG_POOL, REDIS, SETTINGS
 from services.common.metrics import setup_metrics
 from services.common.middleware import setup_http
 from services.common.resources import postgres_ctx, redis_ctx
+from services.common.shares import setup_share_revocations
 from shared.channels import Channels
 from shared.settings import Settings
 
@@ -40,4 +41,6 @@ def base_app(settings: Settings, service: str) -> web.Application:
     app.cleanup_ctx.extend([postgres_ctx, redis_ctx])
     # after Postgres (it reads api_tokens); its middleware runs innermost
     setup_auth(app)
+    # after auth (it drops revoked shares from the token cache)
+    setup_share_revocations(app)
     return app

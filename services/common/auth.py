@@ -13,6 +13,10 @@ come in bodies and filter lists with `allowed_workspaces(request)`.
 AUTH_TOKENS tokens are checked in memory. Table lookups (and "was a token ever created?") are
 cached for AUTH_CACHE_TTL seconds, so a revoke takes effect within that window and a
 request costs no query while the entry is fresh.
+
+A share token (`routa_share_…`, from session_shares) reads one session and nothing else,
+whether auth is on or off: `share_allows` is the one rule. Its lookups are cached the same
+way, and a revocation heard over Redis (services/common/shares.py) drops the entry at once.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import math
 import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import asyncpg
@@ -31,6 +36,7 @@ from services.common import rpcjson
 from services.common.http import MAX_BODY_BYTES, error_response
 from services.common.keys import PG_POOL, SETTINGS
 from shared.db import sessions as sessions_db
+from shared.db import shares as shares_db
 from shared.db import tasks as tasks_db
 from shared.db import tokens as tokens_db
 from shared.db.connect import Pool
@@ -45,6 +51,17 @@ DEFAULT_RATE = (
 )
 CACHE_MAX = 10_000  # entries of each in-process cache before it is cleared
 FORBIDDEN = "Forbidden: outside this token's workspaces"
+SHARE_FORBIDDEN = "Forbidden: a share link only reads its own session"
+# What a share token may GET (route templates, so a route added later is covered by name);
+# plus `GET /api/acp?sessionId=` (the event stream and its probe) for the same session.
+SHARE_ROUTES = frozenset(
+    {
+        "/api/sessions/{session_id}",
+        "/api/sessions/{session_id}/history",
+        "/api/sessions/{session_id}/context",
+        "/api/sessions/{session_id}/export",
+    }
+)
 OPEN_PREFIX = "/api/"
 
 _PG_ERRORS = (OSError, ConnectionError, TimeoutError, asyncpg.PostgresError)
@@ -56,6 +73,8 @@ class Principal:
 
     key: str
     workspaces: Scope
+    # set for a share token: the one session it reads
+    share: shares_db.Grant | None = None
 
 
 PRINCIPAL = web.RequestKey("principal", Principal)
@@ -106,6 +125,9 @@ class TokenStore:
         self._pool = pool
         self._ttl = ttl
         self._cache: dict[str, tuple[float, Scope | _Unknown]] = {}
+        self._shares: dict[str, tuple[float, shares_db.Grant | None]] = {}
+        # share ids revoked while this process ran: never served again, whatever is cached
+        self._revoked: set[str] = set()
         self._on = mode == "on" or (mode == "auto" and bool(env))
         self._table_checked = -math.inf
 
@@ -168,6 +190,47 @@ class TokenStore:
             self._cache.clear()
         self._cache[token_hash] = (now, scope)
         return scope
+
+    async def lookup_share(self, token: str) -> shares_db.Grant | None:
+        """The grant of a share token (expired or not), None when unknown or revoked."""
+        token_hash = tokens_db.hash_token(token)
+        now = time.monotonic()
+        cached = self._shares.get(token_hash)
+        if cached is not None and now - cached[0] < self._ttl:
+            grant = cached[1]
+        else:
+            try:
+                grant = await shares_db.lookup(self._pool, token)
+            except _PG_ERRORS as err:
+                if cached is None:
+                    raise DependencyDown(
+                        f"Postgres unavailable: cannot check the share token "
+                        f"({err.__class__.__name__})"
+                    ) from err
+                grant = cached[1]
+            else:
+                if len(self._shares) >= CACHE_MAX:
+                    self._shares.clear()
+                self._shares[token_hash] = (now, grant)
+        if grant is None or grant.share_id in self._revoked:
+            return None
+        return grant
+
+    def forget_share(self, share_id: str) -> None:
+        """A revoked share: refused from now on, even by a lookup already under way."""
+        if len(self._revoked) >= CACHE_MAX:
+            self._revoked.clear()  # share ids are never reused; the table says the rest
+        self._revoked.add(share_id)
+        for token_hash, (_, grant) in list(self._shares.items()):
+            if grant is not None and grant.share_id == share_id:
+                del self._shares[token_hash]
+
+    def share_revoked(self, share_id: str) -> bool:
+        return share_id in self._revoked
+
+    def forget_all_shares(self) -> None:
+        """Revocations may have been missed (Redis was away): ask the table again."""
+        self._shares.clear()
 
 
 @dataclass(slots=True)
@@ -319,8 +382,19 @@ async def check_request(request: web.Request) -> web.StreamResponse | None:
     if on is None:
         on = await store.enabled()
     principal: Principal | None = None
-    if on:
-        token = _bearer(request)
+    token = _bearer(request)
+    if token is not None and shares_db.is_share_token(token):
+        # a share token is one session's reader, with auth on or off
+        grant = await store.lookup_share(token)
+        if grant is None:
+            return _unauthorized("Invalid or revoked share token")
+        if grant.expired(datetime.now(UTC)):
+            return _unauthorized("Share token expired")
+        principal = Principal(
+            "share:" + grant.share_id, frozenset({grant.workspace_id}), grant
+        )
+        request[PRINCIPAL] = principal
+    elif on:
         if token is None:
             return _unauthorized("Missing bearer token (Authorization: Bearer <token>)")
         scope = await store.lookup(token)
@@ -340,7 +414,10 @@ async def check_request(request: web.Request) -> web.StreamResponse | None:
             )
             resp.headers["Retry-After"] = str(retry)
             return resp
-    if principal is not None and principal.workspaces is not None:
+    if principal is not None and principal.share is not None:
+        if not share_allows(request, principal.share):
+            raise Forbidden(SHARE_FORBIDDEN)
+    elif principal is not None and principal.workspaces is not None:
         await _check_url_scope(request, state, principal.workspaces)
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         return error_response(413, "Request body too large (limit 1 MiB)")
@@ -374,6 +451,27 @@ async def _check_url_scope(
     # an unknown id passes: the handler answers 404 as it would for anyone
     if named is not None and named not in allowed:
         raise Forbidden(FORBIDDEN)
+
+
+def share_allows(request: web.Request, grant: shares_db.Grant) -> bool:
+    """The one rule for share tokens: GET (or HEAD) of its own session's read routes."""
+    if request.method not in ("GET", "HEAD"):
+        return False
+    info = request.match_info
+    route = info.route.resource.canonical if info.route.resource else ""
+    if route in SHARE_ROUTES:
+        named = info.get("session_id")
+    elif route == "/api/acp":
+        named = request.query.get("sessionId")
+    else:
+        return False
+    return sessions_db.parse_session_id(named) == grant.session_id
+
+
+def share_of(request: web.Request) -> shares_db.Grant | None:
+    """The share grant the request came with, if it came with a share token."""
+    principal = request.get(PRINCIPAL)
+    return principal.share if principal is not None else None
 
 
 def allowed_workspaces(request: web.Request) -> Scope:

@@ -123,6 +123,21 @@ class Metrics:
         self.events_written = Counter(
             "routa_events_written_total", "Events appended to the log", registry=r
         )
+        # agents' usage by provider only: a session id label would grow without bound
+        self.agent_tokens = Counter(
+            "routa_agent_tokens_total",
+            "Tokens of finished turns as agents report them, by provider and kind "
+            "(input, output, thought, cached_read, cached_write)",
+            ["provider", "kind"],
+            registry=r,
+        )
+        self.agent_cost = Counter(
+            "routa_agent_cost_total",
+            "Cost agents report (the growth of each session's cumulative cost), "
+            "by provider and currency",
+            ["provider", "currency"],
+            registry=r,
+        )
         self.cache_requests = Counter(
             "routa_cache_requests_total",
             "Session list cache lookups by result (hit_local, hit_redis, miss, bypass)",

@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,6 +85,12 @@ class AgentCallbacks(Protocol):
         ...
 
     def cancel_permission(self, tool_call_id: str) -> None: ...
+
+    async def request_elicitation(
+        self, elicitation_id: str, params: dict[str, Any], *, withdrawn: bool = False
+    ) -> dict[str, Any]: ...
+
+    def cancel_elicitation(self, elicitation_id: str) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +201,29 @@ class _Client:
             ],
         }
         return await self._agent.callbacks.request_permission(params)
+
+    async def create_elicitation(
+        self, message: str, mode: Any, **kwargs: Any
+    ) -> dict[str, Any]:
+        """`elicitation/create`: held for the user like a permission request (form mode only)."""
+        # the observer saw this request first and named it (same order: acp.md §2.6.4)
+        elicitation_id = self._agent.take_elicitation_id()
+        requested = getattr(mode, "requested_schema", None)  # form modes only
+        if requested is None:
+            raise RequestError.invalid_params(
+                {"mode": "url", "reason": "only form elicitation is supported"}
+            )
+        schema = requested.model_dump(mode="json", by_alias=True, exclude_unset=True)
+        params: dict[str, Any] = {"message": message, "requestedSchema": schema}
+        tool_call_id = getattr(mode, "tool_call_id", None)
+        if isinstance(tool_call_id, str):
+            params["toolCallId"] = tool_call_id
+        return await self._agent.callbacks.request_elicitation(
+            elicitation_id,
+            params,
+            # $/cancel_request may come before this handler ran: answered cancel at once
+            withdrawn=self._agent.withdrawn(elicitation_id),
+        )
 
     async def read_text_file(
         self,
@@ -306,6 +336,10 @@ class AgentProcess:
         self.suppress_updates = False  # while a native session/load replays history
         self._tasks: set[asyncio.Task[None]] = set()
         self._permission_requests: dict[Any, str] = {}  # agent request id → toolCallId
+        # elicitation/create requests, named by the observer in arrival order
+        self._elicitation_requests: dict[Any, str] = {}  # agent request id → our id
+        self._elicitation_ids: collections.deque[str] = collections.deque()
+        self._withdrawn: set[str] = set()  # cancelled before their handler ran
         self._stopping = False
         self._drain: asyncio.Task[None] | None = None
         # the environment the agent is spawned with; its terminals get the same
@@ -349,6 +383,8 @@ class AgentProcess:
                 self.proc.stdout, self._line_too_long, self._take_update
             ),
             observers=[self._observe],
+            # elicitation/create is routed only with the unstable protocol (acp.md §1.6)
+            use_unstable_protocol=True,
         )
         self._drain = self._spawn(self._drain_stderr())
         _ = self._spawn(self._wait_exit())
@@ -402,6 +438,11 @@ class AgentProcess:
     def _observe(self, event: StreamEvent) -> None:
         """Synchronous, in wire order: the source of truth for the event log."""
         if event.direction is not StreamDirection.INCOMING:
+            if "method" not in event.message:
+                # our answer to an agent request: it can no longer be cancelled
+                answered = event.message.get("id")
+                self._permission_requests.pop(answered, None)
+                self._elicitation_requests.pop(answered, None)
             return
         message = event.message
         method = message.get("method")
@@ -416,12 +457,34 @@ class AgentProcess:
                 tool_call.get("toolCallId"), str
             ):
                 self._permission_requests[message["id"]] = tool_call["toolCallId"]
+        elif method == "elicitation/create" and "id" in message:
+            elicitation_id = f"elicit_{uuid.uuid4().hex[:16]}"
+            self._elicitation_requests[message["id"]] = elicitation_id
+            self._elicitation_ids.append(elicitation_id)
         elif method == "$/cancel_request":
             params = message.get("params") or {}
             request_id = params.get("requestId") if isinstance(params, dict) else None
             tool_call_id = self._permission_requests.pop(request_id, None)
             if tool_call_id is not None:
                 self.callbacks.cancel_permission(tool_call_id)
+            withdrawn = self._elicitation_requests.pop(request_id, None)
+            if withdrawn is not None:
+                if withdrawn in self._elicitation_ids:
+                    self._withdrawn.add(withdrawn)  # its handler has not run yet
+                self.callbacks.cancel_elicitation(withdrawn)
+
+    def withdrawn(self, elicitation_id: str) -> bool:
+        """Whether the agent cancelled this request before its handler ran (once)."""
+        if elicitation_id in self._withdrawn:
+            self._withdrawn.discard(elicitation_id)
+            return True
+        return False
+
+    def take_elicitation_id(self) -> str:
+        """The id the observer gave the oldest elicitation request not yet handled."""
+        if self._elicitation_ids:
+            return self._elicitation_ids.popleft()
+        return f"elicit_{uuid.uuid4().hex[:16]}"
 
     async def _drain_stderr(self) -> None:
         """Read stderr forever (an unread pipe deadlocks the agent); rate-limit what we emit."""
@@ -535,6 +598,7 @@ class AgentProcess:
                 "clientCapabilities": {
                     "fs": {"readTextFile": True, "writeTextFile": True},
                     "terminal": True,
+                    "elicitation": {"form": {}},
                 },
                 "clientInfo": CLIENT_INFO,
             },

@@ -26,7 +26,9 @@ from typing import Any, Literal
 
 import asyncpg
 
-from services.gateway import options
+from services.common.metrics import Metrics
+from services.gateway import config, options, usage
+from services.gateway.agent_sessions import farewell, try_resume
 from services.gateway.agents import (
     AgentDied,
     AgentProcess,
@@ -34,6 +36,7 @@ from services.gateway.agents import (
     on_exit_message,
 )
 from services.gateway.confine import AgentUser
+from services.gateway.elicitation import ElicitationBroker
 from services.gateway.eventlog import EventWriter
 from services.gateway.failures import (
     AGENT_FAILURES,
@@ -65,7 +68,7 @@ from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-ResumeMode = Literal["attached", "native", "recreated"]
+ResumeMode = Literal["attached", "resumed", "native", "recreated"]
 
 # how long session/prompt waits to store its user_message before answering (Postgres down)
 USER_MESSAGE_STORE_WAIT = 5.0
@@ -104,6 +107,8 @@ class SessionDeps:
     agent_user: AgentUser | None
     # metrics: an agent failed, after it was ready (True: a crash) or before
     on_agent_failure: Callable[[bool], None] | None = None
+    # metrics: agents' token and cost counters (usage.py)
+    metrics: Metrics | None = None
     # SIGTERM: no new sessions or turns here, running turns finish
     draining: bool = False
     closed: bool = False
@@ -143,6 +148,8 @@ class LiveSession:
         self.model = s.model
         # the agent's own session id: the stored one until the agent gives its own
         self.routa_agent_id = s.routa_agent_id
+        # whether the running agent has that session (new, load or resume answered)
+        self.agent_session_open = False
         self.custom_command = row.custom_command
         self.custom_args = list(row.custom_args or [])
         self.mcp_servers = list(row.mcp_servers or [])
@@ -157,11 +164,19 @@ class LiveSession:
         self.permissions = PermissionBroker(
             self.emit, auto_approve_permissions=row.auto_approve_permissions
         )
+        self.elicitations = ElicitationBroker(
+            self.emit, timeout=deps.settings.prompt_timeout
+        )
         self.capabilities: dict[str, Any] = {}
         self.config_options: list[dict[str, Any]] = []
         self.modes: dict[str, Any] | None = None
         self.legacy_models: dict[str, Any] | None = None
         self.mode_updates = 0
+        # one store of the option list at a time, each writing the list current when it
+        # runs: the last write is always the latest report
+        self._config_lock = asyncio.Lock()
+        # the cumulative cost the agent last reported (counted as growth)
+        self._last_cost = 0.0
         self.stopping = False
         # set once the agent is reaped and the lease released
         self.closed = asyncio.Event()
@@ -274,6 +289,22 @@ class LiveSession:
     def cancel_permission(self, tool_call_id: str) -> None:
         self.permissions.cancel(tool_call_id)
 
+    async def request_elicitation(
+        self, elicitation_id: str, params: dict[str, Any], *, withdrawn: bool = False
+    ) -> dict[str, Any]:
+        cancelled = self.turn is not None and self.turn.cancel_requested
+        return await self.elicitations.request(
+            elicitation_id, params, withdrawn=withdrawn, turn_cancelled=cancelled
+        )
+
+    def cancel_elicitation(self, elicitation_id: str) -> None:
+        self.elicitations.cancel(elicitation_id)
+
+    def _cancel_requests(self) -> None:
+        """Permission and elicitation requests are held alike and end at the same points."""
+        self.permissions.cancel_all()
+        self.elicitations.cancel_all()
+
     # --- start ------------------------------------------------------------------------
     async def start(self, req: StartRequest) -> None:
         """initialize → new (or load) → apply mode/model → ready; any failure → error."""
@@ -321,7 +352,16 @@ class LiveSession:
             and bool(self.capabilities.get("loadSession"))
             and bool(stored_id)
         )
-        if native:
+        resumed = (
+            await try_resume(agent, self.capabilities, stored_id, self.cwd, mcp_servers)
+            if req.resume
+            else None
+        )
+        result: Any
+        if resumed is not None:
+            result = resumed
+            self.resume_mode = "resumed"
+        elif native:
             agent.suppress_updates = True  # history is already in our log
             try:
                 result = await agent.request(
@@ -347,6 +387,7 @@ class LiveSession:
                 )
             self.routa_agent_id = result["sessionId"]
             self.resume_mode = "recreated"
+        self.agent_session_open = True
         self._absorb(result if isinstance(result, dict) else {})
         extra: dict[str, Any] = {}
         if self.routa_agent_id != stored_id:
@@ -383,9 +424,9 @@ class LiveSession:
         modes = result.get("modes")
         if isinstance(modes, dict):
             self.modes = modes
-        config = options.config_options_of(result)
-        if config is not None:
-            self.config_options = config
+        config_options = options.config_options_of(result)
+        if config_options is not None:
+            self._remember_config(config_options)
         models = result.get("models")
         if isinstance(models, dict):
             self.legacy_models = models
@@ -395,18 +436,28 @@ class LiveSession:
         return self.agent
 
     # --- turns ------------------------------------------------------------------------
-    async def prompt(self, blocks: list[dict[str, Any]], text: str) -> dict[str, Any]:
-        """Store the user's message, run the turn; its reply, or pending after PROMPT_TIMEOUT."""
+    async def prompt(
+        self,
+        blocks: list[dict[str, Any]],
+        text: str,
+        meta: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Store the user's message, run the turn; its reply, or pending after PROMPT_TIMEOUT.
+
+        `meta`: the client's `_meta` (with a traceparent), passed to the agent unchanged.
+        """
         if self.turn is not None:
             raise AgentError("A prompt is already running for this session")
         if self._deps.draining:
             raise SessionUnservable("Gateway draining")
-        turn = Turn.begin()
+        turn = Turn.begin(meta)
         self.turn = turn
         self.last_used = time.monotonic()
         try:
             # the user's message is in the log before the agent sees it
-            stored = self.emit("user_message", content={"type": "text", "text": text})
+            stored = self.writer.append(
+                turn.traced("user_message", content={"type": "text", "text": text})
+            )
             try:
                 async with asyncio.timeout(USER_MESSAGE_STORE_WAIT):
                     await self.writer.flush(stored)
@@ -440,7 +491,11 @@ class LiveSession:
         try:
             result = await agent.request(
                 "session/prompt",
-                {"sessionId": self.routa_agent_id, "prompt": blocks},
+                {
+                    "sessionId": self.routa_agent_id,
+                    "prompt": blocks,
+                    **({"_meta": turn.meta} if turn.meta else {}),
+                },
                 timeout=None,
             )
         except AgentDied:
@@ -470,6 +525,7 @@ class LiveSession:
         }
         if isinstance(result, dict) and isinstance(result.get("usage"), dict):
             reply["usage"] = result["usage"]
+            usage.count_tokens(self._deps.metrics, self.provider, result["usage"])
         await self.end_turn(turn, result=reply)
 
     async def end_turn(
@@ -496,8 +552,8 @@ class LiveSession:
             self.emit("error", message=error)
         else:
             assert result is not None
-            self.emit("turn_complete", **result)
-        self.permissions.cancel_all()
+            self.writer.append(turn.traced("turn_complete", **result))
+        self._cancel_requests()
         await self.writer.flush()
         if self.writer.fenced:
             # not stored: the instance that took the session over ended this turn instead
@@ -523,8 +579,8 @@ class LiveSession:
         if turn is None or turn.done:
             return
         turn.cancel_requested = True
-        self.permissions.cancel_all()
-        if self.agent is not None and self.routa_agent_id:
+        self._cancel_requests()
+        if self.agent is not None and self.agent_session_open:
             await self.agent.notify(
                 "session/cancel", {"sessionId": self.routa_agent_id}
             )
@@ -549,7 +605,14 @@ class LiveSession:
         self.permissions.respond(tool_call_id, option_id, decision, scope)
         self.last_used = time.monotonic()
 
-    # --- mode and model ---------------------------------------------------------------
+    def respond_elicitation(
+        self, elicitation_id: str, action: str, content: dict[str, Any] | None
+    ) -> None:
+        """The user's answer to a pending elicitation request."""
+        self.elicitations.respond(elicitation_id, action, content)
+        self.last_used = time.monotonic()
+
+    # --- mode, model and config options -----------------------------------------------
     async def set_mode(self, mode_id: str) -> None:
         try:
             agent_sent = await self._agent_set_mode(mode_id)
@@ -591,6 +654,7 @@ class LiveSession:
                 },
             )
             self._absorb_config_options(result)
+            self._remember_config()
         else:
             await agent.request(
                 "session/set_mode",
@@ -622,6 +686,7 @@ class LiveSession:
                 },
             )
             self._absorb_config_options(result)
+            self._remember_config()
         else:
             await agent.request(
                 "session/set_model",
@@ -631,6 +696,59 @@ class LiveSession:
                 self.legacy_models["currentModelId"] = model
         self.model = model
         await sessions.set_model(self._deps.pool, self.uuid, model)
+
+    async def set_config_option(
+        self, config_id: str, value: str | bool
+    ) -> dict[str, Any]:
+        """Pass the option to the agent; persist model/mode when it is that option."""
+        option = config.find_option(self.config_options, config_id)
+        params = config.request_params(self.routa_agent_id, option, value)
+        agent = self._running_agent()
+        try:
+            result = await agent.request("session/set_config_option", params)
+        except AGENT_FAILURES as err:
+            raise agent_failure(err, "session/set_config_option") from err
+        config_options = options.config_options_of(result)
+        if config_options is not None:
+            self.config_options = config_options
+            # stored before the reply: the next context read shows it
+            await self._store_config()
+        pool = self._deps.pool
+        changes: dict[str, Any] = {}
+        category = option.get("category")
+        if isinstance(value, str) and (category == "model" or config_id == "model"):
+            self.model = value
+            await sessions.set_model(pool, self.uuid, value)
+            changes["model"] = value
+        elif isinstance(value, str) and (category == "mode" or config_id == "mode"):
+            self.mode_id = value
+            if self.modes is not None:
+                self.modes["currentModeId"] = value
+            await sessions.set_mode(pool, self.uuid, value)
+            changes["modeId"] = value
+        await self.writer.flush()
+        self.last_used = time.monotonic()
+        if changes:
+            await self._deps.announce(self.workspace_id, self.session_id, changes)
+        return {"configOptions": self.config_options}
+
+    def _remember_config(
+        self, config_options: list[dict[str, Any]] | None = None
+    ) -> None:
+        """Take the agent's (complete) list; store it on the session row in the background."""
+        if config_options is not None:
+            self.config_options = config_options
+        _ = self._deps.spawn(self._store_config())
+
+    async def _store_config(self) -> None:
+        async with self._config_lock:
+            try:
+                await sessions.set_config_options(
+                    self._deps.pool, self.uuid, list(self.config_options)
+                )
+            except (OSError, asyncpg.PostgresError):
+                # a summary for the read side; the next report writes it again
+                return
 
     def _absorb_config_options(self, result: Any) -> None:
         """Keep the complete option list an agent returns from set_config_option."""
@@ -649,19 +767,37 @@ class LiveSession:
                 self.mode_id = mode
                 _ = self._deps.spawn(self._persist("modeId", mode))
         elif kind == "config_option_update":
-            config = options.config_options_of(update)
-            if config is not None:
-                self.config_options = config
-                model = options.current_model(config, None)
+            config_options = options.config_options_of(update)
+            if config_options is not None:
+                self._remember_config(config_options)
+                model = options.current_model(config_options, None)
                 if model and model != self.model:
                     self.model = model
                     _ = self._deps.spawn(self._persist("model", model))
+        elif kind == "usage_update":
+            # already queued for the log: count its cost, announce the sums
+            self._last_cost = usage.count_cost(
+                self._deps.metrics, self.provider, self._last_cost, update
+            )
+            _ = self._deps.spawn(self._announce_usage())
         elif kind == "session_info_update":
             title = update.get("title")
             if isinstance(title, str) and title.strip():
                 name = title.strip()[:NAME_MAX]
                 self.emit("session_renamed", name=name)
                 _ = self._deps.spawn(self._persist("name", name))
+
+    async def _announce_usage(self) -> None:
+        """Once the event is stored (the trigger summed it), tell readers the new `usage`."""
+        await self.writer.flush()
+        try:
+            session = await sessions.get(self._deps.pool, self.uuid)
+        except (OSError, asyncpg.PostgresError):
+            return
+        if session is not None and session.usage is not None:
+            await self._deps.announce(
+                self.workspace_id, self.session_id, {"usage": session.usage}
+            )
 
     async def _persist(self, wire_field: str, value: str) -> None:
         pool = self._deps.pool
@@ -691,6 +827,9 @@ class LiveSession:
         """
         if not self._begin_stop(AgentError(f"Agent stopped ({reason})")):
             return
+        # close/delete, when offered
+        if self.agent_session_open:
+            await farewell(self.agent, self.capabilities, self.routa_agent_id, reason)
         if quiet:
             turn = self.turn
             if turn is not None and not turn.done:
@@ -710,7 +849,7 @@ class LiveSession:
         if self.stopping:
             return False
         self.stopping = True
-        self.permissions.cancel_all()
+        self._cancel_requests()
         if not self.ready.done():
             self.ready.set_exception(not_ready_error)
         return True

@@ -18,12 +18,14 @@ from pydantic import AliasChoices, BaseModel, Field, ValidationError
 from services.common.keys import CHANNELS, PG_POOL, REDIS, SETTINGS
 from services.common.metrics import METRICS
 from services.gateway import control, jsonrpc
+from services.gateway.elicitation import no_pending as no_pending_elicitation
 from services.gateway.forwarding import routed
 from services.gateway.keys import FANOUT, SESSION_MANAGER
 from services.gateway.params import NewParams, Params
 from services.gateway.permissions import no_pending
 from services.gateway.rpc import METHODS, MethodRegistry, RpcCall
 from services.gateway.runtime import SessionManager
+from services.gateway.tracing import with_traceparent
 from shared.errors import BadRequest, UnknownWorkspace
 from shared.models.limits import check_params
 from shared.models.session import NAME_MAX, ROLES
@@ -48,6 +50,11 @@ class SetModelParams(SessionParams):
     model: str
 
 
+class SetConfigOptionParams(SessionParams):
+    config_id: str
+    value: str | bool
+
+
 class LoadParams(SessionParams):
     cwd: str | None = None
 
@@ -61,6 +68,12 @@ class UserResponse(Params):
 class RespondParams(SessionParams):
     tool_call_id: str
     response: UserResponse
+
+
+class RespondElicitationParams(SessionParams):
+    elicitation_id: str
+    action: Literal["accept", "decline", "cancel"]
+    content: dict[str, Any] | None = None
 
 
 def parse(model: type[P], params: dict[str, Any]) -> P:
@@ -182,8 +195,14 @@ async def session_prompt(call: RpcCall) -> dict[str, Any]:
     p = parse(PromptParams, call.params)
     blocks, text = prompt_blocks(p.prompt)
     check_prompt_size(p.prompt, call.app[SETTINGS].max_prompt_bytes)
+    client_meta = call.params.get("_meta")
+    if client_meta is not None and not isinstance(client_meta, dict):
+        raise BadRequest("Invalid params: _meta must be an object")
+    meta, traceparent = with_traceparent(client_meta)
+    # the access log line and every log line of this turn carry it
+    structlog.contextvars.bind_contextvars(traceparent=traceparent)
     live = await _manager(call).session(p.session_id, call.allowed_workspaces)
-    return await live.prompt(blocks, text)
+    return await live.prompt(blocks, text, meta)
 
 
 async def session_cancel(call: RpcCall) -> dict[str, Any]:
@@ -209,6 +228,12 @@ async def session_set_model(call: RpcCall) -> dict[str, Any]:
     return {}
 
 
+async def session_set_config_option(call: RpcCall) -> dict[str, Any]:
+    p = parse(SetConfigOptionParams, call.params)
+    live = await _manager(call).session(p.session_id, call.allowed_workspaces)
+    return await live.set_config_option(p.config_id, p.value)
+
+
 async def session_load(call: RpcCall) -> dict[str, Any]:
     p = parse(LoadParams, call.params)
     return await _manager(call).load(p.session_id, call.allowed_workspaces, p.cwd)
@@ -223,6 +248,15 @@ async def session_respond_user_input(call: RpcCall) -> dict[str, Any]:
     if live is None:
         raise no_pending(p.tool_call_id)
     live.respond(p.tool_call_id, r.option_id, r.decision, r.scope)
+    return {"ok": True}
+
+
+async def session_respond_elicitation(call: RpcCall) -> dict[str, Any]:
+    p = parse(RespondElicitationParams, call.params)
+    live = await _manager(call).find(p.session_id, call.allowed_workspaces)
+    if live is None:
+        raise no_pending_elicitation(p.elicitation_id)
+    live.respond_elicitation(p.elicitation_id, p.action, p.content)
     return {"ok": True}
 
 
@@ -260,6 +294,7 @@ async def manager_ctx(app: web.Application) -> AsyncIterator[None]:
         manager.capacity.has_subscribers = lambda sid: fanout.subscriber_count(sid) > 0
     metrics = app.get(METRICS)
     if metrics is not None:
+        manager.deps.metrics = metrics
         metrics.live_agents.set_function(lambda: len(manager.live))
         written, latency = metrics.events_written, metrics.event_write_latency
 
@@ -297,6 +332,8 @@ def setup(app: web.Application) -> None:
     registry.add("session/cancel", routed(session_cancel))
     registry.add("session/set_mode", routed(session_set_mode))
     registry.add("session/set_model", routed(session_set_model))
+    registry.add("session/set_config_option", routed(session_set_config_option))
     registry.add("session/load", routed(session_load))
     registry.add("session/respond_user_input", routed(session_respond_user_input))
+    registry.add("session/respond_elicitation", routed(session_respond_elicitation))
     registry.add("_providers/list", providers_list)

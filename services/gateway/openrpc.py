@@ -18,8 +18,10 @@ from pydantic.json_schema import models_json_schema
 from services.gateway.methods import (
     LoadParams,
     PromptParams,
+    RespondElicitationParams,
     RespondParams,
     SessionParams,
+    SetConfigOptionParams,
     SetModelParams,
     SetModeParams,
 )
@@ -103,7 +105,7 @@ _EXTRA_SCHEMAS: dict[str, Any] = {
             "provider": {"type": "string"},
             "role": {"type": "string"},
             "acpStatus": {"type": "string"},
-            "resumeMode": {"enum": ["attached", "native", "recreated"]},
+            "resumeMode": {"enum": ["attached", "resumed", "native", "recreated"]},
         },
     },
     "InitializeResult": {
@@ -138,6 +140,17 @@ _EXTRA_SCHEMAS: dict[str, Any] = {
                         "status": {"enum": ["available", "unavailable"]},
                     },
                 },
+            }
+        },
+    },
+    "ConfigOptionsResult": {
+        "type": "object",
+        "required": ["configOptions"],
+        "properties": {
+            "configOptions": {
+                "type": "array",
+                "items": {"type": "object"},
+                "description": "The agent's complete option list after the change",
             }
         },
     },
@@ -210,6 +223,13 @@ METHOD_DOCS: tuple[MethodDoc, ...] = (
         _SESSION_ERRORS,
     ),
     MethodDoc(
+        "session/set_config_option",
+        "Set one of the agent's config options (select or boolean); model/mode persisted",
+        SetConfigOptionParams,
+        "ConfigOptionsResult",
+        _SESSION_ERRORS,
+    ),
+    MethodDoc(
         "session/load",
         "Attach to or resume a session (native load, else a recreated agent session)",
         LoadParams,
@@ -220,6 +240,13 @@ METHOD_DOCS: tuple[MethodDoc, ...] = (
         "session/respond_user_input",
         "Answer a pending permission request",
         RespondParams,
+        "Ok",
+        _SESSION_ERRORS,
+    ),
+    MethodDoc(
+        "session/respond_elicitation",
+        "Answer a pending elicitation request of the agent (accept with content, decline, cancel)",
+        RespondElicitationParams,
         "Ok",
         _SESSION_ERRORS,
     ),

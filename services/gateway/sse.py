@@ -4,30 +4,39 @@ Order on connect: subscribe (live events queue up) → replay from the Postgres 
 connected frame → live. The stream remembers the last eventId it wrote: live events at or
 below it are dropped and a jump is filled from the log first, so no event is missed or
 repeated at the replay/live seam, after a Redis outage or anywhere else. Frames are encoded
-once (fanout.event_frame) and written with `StreamResponse.write` (perf-ceilings §7).
+once (fanout.event_frame) and written with `StreamResponse.write` (perf-ceilings §7), at most
+WRITE_SLICE bytes at a time and only once the socket took the previous write
+(`Subscriber.writable`), so a client that does not read leaves little in this process
+before the fan-out closes its stream (StreamLimits).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import asyncpg
 from aiohttp import web
 
+from services.common.auth import AUTH, PRINCIPAL, Principal, share_of
 from services.common.http import error_response, stamp_request_id
 from services.common.keys import CHANNELS, PG_POOL, SETTINGS
 from services.common.metrics import METRICS
+from services.common.shares import REVOCATIONS
 from services.gateway.fanout import (
     Fanout,
     Marker,
     StreamConfig,
+    StreamLimits,
     Subscriber,
     event_frame,
 )
 from services.gateway.keys import FANOUT, STREAM_CONFIG
 from shared.db import session_events, sessions
+from shared.db import shares as shares_db
 from shared.db.connect import Pool
 from shared.errors import BadRequest
 from shared.jsonutil import dumps
@@ -36,6 +45,8 @@ from shared.models.limits import parse_uint
 logger = logging.getLogger(__name__)
 
 PAGE = 1000
+# bytes handed to the transport per write, at most (a single frame may be more)
+WRITE_SLICE = 64 * 1024
 HEARTBEAT = b": ping\n\n"
 STREAM_HEADERS = {
     "Content-Type": "text/event-stream",
@@ -78,12 +89,25 @@ class _Stream:
         self.last = last
 
     async def write(self, data: bytes) -> None:
-        self.sub.wrote = True
-        self.sub.writing = True
+        self.sub.write_started(len(data))
         try:
             await self.resp.write(data)
         finally:
-            self.sub.writing = False
+            self.sub.write_done()
+
+    async def write_frames(self, frames: list[bytes]) -> None:
+        """Frames joined into writes of about WRITE_SLICE bytes."""
+        out: list[bytes] = []
+        size = 0
+        for frame in frames:
+            out.append(frame)
+            size += len(frame)
+            if size >= WRITE_SLICE:
+                await self.write(b"".join(out))
+                out = []
+                size = 0
+        if out:
+            await self.write(b"".join(out))
 
     async def catch_up(self, upto: int | None = None) -> None:
         """Write stored events after `last` (up to `upto`, or all) in pages."""
@@ -94,8 +118,8 @@ class _Stream:
             )
             if not events:
                 return
-            await self.write(
-                b"".join(event_frame(e.event_id, e.payload) for e in events)
+            await self.write_frames(
+                [event_frame(e.event_id, e.payload) for e in events]
             )
             self.last = events[-1].event_id
             if len(events) < limit:
@@ -109,7 +133,7 @@ class _Stream:
                 continue
             if event_id > self.last + 1:
                 if out:
-                    await self.write(b"".join(out))
+                    await self.write_frames(out)
                     out = []
                 await self.catch_up(upto=event_id - 1)
                 if event_id <= self.last:
@@ -117,7 +141,7 @@ class _Stream:
             out.append(frame)
             self.last = event_id
         if out:
-            await self.write(b"".join(out))
+            await self.write_frames(out)
 
 
 def _last_event_id(request: web.Request) -> str | None:
@@ -156,13 +180,16 @@ async def handle_stream(request: web.Request) -> web.StreamResponse:
         return web.Response(status=204)
 
     fanout = app[FANOUT]
-    limit = app[SETTINGS].max_subscribers
-    if fanout.subscriber_count(session.session_id) >= limit:
-        # checked and subscribed with no await between: the limit holds under a burst
-        return error_response(
-            429, f"Too many event streams for session {session_id} (limit {limit})"
-        )
-    sub = await fanout.subscribe(session.session_id)
+    client = _client_key(request)
+    refused = fanout.refusal(session.session_id, client)
+    if refused is not None:
+        # checked and subscribed with no await between: the caps hold under a burst
+        return error_response(429, refused)
+    grant = share_of(request)
+    sub = await fanout.subscribe(
+        session.session_id, client, grant.share_id if grant is not None else None
+    )
+    expiry = _watch_share(app, sub, grant)
     metrics = app.get(METRICS)
     if metrics is not None:
         metrics.sse_streams.labels("acp").inc()
@@ -170,7 +197,7 @@ async def handle_stream(request: web.Request) -> web.StreamResponse:
     try:
         stamp_request_id(request, resp)
         await resp.prepare(request)
-        sub.abort = _aborter(request)
+        sub.attach(request.transport)
         start = await _replay_start(pool, session_uuid, raw_last, replay)
         stream = _Stream(resp, sub, pool, session_uuid, start)
         await stream.catch_up()
@@ -180,8 +207,11 @@ async def handle_stream(request: web.Request) -> web.StreamResponse:
         pass  # the client left; the agent goes on
     except (OSError, asyncpg.PostgresError) as err:
         # Headers are out, so no error body: end the stream, the client reconnects.
-        logger.warning("event stream of %s ended: %s", session_id, err)
+        if not sub.closed:  # else the fan-out dropped the connection and logged it
+            logger.warning("event stream of %s ended: %s", session_id, err)
     finally:
+        if expiry is not None:
+            expiry.cancel()
         if metrics is not None:
             metrics.sse_streams.labels("acp").dec()
             metrics.subscriber_closed(sub.closed_reason)
@@ -189,13 +219,31 @@ async def handle_stream(request: web.Request) -> web.StreamResponse:
     return resp
 
 
-def _aborter(request: web.Request) -> Callable[[], None]:
-    def abort() -> None:
-        transport = request.transport
-        if transport is not None:
-            transport.abort()
+def _client_key(request: web.Request) -> str:
+    """Who opened a stream, for MAX_CLIENT_STREAMS: its token, else its address."""
+    principal: Principal | None = request.get(PRINCIPAL)
+    if principal is not None:
+        return principal.key
+    return f"addr:{request.remote}"
 
-    return abort
+
+def _watch_share(
+    app: web.Application, sub: Subscriber, grant: shares_db.Grant | None
+) -> asyncio.TimerHandle | None:
+    """A stream opened with a share link ends when the link expires or is revoked.
+
+    Revocations arrive through the fan-out's registry (close_share); one heard between the
+    auth check and the registration is in the token store's revoked set, checked here.
+    """
+    if grant is None:
+        return None
+    if app[AUTH].store.share_revoked(grant.share_id):
+        sub.close("revoked")
+        return None
+    if grant.expires_at is None:
+        return None
+    left = (grant.expires_at - datetime.now(UTC)).total_seconds()
+    return asyncio.get_running_loop().call_later(max(0.0, left), sub.close, "expired")
 
 
 async def _replay_start(
@@ -219,8 +267,10 @@ async def _live(stream: _Stream, sub: Subscriber) -> None:
     while True:
         # Take everything already queued: one write for a burst.
         items = [await queue.get()]
+        await sub.writable()
         while not queue.empty():
             items.append(queue.get_nowait())
+        sub.taken()
         events: list[tuple[int, bytes]] = []
         heartbeat = False
         for item in items:
@@ -252,7 +302,13 @@ def close_session_streams(app: web.Application, session_id: str) -> int:
 async def fanout_ctx(app: web.Application) -> AsyncIterator[None]:
     """Owns the listener task; after the Redis ctx so Redis is closed after it stops."""
     config = app.get(STREAM_CONFIG) or StreamConfig()
-    fanout = Fanout(app[SETTINGS].redis_url, app[CHANNELS], config)
+    settings = app[SETTINGS]
+    fanout = Fanout(
+        settings.redis_url,
+        app[CHANNELS],
+        config,
+        StreamLimits.from_settings(settings),
+    )
     app[FANOUT] = fanout
     await fanout.start()
     yield
@@ -266,10 +322,33 @@ async def close_streams_on_shutdown(app: web.Application) -> None:
         fanout.close_all("shutdown")
 
 
+def _end_streams_of_revoked_shares(app: web.Application) -> None:
+    """Revoking a share link ends its streams on every gateway (services/common/shares.py)."""
+
+    def on_revoked(share_id: str) -> None:
+        fanout = app.get(FANOUT)
+        if fanout is not None:
+            fanout.close_share(share_id)
+
+    async def on_resync() -> None:
+        fanout = app.get(FANOUT)
+        open_ids = fanout.share_ids() if fanout is not None else set()
+        if not open_ids or fanout is None:
+            return
+        alive = await shares_db.existing(app[PG_POOL], sorted(open_ids))
+        for share_id in open_ids - alive:
+            fanout.close_share(share_id)
+
+    revocations = app[REVOCATIONS]
+    revocations.on_revoked.append(on_revoked)
+    revocations.on_resync.append(on_resync)
+
+
 def setup(app: web.Application) -> None:
     """The GET route, the fan-out's cleanup context and the shutdown sentinel."""
     if STREAM_CONFIG not in app:
         app[STREAM_CONFIG] = StreamConfig()
     app.router.add_get("/api/acp", handle_stream)
     app.cleanup_ctx.append(fanout_ctx)
+    _end_streams_of_revoked_shares(app)
     app.on_shutdown.append(close_streams_on_shutdown)

@@ -20,14 +20,25 @@ class Turn:
     cancel_requested: bool = False
     done: bool = False
     outcome: dict[str, Any] | AgentError | None = None
+    # the prompt's `_meta` as sent to the agent (its traceparent is stored on the events)
+    meta: dict[str, Any] | None = None
 
     @classmethod
-    def begin(cls) -> Turn:
+    def begin(cls, meta: dict[str, Any] | None = None) -> Turn:
         future: asyncio.Future[dict[str, Any]] = (
             asyncio.get_running_loop().create_future()
         )
         future.add_done_callback(consume)
-        return cls(future=future)
+        return cls(future=future, meta=meta)
+
+    def traced(self, kind: str, /, **fields: Any) -> dict[str, Any]:
+        """A gateway event of the turn carrying its traceparent as the notification's
+        `_meta` (beside `update`, where ACP puts it), so the update keeps its shape."""
+        params: dict[str, Any] = {"update": {"sessionUpdate": kind, **fields}}
+        traceparent = (self.meta or {}).get("traceparent")
+        if traceparent:
+            params["_meta"] = {"traceparent": traceparent}
+        return params
 
     def settle(self) -> None:
         """Answer the prompt with the turn's outcome (once)."""

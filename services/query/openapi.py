@@ -22,6 +22,7 @@ from shared.models.session import (
     Session,
     SessionRef,
 )
+from shared.models.share import ShareCreate, ShareLink
 from shared.models.task import (
     TASK_STATUSES,
     Task,
@@ -47,6 +48,8 @@ _MODELS: list[tuple[type[BaseModel], JsonSchemaMode]] = [
     (TaskFields, "validation"),
     (TaskStatusChange, "validation"),
     (Workspace, "serialization"),
+    (ShareLink, "serialization"),
+    (ShareCreate, "validation"),
     (WorkspaceCreate, "validation"),
     (WorkspacePatch, "validation"),
     (Webhook, "serialization"),
@@ -147,6 +150,37 @@ _EXTRA_SCHEMAS: dict[str, Any] = {
             },
         },
     },
+    "SearchResults": {
+        "type": "object",
+        "required": ["results"],
+        "properties": {
+            "results": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["sessionId", "eventId", "kind", "snippet", "at"],
+                    "properties": {
+                        "sessionId": {"type": "string"},
+                        "sessionName": {"type": "string"},
+                        "eventId": {
+                            "type": "string",
+                            "description": "The user_message, or an agent message's last chunk",
+                        },
+                        "kind": {"enum": ["user_message", "agent_message"]},
+                        "snippet": {
+                            "type": "string",
+                            "description": "HTML: matches in <mark>…</mark>, the rest escaped",
+                        },
+                        "at": {"type": "string"},
+                    },
+                },
+            },
+            "next": {
+                "type": "string",
+                "description": "Cursor of the next page (`after`)",
+            },
+        },
+    },
 }
 
 _ERROR_TEXT = {
@@ -197,7 +231,7 @@ class Op:
     path: str
     summary: str
     tag: str
-    ok: dict[str, Any] | str  # JSON schema, or a media type for non-JSON bodies
+    ok: dict[str, Any] | str | tuple[str, ...]  # JSON schema, or non-JSON media type(s)
     errors: tuple[int, ...] = ()
     params: tuple[Param, ...] = ()
     body: dict[str, Any] | None = None
@@ -317,6 +351,87 @@ OPERATIONS: tuple[Op, ...] = (
         _ref("SessionContext"),
         (404, 503),
         (_SID,),
+    ),
+    # share links: read-only tokens for one session
+    Op(
+        "POST",
+        "/api/sessions/{session_id}/shares",
+        "Create a share link; its token and url are shown only in this answer",
+        "sessions",
+        {
+            "type": "object",
+            "required": ["share", "token", "url"],
+            "properties": {
+                "share": _ref("ShareLink"),
+                "token": {"type": "string"},
+                "url": {
+                    "type": "string",
+                    "description": "The read-only page /s/<token>",
+                },
+            },
+        },
+        (400, 404, 413, 415, 503),
+        (_SID,),
+        _ref("ShareCreate"),
+        status=201,
+    ),
+    Op(
+        "GET",
+        "/api/sessions/{session_id}/shares",
+        "The session's share links (never their tokens)",
+        "sessions",
+        _list_of("shares", "ShareLink"),
+        (404, 503),
+        (_SID,),
+    ),
+    Op(
+        "DELETE",
+        "/api/sessions/{session_id}/shares/{share_id}",
+        "Revoke a share link: its token answers 401 and its open streams end",
+        "sessions",
+        {
+            "type": "object",
+            "required": ["deleted"],
+            "properties": {"deleted": {"const": True}},
+        },
+        (404, 503),
+        (_SID, Param("share_id", "path", required=True, description="Share id")),
+    ),
+    Op(
+        "GET",
+        "/api/sessions/{session_id}/export",
+        "The whole stored log as a download (Content-Disposition), streamed",
+        "sessions",
+        ("text/markdown", "application/x-ndjson", "text/html"),
+        (400, 404, 503),
+        (
+            _SID,
+            Param(
+                "format",
+                schema={"enum": ["markdown", "jsonl", "html"], "default": "markdown"},
+                description="jsonl: one stored event per line, as /history has them",
+            ),
+        ),
+    ),
+    # search
+    Op(
+        "GET",
+        "/api/search",
+        "Full-text search of a workspace's user prompts and agent messages, best first",
+        "search",
+        _ref("SearchResults"),
+        (400, 404, 503),
+        (
+            _WS_REQ,
+            Param(
+                "q",
+                required=True,
+                schema={"type": "string", "minLength": 1, "maxLength": 500},
+                description='Web-search syntax: words (ANDed), "phrases", -exclusions, OR',
+            ),
+            Param("limit", schema={"type": "integer", "minimum": 1, "maximum": 100}),
+            Param("after", description="The `next` cursor of the previous page"),
+        ),
     ),
     # notes (api.md §4.3)
     Op(
@@ -568,6 +683,15 @@ OPERATIONS: tuple[Op, ...] = (
     Op("GET", "/", "The live dashboard", "meta", "text/html"),
     Op(
         "GET",
+        "/s/{token}",
+        "A shared session, read-only and live (404 page when the link is not valid)",
+        "meta",
+        "text/html",
+        (),
+        (Param("token", "path", required=True, description="Share token"),),
+    ),
+    Op(
+        "GET",
         "/healthz",
         "Liveness: the process is up (no dependency calls)",
         "ops",
@@ -586,7 +710,9 @@ OPERATIONS: tuple[Op, ...] = (
 
 
 def _operation(op: Op) -> dict[str, Any]:
-    def content(schema: dict[str, Any] | str) -> dict[str, Any]:
+    def content(schema: dict[str, Any] | str | tuple[str, ...]) -> dict[str, Any]:
+        if isinstance(schema, tuple):
+            return {t: {"schema": {"type": "string"}} for t in schema}
         if isinstance(schema, str):
             return {schema: {"schema": {"type": "string"}}}
         return {"application/json": {"schema": schema}}

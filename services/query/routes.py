@@ -6,9 +6,12 @@ from aiohttp import web
 
 from services.query import (
     dashboard,
+    export,
     notes,
     openapi,
+    search,
     sessions,
+    shares,
     tasks,
     webhooks,
     workspaces,
@@ -18,6 +21,9 @@ from services.query import (
 def setup(app: web.Application) -> None:
     """Sessions first: it registers /api/sessions/events before /api/sessions/{id}."""
     sessions.setup(app)
+    shares.setup(app)
+    export.setup(app)
+    search.setup(app)
     notes.setup(app)
     tasks.setup(app)
     workspaces.setup(app)

@@ -364,6 +364,7 @@ async def session_context(request: web.Request) -> web.Response:
                         conn, parent_id, session.workspace_id
                     )
             children = await sessions_db.children(conn, sid, session.workspace_id)
+            config_options = await sessions_db.config_options(conn, sid)
     context: dict[str, Any] = {"sessionId": session.session_id, "cwd": session.cwd}
     if session.mode_id is not None:
         context["modeId"] = session.mode_id
@@ -382,6 +383,10 @@ async def session_context(request: web.Request) -> web.Response:
     if parent is not None:
         context["parent"] = parent.wire()
     context["children"] = [c.wire() for c in children]
+    if config_options is not None:
+        context["configOptions"] = config_options
+    if session.usage is not None:
+        context["usage"] = session.usage
     return json_response(context, headers=NO_STORE)
 
 

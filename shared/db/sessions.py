@@ -26,7 +26,7 @@ SELECT session_id::text AS session_id, workspace_id, name, cwd, branch, provider
             THEN 'closed' ELSE status END AS status,
        CASE WHEN lease_expires_at >= now() THEN owner_instance_id END AS owner_instance_id,
        created_at, last_activity, last_event_id, auto_approve_permissions,
-       custom_command, custom_args, mcp_servers, lease_generation
+       custom_command, custom_args, mcp_servers, lease_generation, usage
 FROM sessions
 """
 
@@ -96,6 +96,10 @@ RETURNING workspace_id
 
 SET_MODE = "UPDATE sessions SET mode_id = $2, updated_at = now() WHERE session_id = $1"
 SET_MODEL = "UPDATE sessions SET model = $2, updated_at = now() WHERE session_id = $1"
+SET_CONFIG_OPTIONS = (
+    "UPDATE sessions SET config_options = $2, updated_at = now() WHERE session_id = $1"
+)
+CONFIG_OPTIONS = "SELECT config_options FROM sessions WHERE session_id = $1"
 SET_AGENT_ID = (
     "UPDATE sessions SET routa_agent_id = $2, updated_at = now() WHERE session_id = $1"
 )
@@ -168,6 +172,7 @@ def row_to_session(row: asyncpg.Record) -> Session:
             row["status"], row["acp_status"], row["last_activity"], row["provider"]
         ),
         resume_capabilities=resume_capabilities_for(row["provider"]),
+        usage=row["usage"],
     )
 
 
@@ -327,6 +332,21 @@ async def set_mode(conn: Executor, session_id: uuid.UUID, mode_id: str) -> None:
 
 async def set_model(conn: Executor, session_id: uuid.UUID, model: str) -> None:
     await conn.execute(SET_MODEL, session_id, model)
+
+
+async def set_config_options(
+    conn: Executor, session_id: uuid.UUID, options: list[dict[str, Any]]
+) -> None:
+    """The agent's complete config option list, as it last reported it."""
+    await conn.execute(SET_CONFIG_OPTIONS, session_id, options)
+
+
+async def config_options(
+    conn: Executor, session_id: uuid.UUID
+) -> list[dict[str, Any]] | None:
+    """The stored list; None before the agent reported one (or no such session)."""
+    value = await conn.fetchval(CONFIG_OPTIONS, session_id)
+    return value if isinstance(value, list) else None
 
 
 async def set_agent_id(conn: Executor, session_id: uuid.UUID, agent_id: str) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
@@ -44,6 +44,8 @@ class Session(WireModel):
     owner_instance_id: str | None = None
     continuity_status: ContinuityStatus
     resume_capabilities: ResumeCapabilities
+    # latest context figures and cost, token sums of the turns; absent before a report
+    usage: dict[str, Any] | None = None
 
 
 class SessionRef(WireModel):

@@ -105,8 +105,10 @@ def env_for(ctx: Ctx, **extra: str) -> dict[str, str]:
         DATA_DIR=str(ctx.tmp / "data"),
         ALLOW_CUSTOM_COMMANDS="1",
         MAX_SESSIONS="1000",
-        # scenario 3 opens 2,500 streams on one session (the default limit is 100)
+        # scenario 3 opens 2,500 streams on one session from one address (the default
+        # caps are 100 per session and 50 per client)
         MAX_SUBSCRIBERS="5000",
+        MAX_CLIENT_STREAMS="0",
         PYTHONPATH=os.pathsep.join(
             p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p
         ),

@@ -329,7 +329,9 @@ async def test_resume_after_gateway_restart(stack: Stack, model: ModelServer) ->
     assert await gw1.wait_exit() == 0, stack.tails()
     gw2 = await stack.gateway("gw-f2")
     loaded = await stack.ok(gw2, "session/load", {"sessionId": sid})
-    assert loaded["resumeMode"] == "native", loaded
+    # session/resume is preferred when advertised: both claude-agent-acp 0.23.1 and
+    # opencode 1.18.33 advertise it
+    assert loaded["resumeMode"] == "resumed", loaded
     assert loaded["acpStatus"] == "ready"
     model.script(Text("It was PELICAN"))
     second = await stack.ok(

@@ -6,6 +6,7 @@ const RETRY_MS = 3000;
 
 const state = {
   token: null,            // bearer token when auth is on (?token=… or localStorage)
+  shared: false,          // read-only view of one session at /s/<share token>
   workspaceId: "default",
   sessions: new Map(),    // sessionId → session (wire shape)
   listSource: null,       // EventSource of /api/sessions/events
@@ -267,6 +268,7 @@ function selectSession(sessionId) {
   $("no-session").hidden = true;
   $("session-view").hidden = false;
   renderSessionList();
+  if (state.shared) return void attempt(openStream); // the share token reads nothing else
   history.replaceState(null, "", `#${new URLSearchParams({ ws: state.workspaceId, session: sessionId })}`);
   attempt(openStream);
   attempt(loadSidePanel);
@@ -278,6 +280,7 @@ function closeSession() {
   Object.assign(state, { stream: null, streamRetry: null, selectedId: null, lastEventId: 0, lastItem: null });
   state.toolCalls.clear();
   $("conversation").replaceChildren();
+  $("share-url").hidden = true;
   renderPlan(null);
   $("session-view").hidden = true;
   $("no-session").hidden = false;
@@ -326,7 +329,11 @@ function handleFrame(frame) {
   if (eventId <= state.lastEventId) return; // already shown (replay overlap)
   state.lastEventId = eventId;
   renderEvent(event);
+  // no lifecycle stream for a share link: re-read the header when the session changes
+  if (state.shared && SHARED_REFRESH.has((event.update || {}).sessionUpdate)) attempt(loadSharedSession);
 }
+
+const SHARED_REFRESH = new Set(["turn_complete", "error", "acp_status", "session_renamed", "current_mode_update"]);
 
 // ---------- rendering events ----------
 
@@ -550,6 +557,25 @@ async function cancelTurn() {
   if (state.selectedId) await attempt(() => rpc("session/cancel", { sessionId: state.selectedId }));
 }
 
+/** A read-only link to the selected session: shown (and copied when the browser allows). */
+async function shareSession() {
+  const sessionId = state.selectedId;
+  if (!sessionId) return;
+  const res = await fetch(apiUrl(`/api/sessions/${encodeURIComponent(sessionId)}/shares`), {
+    method: "POST",
+    headers: { "Content-Type": "application/json", ...authHeaders() },
+    body: "{}",
+  });
+  const body = await res.json().catch(() => ({}));
+  if (!res.ok) throw new Error(body.error || `share: HTTP ${res.status}`);
+  if (sessionId !== state.selectedId) return;
+  const input = $("share-url");
+  input.value = body.url;
+  input.hidden = false;
+  input.select();
+  if (navigator.clipboard) navigator.clipboard.writeText(body.url).catch(() => {});
+}
+
 async function changeMode() {
   const modeId = $("mode-select").value;
   if (state.selectedId) await attempt(() => rpc("session/set_mode", { sessionId: state.selectedId, modeId }));
@@ -559,7 +585,7 @@ async function changeMode() {
 
 async function loadSidePanel() {
   const sessionId = state.selectedId;
-  if (!sessionId) return;
+  if (!sessionId || state.shared) return;
   const params = { workspaceId: state.workspaceId, sessionId };
   const [{ notes }, { tasks }] = await Promise.all([getJson("/api/notes", params), getJson("/api/tasks", params)]);
   if (sessionId !== state.selectedId) return;
@@ -588,6 +614,13 @@ function taskItem(task) {
 // ---------- start ----------
 
 function readInitialState() {
+  const sharedSession = document.body.dataset.shareSession;
+  if (sharedSession) {
+    // /s/<token>: the token stays in this page's memory, never in localStorage
+    state.shared = true;
+    state.token = decodeURIComponent(window.location.pathname.split("/")[2] || "");
+    return sharedSession;
+  }
   const query = new URLSearchParams(window.location.search);
   const hash = new URLSearchParams(window.location.hash.slice(1));
   const token = query.get("token");
@@ -616,13 +649,32 @@ function wireControls() {
     if (ev.key === "Enter" && !ev.shiftKey) ev.preventDefault();
   });
   $("cancel-button").addEventListener("click", cancelTurn);
+  $("share-button").addEventListener("click", () => attempt(shareSession));
   $("mode-select").addEventListener("change", changeMode);
   $("refresh-side").addEventListener("click", () => attempt(loadSidePanel));
 }
 
+/** The session of a share link, for the header (the list and its stream are not readable). */
+async function loadSharedSession() {
+  const sessionId = state.selectedId;
+  const { session } = await getJson(`/api/sessions/${encodeURIComponent(sessionId)}`);
+  state.sessions.set(sessionId, session);
+  renderSessionHeader();
+}
+
+async function startShared(sessionId) {
+  document.title = "Shared session (read-only)";
+  document.querySelector(".topbar h1").textContent = "Shared session (read-only)";
+  $("error-close").addEventListener("click", clearError);
+  selectSession(sessionId);
+  await attempt(loadSharedSession);
+  document.body.dataset.ready = "true";
+}
+
 async function main() {
-  wireControls();
   const initialSession = readInitialState();
+  if (state.shared) return startShared(initialSession);
+  wireControls();
   await attempt(loadWorkspaces);
   await attempt(loadProviders);
   openSessionList();

@@ -1,0 +1,137 @@
+"""Share links: `/api/sessions/{id}/shares` and the read-only page `/s/<token>`.
+
+A share token reads one session (services/common/auth.py decides what it may reach). Only
+its sha256 is stored; the token itself is in the create answer and nowhere else. Revoking
+publishes on Redis so every process forgets it and ends the streams opened with it.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import uuid
+from datetime import UTC, datetime
+from urllib.parse import quote
+
+from aiohttp import web
+
+from services.common.auth import AUTH
+from services.common.http import error_response, json_response, read_json_body
+from services.common.keys import PG_POOL, SETTINGS
+from services.common.shares import publish_revocation
+from services.query.dashboard import STATIC_DIR
+from services.query.sessions import NO_STORE, _postgres, _require_session, _session_uuid
+from shared.db import shares as shares_db
+from shared.errors import NotFound
+from shared.jsonutil import iso
+from shared.models.share import ShareCreate, ShareLink
+from shared.models.validation import validate_body
+
+SHARE_PAGE = "/s/{token}"
+_HOST = re.compile(r"[A-Za-z0-9.\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
+PAGE_HEADERS = {
+    **NO_STORE,
+    # the token is in the path: never send it on to another site, never index it
+    "Referrer-Policy": "no-referrer",
+    "X-Robots-Tag": "noindex",
+    "X-Content-Type-Options": "nosniff",
+}
+
+
+def _wire(share: shares_db.Share) -> dict[str, object]:
+    return ShareLink(
+        share_id=str(share.share_id),
+        session_id=str(share.session_id),
+        created_at=iso(share.created_at),
+        expires_at=iso(share.expires_at) if share.expires_at else None,
+    ).wire()
+
+
+def share_url(request: web.Request, token: str) -> str:
+    """PUBLIC_URL when set; else the origin the client used (through a proxy's
+    X-Forwarded-Proto/-Host); a relative path when the Host header is not a host."""
+    path = "/s/" + quote(token, safe="")
+    public = request.app[SETTINGS].public_url
+    if public:
+        return public.rstrip("/") + path
+    proto = request.headers.get("X-Forwarded-Proto", request.scheme).lower()
+    if proto not in ("http", "https"):
+        proto = request.scheme
+    host = request.headers.get("X-Forwarded-Host") or request.host
+    if not _HOST.fullmatch(host):
+        return path
+    return f"{proto}://{host}{path}"
+
+
+async def create_share(request: web.Request) -> web.Response:
+    sid = _session_uuid(request)
+    await _require_session(request, sid)
+    body = validate_body(ShareCreate, await read_json_body(request, required=False))
+    token = shares_db.new_token()
+    with _postgres():
+        share = await shares_db.create(
+            request.app[PG_POOL], sid, token, body.expires_in_seconds
+        )
+    return json_response(
+        {"share": _wire(share), "token": token, "url": share_url(request, token)},
+        status=201,
+        headers=NO_STORE,
+    )
+
+
+async def list_shares(request: web.Request) -> web.Response:
+    sid = _session_uuid(request)
+    await _require_session(request, sid)
+    with _postgres():
+        shares = await shares_db.list_for(request.app[PG_POOL], sid)
+    return json_response({"shares": [_wire(s) for s in shares]}, headers=NO_STORE)
+
+
+async def delete_share(request: web.Request) -> web.Response:
+    """Revoke: the row goes, then every process forgets it and ends its streams."""
+    sid = _session_uuid(request)
+    await _require_session(request, sid)
+    raw = request.match_info["share_id"]
+    try:
+        share_id = uuid.UUID(raw)
+    except ValueError:
+        raise NotFound(f"Share not found: {raw}") from None
+    with _postgres():
+        deleted = await shares_db.delete(request.app[PG_POOL], sid, share_id)
+    if not deleted:
+        raise NotFound(f"Share not found: {raw}")
+    await publish_revocation(request.app, str(share_id), str(sid))
+    return json_response({"deleted": True})
+
+
+_PAGE = web.AppKey("share_page", str)
+
+
+async def share_page(request: web.Request) -> web.Response:
+    """The dashboard in its read-only mode, for the one session the token reads."""
+    token = request.match_info["token"]
+    grant = None
+    if shares_db.is_share_token(token):
+        with _postgres():
+            grant = await request.app[AUTH].store.lookup_share(token)
+    if grant is None or grant.expired(datetime.now(UTC)):
+        # an error is JSON here like everywhere else (the asset 404 too)
+        resp = error_response(404, "Share link not found, expired or revoked")
+        resp.headers.update(PAGE_HEADERS)
+        return resp
+    attrs = f'class="share" data-share-session="{html.escape(str(grant.session_id))}"'
+    return web.Response(
+        text=request.app[_PAGE].replace("<body>", f"<body {attrs}>", 1),
+        content_type="text/html",
+        charset="utf-8",
+        headers=PAGE_HEADERS,
+    )
+
+
+def setup(app: web.Application) -> None:
+    app[_PAGE] = (STATIC_DIR / "index.html").read_text(encoding="utf-8")
+    router = app.router
+    router.add_post("/api/sessions/{session_id}/shares", create_share)
+    router.add_get("/api/sessions/{session_id}/shares", list_shares)
+    router.add_delete("/api/sessions/{session_id}/shares/{share_id}", delete_share)
+    router.add_get(SHARE_PAGE, share_page)
