@@ -182,7 +182,10 @@ class EventWriter:
         """One statement for the batch; retry with backoff on Postgres failure, in order.
 
         Returns the stored events ([] when they could not be stored and were given up).
+        Every attempt carries the same batch id: when an attempt committed but its reply
+        was lost, the retry finds the batch stored and does not store it again.
         """
+        batch_id = uuid.uuid4()
         delay = RETRY_BASE
         events: list[session_events.StoredEvent] = []
         while True:
@@ -190,7 +193,7 @@ class EventWriter:
                 started = time.perf_counter()
                 async with self._pool.acquire() as conn:
                     events = await session_events.append_batch(
-                        conn, self._session_id, batch
+                        conn, self._session_id, batch, batch_id=batch_id
                     )
                 if self._on_batch is not None:
                     self._on_batch(len(batch), time.perf_counter() - started)

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 import orjson
 
 from shared.db.connect import Connection, Executor
@@ -39,18 +40,27 @@ COUNT = "SELECT count(*) FROM session_events WHERE session_id = $1"
 # One statement (one round trip, its own transaction): bump the counter and insert the
 # batch with the ids it reserved. $2 event count, $3 kinds, $4 each payload after its
 # eventId (`rest`), $5 the payload head up to the eventId; payload = head || id || rest.
+# $6 the batch id, kept on the batch's first event (unique): when an earlier attempt of
+# this batch committed (its reply lost), `done` finds it and nothing is stored again.
 APPEND_BATCH = """
-WITH bumped AS (
+WITH done AS (
+    SELECT event_id FROM session_events WHERE batch_id = $6 AND session_id = $1
+), bumped AS (
     UPDATE sessions SET last_event_id = last_event_id + $2, last_activity = now()
-    WHERE session_id = $1 RETURNING last_event_id
+    WHERE session_id = $1 AND NOT EXISTS (SELECT FROM done)
+    RETURNING last_event_id
 ), inserted AS (
-    INSERT INTO session_events (session_id, event_id, kind, payload)
+    INSERT INTO session_events (session_id, event_id, kind, payload, batch_id)
     SELECT $1, b.last_event_id - $2 + e.n, e.kind,
-           $5::text || (b.last_event_id - $2 + e.n) || e.rest
+           $5::text || (b.last_event_id - $2 + e.n) || e.rest,
+           CASE WHEN e.n = 1 THEN $6::uuid END
     FROM bumped b, unnest($3::text[], $4::text[]) WITH ORDINALITY AS e(kind, rest, n)
 )
-SELECT last_event_id FROM bumped
+SELECT (SELECT last_event_id FROM bumped) AS last,
+       (SELECT event_id FROM done) AS first_done
 """
+
+BATCH_ID_INDEX = "session_events_batch_id"
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,11 +130,15 @@ async def append_batch(
     conn: Executor,
     session_id: uuid.UUID,
     params_list: Sequence[dict[str, Any]],
+    *,
+    batch_id: uuid.UUID | None = None,
 ) -> list[StoredEvent]:
     """`append` in one statement and one round trip; payloads byte-identical to it.
 
     Each params object is encoded once; the stored text and the returned (published)
-    bytes are the same head + eventId + rest.
+    bytes are the same head + eventId + rest. With a `batch_id` the write is idempotent:
+    calling again with the same id and params (a retry after a lost reply) stores nothing
+    and returns the events as the first call stored them.
     """
     if not params_list:
         return []
@@ -132,17 +146,30 @@ async def append_batch(
     head = b'{"sessionId":"%s","eventId":"' % sid.encode()
     rests = [_rest(p) for p in params_list]
     count = len(rests)
-    last = await conn.fetchval(
+    args = (
         APPEND_BATCH,
         session_id,
         count,
         [kind_of(p) for p in params_list],
         [r.decode() for r in rests],
         head.decode(),
+        batch_id,
     )
-    if last is None:
+    try:
+        row = await conn.fetchrow(*args)
+    except asyncpg.UniqueViolationError as err:
+        if err.constraint_name != BATCH_ID_INDEX:
+            raise
+        # an earlier attempt, still running when this one started, committed first:
+        # this statement's snapshot missed it, the next one finds it in `done`
+        row = await conn.fetchrow(*args)
+    assert row is not None  # the final SELECT always yields one row
+    if row["first_done"] is not None:
+        first = int(row["first_done"])
+    elif row["last"] is not None:
+        first = int(row["last"]) - count + 1
+    else:
         raise SessionNotFound(sid)
-    first = last - count + 1
     return [
         StoredEvent(first + i, b"%s%d%s" % (head, first + i, rest))
         for i, rest in enumerate(rests)

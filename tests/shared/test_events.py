@@ -79,3 +79,62 @@ async def test_record_publishes_stored_events(
         "sessionUpdate": "echo_custom",
         "value": 1,
     }
+
+
+def _chunks(*texts: str) -> list[dict]:
+    return [
+        gateway_update("agent_message_chunk", content={"type": "text", "text": t})
+        for t in texts
+    ]
+
+
+async def test_append_batch_with_a_batch_id_is_idempotent(pool, workspace_id) -> None:
+    """A retried batch (same id) is stored once and answers the ids it got first."""
+    sid = await _new_session(pool, workspace_id)
+    batch = uuid.uuid4()
+    first = await session_events.append_batch(
+        pool, sid, _chunks("a", "b", "c"), batch_id=batch
+    )
+    await session_events.append_batch(pool, sid, _chunks("d"), batch_id=uuid.uuid4())
+    again = await session_events.append_batch(
+        pool, sid, _chunks("a", "b", "c"), batch_id=batch
+    )
+    assert again == first
+    assert [e.event_id for e in first] == [1, 2, 3]
+    stored = await session_events.after(pool, sid, 0)
+    assert [e.event_id for e in stored] == [1, 2, 3, 4]
+    assert stored[:3] == first
+
+
+async def test_append_batch_retry_racing_the_first_attempt(pool, workspace_id) -> None:
+    """The first attempt is still open when the retry starts: the retry waits for it and
+    finds its batch instead of storing it again (or failing)."""
+    sid = await _new_session(pool, workspace_id)
+    batch = uuid.uuid4()
+    async with pool.acquire() as first_conn, pool.acquire() as retry_conn:
+        tx = first_conn.transaction()
+        await tx.start()
+        first = await session_events.append_batch(
+            first_conn, sid, _chunks("x", "y"), batch_id=batch
+        )
+        retry = asyncio.create_task(
+            session_events.append_batch(
+                retry_conn, sid, _chunks("x", "y"), batch_id=batch
+            )
+        )
+        # the retry blocks on the session row until the first attempt ends
+        async with asyncio.timeout(10):
+            while True:
+                waiting = await pool.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+                )
+                if waiting:
+                    break
+                await asyncio.sleep(0.01)
+        assert not retry.done()
+        await tx.commit()
+        async with asyncio.timeout(10):
+            assert await retry == first
+    stored = await session_events.after(pool, sid, 0)
+    assert [e.event_id for e in stored] == [1, 2]
