@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     max_subscribers: int = 100  # event streams per session per gateway instance
     # bytes of one line an agent writes on stdout; a longer one stops the agent
     agent_max_line: int = 50 * 1024 * 1024
+    # bytes of agent events waiting for Postgres, per gateway process; beyond it the
+    # agents' stdout is not read (back-pressure) until stored events make room
+    event_buffer_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
 
     @field_validator("allow_custom_commands", mode="before")
     @classmethod

@@ -6,6 +6,10 @@ A single flush task takes everything queued, appends it in ONE statement (counte
 and insert, contiguous ids from the session row counter), then publishes it; while a flush runs the next batch
 accumulates, so a burst of chunks costs a few transactions, and an idle writer flushes at
 once (no timer delay).
+
+Events are encoded when appended, so what waits holds bytes, counted in one EventBuffer
+per process (EVENT_BUFFER_BYTES). While it is full the agents' stdout readers stop
+reading (agents.py), so a Postgres outage makes agents wait instead of filling memory.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -32,6 +37,8 @@ logger = logging.getLogger(__name__)
 
 # lastActivity in the cached list may lag by up to this much (api.md §3.1)
 ACTIVITY_INTERVAL = 1.0
+# what a queued event costs beyond its encoded bytes (the bytes and str objects, list slots)
+ENTRY_OVERHEAD = 128
 RETRY_BASE = 0.05
 RETRY_CAP = 2.0
 # Postgres errors worth retrying: the server or the connection, not the statement
@@ -46,6 +53,46 @@ _TRANSIENT = (
 )
 
 
+class EventBuffer:
+    """Bytes of events appended but not yet stored, across every writer of a process.
+
+    Appending never blocks (the gateway's own events, a turn's end, must not wait), so
+    the bound is kept by the readers: before each stdout line an agent reader waits for
+    room, and beyond the limit the agents wait on their pipes until stores free it.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self.readers_waiting = 0
+        self._room = asyncio.Event()
+        self._room.set()
+
+    def full(self) -> bool:
+        return self.used >= self.limit
+
+    def take(self, size: int) -> None:
+        self.used += size
+        if self.used >= self.limit:
+            self._room.clear()
+
+    def give(self, size: int) -> None:
+        self.used -= size
+        if self.used < self.limit:
+            self._room.set()
+
+    async def wait_room(self) -> None:
+        """Return once the buffer is below its limit."""
+        if self.used < self.limit:
+            return
+        self.readers_waiting += 1
+        try:
+            while self.used >= self.limit:
+                await self._room.wait()
+        finally:
+            self.readers_waiting -= 1
+
+
 class EventWriter:
     """Ordered, batched, never-dropping writer of one session's events."""
 
@@ -57,13 +104,19 @@ class EventWriter:
         session_id: uuid.UUID,
         *,
         on_batch: Callable[[int, float], None] | None = None,
+        buffer: EventBuffer | None = None,
     ) -> None:
         self._on_batch = on_batch
+        self._buffer = buffer if buffer is not None else EventBuffer(sys.maxsize)
+        self._held = 0  # bytes of ours counted in the buffer
         self._pool = pool
         self._redis = redis
         self._channels = channels
         self._session_id = session_id
-        self._queue: list[dict[str, Any]] = []
+        # queued events, encoded: kinds and session_events.encode_rest bytes
+        self._kinds: list[str] = []
+        self._rests: list[bytes] = []
+        self._queued_bytes = 0
         self._appended = 0  # events handed to append() so far
         self._stored = 0  # events stored (or abandoned because the session is gone)
         self._wakeup = asyncio.Event()
@@ -83,12 +136,24 @@ class EventWriter:
 
     def append(self, params: dict[str, Any]) -> int:
         """Queue one session/update params object; returns its position for `flush(upto)`."""
-        if self._gone:
+        if self._gone or self._task.done():
             return self._appended
-        self._queue.append(params)
+        rest = session_events.encode_rest(params)
+        size = len(rest) + ENTRY_OVERHEAD
+        self._kinds.append(sys.intern(session_events.kind_of(params)))
+        self._rests.append(rest)
+        self._queued_bytes += size
+        self._held += size
+        self._buffer.take(size)
         self._appended += 1
         self._wakeup.set()
         return self._appended
+
+    def _release(self, size: int) -> None:
+        """Give `size` of our bytes back to the process buffer (never more than we hold)."""
+        size = min(size, self._held)
+        self._held -= size
+        self._buffer.give(size)
 
     async def flush(self, upto: int | None = None) -> None:
         """Wait until every event appended so far (or up to `upto`) is stored and published."""
@@ -124,7 +189,7 @@ class EventWriter:
     async def _run(self) -> None:
         try:
             while True:
-                if not self._queue:
+                if not self._rests:
                     self._wakeup.clear()
                     wait_for: float | None = None
                     if self._activity_dirty:
@@ -137,12 +202,13 @@ class EventWriter:
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(wait_for):
                             await self._wakeup.wait()
-                if self._queue:
-                    batch, self._queue = self._queue, []
-                    events = await self._store(batch)
+                if self._rests:
+                    kinds, rests, size = self._kinds, self._rests, self._queued_bytes
+                    self._kinds, self._rests, self._queued_bytes = [], [], 0
+                    events = await self._store(kinds, rests)
                     # The next batch is stored while this one is published.
                     task = asyncio.create_task(
-                        self._publish(self._last_publish, events, len(batch))
+                        self._publish(self._last_publish, events, len(rests), size)
                     )
                     self._publishes.add(task)
                     task.add_done_callback(self._publishes.discard)
@@ -156,6 +222,8 @@ class EventWriter:
                     self._last_invalidate = time.monotonic()
                     await try_invalidate_sessions(self._redis, self._channels)
         finally:
+            # nothing more is stored: what we hold must not keep agents waiting
+            self._release(self._held)
             async with self._progress:
                 self._progress.notify_all()
 
@@ -164,6 +232,7 @@ class EventWriter:
         previous: asyncio.Task[None] | None,
         events: list[session_events.StoredEvent],
         count: int,
+        size: int,
     ) -> None:
         """Publish after the previous batch's publish (order), then count the batch done."""
         if previous is not None and not previous.done():
@@ -172,12 +241,13 @@ class EventWriter:
             await publish_batch(
                 self._redis, self._channels, str(self._session_id), events
             )
+        self._release(size)
         async with self._progress:
             self._stored += count
             self._progress.notify_all()
 
     async def _store(
-        self, batch: list[dict[str, Any]]
+        self, kinds: list[str], rests: list[bytes]
     ) -> list[session_events.StoredEvent]:
         """One statement for the batch; retry with backoff on Postgres failure, in order.
 
@@ -192,11 +262,11 @@ class EventWriter:
             try:
                 started = time.perf_counter()
                 async with self._pool.acquire() as conn:
-                    events = await session_events.append_batch(
-                        conn, self._session_id, batch, batch_id=batch_id
+                    events = await session_events.append_encoded(
+                        conn, self._session_id, kinds, rests, batch_id=batch_id
                     )
                 if self._on_batch is not None:
-                    self._on_batch(len(batch), time.perf_counter() - started)
+                    self._on_batch(len(rests), time.perf_counter() - started)
                 break
             except SessionNotFound:
                 # deleted meanwhile: nothing can be stored for it any more
@@ -207,12 +277,12 @@ class EventWriter:
                     # a statement that can never succeed: retrying would block the log
                     logger.error(
                         "dropping %d events of %s: %s",
-                        len(batch),
+                        len(rests),
                         self._session_id,
                         err,
                     )
                     return []
-                await self._backoff(err, delay, len(batch))
+                await self._backoff(err, delay, len(rests))
                 delay = min(delay * 2, RETRY_CAP)
                 if self._closing and delay >= RETRY_CAP:
                     return []
@@ -220,7 +290,7 @@ class EventWriter:
                 if self._closing and delay >= RETRY_CAP:
                     logger.error(
                         "dropping %d events of %s after retries: %s",
-                        len(batch),
+                        len(rests),
                         self._session_id,
                         err,
                     )

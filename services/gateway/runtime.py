@@ -29,7 +29,7 @@ from services.common.keys import CHANNELS, PG_POOL, REDIS, SETTINGS
 from services.common.metrics import METRICS
 from services.gateway import capacity, modes, ownership, permissions, startup, turns
 from services.gateway.agents import AgentRequestFailed, on_exit_message
-from services.gateway.eventlog import EventWriter
+from services.gateway.eventlog import EventBuffer, EventWriter
 from services.gateway.keys import FANOUT
 from services.gateway.live import LiveSession, ResumeMode, settle_turn
 from services.gateway.startup import StartRequest
@@ -100,6 +100,8 @@ class SessionManager:
         self.redis = redis
         self.channels = channels
         self.live: dict[str, LiveSession] = {}
+        # events waiting for Postgres, all sessions: full, agents' stdout is not read
+        self.event_buffer = EventBuffer(settings.event_buffer_bytes)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._resume_locks: dict[str, asyncio.Lock] = {}
         self.closed = False
@@ -344,6 +346,7 @@ class SessionManager:
             self.channels,
             uuid.UUID(row.session.session_id),
             on_batch=self.on_batch,
+            buffer=self.event_buffer,
         )
         live = LiveSession(self, row, writer)
         self.live[live.session_id] = live

@@ -75,7 +75,7 @@ async def start_agent(
 ) -> None:
     spec = agent_spec(manager, live)
     await asyncio.to_thread(live.cwd.mkdir, parents=True, exist_ok=True)
-    agent = AgentProcess(spec, live)
+    agent = AgentProcess(spec, live, manager.event_buffer)
     live.agent = agent
     await agent.start()
     init = await agent.initialize()

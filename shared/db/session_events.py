@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -118,11 +119,14 @@ async def append(
     return events
 
 
-def _rest(params: dict[str, Any]) -> bytes:
+def encode_rest(params: dict[str, Any]) -> bytes:
     """The payload after the eventId value: `"` then the params' other fields and `}`."""
-    body = orjson.dumps(
-        {k: v for k, v in params.items() if k not in ("sessionId", "eventId")}
-    )
+    fields = {k: v for k, v in params.items() if k not in ("sessionId", "eventId")}
+    try:
+        body = orjson.dumps(fields)
+    except orjson.JSONEncodeError:
+        # what orjson refuses (an integer over 64 bits from the SDK's parse) stays an event
+        body = json.dumps(fields, ensure_ascii=False, separators=(",", ":")).encode()
     return b'"}' if body == b"{}" else b'",' + body[1:]
 
 
@@ -133,24 +137,41 @@ async def append_batch(
     *,
     batch_id: uuid.UUID | None = None,
 ) -> list[StoredEvent]:
-    """`append` in one statement and one round trip; payloads byte-identical to it.
+    """`append` in one statement and one round trip; payloads byte-identical to it."""
+    return await append_encoded(
+        conn,
+        session_id,
+        [kind_of(p) for p in params_list],
+        [encode_rest(p) for p in params_list],
+        batch_id=batch_id,
+    )
 
-    Each params object is encoded once; the stored text and the returned (published)
-    bytes are the same head + eventId + rest. With a `batch_id` the write is idempotent:
-    calling again with the same id and params (a retry after a lost reply) stores nothing
-    and returns the events as the first call stored them.
+
+async def append_encoded(
+    conn: Executor,
+    session_id: uuid.UUID,
+    kinds: Sequence[str],
+    rests: Sequence[bytes],
+    *,
+    batch_id: uuid.UUID | None = None,
+) -> list[StoredEvent]:
+    """Store events given as their kinds and `encode_rest` bytes, in one statement.
+
+    The stored text and the returned (published) bytes are the same head + eventId +
+    rest. With a `batch_id` the write is idempotent: calling again with the same id and
+    events (a retry after a lost reply) stores nothing and returns the events as the
+    first call stored them.
     """
-    if not params_list:
+    if not rests:
         return []
     sid = str(session_id)
     head = b'{"sessionId":"%s","eventId":"' % sid.encode()
-    rests = [_rest(p) for p in params_list]
     count = len(rests)
     args = (
         APPEND_BATCH,
         session_id,
         count,
-        [kind_of(p) for p in params_list],
+        list(kinds),
         [r.decode() for r in rests],
         head.decode(),
         batch_id,

@@ -2,6 +2,8 @@
 
 - Committed but not acknowledged: Postgres stores a batch, the reply never arrives, the
   connection drops; the writer's retry must not store the batch a second time.
+- Postgres down during a flood: the gateway buffers up to EVENT_BUFFER_BYTES, then stops
+  reading the agent's stdout (the agent waits); memory stays bounded, nothing is lost.
 """
 
 from __future__ import annotations
@@ -10,14 +12,32 @@ import asyncio
 import uuid
 
 import orjson
+import pytest
 
+from services.gateway.app import create_app as create_gateway
 from services.gateway.eventlog import EventWriter
+from services.gateway.keys import SESSION_MANAGER
 from shared.db import session_events, sessions
 from shared.db.connect import create_pool
 from shared.events import gateway_update
+from tests.gateway.rpcutil import call, ok, wait_ready
 from tests.proxy import TcpProxy
 
 WAIT = 20.0  # hang guard only
+FLOOD = 100_000
+BUFFER = 1024 * 1024  # EVENT_BUFFER_BYTES of the flood test
+# Generous: the buffer, the pipe's read-ahead and allocator noise. Without a bound the
+# gateway took about 1.4 KB per buffered event (over 100 MB for this flood).
+RSS_BOUND = 40 * 1024 * 1024
+
+
+def _rss() -> int:
+    """This process's resident set (the gateway runs in it), in bytes."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
 
 
 async def _session(pool, workspace_id) -> uuid.UUID:
@@ -82,3 +102,68 @@ async def test_batch_committed_but_not_acknowledged_is_stored_once(
         await writer.close()
         await proxied.close()
         await proxy.stop()
+
+
+@pytest.fixture
+async def pg_proxy(database_url):
+    proxy = TcpProxy.for_url(database_url)
+    await proxy.start()
+    yield proxy
+    await proxy.stop()
+
+
+async def test_flood_while_postgres_is_down_keeps_memory_bounded(
+    make_settings, aiohttp_client, pg_proxy, database_url, cwd_root, pool, workspace_id
+):
+    settings = make_settings(
+        database_url=pg_proxy.rewrite(database_url), event_buffer_bytes=BUFFER
+    )
+    gw = await aiohttp_client(create_gateway(settings))
+    manager = gw.app[SESSION_MANAGER]
+    sid = (await ok(gw, "session/new", {"workspaceId": workspace_id}))["sessionId"]
+    await wait_ready(pool, sid)
+    writer = manager.live[sid].writer
+    before = _rss()
+    turn = asyncio.create_task(
+        call(gw, "session/prompt", {"sessionId": sid, "prompt": f"/flood {FLOOD}"})
+    )
+    async with asyncio.timeout(WAIT):
+        while (
+            await pool.fetchval(
+                "SELECT count(*) FROM session_events WHERE session_id = $1"
+                " AND kind = 'agent_message_chunk'",
+                uuid.UUID(sid),
+            )
+            == 0
+        ):
+            await asyncio.sleep(0.01)
+    await pg_proxy.stop()
+    try:
+        # until the gateway has either read the whole flood (unbounded) or stopped reading
+        peak = before
+        async with asyncio.timeout(WAIT * 6):
+            while True:
+                peak = max(peak, _rss())
+                backlog = writer._appended - writer._stored
+                if backlog >= FLOOD or manager.event_buffer.readers_waiting:
+                    break
+                await asyncio.sleep(0.02)
+        peak = max(peak, _rss())
+        assert backlog < FLOOD, "the whole flood was buffered in memory"
+        assert peak - before < RSS_BOUND, f"RSS grew {(peak - before) >> 20} MiB"
+        assert not turn.done()  # the agent waits on its stdout
+    finally:
+        await pg_proxy.start()
+    async with asyncio.timeout(WAIT * 6):
+        reply = await turn
+    assert reply["result"]["stopReason"] == "end_turn", reply
+    stored = await session_events.after(pool, uuid.UUID(sid), 0)
+    assert [e.event_id for e in stored] == list(range(1, len(stored) + 1))
+    texts = [
+        body["update"]["content"]["text"]
+        for body in map(orjson.loads, (e.payload for e in stored))
+        if body["update"]["sessionUpdate"] == "agent_message_chunk"
+    ]
+    assert texts == [f"{i} " for i in range(1, FLOOD + 1)]
+    kinds = [orjson.loads(e.payload)["update"]["sessionUpdate"] for e in stored[-2:]]
+    assert kinds[-1] == "turn_complete"
