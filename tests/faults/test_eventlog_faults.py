@@ -20,6 +20,7 @@ from services.gateway.keys import SESSION_MANAGER
 from shared.db import session_events, sessions
 from shared.db.connect import create_pool
 from shared.events import gateway_update
+from tests.faults.support import wait_gone
 from tests.gateway.rpcutil import call, ok, wait_ready
 from tests.proxy import TcpProxy
 
@@ -104,6 +105,17 @@ async def test_batch_committed_but_not_acknowledged_is_stored_once(
         await proxy.stop()
 
 
+async def _wait_chunk_stored(pool, sid: str) -> None:
+    """The turn streams: stop Postgres after this (its user_message is stored)."""
+    async with asyncio.timeout(WAIT):
+        while not await pool.fetchval(
+            "SELECT count(*) FROM session_events WHERE session_id = $1"
+            " AND kind = 'agent_message_chunk'",
+            uuid.UUID(sid),
+        ):
+            await asyncio.sleep(0.01)
+
+
 @pytest.fixture
 async def pg_proxy(database_url):
     proxy = TcpProxy.for_url(database_url)
@@ -127,16 +139,7 @@ async def test_flood_while_postgres_is_down_keeps_memory_bounded(
     turn = asyncio.create_task(
         call(gw, "session/prompt", {"sessionId": sid, "prompt": f"/flood {FLOOD}"})
     )
-    async with asyncio.timeout(WAIT):
-        while (
-            await pool.fetchval(
-                "SELECT count(*) FROM session_events WHERE session_id = $1"
-                " AND kind = 'agent_message_chunk'",
-                uuid.UUID(sid),
-            )
-            == 0
-        ):
-            await asyncio.sleep(0.01)
+    await _wait_chunk_stored(pool, sid)
     await pg_proxy.stop()
     try:
         # until the gateway has either read the whole flood (unbounded) or stopped reading
@@ -167,3 +170,39 @@ async def test_flood_while_postgres_is_down_keeps_memory_bounded(
     assert texts == [f"{i} " for i in range(1, FLOOD + 1)]
     kinds = [orjson.loads(e.payload)["update"]["sessionUpdate"] for e in stored[-2:]]
     assert kinds[-1] == "turn_complete"
+
+
+async def test_stopping_an_agent_held_back_by_the_buffer(
+    make_settings, aiohttp_client, pg_proxy, database_url, cwd_root, pool, workspace_id
+):
+    """An agent held back by a full buffer (Postgres down) can still be stopped: it is
+    reaped, and the stopped session's events no longer count against the buffer."""
+    settings = make_settings(
+        database_url=pg_proxy.rewrite(database_url), event_buffer_bytes=BUFFER
+    )
+    gw = await aiohttp_client(create_gateway(settings))
+    manager = gw.app[SESSION_MANAGER]
+    sid = (await ok(gw, "session/new", {"workspaceId": workspace_id}))["sessionId"]
+    await wait_ready(pool, sid)
+    agent = manager.live[sid].agent
+    assert agent is not None
+    assert agent.pid is not None
+    turn = asyncio.create_task(
+        call(gw, "session/prompt", {"sessionId": sid, "prompt": f"/flood {FLOOD}"})
+    )
+    await _wait_chunk_stored(pool, sid)
+    await pg_proxy.stop()
+    try:
+        async with asyncio.timeout(WAIT):
+            while not manager.event_buffer.readers_waiting:
+                await asyncio.sleep(0.02)
+        async with asyncio.timeout(WAIT):  # hang guard: the writer gives up after 5 s
+            await manager.stop_quiet(sid, "disconnected")
+        assert agent.exited.done()
+        await wait_gone(agent.pid)
+        assert manager.event_buffer.used == 0  # the stopped session holds no room
+    finally:
+        await pg_proxy.start()
+    async with asyncio.timeout(WAIT):
+        reply = await turn
+    assert reply["error"]["code"] == -32000, reply
