@@ -117,6 +117,7 @@ class EventWriter:
         self._kinds: list[str] = []
         self._rests: list[bytes] = []
         self._queued_bytes = 0
+        self._state: session_events.State | None = None
         self._appended = 0  # events handed to append() so far
         self._stored = 0  # events stored (or abandoned because the session is gone)
         self._wakeup = asyncio.Event()
@@ -134,10 +135,18 @@ class EventWriter:
     def session_id(self) -> uuid.UUID:
         return self._session_id
 
-    def append(self, params: dict[str, Any]) -> int:
-        """Queue one session/update params object; returns its position for `flush(upto)`."""
+    def append(
+        self, params: dict[str, Any], state: session_events.State | None = None
+    ) -> int:
+        """Queue one session/update params object; returns its position for `flush(upto)`.
+
+        With a `state`, the session row takes it in the statement that stores this event
+        (a status change and its event are one write).
+        """
         if self._gone or self._task.done():
             return self._appended
+        if state is not None:
+            self._state = state  # a batch writes the last state queued in it
         rest = session_events.encode_rest(params)
         size = len(rest) + ENTRY_OVERHEAD
         self._kinds.append(sys.intern(session_events.kind_of(params)))
@@ -204,8 +213,9 @@ class EventWriter:
                             await self._wakeup.wait()
                 if self._rests:
                     kinds, rests, size = self._kinds, self._rests, self._queued_bytes
+                    state, self._state = self._state, None
                     self._kinds, self._rests, self._queued_bytes = [], [], 0
-                    events = await self._store(kinds, rests)
+                    events = await self._store(kinds, rests, state)
                     # The next batch is stored while this one is published.
                     task = asyncio.create_task(
                         self._publish(self._last_publish, events, len(rests), size)
@@ -247,7 +257,10 @@ class EventWriter:
             self._progress.notify_all()
 
     async def _store(
-        self, kinds: list[str], rests: list[bytes]
+        self,
+        kinds: list[str],
+        rests: list[bytes],
+        state: session_events.State | None,
     ) -> list[session_events.StoredEvent]:
         """One statement for the batch; retry with backoff on Postgres failure, in order.
 
@@ -263,7 +276,12 @@ class EventWriter:
                 started = time.perf_counter()
                 async with self._pool.acquire() as conn:
                     events = await session_events.append_encoded(
-                        conn, self._session_id, kinds, rests, batch_id=batch_id
+                        conn,
+                        self._session_id,
+                        kinds,
+                        rests,
+                        batch_id=batch_id,
+                        state=state,
                     )
                 if self._on_batch is not None:
                     self._on_batch(len(rests), time.perf_counter() - started)

@@ -43,11 +43,17 @@ COUNT = "SELECT count(*) FROM session_events WHERE session_id = $1"
 # eventId (`rest`), $5 the payload head up to the eventId; payload = head || id || rest.
 # $6 the batch id, kept on the batch's first event (unique): when an earlier attempt of
 # this batch committed (its reply lost), `done` finds it and nothing is stored again.
+# $7..$9 a state change (acp_status, status, acp_error) written with the events, so the
+# row never shows a state whose event is not in the log yet; $7 NULL leaves the state.
 APPEND_BATCH = """
 WITH done AS (
     SELECT event_id FROM session_events WHERE batch_id = $6 AND session_id = $1
 ), bumped AS (
-    UPDATE sessions SET last_event_id = last_event_id + $2, last_activity = now()
+    UPDATE sessions SET last_event_id = last_event_id + $2, last_activity = now(),
+        acp_status = coalesce($7::text, acp_status),
+        status = coalesce($8::text, status),
+        acp_error = CASE WHEN $7::text IS NULL THEN acp_error ELSE $9::text END,
+        updated_at = CASE WHEN $7::text IS NULL THEN updated_at ELSE now() END
     WHERE session_id = $1 AND NOT EXISTS (SELECT FROM done)
     RETURNING last_event_id
 ), inserted AS (
@@ -62,6 +68,15 @@ SELECT (SELECT last_event_id FROM bumped) AS last,
 """
 
 BATCH_ID_INDEX = "session_events_batch_id"
+
+
+@dataclass(frozen=True, slots=True)
+class State:
+    """A session's acp_status, status and acp_error, written together with an event."""
+
+    acp_status: str
+    status: str
+    acp_error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +151,7 @@ async def append_batch(
     params_list: Sequence[dict[str, Any]],
     *,
     batch_id: uuid.UUID | None = None,
+    state: State | None = None,
 ) -> list[StoredEvent]:
     """`append` in one statement and one round trip; payloads byte-identical to it."""
     return await append_encoded(
@@ -144,6 +160,7 @@ async def append_batch(
         [kind_of(p) for p in params_list],
         [encode_rest(p) for p in params_list],
         batch_id=batch_id,
+        state=state,
     )
 
 
@@ -154,13 +171,14 @@ async def append_encoded(
     rests: Sequence[bytes],
     *,
     batch_id: uuid.UUID | None = None,
+    state: State | None = None,
 ) -> list[StoredEvent]:
     """Store events given as their kinds and `encode_rest` bytes, in one statement.
 
     The stored text and the returned (published) bytes are the same head + eventId +
     rest. With a `batch_id` the write is idempotent: calling again with the same id and
     events (a retry after a lost reply) stores nothing and returns the events as the
-    first call stored them.
+    first call stored them. A `state` is set on the row in the same statement.
     """
     if not rests:
         return []
@@ -175,6 +193,9 @@ async def append_encoded(
         [r.decode() for r in rests],
         head.decode(),
         batch_id,
+        state.acp_status if state else None,
+        state.status if state else None,
+        state.acp_error if state else None,
     )
     try:
         row = await conn.fetchrow(*args)

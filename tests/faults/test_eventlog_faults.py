@@ -125,7 +125,7 @@ async def pg_proxy(database_url):
 
 
 async def test_flood_while_postgres_is_down_keeps_memory_bounded(
-    make_settings, aiohttp_client, pg_proxy, database_url, cwd_root, pool, workspace_id
+    pg_proxy, make_settings, aiohttp_client, database_url, cwd_root, pool, workspace_id
 ):
     settings = make_settings(
         database_url=pg_proxy.rewrite(database_url), event_buffer_bytes=BUFFER
@@ -173,7 +173,7 @@ async def test_flood_while_postgres_is_down_keeps_memory_bounded(
 
 
 async def test_stopping_an_agent_held_back_by_the_buffer(
-    make_settings, aiohttp_client, pg_proxy, database_url, cwd_root, pool, workspace_id
+    pg_proxy, make_settings, aiohttp_client, database_url, cwd_root, pool, workspace_id
 ):
     """An agent held back by a full buffer (Postgres down) can still be stopped: it is
     reaped, and the stopped session's events no longer count against the buffer."""
@@ -206,3 +206,26 @@ async def test_stopping_an_agent_held_back_by_the_buffer(
     async with asyncio.timeout(WAIT):
         reply = await turn
     assert reply["error"]["code"] == -32000, reply
+
+
+async def test_stop_while_postgres_is_down_ends(
+    pg_proxy, make_settings, aiohttp_client, database_url, cwd_root, pool, workspace_id
+):
+    """The closed state is written with its event through the writer; while Postgres is
+    down a stop waits for it a bounded time, then tears down (shutdown must not hang)."""
+    settings = make_settings(database_url=pg_proxy.rewrite(database_url))
+    gw = await aiohttp_client(create_gateway(settings))
+    manager = gw.app[SESSION_MANAGER]
+    sid = (await ok(gw, "session/new", {"workspaceId": workspace_id}))["sessionId"]
+    await wait_ready(pool, sid)
+    live = manager.live[sid]
+    assert live.agent is not None
+    pid = live.agent.pid
+    await pg_proxy.stop()
+    try:
+        async with asyncio.timeout(WAIT):  # hang guard
+            await manager.stop(live, reason="shutdown")
+        assert sid not in manager.live
+        await wait_gone(pid)
+    finally:
+        await pg_proxy.start()

@@ -30,7 +30,8 @@ async def pg_proxy(database_url):
 
 
 @pytest.fixture
-async def stack(make_settings, aiohttp_client, pg_proxy, database_url, cwd_root):
+async def stack(pg_proxy, make_settings, aiohttp_client, database_url, cwd_root):
+    # pg_proxy first: it is torn down after the apps, which store their last states
     settings = make_settings(database_url=pg_proxy.rewrite(database_url))
     gw = await aiohttp_client(create_gateway(settings))
     q = await aiohttp_client(create_query(settings))
