@@ -29,7 +29,7 @@ from services.common.metrics import METRICS
 from services.gateway import capacity, modes, ownership, permissions, startup, turns
 from services.gateway.agents import AgentRequestFailed, on_exit_message
 from services.gateway.confine import agent_user, check_cwd, safe_segment
-from services.gateway.eventlog import EventWriter
+from services.gateway.eventlog import EventBuffer, EventWriter
 from services.gateway.failures import start_failure
 from services.gateway.keys import FANOUT
 from services.gateway.live import LiveSession, ResumeMode, settle_turn
@@ -53,6 +53,9 @@ from shared.redisconn import Redis
 from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+# how long stopping an agent waits for its final state to be stored before tearing down
+STOP_STORE_WAIT = 5.0
 
 
 @dataclass(slots=True)
@@ -88,6 +91,8 @@ class SessionManager:
         self.mcp = McpPolicy.from_settings(settings)
         self.agent_user = agent_user(settings)
         self.live: dict[str, LiveSession] = {}
+        # events waiting for Postgres, all sessions: full, agents' stdout is not read
+        self.event_buffer = EventBuffer(settings.event_buffer_bytes)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._resume_locks: dict[str, asyncio.Lock] = {}
         self.closed = False
@@ -147,15 +152,22 @@ class SessionManager:
             self.redis, self.channels, "session:updated", sid, workspace_id, changes
         )
 
-    async def set_state(
+    def record_state(
         self,
         live: LiveSession,
         acp_status: str,
         status: str,
+        event: dict[str, Any],
+        *,
         error: str | None = None,
         extra: dict[str, Any] | None = None,
-    ) -> None:
-        """Persist acp_status/status (+ error), then announce the changed wire fields."""
+    ) -> tuple[int, dict[str, Any]]:
+        """Queue `event` with the new acp_status/status (+ error) as one write.
+
+        The writer stores both in one statement, after everything queued before, so
+        whoever reads the new state on the row finds its event in the log. Returns the
+        event's position for `flush` and the changed wire fields for `announce`.
+        """
         changes: dict[str, Any] = dict(extra or {})
         if acp_status != live.acp_status or error:
             changes["acpStatus"] = acp_status
@@ -164,17 +176,42 @@ class SessionManager:
         if error:
             changes["acpError"] = error
         live.acp_status, live.status = acp_status, status
-        written = await sessions.set_state(
-            self.pool,
-            live.uuid,
-            acp_status=acp_status,
-            status=status,
-            acp_error=error,
-            generation=live.writer.generation,
+        position = live.writer.append(
+            event, state=session_events.State(acp_status, status, error)
         )
-        if written is None:
-            # another instance took the session over (or it was deleted): not ours to say
-            self.lease_lost(live)
+        return position, changes
+
+    async def set_state(
+        self,
+        live: LiveSession,
+        acp_status: str,
+        status: str,
+        event: dict[str, Any],
+        *,
+        error: str | None = None,
+        extra: dict[str, Any] | None = None,
+        store_wait: float | None = None,
+    ) -> None:
+        """`record_state`, wait until it is stored, then announce the changed fields.
+
+        `store_wait` bounds the wait (a stop must end while Postgres is down; the
+        writer's close then tries a while longer).
+        """
+        position, changes = self.record_state(
+            live, acp_status, status, event, error=error, extra=extra
+        )
+        try:
+            async with asyncio.timeout(store_wait):
+                await live.writer.flush(position)
+        except TimeoutError:
+            logger.warning(
+                "acp_status %s of %s not stored yet (Postgres down?)",
+                acp_status,
+                live.session_id,
+            )
+        if live.writer.fenced:
+            # another instance took the session over: not ours to say (the writer's
+            # on_fenced stops the agent here)
             return
         if changes:
             await self.announce(live.workspace_id, live.session_id, changes)
@@ -358,6 +395,7 @@ class SessionManager:
             uuid.UUID(row.session.session_id),
             on_batch=self.on_batch,
             generation=generation,
+            buffer=self.event_buffer,
         )
         live = LiveSession(self, row, writer)
         writer.on_fenced = lambda: self.lease_lost(live)
@@ -396,10 +434,15 @@ class SessionManager:
                 err = start_error
             live.ready.set_exception(err)
         turn = await turns.end_turn(self, live, error=message, settle=False)
-        # the row first: whoever sees the event and reads the session finds the new state
-        await self.set_state(live, "error", "closed", error=message)
-        live.emit("acp_status", status="error", error=message)
-        await live.writer.flush()
+        # the row and the event in one write: whoever sees either finds the other
+        await self.set_state(
+            live,
+            "error",
+            "closed",
+            gateway_update("acp_status", status="error", error=message),
+            error=message,
+            store_wait=STOP_STORE_WAIT,
+        )
         if turn is not None:
             settle_turn(turn)
         await self._teardown(live)
@@ -434,9 +477,13 @@ class SessionManager:
         )
         if live.agent is not None:
             await live.agent.stop()
-        await self.set_state(live, "closed", "closed")
-        live.emit("acp_status", status="closed")
-        await live.writer.flush()
+        await self.set_state(
+            live,
+            "closed",
+            "closed",
+            gateway_update("acp_status", status="closed"),
+            store_wait=STOP_STORE_WAIT,
+        )
         if turn is not None:
             settle_turn(turn)
         await self._teardown(live)
@@ -511,8 +558,12 @@ class SessionManager:
                     else "the gateway instance running it was lost"
                 )
                 live.emit("error", message=f"Turn interrupted: {cause}")
-            await self.set_state(live, "connecting", "idle")
-            live.emit("acp_status", status="connecting")
+            await self.set_state(
+                live,
+                "connecting",
+                "idle",
+                gateway_update("acp_status", status="connecting"),
+            )
             self.spawn(startup.start(self, live, StartRequest(resume=True)))
             await self._await_ready(live)
             return live, live.resume_mode

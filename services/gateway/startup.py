@@ -22,6 +22,7 @@ from services.gateway.live import LiveSession, current_model
 from services.gateway.modes import agent_set_mode, agent_set_model
 from shared.db import sessions
 from shared.errors import AgentError, ProviderUnavailable
+from shared.events import gateway_update
 from shared.providers import get_provider, provider_env
 
 if TYPE_CHECKING:
@@ -104,7 +105,7 @@ async def start_agent(
     await asyncio.to_thread(
         prepare_home, spec.home, live.provider, manager.settings.opencode_config
     )
-    agent = AgentProcess(spec, live)
+    agent = AgentProcess(spec, live, manager.event_buffer)
     live.agent = agent
     await agent.start()
     init = await agent.initialize()
@@ -168,8 +169,9 @@ async def start_agent(
         extra["model"] = agent_model
     if live.stopping:
         raise AgentDied("stopped while starting")
-    await manager.set_state(live, "ready", "idle", extra=extra)
-    live.emit("acp_status", status="ready")
+    await manager.set_state(
+        live, "ready", "idle", gateway_update("acp_status", status="ready"), extra=extra
+    )
     live.last_used = time.monotonic()
     if not live.ready.done():
         live.ready.set_result(None)

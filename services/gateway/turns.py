@@ -12,6 +12,7 @@ from services.gateway.agents import AgentDied, AgentRequestFailed
 from services.gateway.failures import call_failure
 from services.gateway.live import LiveSession, Turn, consume, settle_turn
 from shared.errors import AgentError, DependencyDown, SessionUnservable
+from shared.events import gateway_update
 
 if TYPE_CHECKING:
     from services.gateway.runtime import SessionManager
@@ -40,8 +41,13 @@ async def prompt(
     live.turn = turn
     live.last_used = time.monotonic()
     try:
-        # the user's message is in the log before the agent sees it
-        stored = live.emit("user_message", content={"type": "text", "text": text})
+        # the user's message is in the log before the agent sees it, with status active
+        stored, changes = manager.record_state(
+            live,
+            live.acp_status,
+            "active",
+            gateway_update("user_message", content={"type": "text", "text": text}),
+        )
         try:
             async with asyncio.timeout(USER_MESSAGE_STORE_WAIT):
                 await live.writer.flush(stored)
@@ -53,13 +59,19 @@ async def prompt(
         if live.writer.fenced:
             # not stored: another instance owns the session now; the prompt can go there
             raise SessionUnservable("Session taken over by another gateway instance")
-        await manager.set_state(live, live.acp_status, "active")
+        if changes:
+            await manager.announce(live.workspace_id, live.session_id, changes)
     except BaseException as err:
         if live.turn is turn:
             live.turn = None
         # the user_message is (or will be) stored: its turn ends there too (§9.25)
         reason = getattr(err, "message", None) or err.__class__.__name__
-        live.emit("error", message=f"The prompt was not started: {reason}")
+        manager.record_state(
+            live,
+            live.acp_status,
+            "idle",
+            gateway_update("error", message=f"The prompt was not started: {reason}"),
+        )
         raise
     turn.task = manager.spawn_task(run_turn(manager, live, turn, blocks))
     try:
@@ -134,10 +146,16 @@ async def end_turn(
     if turn.watchdog is not None and turn.watchdog is not asyncio.current_task():
         turn.watchdog.cancel()
     if error is not None:
-        live.emit("error", message=error)
+        event = gateway_update("error", message=error)
     else:
         assert result is not None
-        live.emit("turn_complete", **result)
+        event = gateway_update("turn_complete", **result)
+    changes: dict[str, Any] = {}
+    if live.stopping:
+        live.writer.append(event)  # the caller writes the final state after it
+    else:
+        # the turn's end and status idle: one write
+        _, changes = manager.record_state(live, live.acp_status, "idle", event)
     live.cancel_all_permissions()
     await live.writer.flush()
     if live.writer.fenced:
@@ -147,13 +165,14 @@ async def end_turn(
             "Session taken over by another gateway instance",
             None,
         )
+        changes = {}  # nor is its state ours to announce
     if live.turn is turn:
         live.turn = None
     if live.approve_scope == "turn":
         live.approve_scope = None
     live.last_used = time.monotonic()
-    if not live.stopping:
-        await manager.set_state(live, live.acp_status, "idle")
+    if changes:
+        await manager.announce(live.workspace_id, live.session_id, changes)
     turn.outcome = result if error is None else (exc or AgentError(error))
     if settle:
         settle_turn(turn)

@@ -30,7 +30,8 @@ async def pg_proxy(database_url):
 
 
 @pytest.fixture
-async def stack(make_settings, aiohttp_client, pg_proxy, database_url, cwd_root):
+async def stack(pg_proxy, make_settings, aiohttp_client, database_url, cwd_root):
+    # pg_proxy first: it is torn down after the apps, which store their last states
     settings = make_settings(database_url=pg_proxy.rewrite(database_url))
     gw = await aiohttp_client(create_gateway(settings))
     q = await aiohttp_client(create_query(settings))
@@ -171,3 +172,34 @@ async def test_prompt_while_postgres_is_down_fails_fast(
         kinds(evs).count("turn_complete") + kinds(evs).count("error")
     )
     _check_answered_turns(evs, {"back": "echo: back"})
+
+
+async def test_lost_commit_reply_mid_turn_stores_each_event_once(
+    stack, pg_proxy, pool, workspace_id
+):
+    """Postgres commits a batch of a streaming turn but its reply is lost, then the
+    connection drops (issue 12 item 12): the log holds each tick once, ids contiguous."""
+    gw, _q = stack
+    sid = (await ok(gw, "session/new", {"workspaceId": workspace_id}))["sessionId"]
+    await wait_ready(pool, sid)
+    text = "/slow 1.5"
+    turn = asyncio.create_task(
+        call(gw, "session/prompt", {"sessionId": sid, "prompt": text})
+    )
+    async with asyncio.timeout(HANG_GUARD):
+        while (await events(pool, sid))[-1]["update"][
+            "sessionUpdate"
+        ] != "agent_message_chunk":
+            await asyncio.sleep(0.01)
+    pg_proxy.drop_replies = True
+    before = len(await events(pool, sid))
+    # a batch committed after this point: its reply is dropped, the writer waits on it
+    async with asyncio.timeout(HANG_GUARD):
+        while len(await events(pool, sid)) == before:
+            await asyncio.sleep(0.01)
+    pg_proxy.drop_replies = False
+    await pg_proxy.cut()
+    async with asyncio.timeout(HANG_GUARD):
+        reply = await turn
+    assert reply["result"]["stopReason"] == "end_turn", reply
+    _check_answered_turns(await events(pool, sid), {text: "tick " * 15})
