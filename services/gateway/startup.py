@@ -169,12 +169,17 @@ async def start_agent(
         extra["model"] = agent_model
     if live.stopping:
         raise AgentDied("stopped while starting")
-    await manager.set_state(
+    position, changes = manager.record_state(
         live, "ready", "idle", gateway_update("acp_status", status="ready"), extra=extra
     )
+    # ready here before the row and the log can say so: whoever reads ready there finds
+    # the session usable (idle for MAX_SESSIONS); its next events queue behind this one
     live.last_used = time.monotonic()
     if not live.ready.done():
         live.ready.set_result(None)
+    await live.writer.flush(position)
+    if changes and not live.writer.fenced:
+        await manager.announce(live.workspace_id, live.session_id, changes)
 
 
 def absorb(live: LiveSession, result: dict[str, Any]) -> None:
