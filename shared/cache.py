@@ -21,46 +21,6 @@ logger = logging.getLogger(__name__)
 
 LIST_TTL_SECONDS = 300
 
-# KEYS[1] generation, KEYS[2] lists hash; ARGV[1] generation seen before the read,
-# ARGV[2] field, ARGV[3] body, ARGV[4] ttl
-_STORE_IF_CURRENT = """
-local gen = redis.call('GET', KEYS[1]) or '0'
-if gen == ARGV[1] then
-  redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
-  redis.call('EXPIRE', KEYS[2], tonumber(ARGV[4]))
-  return 1
-end
-return 0
-"""
-
-
-async def generation(redis: Redis, channels: Channels) -> str:
-    value = await redis.get(channels.cache_sessions_generation())
-    if value is None:
-        return "0"
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-async def get_list(redis: Redis, channels: Channels, query_key: str) -> bytes | None:
-    value = await redis.hget(channels.cache_sessions_lists(), query_key)
-    return value if isinstance(value, bytes) else None
-
-
-async def store_list(
-    redis: Redis, channels: Channels, query_key: str, seen_generation: str, body: bytes
-) -> bool:
-    stored = await redis.eval(
-        _STORE_IF_CURRENT,
-        2,
-        channels.cache_sessions_generation(),
-        channels.cache_sessions_lists(),
-        seen_generation,
-        query_key,
-        body,
-        LIST_TTL_SECONDS,
-    )
-    return bool(stored)
-
 
 def queue_invalidation(pipe: Pipeline, channels: Channels) -> None:
     """The commands of `invalidate_sessions`, added to a caller's pipeline."""
@@ -85,6 +45,8 @@ async def try_invalidate_sessions(redis: Redis, channels: Channels) -> bool:
     return True
 
 
+# KEYS[1] generation, KEYS[2] lists hash; ARGV[1] generation seen before the read,
+# ARGV[2] field, ARGV[3] body, ARGV[4] ttl, ARGV[5] until.
 # Entries with a freshness bound: the body plus `<field>#until` (epoch ms). Some answers
 # change without a writer (a lease runs out, lastActivity moves during a turn); the bound
 # makes such an entry a miss once it may be stale. Readers that find no `#until` field
@@ -127,7 +89,7 @@ async def store_list_until(
     body: bytes,
     until_ms: int,
 ) -> bool:
-    """Like `store_list`, with a freshness bound; stores only if the generation is unchanged."""
+    """Store a list body with a freshness bound, only if the generation is unchanged."""
     stored = await redis.eval(
         _STORE_IF_CURRENT_UNTIL,
         2,

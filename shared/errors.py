@@ -36,11 +36,6 @@ class BadRequest(DomainError):
     jsonrpc_code = INVALID_PARAMS
 
 
-class Unauthorized(DomainError):
-    http_status = 401
-    jsonrpc_code = INVALID_REQUEST
-
-
 class Forbidden(DomainError):
     http_status = 403
     jsonrpc_code = INVALID_REQUEST
@@ -81,11 +76,6 @@ class PayloadTooLarge(DomainError):
 class UnsupportedMediaType(DomainError):
     http_status = 415
     jsonrpc_code = INVALID_REQUEST
-
-
-class RateLimited(DomainError):
-    http_status = 429
-    jsonrpc_code = AGENT_ERROR
 
 
 class AgentError(DomainError):

@@ -6,13 +6,17 @@ import os
 import shutil
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from shared.settings import Settings
 
 ResumeMode = Literal["native", "replay", "both"]
+
+# What the echo agent offers (api.md §10): its catalogue takes them from here.
+ECHO_MODES: dict[str, str] = {"chat": "Chat", "plan": "Plan"}
+ECHO_MODELS: dict[str, str] = {"echo-small": "Echo small", "echo-large": "Echo large"}
 
 # where scripts/install-agents puts the pinned agents (agents/package-lock.json)
 AGENTS_BIN = Path(__file__).resolve().parents[1] / "agents" / "node_modules" / ".bin"
@@ -39,6 +43,10 @@ class Provider:
         None  # Settings attribute holding an explicit binary path
     )
     env: tuple[tuple[str, str], ...] = ()  # always set in this provider's agents
+    # Modes and models (id → name) the preset is known to offer, checked by session/new
+    # before the agent answers; empty: whatever the agent offers.
+    modes: dict[str, str] = field(default_factory=dict, hash=False)
+    models: dict[str, str] = field(default_factory=dict, hash=False)
 
     def resume_capabilities(self) -> dict[str, object]:
         return {"supported": self.resume_supported, "mode": self.resume_mode}
@@ -55,6 +63,8 @@ PROVIDERS: dict[str, Provider] = {
             ("-m", "services.echo"),
             True,
             "replay",
+            modes=ECHO_MODES,
+            models=ECHO_MODELS,
         ),
         Provider(
             "opencode",

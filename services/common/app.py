@@ -6,9 +6,10 @@ from aiohttp import web
 
 from services.common.auth import setup_auth
 from services.common.health import Health, setup_health
-from services.common.http import MAX_BODY_BYTES, setup_http
+from services.common.http import MAX_BODY_BYTES
 from services.common.keys import CHANNELS, PG_POOL, REDIS, SETTINGS
 from services.common.metrics import setup_metrics
+from services.common.middleware import setup_http
 from services.common.resources import postgres_ctx, redis_ctx
 from services.common.shares import setup_share_revocations
 from shared.channels import Channels

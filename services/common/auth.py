@@ -287,9 +287,10 @@ class AuthState:
         cached = self.session_workspaces.get(session_id)
         if cached is not None:
             return cached
-        if sessions_db.parse_session_id(session_id) is None:
+        sid = sessions_db.parse_session_id(session_id)
+        if sid is None:
             return None
-        session = await sessions_db.get(self.pool, session_id)
+        session = await sessions_db.get(self.pool, sid)
         if session is None:
             return None
         if len(self.session_workspaces) >= CACHE_MAX:

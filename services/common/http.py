@@ -1,4 +1,4 @@
-"""aiohttp pieces both processes use: error middleware, request ids, JSON bodies and replies."""
+"""aiohttp pieces both processes use: error mapping, request ids, JSON bodies and replies."""
 
 from __future__ import annotations
 
@@ -41,14 +41,6 @@ def json_response(
 
 def error_response(status: int, message: str) -> web.Response:
     return json_response({"error": message}, status=status)
-
-
-def setup_http(app: web.Application) -> None:
-    """The process's one middleware: request id, log context, metrics, auth, error mapping."""
-    from services.common.middleware import app_middleware  # it imports this module
-
-    if app_middleware not in app.middlewares:
-        app.middlewares.append(app_middleware)
 
 
 def stamp_request_id(request: web.Request, response: web.StreamResponse) -> None:

@@ -14,16 +14,18 @@ from acp.schema import (
     SessionModeState,
 )
 
+from shared.providers import ECHO_MODELS, ECHO_MODES
+
 PROTOCOL_VERSION = 1
 AGENT_NAME = "echo"
 AGENT_TITLE = "Echo"
 AGENT_VERSION = "0.1.0"
 
-MODES: dict[str, str] = {"chat": "Chat", "plan": "Plan"}
+MODES: dict[str, str] = ECHO_MODES
 DEFAULT_MODE = "chat"
 
 MODEL_CONFIG_ID = "model"
-MODELS: dict[str, str] = {"echo-small": "Echo small", "echo-large": "Echo large"}
+MODELS: dict[str, str] = ECHO_MODELS
 DEFAULT_MODEL = "echo-small"
 
 # The gateway cannot load an echo session: it re-creates one and keeps its own event log.

@@ -4,13 +4,17 @@
 without replaying history, so it is preferred over `session/load` (api.md §5.4: resumeMode
 `resumed`, then `native`, then `recreated`). `session/close` and `session/delete` are
 courtesies on the way out: best effort with a short timeout, never blocking a stop.
+
+Functions of the agent process and what it advertised; the session actor (live.py) calls
+them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
 from services.gateway.agents import (
     AgentDied,
@@ -18,9 +22,6 @@ from services.gateway.agents import (
     AgentRequestFailed,
     AgentTimeout,
 )
-
-if TYPE_CHECKING:
-    from services.gateway.live import LiveSession
 
 logger = logging.getLogger(__name__)
 
@@ -42,39 +43,45 @@ def offers(capabilities: dict[str, Any], name: str) -> bool:
 
 
 async def try_resume(
-    live: LiveSession, agent: AgentProcess, mcp_servers: list[Any]
+    agent: AgentProcess,
+    capabilities: dict[str, Any],
+    routa_agent_id: str | None,
+    cwd: Path,
+    mcp_servers: list[Any],
 ) -> dict[str, Any] | None:
     """The agent's session/resume result; None when not offered or the agent refused it."""
-    if not live.routa_agent_id or not offers(live.capabilities, "resume"):
+    if not routa_agent_id or not offers(capabilities, "resume"):
         return None
     try:
         result = await agent.request(
             "session/resume",
-            {
-                "sessionId": live.routa_agent_id,
-                "cwd": str(live.cwd),
-                "mcpServers": mcp_servers,
-            },
+            {"sessionId": routa_agent_id, "cwd": str(cwd), "mcpServers": mcp_servers},
         )
     except AgentRequestFailed as err:
         # the agent no longer knows it (restarted without state): load or recreate
-        logger.info("session/resume refused for %s: %s", live.session_id, err.message)
+        logger.info(
+            "session/resume refused for %s: %s", agent.spec.session_id, err.message
+        )
         return None
     return result if isinstance(result, dict) else {}
 
 
-async def farewell(live: LiveSession, reason: str) -> None:
+async def farewell(
+    agent: AgentProcess | None,
+    capabilities: dict[str, Any],
+    routa_agent_id: str | None,
+    reason: str,
+) -> None:
     """session/delete on delete, session/close on disconnect or idle stop, when offered."""
-    agent = live.agent
-    if agent is None or not live.agent_session_id or agent.exited.done():
+    if agent is None or not routa_agent_id or agent.exited.done():
         return
-    if reason == "deleted" and offers(live.capabilities, "delete"):
+    if reason == "deleted" and offers(capabilities, "delete"):
         method = "session/delete"
-    elif reason in CLOSE_REASONS and offers(live.capabilities, "close"):
+    elif reason in CLOSE_REASONS and offers(capabilities, "close"):
         method = "session/close"
     else:
         return
     with contextlib.suppress(AgentRequestFailed, AgentDied, AgentTimeout):
         await agent.request(
-            method, {"sessionId": live.agent_session_id}, timeout=FAREWELL_TIMEOUT
+            method, {"sessionId": routa_agent_id}, timeout=FAREWELL_TIMEOUT
         )

@@ -12,9 +12,9 @@ from services.common.health import HEALTH
 from services.common.keys import SETTINGS
 from services.gateway import commands, forwarding, jsonrpc
 from services.gateway.confine import agent_user, warn_if_root
-from services.gateway.fanout import close_streams_on_shutdown
 from services.gateway.keys import SESSION_MANAGER
 from services.gateway.mcp import McpPolicy
+from services.gateway.sse import close_streams_on_shutdown
 from shared.settings import Settings
 
 DEFAULT_PORT = 8001

@@ -19,6 +19,7 @@ from redis.exceptions import RedisError
 
 from services.common.keys import CHANNELS, REDIS, SETTINGS
 from services.gateway.keys import SESSION_MANAGER
+from services.gateway.sse import close_session_streams
 
 logger = logging.getLogger(__name__)
 
@@ -34,12 +35,7 @@ async def handle_control(app: web.Application, message: dict[str, Any]) -> bool:
     reason = reason if reason in ("deleted", "disconnected") else "disconnected"
     stopped = await app[SESSION_MANAGER].stop_quiet(session_id, reason)
     if reason == "deleted":
-        try:
-            from services.gateway.fanout import close_session_streams
-        except ImportError:  # pragma: no cover - the streams module is optional
-            pass
-        else:
-            _ = close_session_streams(app, session_id)
+        _ = close_session_streams(app, session_id)
     return stopped
 
 

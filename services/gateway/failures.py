@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
 
 from services.gateway.agents import (
     AgentDied,
+    AgentProcess,
     AgentRequestFailed,
     AgentTimeout,
     on_exit_message,
 )
-from shared.errors import PROVIDER_UNAVAILABLE, AgentError
-
-if TYPE_CHECKING:
-    from services.gateway.live import LiveSession
+from shared.errors import PROVIDER_UNAVAILABLE, AgentError, ProviderUnavailable
 
 
 class AgentCallFailed(AgentError):
@@ -74,6 +71,10 @@ def start_failure(err: AgentRequestFailed, provider: str, message: str) -> Agent
     return AgentError(message, data={"agentError": err.agent_error()})
 
 
+# what an agent request can raise besides the caller's own errors
+AGENT_FAILURES = (AgentRequestFailed, AgentDied, AgentTimeout)
+
+
 def agent_failure(err: Exception, what: str) -> AgentError:
     """Map an agents.py exception to the JSON-RPC error the caller gets."""
     if isinstance(err, AgentRequestFailed):
@@ -83,12 +84,13 @@ def agent_failure(err: Exception, what: str) -> AgentError:
     return AgentError(f"Agent process is not running ({what})")
 
 
-def start_error(err: Exception, live: LiveSession) -> str:
-    tail = live.agent.last_stderr() if live.agent else ""
+def start_error(err: Exception, agent: AgentProcess | None) -> str:
+    """The acp_error of a start that failed with `err`, with the agent's last stderr."""
+    tail = agent.last_stderr() if agent else ""
     if isinstance(err, AgentRequestFailed):
         msg = f"Agent error: {err.message}"
-    elif isinstance(err, AgentDied) and live.agent and live.agent.exited.done():
-        msg = on_exit_message(live.agent.exited.result(), "")
+    elif isinstance(err, AgentDied) and agent and agent.exited.done():
+        msg = on_exit_message(agent.exited.result(), "")
     elif isinstance(err, OSError):
         msg = f"Cannot start agent: {err}"
     else:
@@ -96,3 +98,14 @@ def start_error(err: Exception, live: LiveSession) -> str:
     if tail and "last stderr" not in msg:
         msg += f"; last stderr: {tail}"
     return msg
+
+
+def not_ready(
+    message: str, cause: Exception | None, provider: str
+) -> AgentError | ProviderUnavailable:
+    """What callers waiting for a failed start get: the agent's error when it gave one."""
+    if isinstance(cause, AgentRequestFailed):
+        return start_failure(cause, provider, message)
+    if isinstance(cause, ProviderUnavailable):
+        return cause
+    return AgentError(message)

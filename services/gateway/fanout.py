@@ -28,20 +28,17 @@ import struct
 import termios
 import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
 import orjson
 import redis.asyncio as aioredis
-from aiohttp import web
 from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from services.common.keys import CHANNELS, SETTINGS
-from services.gateway.keys import FANOUT, STREAM_CONFIG
 from shared.channels import Channels
 from shared.settings import Settings
 
@@ -820,32 +817,3 @@ class Fanout:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def close_session_streams(app: web.Application, session_id: str) -> int:
-    """End every stream of a session on this process (called when it is deleted)."""
-    fanout = app.get(FANOUT)
-    return fanout.close_session(session_id, "deleted") if fanout is not None else 0
-
-
-async def fanout_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Owns the listener task; after the Redis ctx so Redis is closed after it stops."""
-    config = app.get(STREAM_CONFIG) or StreamConfig()
-    settings = app[SETTINGS]
-    fanout = Fanout(
-        settings.redis_url,
-        app[CHANNELS],
-        config,
-        StreamLimits.from_settings(settings),
-    )
-    app[FANOUT] = fanout
-    await fanout.start()
-    yield
-    await fanout.stop()
-
-
-async def close_streams_on_shutdown(app: web.Application) -> None:
-    """on_shutdown: a sentinel in every queue, so handlers return at once (house-style §2.9)."""
-    fanout = app.get(FANOUT)
-    if fanout is not None:
-        fanout.close_all("shutdown")

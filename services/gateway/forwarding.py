@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -229,7 +230,7 @@ async def route(call: RpcCall, local: Method) -> Any:
         return await local(call)
     for attempt in range(1, ROUTE_ATTEMPTS + 1):
         last = attempt == ROUTE_ATTEMPTS
-        owner = await manager.remote_owner(sid, call.allowed_workspaces)
+        owner = await manager.leases.remote_owner(sid, call.allowed_workspaces)
         if owner is None:
             try:
                 return await local(call)
@@ -252,18 +253,18 @@ async def route(call: RpcCall, local: Method) -> Any:
             if call.method == "session/prompt":
                 # The turn died with its owner; adopt now so the log ends that turn and
                 # the next call finds the session here.
-                if await manager.adopt(sid, owner):
+                if await manager.leases.adopt(sid, owner):
                     with contextlib.suppress(DomainError):
                         await manager.ensure_live(sid, call.allowed_workspaces)
                 raise AgentError(
                     f"Gateway instance {owner} stopped during the prompt; "
                     "the session can be prompted again"
                 ) from err
-            if await manager.adopt(sid, owner):
+            if await manager.leases.adopt(sid, owner):
                 return await local(call)
             continue
         except OwnerUnreachable:
-            if await manager.adopt(sid, owner):
+            if await manager.leases.adopt(sid, owner):
                 logger.info("adopting session %s from %s", sid, owner)
                 return await local(call)
             continue
@@ -286,12 +287,8 @@ async def route(call: RpcCall, local: Method) -> Any:
 
 
 def routed(local: Method) -> Method:
-    """`local` wrapped so that it runs wherever the session lives (see `route`)."""
-
-    async def method(call: RpcCall) -> Any:
-        return await route(call, local)
-
-    return method
+    """`local` bound into `route`, so that it runs wherever the session lives."""
+    return functools.partial(route, local=local)
 
 
 def link_ctx(

@@ -1,19 +1,16 @@
 """Typed AppKeys of the gateway process (house-style §4.2 rule 2).
 
-Gateway modules import their keys from here; this module imports no gateway module at run
-time (types are referenced under TYPE_CHECKING), so anything may import it without cycles.
-Add new keys at the end; never rename one.
+Gateway modules import their keys from here. The types come from modules that import
+no keys (the fan-out and the session manager sit below the wiring), so importing this
+module never closes a cycle. Add new keys at the end; never rename one.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from aiohttp import web
 
-if TYPE_CHECKING:
-    from services.gateway.fanout import Fanout, StreamConfig
-    from services.gateway.runtime import SessionManager
+from services.gateway.fanout import Fanout, StreamConfig
+from services.gateway.runtime import SessionManager
 
 # The per-process fan-out of session events to SSE streams; also the registry of open streams.
 FANOUT: web.AppKey[Fanout] = web.AppKey("fanout")

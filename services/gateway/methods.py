@@ -1,64 +1,37 @@
-"""The session JSON-RPC methods (api.md §5.2-§5.4): validate params, call the SessionManager.
+"""The session JSON-RPC methods (api.md §5.2-§5.4): validate params, call the session.
 
 Params are validated with pydantic (unknown keys ignored, wrong types → -32602 naming the
-field); the work happens in runtime.SessionManager, which takes plain arguments.
+field). A method looks its session up in the SessionManager (runtime.py), which resumes it
+here when needed, then calls the session itself (live.LiveSession) with plain arguments.
 """
 
 from __future__ import annotations
 
-import uuid
+from collections.abc import AsyncIterator
 from typing import Any, Literal, TypeVar
 
 import orjson
 import structlog
 from aiohttp import web
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
-from pydantic.alias_generators import to_camel
+from pydantic import AliasChoices, BaseModel, Field, ValidationError
 
-from services.common.keys import SETTINGS
-from services.echo.catalog import MODELS as ECHO_MODELS
-from services.echo.catalog import MODES as ECHO_MODES
-from services.gateway import config, control, elicitation, jsonrpc
+from services.common.keys import CHANNELS, PG_POOL, REDIS, SETTINGS
+from services.common.metrics import METRICS
+from services.gateway import control, jsonrpc
+from services.gateway.elicitation import no_pending as no_pending_elicitation
 from services.gateway.forwarding import routed
-from services.gateway.keys import SESSION_MANAGER
+from services.gateway.keys import FANOUT, SESSION_MANAGER
+from services.gateway.params import NewParams, Params
+from services.gateway.permissions import no_pending
 from services.gateway.rpc import METHODS, MethodRegistry, RpcCall
-from services.gateway.runtime import NewSessionArgs, SessionManager, manager_ctx
+from services.gateway.runtime import SessionManager
 from services.gateway.tracing import with_traceparent
 from shared.errors import BadRequest, UnknownWorkspace
 from shared.models.limits import check_params
-from shared.models.session import ROLES
-from shared.providers import PROVIDERS, resolve_binary
-
-NAME_MAX = 200
+from shared.models.session import NAME_MAX, ROLES
+from shared.providers import PROVIDERS, get_provider, resolve_binary
 
 P = TypeVar("P", bound=BaseModel)
-
-
-class Params(BaseModel):
-    # One spelling per parameter, camelCase: a snake_case key is unknown, so ignored like
-    # any other unknown key. The scope check reads these same camelCase keys from the raw
-    # params, so no second spelling can carry an id past it.
-    model_config = ConfigDict(alias_generator=to_camel, extra="ignore", strict=True)
-
-
-class NewParams(Params):
-    workspace_id: str
-    name: str | None = None
-    cwd: str | None = None
-    branch: str | None = None
-    provider: str | None = None
-    mode_id: str | None = Field(
-        default=None, validation_alias=AliasChoices("modeId", "mode")
-    )
-    role: str | None = None
-    model: str | None = None
-    parent_session_id: str | None = None
-    specialist_id: str | None = None
-    mcp_servers: list[Any] | None = None  # entries or names: checked by McpPolicy
-    idempotency_key: str | None = None
-    auto_approve_permissions: bool | None = None
-    custom_command: str | None = None
-    custom_args: list[str] | None = None
 
 
 class SessionParams(Params):
@@ -190,48 +163,30 @@ async def session_new(call: RpcCall) -> dict[str, Any]:
     role = (p.role or "CRAFTER").upper()
     if role not in ROLES:
         raise BadRequest(f"Invalid role: {p.role!r} (one of {', '.join(ROLES)})")
-    parent: uuid.UUID | None = None
-    if p.parent_session_id is not None:
-        try:
-            parent = uuid.UUID(p.parent_session_id)
-        except ValueError as err:
+    _ = p.parent()  # -32602 naming parentSessionId, in the order of the checks
+    manager = _manager(call)
+    # The agent answers after session/new has replied: what a preset is known to offer
+    # is checked up front (§9.26).
+    preset = get_provider(p.provider_id(manager.settings.default_provider))
+    if preset is not None:
+        if p.model is not None and preset.models and p.model not in preset.models:
             raise BadRequest(
-                f"Invalid parentSessionId: {p.parent_session_id!r} is not a session id"
-            ) from err
-    provider = p.provider or (
-        "custom"
-        if p.custom_command
-        else call.app[SESSION_MANAGER].settings.default_provider
-    )
-    # echo answers after session/new has replied, so check what it offers up front (§9.26)
-    if provider == "echo":
-        if p.model is not None and p.model not in ECHO_MODELS:
-            raise BadRequest(
-                f"Invalid model: {p.model!r} is not offered by echo ({', '.join(ECHO_MODELS)})"
+                f"Invalid model: {p.model!r} is not offered by {preset.id} ({', '.join(preset.models)})"
             )
-        if p.mode_id is not None and p.mode_id not in ECHO_MODES:
+        if p.mode_id is not None and preset.modes and p.mode_id not in preset.modes:
             raise BadRequest(
-                f"Invalid modeId: {p.mode_id!r} is not offered by echo ({', '.join(ECHO_MODES)})"
+                f"Invalid modeId: {p.mode_id!r} is not offered by {preset.id} ({', '.join(preset.modes)})"
             )
-    created = await _manager(call).create(
-        NewSessionArgs(
-            workspace_id=workspace_id,
-            name=check_name(p.name),
-            cwd=p.cwd,
-            branch=p.branch,
-            provider=p.provider,
-            mode_id=p.mode_id,
-            role=role,
-            model=p.model,
-            parent_session_id=parent,
-            specialist_id=p.specialist_id,
-            mcp_servers=_manager(call).mcp.check(p.mcp_servers),
-            idempotency_key=p.idempotency_key or None,
-            auto_approve_permissions=bool(p.auto_approve_permissions),
-            custom_command=p.custom_command,
-            custom_args=p.custom_args,
-        )
+    checked = p.model_copy(
+        update={
+            "workspace_id": workspace_id,
+            "role": role,
+            "name": check_name(p.name),
+            "mcp_servers": manager.mcp.check(p.mcp_servers),
+            "idempotency_key": p.idempotency_key or None,
+        }
     )
+    created = await manager.create(checked)
     structlog.contextvars.bind_contextvars(session_id=created["sessionId"])
     return created
 
@@ -246,34 +201,37 @@ async def session_prompt(call: RpcCall) -> dict[str, Any]:
     meta, traceparent = with_traceparent(client_meta)
     # the access log line and every log line of this turn carry it
     structlog.contextvars.bind_contextvars(traceparent=traceparent)
-    return await _manager(call).prompt(
-        p.session_id, blocks, text, call.allowed_workspaces, meta=meta
-    )
+    live = await _manager(call).session(p.session_id, call.allowed_workspaces)
+    return await live.prompt(blocks, text, meta)
 
 
 async def session_cancel(call: RpcCall) -> dict[str, Any]:
     p = parse(SessionParams, call.params)
-    await _manager(call).cancel(p.session_id, call.allowed_workspaces)
+    # only a running agent has a turn to cancel: no resume for it
+    live = await _manager(call).find(p.session_id, call.allowed_workspaces)
+    if live is not None:
+        await live.cancel()
     return {}
 
 
 async def session_set_mode(call: RpcCall) -> dict[str, Any]:
     p = parse(SetModeParams, call.params)
-    await _manager(call).set_mode(p.session_id, p.mode_id, call.allowed_workspaces)
+    live = await _manager(call).session(p.session_id, call.allowed_workspaces)
+    await live.set_mode(p.mode_id)
     return {}
 
 
 async def session_set_model(call: RpcCall) -> dict[str, Any]:
     p = parse(SetModelParams, call.params)
-    await _manager(call).set_model(p.session_id, p.model, call.allowed_workspaces)
+    live = await _manager(call).session(p.session_id, call.allowed_workspaces)
+    await live.set_model(p.model)
     return {}
 
 
 async def session_set_config_option(call: RpcCall) -> dict[str, Any]:
     p = parse(SetConfigOptionParams, call.params)
-    return await config.set_config_option(
-        _manager(call), p.session_id, p.config_id, p.value, call.allowed_workspaces
-    )
+    live = await _manager(call).session(p.session_id, call.allowed_workspaces)
+    return await live.set_config_option(p.config_id, p.value)
 
 
 async def session_load(call: RpcCall) -> dict[str, Any]:
@@ -286,27 +244,19 @@ async def session_respond_user_input(call: RpcCall) -> dict[str, Any]:
     r = p.response
     if r.option_id is None and r.decision is None:
         raise BadRequest("Invalid params: response needs optionId or decision")
-    await _manager(call).respond(
-        p.session_id,
-        p.tool_call_id,
-        r.option_id,
-        r.decision,
-        r.scope,
-        call.allowed_workspaces,
-    )
+    live = await _manager(call).find(p.session_id, call.allowed_workspaces)
+    if live is None:
+        raise no_pending(p.tool_call_id)
+    live.respond(p.tool_call_id, r.option_id, r.decision, r.scope)
     return {"ok": True}
 
 
 async def session_respond_elicitation(call: RpcCall) -> dict[str, Any]:
     p = parse(RespondElicitationParams, call.params)
-    await elicitation.respond(
-        _manager(call),
-        p.session_id,
-        p.elicitation_id,
-        p.action,
-        p.content,
-        call.allowed_workspaces,
-    )
+    live = await _manager(call).find(p.session_id, call.allowed_workspaces)
+    if live is None:
+        raise no_pending_elicitation(p.elicitation_id)
+    live.respond_elicitation(p.elicitation_id, p.action, p.content)
     return {"ok": True}
 
 
@@ -335,11 +285,43 @@ async def providers_list(call: RpcCall) -> dict[str, Any]:
     return {"providers": entries}
 
 
+async def manager_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Cleanup context: after Postgres/Redis; stops every agent on exit."""
+    manager = SessionManager(app[SETTINGS], app[PG_POOL], app[REDIS], app[CHANNELS])
+    app[SESSION_MANAGER] = manager
+    fanout = app.get(FANOUT)
+    if fanout is not None:
+        manager.capacity.has_subscribers = lambda sid: fanout.subscriber_count(sid) > 0
+    metrics = app.get(METRICS)
+    if metrics is not None:
+        manager.deps.metrics = metrics
+        metrics.live_agents.set_function(lambda: len(manager.live))
+        written, latency = metrics.events_written, metrics.event_write_latency
+
+        def _observe(count: int, seconds: float) -> None:
+            written.inc(count)
+            latency.observe(seconds)
+
+        manager.on_batch = _observe
+
+        def _agent_failed(running: bool) -> None:
+            failures = (
+                metrics.agent_crashes if running else metrics.agent_start_failures
+            )
+            failures.inc()
+
+        manager.deps.on_agent_failure = _agent_failed
+    await manager.leases.release_stale()
+    manager.start_loops()
+    yield
+    await manager.close()
+
+
 def setup(app: web.Application) -> None:
     """The session manager (after Postgres/Redis), the control listener, the methods."""
     if METHODS not in app:
         app[METHODS] = MethodRegistry()
-    app.cleanup_ctx.append(manager_ctx(SESSION_MANAGER))
+    app.cleanup_ctx.append(manager_ctx)
     app.cleanup_ctx.append(control.control_ctx)
     registry = app[METHODS]
     registry.add("initialize", jsonrpc.initialize)

@@ -17,7 +17,6 @@ from pydantic.json_schema import models_json_schema
 
 from services.gateway.methods import (
     LoadParams,
-    NewParams,
     PromptParams,
     RespondElicitationParams,
     RespondParams,
@@ -26,6 +25,7 @@ from services.gateway.methods import (
     SetModelParams,
     SetModeParams,
 )
+from services.gateway.params import NewParams
 from shared.errors import (
     AGENT_ERROR,
     INTERNAL_ERROR,

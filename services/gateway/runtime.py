@@ -1,11 +1,9 @@
-"""The session manager: the live agents of this instance and the public API over them.
+"""The session manager: the registry of this instance's live sessions.
 
-Every state change is written to Postgres (the read side computes effective status from
-it and the lease), announced with a lifecycle message, and recorded as an event through
-the session's EventWriter, in that order where api.md requires it (§3.2, §9.2, §9.25).
-The work itself lives in one module per job: live.py (one session's state), startup.py
-(starting an agent), turns.py, permissions.py, modes.py (mode and model), ownership.py
-(leases, adoption, draining) and capacity.py (room and idle agents).
+It creates sessions (session/new) and resumes them here (session/load, and any call to
+a session whose agent is not running, §5.4), keeps room (capacity.py) and leases
+(ownership.py). Everything a session does is the session's own (live.LiveSession):
+methods look the session up here, then call it.
 """
 
 from __future__ import annotations
@@ -13,73 +11,46 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import shutil
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine
-from dataclasses import dataclass, field
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 import asyncpg
-from aiohttp import web
 
-from services.common.keys import CHANNELS, PG_POOL, REDIS, SETTINGS
-from services.common.metrics import METRICS, Metrics
-from services.gateway import (
-    capacity,
-    modes,
-    ownership,
-    permissions,
-    startup,
-    turns,
-)
-from services.gateway.agent_sessions import farewell
-from services.gateway.agents import AgentRequestFailed, on_exit_message
+from services.gateway.capacity import Capacity
 from services.gateway.confine import agent_user, check_cwd, safe_segment
 from services.gateway.eventlog import EventWriter
-from services.gateway.failures import start_failure
-from services.gateway.keys import FANOUT
-from services.gateway.live import LiveSession, ResumeMode, settle_turn
+from services.gateway.live import (
+    LiveSession,
+    ResumeMode,
+    SessionDeps,
+    StartRequest,
+    check_allowed,
+    session_uuid,
+)
 from services.gateway.mcp import McpPolicy
-from services.gateway.startup import StartRequest
+from services.gateway.ownership import Leases
+from services.gateway.params import NewParams
+from services.gateway.spec import provider_command
 from shared.channels import Channels
 from shared.db import session_events, sessions, workspaces
 from shared.db.connect import Connection, Pool
 from shared.errors import (
     AgentError,
     BadRequest,
-    ProviderUnavailable,
     SessionNotFound,
     SessionUnservable,
     UnknownWorkspace,
 )
 from shared.events import gateway_update
-from shared.lifecycle import session_changed, session_changed_with_events
-from shared.providers import Provider, get_provider, resolve_binary
+from shared.lifecycle import session_changed_with_events
+from shared.providers import get_provider
 from shared.redisconn import Redis
 from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(slots=True)
-class NewSessionArgs:
-    workspace_id: str
-    name: str | None = None
-    cwd: str | None = None
-    branch: str | None = None
-    provider: str | None = None
-    mode_id: str | None = None
-    role: str = "CRAFTER"
-    model: str | None = None
-    parent_session_id: uuid.UUID | None = None
-    specialist_id: str | None = None
-    mcp_servers: list[Any] = field(default_factory=list)  # as McpPolicy.check returns
-    idempotency_key: str | None = None
-    auto_approve_permissions: bool = False
-    custom_command: str | None = None
-    custom_args: list[str] | None = None
 
 
 class SessionManager:
@@ -92,31 +63,42 @@ class SessionManager:
         self.pool = pool
         self.redis = redis
         self.channels = channels
-        # what agents may be given and who they run as (checked at start: app.preflight)
-        self.mcp = McpPolicy.from_settings(settings)
-        self.agent_user = agent_user(settings)
         self.live: dict[str, LiveSession] = {}
+        self.deps = SessionDeps(
+            settings,
+            pool,
+            redis,
+            channels,
+            spawn=self.spawn,
+            forget=self._forget,
+            # what agents may be given and who they run as (checked at start: app.preflight)
+            mcp=McpPolicy.from_settings(settings),
+            agent_user=agent_user(settings),
+        )
+        self.capacity = Capacity(self.deps, self.live)
+        self.leases = Leases(self.deps, self.live)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._resume_locks: dict[str, asyncio.Lock] = {}
-        self.closed = False
-        # SIGTERM: no new sessions or turns here, running turns finish (drain()).
-        self.draining = False
         self._loops: list[asyncio.Task[None]] = []
-        # set by the app: whether a session has open SSE streams here (keeps it from idling)
-        self.has_subscribers: Callable[[str], bool] = lambda _sid: False
         # set by the app: (events, seconds) of each stored batch, for metrics
         self.on_batch: Callable[[int, float], None] | None = None
-        # set by the app: an agent failed, after it was ready (True: a crash) or before
-        self.on_agent_failure: Callable[[bool], None] | None = None
-        # set by the app: agents' token and cost counters (usage.py)
-        self.metrics: Metrics | None = None
+
+    @property
+    def draining(self) -> bool:
+        """SIGTERM: no new sessions or turns here, running turns finish (drain())."""
+        return self.deps.draining
+
+    @property
+    def closed(self) -> bool:
+        return self.deps.closed
+
+    @property
+    def mcp(self) -> McpPolicy:
+        return self.deps.mcp
 
     # --- tasks ------------------------------------------------------------------------
-    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run `coro` as a task this manager owns (cancelled on close)."""
-        _ = self.spawn_task(coro)
-
-    def spawn_task(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
@@ -129,18 +111,18 @@ class SessionManager:
 
     def start_loops(self) -> None:
         self._loops = [
-            asyncio.create_task(ownership.renew_loop(self), name="lease-renewal"),
-            asyncio.create_task(capacity.idle_loop(self), name="idle-sweeper"),
-            asyncio.create_task(ownership.sweep_loop(self), name="lease-sweeper"),
+            asyncio.create_task(self.leases.renew_loop(), name="lease-renewal"),
+            asyncio.create_task(self.capacity.idle_loop(), name="idle-sweeper"),
+            asyncio.create_task(self.leases.sweep_loop(), name="lease-sweeper"),
         ]
 
     async def close(self) -> None:
         """Stop every agent (status closed, leases released), then every task."""
-        self.closed = True
+        self.deps.closed = True
         for task in self._loops:
             task.cancel()
         await asyncio.gather(
-            *(self.stop(live, reason="shutdown") for live in list(self.live.values())),
+            *(live.stop(reason="shutdown") for live in list(self.live.values())),
             return_exceptions=True,
         )
         tasks = [*self._loops, *self._tasks]
@@ -151,93 +133,88 @@ class SessionManager:
             if stuck:
                 logger.error("%d session tasks did not stop: %s", len(stuck), stuck)
 
-    # --- state ------------------------------------------------------------------------
-    async def announce(
-        self, workspace_id: str, sid: str, changes: dict[str, Any]
-    ) -> None:
-        await session_changed(
-            self.redis, self.channels, "session:updated", sid, workspace_id, changes
-        )
+    async def drain(self, grace: float) -> None:
+        """SIGTERM: refuse new work, let running turns finish (up to `grace`), stop agents."""
+        await self.leases.drain(grace)
 
-    async def set_state(
-        self,
-        live: LiveSession,
-        acp_status: str,
-        status: str,
-        error: str | None = None,
-        extra: dict[str, Any] | None = None,
-    ) -> None:
-        """Persist acp_status/status (+ error), then announce the changed wire fields."""
-        changes: dict[str, Any] = dict(extra or {})
-        if acp_status != live.acp_status or error:
-            changes["acpStatus"] = acp_status
-        if status != live.status:
-            changes["status"] = status
-        if error:
-            changes["acpError"] = error
-        live.acp_status, live.status = acp_status, status
-        written = await sessions.set_state(
+    # --- the registry -----------------------------------------------------------------
+    def _register(
+        self, row: sessions.SessionRow, generation: int, claimed_at: float
+    ) -> LiveSession:
+        """A live session writing at lease `generation` (the one this instance claimed)."""
+        writer = EventWriter(
             self.pool,
-            live.uuid,
-            acp_status=acp_status,
-            status=status,
-            acp_error=error,
-            generation=live.writer.generation,
+            self.redis,
+            self.channels,
+            uuid.UUID(row.session.session_id),
+            on_batch=self.on_batch,
+            generation=generation,
         )
-        if written is None:
-            # another instance took the session over (or it was deleted): not ours to say
-            self.lease_lost(live)
-            return
-        if changes:
-            await self.announce(live.workspace_id, live.session_id, changes)
+        live = LiveSession(self.deps, row, writer)
+        writer.on_fenced = live.lease_lost
+        live.lease_until = claimed_at + self.settings.lease_ttl
+        self.live[live.session_id] = live
+        return live
+
+    def _forget(self, live: LiveSession) -> None:
+        if self.live.get(live.session_id) is live:
+            del self.live[live.session_id]
+
+    def is_live_here(self, sid: str) -> bool:
+        live = self.live.get(sid)
+        return live is not None and not live.stopping
+
+    async def find(
+        self, sid: str, allowed: frozenset[str] | None = None
+    ) -> LiveSession | None:
+        """The session's live agent here, else None; -32004 when there is no session."""
+        live = self.live.get(sid)
+        if live is None:
+            await self.get_session_or_404(sid, allowed)
+            return None
+        live.check_allowed(allowed)
+        return live
+
+    async def session(
+        self, sid: str, allowed: frozenset[str] | None = None
+    ) -> LiveSession:
+        """The live session, resumed here first when its agent is not running (§5.4)."""
+        live, _ = await self.ensure_live(sid, allowed)
+        return live
+
+    async def get_session_or_404(
+        self, sid: str, allowed: frozenset[str] | None = None
+    ) -> sessions.SessionRow:
+        row = await sessions.get_row(self.pool, session_uuid(sid))
+        if row is None:
+            raise SessionNotFound(sid)
+        check_allowed(row.session.workspace_id, sid, allowed)
+        return row
+
+    async def stop_quiet(self, sid: str, reason: str) -> bool:
+        """Stop an agent whose state the query service wrote (control message, §6)."""
+        live = self.live.get(sid)
+        if live is None:
+            return False
+        await live.stop(reason=reason, quiet=True)
+        return True
 
     # --- session/new ------------------------------------------------------------------
-    def provider_command(
-        self, provider: Provider, custom_command: str | None, custom_args: list[str]
-    ) -> tuple[str, tuple[str, ...]]:
-        """The executable and arguments, or -32002 saying what is missing."""
-        if provider.id == "custom":
-            if not custom_command:
-                raise BadRequest("Invalid customCommand: required for provider custom")
-            if not self.settings.allow_custom_commands:
-                raise BadRequest(
-                    "Invalid customCommand: custom commands are disabled (set ALLOW_CUSTOM_COMMANDS)"
-                )
-            found = shutil.which(custom_command)
-            if found is None:
-                raise ProviderUnavailable(
-                    f"Provider custom is not available: command {custom_command!r} not found"
-                )
-            return found, tuple(custom_args)
-        binary = resolve_binary(provider, self.settings)
-        if binary is None:
-            hint = (
-                f" (set {provider.env_override.upper()} or put it on PATH)"
-                if provider.env_override
-                else ""
-            )
-            raise ProviderUnavailable(
-                f"Provider {provider.id} is not available: binary {provider.binary!r} not found{hint}"
-            )
-        return binary, provider.args
+    async def create(self, args: NewParams) -> dict[str, Any]:
+        """Insert the row and event 1, announce, start the agent in the background.
 
-    async def _check_parent(self, parent: uuid.UUID, workspace_id: str) -> None:
-        """-32004 as for an unknown id unless the parent is a session of the same workspace
-        (so of the caller's scope too): no id reaches another workspace's session."""
-        if await sessions.workspace_of(self.pool, parent) != workspace_id:
-            raise SessionNotFound(str(parent))
-
-    async def create(self, args: NewSessionArgs) -> dict[str, Any]:
-        """Insert the row and event 1, announce, start the agent in the background."""
-        provider_id = args.provider or (
-            "custom" if args.custom_command else self.settings.default_provider
-        )
+        `args` as session/new checked them: workspace id and name trimmed, role upper case,
+        mcpServers through the policy.
+        """
+        provider_id = args.provider_id(self.settings.default_provider)
         provider = get_provider(provider_id)
         if provider is None:
             raise BadRequest(f"Invalid provider: unknown provider {provider_id!r}")
         if args.custom_command and provider.id != "custom":
             raise BadRequest("Invalid customCommand: only with provider custom")
-        self.provider_command(provider, args.custom_command, args.custom_args or [])
+        provider_command(
+            self.settings, provider, args.custom_command, args.custom_args or []
+        )
         session_id = uuid.uuid4()
         sid = str(session_id)
         if args.cwd is not None:
@@ -245,30 +222,32 @@ class SessionManager:
         else:
             cwd = self.settings.cwd_root / safe_segment(args.workspace_id) / sid
 
-        if args.parent_session_id is not None:
-            await self._check_parent(args.parent_session_id, args.workspace_id)
+        parent = args.parent()
+        if parent is not None:
+            await self._check_parent(parent, args.workspace_id)
         if self.draining:
             raise AgentError("Gateway draining")
-        await self.make_room()
+        await self.capacity.make_room()
         claimed_at = time.monotonic()
+        role = args.role or "CRAFTER"
         new = sessions.NewSession(
             session_id=session_id,
             workspace_id=args.workspace_id,
             cwd=str(cwd),
             provider=provider.id,
-            role=args.role,
+            role=role,
             name=args.name,
             branch=args.branch,
             mode_id=args.mode_id,
             model=args.model,
-            parent_session_id=args.parent_session_id,
+            parent_session_id=parent,
             specialist_id=args.specialist_id,
             owner_instance_id=self.settings.instance_id,
             lease_ttl=self.settings.lease_ttl,
-            auto_approve_permissions=args.auto_approve_permissions,
+            auto_approve_permissions=bool(args.auto_approve_permissions),
             custom_command=args.custom_command,
             custom_args=args.custom_args,
-            mcp_servers=args.mcp_servers,
+            mcp_servers=list(args.mcp_servers or []),
             idempotency_key=args.idempotency_key,
         )
         # Row, event 1 and the row as read back: one statement, one round trip. Only an
@@ -294,7 +273,7 @@ class SessionManager:
             except asyncpg.ForeignKeyViolationError as err:
                 if "parent" in (err.constraint_name or ""):
                     # deleted since _check_parent: unknown now
-                    raise SessionNotFound(str(args.parent_session_id)) from err
+                    raise SessionNotFound(str(parent)) from err
                 raise UnknownWorkspace(args.workspace_id) from err
         # event 1, the list invalidation and session:created in one Redis round trip
         await session_changed_with_events(
@@ -306,28 +285,36 @@ class SessionManager:
             row.session.wire(),
             [first],
         )
-        live = self._register(row, row.lease_generation)
-        live.lease_until = claimed_at + self.settings.lease_ttl
+        live = self._register(row, row.lease_generation, claimed_at)
         live.acp_status, live.status = "connecting", "idle"
-        self.spawn(
-            startup.start(
-                self,
-                live,
+        _ = self.spawn(
+            live.start(
                 StartRequest(
                     resume=False, user_mode=args.mode_id, user_model=args.model
-                ),
+                )
             )
         )
         return {
             "sessionId": sid,
             "provider": provider.id,
-            "role": args.role,
+            "role": role,
             "acpStatus": "connecting",
             "ownerInstanceId": self.settings.instance_id,
         }
 
+    async def _check_parent(self, parent: uuid.UUID, workspace_id: str) -> None:
+        """-32004 as for an unknown id unless the parent is a session of the same workspace
+        (so of the caller's scope too): no id reaches another workspace's session."""
+        if await sessions.workspace_of(self.pool, parent) != workspace_id:
+            raise SessionNotFound(str(parent))
+
+    async def check_cwd(self, workspace_id: str, cwd: str) -> Path:
+        """`cwd` resolved when inside the workspace's directory or one of its codebases."""
+        repos = await workspaces.repo_paths(self.pool, workspace_id)
+        return check_cwd(self.settings, workspace_id, cwd, repos)
+
     async def _idempotent_reply(
-        self, conn: Connection, args: NewSessionArgs
+        self, conn: Connection, args: NewParams
     ) -> dict[str, Any] | None:
         """The earlier reply for a repeated idempotency key, under its lock; else None."""
         assert args.idempotency_key is not None
@@ -356,119 +343,6 @@ class SessionManager:
         reply["cached"] = True
         return reply
 
-    async def check_cwd(self, workspace_id: str, cwd: str) -> Path:
-        """`cwd` resolved when inside the workspace's directory or one of its codebases."""
-        repos = await workspaces.repo_paths(self.pool, workspace_id)
-        return check_cwd(self.settings, workspace_id, cwd, repos)
-
-    def _register(self, row: sessions.SessionRow, generation: int) -> LiveSession:
-        """A live session writing at lease `generation` (the one this instance claimed)."""
-        writer = EventWriter(
-            self.pool,
-            self.redis,
-            self.channels,
-            uuid.UUID(row.session.session_id),
-            on_batch=self.on_batch,
-            generation=generation,
-        )
-        live = LiveSession(self, row, writer)
-        writer.on_fenced = lambda: self.lease_lost(live)
-        self.live[live.session_id] = live
-        return live
-
-    def lease_lost(self, live: LiveSession) -> None:
-        """Our lease generation is stale: stop the agent here and write nothing more."""
-        if live.stopping:
-            return
-        logger.warning("lost the lease of %s; stopping", live.session_id)
-        self.spawn(self.stop(live, reason="lease lost", quiet=True))
-
-    async def holds_lease(self, live: LiveSession) -> bool:
-        """Whether a side effect outside the log (fs write, terminal) may still happen."""
-        return await ownership.holds_lease(self, live)
-
-    async def make_room(self) -> None:
-        """At MAX_SESSIONS stop the least recently used idle agent, else -32000."""
-        await capacity.make_room(self)
-
-    # --- agent lifecycle --------------------------------------------------------------
-    async def fail(
-        self, live: LiveSession, message: str, *, start_error: Exception | None = None
-    ) -> None:
-        """acp_status error + status closed; stop the agent; the session stays resumable."""
-        if live.stopping:
-            return
-        live.stopping = True
-        if self.on_agent_failure is not None:
-            self.on_agent_failure(live.ready.done())
-        live.cancel_all_permissions()
-        if not live.ready.done():
-            err: AgentError | ProviderUnavailable = AgentError(message)
-            if isinstance(start_error, AgentRequestFailed):
-                err = start_failure(start_error, live.provider, message)
-            elif isinstance(start_error, ProviderUnavailable):
-                err = start_error
-            live.ready.set_exception(err)
-        turn = await turns.end_turn(self, live, error=message, settle=False)
-        # the row first: whoever sees the event and reads the session finds the new state
-        await self.set_state(live, "error", "closed", error=message)
-        live.emit("acp_status", status="error", error=message)
-        await live.writer.flush()
-        if turn is not None:
-            settle_turn(turn)
-        await self._teardown(live)
-
-    async def handle_exit(self, live: LiveSession, returncode: int) -> None:
-        """The agent died on its own: noticed at once (api.md §5.3)."""
-        tail = live.agent.last_stderr() if live.agent else ""
-        await self.fail(live, on_exit_message(returncode, tail))
-
-    async def stop(
-        self, live: LiveSession, *, reason: str, quiet: bool = False
-    ) -> None:
-        """Stop the agent on purpose (idle, capacity, shutdown, control message)."""
-        if live.stopping:
-            return
-        live.stopping = True
-        live.cancel_all_permissions()
-        if not live.ready.done():
-            live.ready.set_exception(AgentError(f"Agent stopped ({reason})"))
-        await farewell(live, reason)  # close/delete, when offered
-        if quiet:
-            # The query service already wrote state and events for it (api.md §6).
-            turn = live.turn
-            if turn is not None and not turn.done:
-                turn.done = True
-                live.turn = None
-                if not turn.future.done():
-                    turn.future.set_exception(AgentError(f"Session {reason}"))
-            await self._teardown(live, release=reason != "deleted")
-            return
-        turn = await turns.end_turn(
-            self, live, error=f"Agent stopped ({reason})", settle=False
-        )
-        if live.agent is not None:
-            await live.agent.stop()
-        await self.set_state(live, "closed", "closed")
-        live.emit("acp_status", status="closed")
-        await live.writer.flush()
-        if turn is not None:
-            settle_turn(turn)
-        await self._teardown(live)
-
-    async def _teardown(self, live: LiveSession, *, release: bool = True) -> None:
-        if live.agent is not None:
-            await live.agent.stop()
-        if release:
-            with contextlib.suppress(OSError, asyncpg.PostgresError):
-                await sessions.release_owner(
-                    self.pool, live.uuid, self.settings.instance_id
-                )
-        await live.writer.close()
-        if self.live.get(live.session_id) is live:
-            del self.live[live.session_id]
-        live.closed.set()
-
     # --- resume -----------------------------------------------------------------------
     async def ensure_live(
         self, sid: str, allowed: frozenset[str] | None = None
@@ -476,42 +350,38 @@ class SessionManager:
         """The live session, resuming it here first when its agent is not running (§5.4)."""
         live = self.live.get(sid)
         if live is not None and not live.stopping:
-            self.check_allowed(live.workspace_id, sid, allowed)
-            await self._await_ready(live)
+            live.check_allowed(allowed)
+            await live.wait_ready()
             return live, "attached"
         lock = self._resume_locks.setdefault(sid, asyncio.Lock())
         async with lock:
             live = self.live.get(sid)
             if live is not None and not live.stopping:
-                await self._await_ready(live)
+                await live.wait_ready()
                 return live, "attached"
             if live is not None:
                 # let the old agent finish stopping so its lease release cannot race our claim
                 await live.closed.wait()
-            row = await sessions.get_row(self.pool, sid)
-            if row is None:
-                raise SessionNotFound(sid)
-            self.check_allowed(row.session.workspace_id, sid, allowed)
+            row = await self.get_session_or_404(sid, allowed)
             if self.closed:
                 raise AgentError("Gateway is shutting down")
             if self.draining:
                 raise SessionUnservable("Gateway draining")
-            await self.make_room()
+            await self.capacity.make_room()
             claimed_at = time.monotonic()
             claim = await sessions.claim_owner_from(
                 self.pool,
-                uuid.UUID(sid),
+                session_uuid(sid),
                 self.settings.instance_id,
                 self.settings.lease_ttl,
             )
             if claim is None:
-                fresh = await sessions.get(self.pool, sid)
+                fresh = await sessions.get(self.pool, session_uuid(sid))
                 owner = fresh.owner_instance_id if fresh else None
                 raise SessionUnservable(
                     f"Session owned by {owner or 'another instance'}"
                 )
-            live = self._register(row, claim.generation)
-            live.lease_until = claimed_at + self.settings.lease_ttl
+            live = self._register(row, claim.generation, claimed_at)
             live.acp_status = row.session.acp_status
             live.status = "closed"
             # The log, not the status, says whether a turn is open: an owner can die
@@ -526,83 +396,16 @@ class SessionManager:
                     else "the gateway instance running it was lost"
                 )
                 live.emit("error", message=f"Turn interrupted: {cause}")
-            await self.set_state(live, "connecting", "idle")
+            await live.set_state("connecting", "idle")
             live.emit("acp_status", status="connecting")
-            self.spawn(startup.start(self, live, StartRequest(resume=True)))
-            await self._await_ready(live)
+            _ = self.spawn(live.start(StartRequest(resume=True)))
+            await live.wait_ready()
             return live, live.resume_mode
 
-    async def _await_ready(self, live: LiveSession) -> None:
-        await live.wait_ready()
-
-    def check_allowed(
-        self, workspace_id: str, sid: str, allowed: frozenset[str] | None
-    ) -> None:
-        if allowed is not None and workspace_id not in allowed:
-            raise SessionNotFound(sid)
-
-    async def get_session_or_404(
-        self, sid: str, allowed: frozenset[str] | None = None
-    ) -> sessions.SessionRow:
-        row = await sessions.get_row(self.pool, sid)
-        if row is None:
-            raise SessionNotFound(sid)
-        self.check_allowed(row.session.workspace_id, sid, allowed)
-        return row
-
-    # --- turns ------------------------------------------------------------------------
-    async def prompt(
-        self,
-        sid: str,
-        blocks: list[dict[str, Any]],
-        text: str,
-        allowed: frozenset[str] | None = None,
-        *,
-        meta: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        return await turns.prompt(self, sid, blocks, text, allowed, meta=meta)
-
-    async def cancel(self, sid: str, allowed: frozenset[str] | None = None) -> None:
-        await turns.cancel(self, sid, allowed)
-
-    # --- permissions ------------------------------------------------------------------
-    async def request_permission(
-        self, live: LiveSession, params: dict[str, Any]
-    ) -> dict[str, Any]:
-        return await permissions.request_permission(live, params)
-
-    async def respond(
-        self,
-        sid: str,
-        tool_call_id: str,
-        option_id: str | None,
-        decision: str | None,
-        scope: str | None,
-        allowed: frozenset[str] | None = None,
-    ) -> None:
-        await permissions.respond(
-            self, sid, tool_call_id, option_id, decision, scope, allowed
-        )
-
-    # --- mode and model ---------------------------------------------------------------
-    async def set_mode(
-        self, sid: str, mode_id: str, allowed: frozenset[str] | None = None
-    ) -> None:
-        await modes.set_mode(self, sid, mode_id, allowed)
-
-    async def set_model(
-        self, sid: str, model: str, allowed: frozenset[str] | None = None
-    ) -> None:
-        await modes.set_model(self, sid, model, allowed)
-
-    def interpret_update(self, live: LiveSession, update: dict[str, Any]) -> None:
-        """Side effects of agent updates: persisted mode/model, renames (§3.2)."""
-        modes.interpret_update(self, live, update)
-
-    # --- load -------------------------------------------------------------------------
     async def load(
         self, sid: str, allowed: frozenset[str] | None = None, cwd: str | None = None
     ) -> dict[str, Any]:
+        """session/load: the session live here, and how it came to be (§5.4)."""
         if cwd is not None:
             # checked by the session/new rule, then the stored cwd is used
             row = await self.get_session_or_404(sid, allowed)
@@ -616,70 +419,3 @@ class SessionManager:
             "acpStatus": live.acp_status,
             "resumeMode": mode,
         }
-
-    # --- control ----------------------------------------------------------------------
-    async def stop_quiet(self, sid: str, reason: str) -> bool:
-        live = self.live.get(sid)
-        if live is None:
-            return False
-        await self.stop(live, reason=reason, quiet=True)
-        return True
-
-    # --- scale-out ----------------------------------------------------------------------
-    def is_live_here(self, sid: str) -> bool:
-        live = self.live.get(sid)
-        return live is not None and not live.stopping
-
-    async def remote_owner(
-        self, sid: str, allowed: frozenset[str] | None = None
-    ) -> str | None:
-        """The other instance holding a live lease on `sid`, else None (unknown: None)."""
-        return await ownership.remote_owner(self, sid, allowed)
-
-    async def adopt(self, sid: str, dead_owner: str) -> bool:
-        """Compare-and-swap the lease from an owner found dead; True when it is ours now."""
-        return await ownership.adopt(self, sid, dead_owner)
-
-    async def release_stale(self) -> None:
-        """At start: what the row says this INSTANCE_ID owns is left from a previous run."""
-        await ownership.release_stale(self)
-
-    async def drain(self, grace: float) -> None:
-        """SIGTERM: refuse new work, let running turns finish (up to `grace`), stop agents."""
-        await ownership.drain(self, grace)
-
-
-def manager_ctx(key: web.AppKey[SessionManager]) -> Any:
-    """Cleanup context factory: after Postgres/Redis; stops every agent on exit."""
-
-    async def _ctx(app: web.Application) -> AsyncIterator[None]:
-        manager = SessionManager(app[SETTINGS], app[PG_POOL], app[REDIS], app[CHANNELS])
-        app[key] = manager
-        fanout = app.get(FANOUT)
-        if fanout is not None:
-            manager.has_subscribers = lambda sid: fanout.subscriber_count(sid) > 0
-        metrics = app.get(METRICS)
-        if metrics is not None:
-            manager.metrics = metrics
-            metrics.live_agents.set_function(lambda: len(manager.live))
-            written, latency = metrics.events_written, metrics.event_write_latency
-
-            def _observe(count: int, seconds: float) -> None:
-                written.inc(count)
-                latency.observe(seconds)
-
-            manager.on_batch = _observe
-
-            def _agent_failed(running: bool) -> None:
-                failures = (
-                    metrics.agent_crashes if running else metrics.agent_start_failures
-                )
-                failures.inc()
-
-            manager.on_agent_failure = _agent_failed
-        await manager.release_stale()
-        manager.start_loops()
-        yield
-        await manager.close()
-
-    return _ctx

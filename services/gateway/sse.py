@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import asyncpg
@@ -22,16 +23,16 @@ from aiohttp import web
 
 from services.common.auth import AUTH, PRINCIPAL, Principal, share_of
 from services.common.http import error_response, stamp_request_id
-from services.common.keys import PG_POOL
+from services.common.keys import CHANNELS, PG_POOL, SETTINGS
 from services.common.metrics import METRICS
 from services.common.shares import REVOCATIONS
 from services.gateway.fanout import (
+    Fanout,
     Marker,
     StreamConfig,
+    StreamLimits,
     Subscriber,
-    close_streams_on_shutdown,
     event_frame,
-    fanout_ctx,
 )
 from services.gateway.keys import FANOUT, STREAM_CONFIG
 from shared.db import session_events, sessions
@@ -159,8 +160,11 @@ async def handle_stream(request: web.Request) -> web.StreamResponse:
     if not session_id:
         return error_response(400, "Missing sessionId query param")
     pool = app[PG_POOL]
-    session = await sessions.get(pool, session_id)
-    if session is None:
+    session_uuid = sessions.parse_session_id(session_id)
+    session = (
+        await sessions.get(pool, session_uuid) if session_uuid is not None else None
+    )
+    if session is None or session_uuid is None:
         return error_response(404, "Session not found")
     raw_last = _last_event_id(request)
     if raw_last is not None:
@@ -174,7 +178,6 @@ async def handle_stream(request: web.Request) -> web.StreamResponse:
         return error_response(400, f"Invalid replay: {replay} (only 'all' is accepted)")
     if request.query.get("probe") == "1":
         return web.Response(status=204)
-    session_uuid = uuid.UUID(session.session_id)
 
     fanout = app[FANOUT]
     client = _client_key(request)
@@ -250,7 +253,7 @@ async def _replay_start(
     if raw_last is not None:
         # Beyond the last stored id: nothing to replay, and live starts right after the
         # head (read after subscribing, so nothing newer can slip by).
-        row = await sessions.get_row(pool, str(session_uuid))
+        row = await sessions.get_row(pool, session_uuid)
         return min(int(raw_last), row.last_event_id if row is not None else 0)
     if replay == "all":
         return 0
@@ -288,6 +291,35 @@ async def _live(stream: _Stream, sub: Subscriber) -> None:
             await stream.deliver(events)
         elif heartbeat:
             await stream.write(HEARTBEAT)
+
+
+def close_session_streams(app: web.Application, session_id: str) -> int:
+    """End every stream of a session on this process (called when it is deleted)."""
+    fanout = app.get(FANOUT)
+    return fanout.close_session(session_id, "deleted") if fanout is not None else 0
+
+
+async def fanout_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Owns the listener task; after the Redis ctx so Redis is closed after it stops."""
+    config = app.get(STREAM_CONFIG) or StreamConfig()
+    settings = app[SETTINGS]
+    fanout = Fanout(
+        settings.redis_url,
+        app[CHANNELS],
+        config,
+        StreamLimits.from_settings(settings),
+    )
+    app[FANOUT] = fanout
+    await fanout.start()
+    yield
+    await fanout.stop()
+
+
+async def close_streams_on_shutdown(app: web.Application) -> None:
+    """on_shutdown: a sentinel in every queue, so handlers return at once (house-style §2.9)."""
+    fanout = app.get(FANOUT)
+    if fanout is not None:
+        fanout.close_all("shutdown")
 
 
 def _end_streams_of_revoked_shares(app: web.Application) -> None:

@@ -473,7 +473,7 @@ async def export_session(request: web.Request) -> web.StreamResponse:
     """Checks (404 session, then 400 format) and the first page before any byte goes out."""
     sid = _session_uuid(request)
     pool = request.app[PG_POOL]
-    row = await sessions_db.get_row(pool, str(sid))
+    row = await sessions_db.get_row(pool, sid)
     if row is None:
         raise SessionNotFound(str(sid))
     fmt = parse_format(request.query)

@@ -17,6 +17,7 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from shared.models.note import Note, NoteGroup, NoteWrite
 from shared.models.session import (
+    NAME_MAX,
     SESSION_STATUSES,
     Session,
     SessionRef,
@@ -103,11 +104,15 @@ _EXTRA_SCHEMAS: dict[str, Any] = {
     "SessionRename": {
         "type": "object",
         "required": ["name"],
-        "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 200}},
+        "properties": {
+            "name": {"type": "string", "minLength": 1, "maxLength": NAME_MAX}
+        },
     },
     "SessionFork": {
         "type": "object",
-        "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 200}},
+        "properties": {
+            "name": {"type": "string", "minLength": 1, "maxLength": NAME_MAX}
+        },
     },
     "SessionContext": {
         "type": "object",

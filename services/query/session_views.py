@@ -9,11 +9,10 @@ from typing import Any
 
 from shared.errors import BadRequest
 from shared.models.limits import parse_uint
-from shared.models.session import SESSION_STATUSES
+from shared.models.session import NAME_MAX, SESSION_STATUSES
 from shared.models.validation import query_value
 
 MAX_LIMIT = 1000
-MAX_NAME = 200
 _UUID_NONE = uuid.UUID(int=0)
 
 
@@ -109,14 +108,14 @@ def clean_name(value: Any) -> str:
         raise BadRequest("Invalid name")
     name = value.strip()
     # Postgres text cannot hold NUL: refuse it here rather than fail the UPDATE (500)
-    if not name or len(name) > MAX_NAME or "\x00" in name:
+    if not name or len(name) > NAME_MAX or "\x00" in name:
         raise BadRequest("Invalid name")
     return name
 
 
 def fork_name(source_name: str | None, source_id: str) -> str:
     """`Fork of <name>` (or of the id), cut to the 200 code points a name may have."""
-    return f"Fork of {source_name or source_id}"[:MAX_NAME]
+    return f"Fork of {source_name or source_id}"[:NAME_MAX]
 
 
 def _chunk_text(event: Mapping[str, Any]) -> tuple[bool, Any, str]:

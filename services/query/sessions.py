@@ -159,7 +159,7 @@ async def _scoped_list(
 async def get_session(request: web.Request) -> web.Response:
     sid = _session_uuid(request)
     with _postgres():
-        session = await sessions_db.get(request.app[PG_POOL], str(sid))
+        session = await sessions_db.get(request.app[PG_POOL], sid)
     if session is None:
         raise SessionNotFound(str(sid))
     return json_response({"session": session.wire()}, headers=NO_STORE)
@@ -278,7 +278,7 @@ async def fork_session(request: web.Request) -> web.Response:
     sid = _session_uuid(request)
     pool = request.app[PG_POOL]
     with _postgres():
-        source = await sessions_db.get_row(pool, str(sid))
+        source = await sessions_db.get_row(pool, sid)
     if source is None:
         raise SessionNotFound(str(sid))
     body = await read_json_body(request, required=False)
@@ -314,7 +314,7 @@ async def fork_session(request: web.Request) -> web.Response:
     with _postgres():
         async with pool.acquire() as conn:
             await sessions_db.insert(conn, new)
-            created = await sessions_db.get(conn, str(new.session_id))
+            created = await sessions_db.get(conn, new.session_id)
     assert created is not None
     wire = created.wire()
     await request.app[LIST_CACHE].session_changed(
@@ -346,7 +346,7 @@ async def session_context(request: web.Request) -> web.Response:
     sid = _session_uuid(request)
     with _postgres():
         async with request.app[PG_POOL].acquire() as conn:
-            session = await sessions_db.get(conn, str(sid))
+            session = await sessions_db.get(conn, sid)
             if session is None:
                 raise SessionNotFound(str(sid))
             tool_events = await session_events.of_kinds(

@@ -79,15 +79,13 @@ INSERT_WITH_FIRST_EVENT = (
 )
 
 FIND_IDEMPOTENT = """
-SELECT session_id::text FROM sessions
+SELECT session_id FROM sessions
 WHERE workspace_id = $1 AND idempotency_key = $2
   AND created_at > now() - make_interval(secs => $3)
 ORDER BY created_at DESC LIMIT 1
 """
 
 RENAME = "UPDATE sessions SET name = $2, updated_at = now() WHERE session_id = $1 RETURNING workspace_id"
-
-DELETE = "DELETE FROM sessions WHERE session_id = $1 RETURNING workspace_id, owner_instance_id"
 
 # $5: the lease generation the writer holds (None: unfenced); a stale one changes nothing
 SET_STATE = """
@@ -105,19 +103,6 @@ CONFIG_OPTIONS = "SELECT config_options FROM sessions WHERE session_id = $1"
 SET_AGENT_ID = (
     "UPDATE sessions SET routa_agent_id = $2, updated_at = now() WHERE session_id = $1"
 )
-
-CLAIM_OWNER = """
-UPDATE sessions SET owner_instance_id = $2, lease_expires_at = now() + make_interval(secs => $3)
-WHERE session_id = $1
-  AND (owner_instance_id IS NULL OR owner_instance_id = $2 OR lease_expires_at IS NULL
-       OR lease_expires_at < now())
-RETURNING session_id
-"""
-
-RENEW_LEASES = """
-UPDATE sessions SET lease_expires_at = now() + make_interval(secs => $2)
-WHERE owner_instance_id = $1 AND session_id = ANY($3::uuid[])
-"""
 
 RELEASE_OWNER = """
 UPDATE sessions SET owner_instance_id = NULL, lease_expires_at = NULL
@@ -205,19 +190,13 @@ class SessionRow:
     lease_generation: int = 0
 
 
-async def get(conn: Executor, session_id: str) -> Session | None:
-    sid = parse_session_id(session_id)
-    if sid is None:
-        return None
-    row = await conn.fetchrow(GET, sid)
+async def get(conn: Executor, session_id: uuid.UUID) -> Session | None:
+    row = await conn.fetchrow(GET, session_id)
     return row_to_session(row) if row else None
 
 
-async def get_row(conn: Executor, session_id: str) -> SessionRow | None:
-    sid = parse_session_id(session_id)
-    if sid is None:
-        return None
-    row = await conn.fetchrow(GET, sid)
+async def get_row(conn: Executor, session_id: uuid.UUID) -> SessionRow | None:
+    row = await conn.fetchrow(GET, session_id)
     if row is None:
         return None
     return _session_row(row)
@@ -318,19 +297,17 @@ async def insert_with_first_event(
 
 async def find_idempotent(
     conn: Connection, workspace_id: str, key: str, window: float
-) -> str | None:
-    value = await conn.fetchval(FIND_IDEMPOTENT, workspace_id, key, window)
-    return str(value) if value is not None else None
+) -> uuid.UUID | None:
+    value: uuid.UUID | None = await conn.fetchval(
+        FIND_IDEMPOTENT, workspace_id, key, window
+    )
+    return value
 
 
 async def rename(conn: Executor, session_id: uuid.UUID, name: str) -> str | None:
     """Returns the workspace id, or None when the session does not exist."""
     value = await conn.fetchval(RENAME, session_id, name)
     return str(value) if value is not None else None
-
-
-async def delete(conn: Executor, session_id: uuid.UUID) -> asyncpg.Record | None:
-    return await conn.fetchrow(DELETE, session_id)
 
 
 async def set_state(
@@ -374,25 +351,6 @@ async def config_options(
 
 async def set_agent_id(conn: Executor, session_id: uuid.UUID, agent_id: str) -> None:
     await conn.execute(SET_AGENT_ID, session_id, agent_id)
-
-
-async def claim_owner(
-    conn: Executor,
-    session_id: uuid.UUID,
-    instance_id: str,
-    ttl: float,
-) -> bool:
-    """Take (or keep) ownership when nobody holds a live lease; True when we own it now."""
-    return await conn.fetchval(CLAIM_OWNER, session_id, instance_id, ttl) is not None
-
-
-async def renew_leases(
-    conn: Executor,
-    instance_id: str,
-    ttl: float,
-    session_ids: Sequence[uuid.UUID],
-) -> None:
-    await conn.execute(RENEW_LEASES, instance_id, ttl, list(session_ids))
 
 
 async def release_owner(

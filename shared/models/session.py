@@ -14,6 +14,8 @@ SessionStatus = Literal["active", "idle", "closed"]
 ContinuityStatus = Literal["active", "restorable", "stale", "interrupted"]
 ROLES: tuple[str, ...] = ("ROUTA", "CRAFTER", "GATE", "DEVELOPER")
 SESSION_STATUSES: tuple[str, ...] = ("active", "idle", "closed")
+# A session name is 1-200 code points after trimming (§9.9), wherever it comes from.
+NAME_MAX = 200
 
 
 class ResumeCapabilities(BaseModel):

@@ -11,7 +11,7 @@ import pytest
 from aiohttp import web
 from yarl import URL
 
-from services.common.http import setup_http
+from services.common.middleware import setup_http
 from services.query import dashboard
 from tests.browser.conftest import REPO_ROOT, Stack
 

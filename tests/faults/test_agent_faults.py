@@ -4,6 +4,7 @@ gateway keeps serving other sessions, and no agent process is left behind or unr
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import pytest
 
@@ -62,7 +63,7 @@ async def test_crash_mid_turn(make_gw, pool, workspace_id):
     last = _statuses(evs)[-1]
     assert last["status"] == "error"
     assert "code 5" in last["error"]
-    row = await sessions.get(pool, sid)
+    row = await sessions.get(pool, uuid.UUID(sid))
     assert (row.acp_status, row.status) == ("error", "closed")
     await wait_gone(pid)
     await wait_no_zombies()
@@ -80,7 +81,7 @@ async def test_initialize_never_answered(make_gw, pool, workspace_id):
     assert has_status("error")(evs)
     assert not has_status("ready")(evs)
     assert "initialize" in _statuses(evs)[-1]["error"]
-    row = await sessions.get(pool, sid)
+    row = await sessions.get(pool, uuid.UUID(sid))
     assert row.acp_status == "error"
     assert "did not answer initialize" in (row.acp_error or "")
     e = await err(gw, "session/prompt", {"sessionId": sid, "prompt": "hi"})
@@ -124,7 +125,7 @@ async def test_garbage_lines_are_skipped(make_gw, pool, workspace_id):
     evs = await events(pool, sid)
     assert [e["eventId"] for e in evs] == [str(i) for i in range(1, len(evs) + 1)]
     assert kinds(evs).count("turn_complete") == 2
-    assert (await sessions.get(pool, sid)).acp_status == "ready"
+    assert (await sessions.get(pool, uuid.UUID(sid))).acp_status == "ready"
     await assert_gateway_works(gw, pool, workspace_id)
 
 

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import re
 import sys
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -356,7 +357,7 @@ async def test_resume_preferred_and_close_and_delete_sent_when_offered(
     gateway, query, _ = clients
     log = tmp_path / "v1.log"
     sid = await new_v1(gateway, pool, workspace_id, log, "resume,close,delete")
-    agent_sid = (await sessions_db.get(pool, sid)).routa_agent_id
+    agent_sid = (await sessions_db.get(pool, uuid.UUID(sid))).routa_agent_id
     assert agent_sid
 
     resp = await query.post(f"/api/sessions/{sid}/disconnect")
@@ -369,7 +370,7 @@ async def test_resume_preferred_and_close_and_delete_sent_when_offered(
     resumed = received(log, "session/resume")
     assert [m["params"]["sessionId"] for m in resumed] == [agent_sid]
     assert len(received(log, "session/new")) == 1  # no fresh agent session
-    assert (await sessions_db.get(pool, sid)).routa_agent_id == agent_sid
+    assert (await sessions_db.get(pool, uuid.UUID(sid))).routa_agent_id == agent_sid
 
     resp = await query.delete(f"/api/sessions/{sid}")
     assert resp.status == 200

@@ -144,7 +144,7 @@ async def test_native_load_after_restart(make_gw, pool, workspace_id, tmp_path):
     assert "replayed" not in texts  # the agent's history replay is not logged twice
     out = await ok(gw2, "session/prompt", {"sessionId": sid, "prompt": "two"})
     assert out["stopReason"] == "end_turn"
-    assert gw2.app[SESSION_MANAGER].live[sid].agent_session_id == agent_id
+    assert gw2.app[SESSION_MANAGER].live[sid].routa_agent_id == agent_id
 
 
 async def test_mode_switch_through_the_mode_config_option(make_gw, pool, workspace_id):

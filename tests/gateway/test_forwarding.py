@@ -62,7 +62,7 @@ async def test_prompt_on_non_owner_runs_on_owner(make_gw, pool, workspace_id):
     assert body["result"] == {"stopReason": "end_turn"}
     assert sid in a.app[SESSION_MANAGER].live
     assert sid not in b.app[SESSION_MANAGER].live
-    row = await sessions.get(pool, sid)
+    row = await sessions.get(pool, uuid.UUID(sid))
     assert row.owner_instance_id == instance(a)
     ks = kinds(await events(pool, sid))
     assert ks.count("user_message") == 1
@@ -148,7 +148,7 @@ async def test_two_instances_adopting_at_once_end_with_one_owner(
     live_c = sid in c.app[SESSION_MANAGER].live
     assert live_b != live_c
     winner = b if live_b else c
-    row = await sessions.get(pool, sid)
+    row = await sessions.get(pool, uuid.UUID(sid))
     assert row.owner_instance_id == instance(winner)
     evs = await events(pool, sid)
     interrupted = [e for e in evs if e["update"]["sessionUpdate"] == "error"]
@@ -167,7 +167,7 @@ async def test_prompt_adopts_from_dead_owner(make_gw, pool, workspace_id):
     await _orphan(pool, sid, "ghost-gateway")
     out = await ok(b, "session/prompt", {"sessionId": sid, "prompt": "back again"})
     assert out == {"stopReason": "end_turn"}
-    row = await sessions.get(pool, sid)
+    row = await sessions.get(pool, uuid.UUID(sid))
     assert row.owner_instance_id == instance(b)
     assert "error" not in kinds(await events(pool, sid))
 
@@ -199,7 +199,7 @@ async def test_sigterm_drain_finishes_turn_and_releases(make_gw, pool, workspace
         await closing
     assert body["result"] == {"stopReason": "end_turn"}
     for sid in (busy, idle):
-        row = await sessions.get(pool, sid)
+        row = await sessions.get(pool, uuid.UUID(sid))
         assert row.status == "closed"
         assert row.owner_instance_id is None
     ks = kinds(await events(pool, busy))
@@ -216,7 +216,7 @@ async def test_renewal_notices_a_lease_adopted_elsewhere(make_gw, pool, workspac
     # as if another instance adopted it while this one was stalled
     await _orphan(pool, sid, "adopter")
     await wait_until(lambda: sid not in a.app[SESSION_MANAGER].live)
-    row = await sessions.get(pool, sid)
+    row = await sessions.get(pool, uuid.UUID(sid))
     assert row.owner_instance_id == "adopter"  # left to the new owner
 
 
@@ -244,9 +244,9 @@ async def test_restart_with_same_instance_id_releases_stale_leases(
         " WHERE session_id = $1",
         uuid.UUID(sid),
     )
-    assert (await sessions.get(pool, sid)).status == "active"
+    assert (await sessions.get(pool, uuid.UUID(sid))).status == "active"
     await aiohttp_client(create_app(settings))
-    row = await sessions.get(pool, sid)
+    row = await sessions.get(pool, uuid.UUID(sid))
     assert row.status == "closed"
     assert row.acp_status == "closed"
     assert row.owner_instance_id is None

@@ -14,7 +14,6 @@ import uuid
 import pytest
 from acp.exceptions import RequestError
 
-from services.gateway import ownership
 from services.gateway.agents import _Client
 from services.gateway.app import create_app
 from services.gateway.forwarding import GATEWAY_LINK
@@ -106,7 +105,7 @@ async def test_sweeper_ends_a_dead_owners_turn_once_without_a_call(
     assert tuple(row) == (None, "closed", "closed")
     # later sweeps, on either survivor, change nothing
     for gw in (b, c):
-        await ownership.sweep(gw.app[SESSION_MANAGER])
+        await gw.app[SESSION_MANAGER].leases.sweep()
     assert kinds(await events(pool, sid)) == kinds(evs)
 
 
@@ -168,7 +167,7 @@ async def test_a_stale_owner_writes_no_file(make_gw, pool, workspace_id, cwd_roo
     assert live.agent is not None
     client = _Client(live.agent)
     allowed = live.cwd / "allowed.txt"
-    await client.write_text_file(live.agent_session_id or "", str(allowed), "ours")
+    await client.write_text_file(live.routa_agent_id or "", str(allowed), "ours")
     assert allowed.read_text() == "ours"
     await pool.execute(
         "UPDATE sessions SET owner_instance_id = 'adopter',"
@@ -177,7 +176,7 @@ async def test_a_stale_owner_writes_no_file(make_gw, pool, workspace_id, cwd_roo
     )
     fenced = live.cwd / "fenced.txt"
     with pytest.raises(RequestError):
-        await client.write_text_file(live.agent_session_id or "", str(fenced), "late")
+        await client.write_text_file(live.routa_agent_id or "", str(fenced), "late")
     assert not fenced.exists()
     await wait_until(lambda: sid not in manager.live)  # and its agent is stopped
 

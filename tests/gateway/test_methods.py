@@ -114,6 +114,9 @@ async def test_session_new_validation(
     e = await err(gw, "session/new", {"workspaceId": workspace_id, "model": "gpt-9"})
     assert e["code"] == -32602
     assert "model" in e["message"]
+    e = await err(gw, "session/new", {"workspaceId": workspace_id, "modeId": "warp"})
+    assert e["code"] == -32602
+    assert "modeId" in e["message"]
     e = await err(gw, "session/new", {"workspaceId": workspace_id, "name": "x" * 201})
     assert e["code"] == -32602
     assert "name" in e["message"]

@@ -355,7 +355,7 @@ async def test_deleted_session_ends_its_streams(
 
 
 async def test_close_session_streams(gateway, new_session) -> None:
-    from services.gateway.fanout import close_session_streams
+    from services.gateway.sse import close_session_streams
 
     sid = await new_session()
     streams = [await open_stream(gateway, sid) for _ in range(3)]

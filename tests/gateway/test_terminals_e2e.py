@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +73,7 @@ def agent_text(evs: list[dict[str, Any]]) -> str:
 
 
 async def session_cwd(pool, sid: str) -> Path:
-    row = await sessions.get(pool, sid)
+    row = await sessions.get(pool, uuid.UUID(sid))
     assert row is not None
     return Path(row.cwd).resolve()
 

@@ -132,7 +132,7 @@ async def test_request_mcp_servers_are_checked_before_the_row(
     sid = await new_session(
         gw, pool, {"workspaceId": workspace_id, "mcpServers": [entry, "tools"]}
     )
-    row = await sessions.get_row(pool, sid)
+    row = await sessions.get_row(pool, uuid.UUID(sid))
     assert row.mcp_servers == [
         {
             "type": "http",
@@ -160,7 +160,7 @@ async def test_the_agent_gets_operator_servers_and_resumes_with_the_stored_list(
     assert report["mcpServers"] == expected
     # stop the agent; the resume starts it with the stored, checked list
     manager = gw.app[SESSION_MANAGER]
-    await manager.stop(manager.live[sid], reason="idle")
+    await manager.live[sid].stop(reason="idle")
     report = json.loads(await turn_text(gw, pool, sid, "mcp"))
     assert report["mcpServers"] == expected
 
