@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 
@@ -12,6 +11,7 @@ from services.common.keys import PG_POOL, REDIS, SETTINGS
 from shared.db.connect import create_pool
 from shared.db.migrate import migrate
 from shared.redisconn import create_redis
+from shared.retry import Backoff
 
 logger = logging.getLogger(__name__)
 
@@ -21,6 +21,7 @@ STARTUP_ATTEMPTS = 20
 async def postgres_ctx(app: web.Application) -> AsyncIterator[None]:
     """Migrate, then open the pool; retries briefly so a stack can start in any order."""
     settings = app[SETTINGS]
+    backoff = Backoff(0.25, 2.0)
     for attempt in range(1, STARTUP_ATTEMPTS + 1):
         try:
             await migrate(settings.database_url)
@@ -29,7 +30,7 @@ async def postgres_ctx(app: web.Application) -> AsyncIterator[None]:
             if attempt == STARTUP_ATTEMPTS:
                 raise
             logger.warning("postgres not reachable yet (%s), retrying", err)
-            await asyncio.sleep(0.5)
+            await backoff.wait()
     app[PG_POOL] = await create_pool(
         settings.database_url,
         min_size=settings.pg_pool_min,

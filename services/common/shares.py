@@ -26,13 +26,13 @@ from redis.exceptions import RedisError
 from services.common.auth import AUTH
 from services.common.keys import CHANNELS, REDIS, SETTINGS
 from shared.jsonutil import dumps, now_iso
+from shared.retry import Backoff
 
 logger = logging.getLogger(__name__)
 
 POLL = (
     1.0  # seconds a read waits for a message before looping (no blocking socket reads)
 )
-RETRY = 0.5  # seconds between reconnection attempts while Redis is away
 PUBLISH_TIMEOUT = 1.0
 
 RevokedHook = Callable[[str], None]
@@ -132,7 +132,9 @@ async def _listen(app: web.Application, client: aioredis.Redis) -> None:
 async def _run(app: web.Application, client: aioredis.Redis) -> None:
     rev = app[REVOCATIONS]
     logged_at = -1  # the subscription count when the last outage was logged
+    backoff = Backoff()
     while not rev.stopping:
+        heard = rev.subscriptions
         try:
             await _listen(app, client)
         except (RedisError, OSError) as err:
@@ -141,7 +143,9 @@ async def _run(app: web.Application, client: aioredis.Redis) -> None:
                 logged_at = rev.subscriptions
         except Exception:  # a bug must not end revocations for the process
             logger.exception("share revocation listener failed; restarting")
-        await asyncio.sleep(RETRY)
+        if rev.subscriptions != heard:
+            backoff.reset()  # it was subscribed: a new outage starts from the base delay
+        await backoff.wait()
 
 
 async def revocations_ctx(app: web.Application) -> AsyncIterator[None]:

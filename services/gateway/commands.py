@@ -21,6 +21,7 @@ from services.common.keys import CHANNELS, REDIS, SETTINGS
 from shared.channels import Channels
 from shared.jsonutil import dumps
 from shared.redisconn import Redis
+from shared.retry import Backoff
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ class CommandConsumer:
             )
 
     async def _run(self) -> None:
-        backoff = 0.1
+        backoff = Backoff()
         while not self._stopping:
             try:
                 await self._ensure_group()
@@ -90,7 +91,7 @@ class CommandConsumer:
                         count=READ_COUNT,
                         block=READ_BLOCK_MS,
                     )
-                    backoff = 0.1
+                    backoff.reset()
                     for _stream, entries in batches or []:
                         for entry_id, fields in entries:
                             self._spawn(entry_id, fields)
@@ -98,8 +99,7 @@ class CommandConsumer:
                 raise
             except (RedisError, OSError) as err:
                 logger.warning("commands stream unavailable: %s", err)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+                await backoff.wait()
 
     async def _claim_abandoned(self) -> None:
         result: Any = await self._redis.xautoclaim(

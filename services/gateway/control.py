@@ -20,6 +20,7 @@ from redis.exceptions import RedisError
 from services.common.keys import CHANNELS, REDIS, SETTINGS
 from services.gateway.keys import SESSION_MANAGER
 from services.gateway.sse import close_session_streams
+from shared.retry import Backoff
 
 logger = logging.getLogger(__name__)
 
@@ -42,13 +43,13 @@ async def handle_control(app: web.Application, message: dict[str, Any]) -> bool:
 async def _listen(app: web.Application, ready: asyncio.Event) -> None:
     """Subscribe; resubscribe after Redis outages; each message handled in order."""
     channel = app[CHANNELS].gateway_control(app[SETTINGS].instance_id)
-    backoff = 0.1
+    backoff = Backoff()
     while True:
         pubsub = app[REDIS].pubsub()
         try:
             await pubsub.subscribe(channel)
             ready.set()
-            backoff = 0.1
+            backoff.reset()
             while True:
                 message = await pubsub.get_message(
                     ignore_subscribe_messages=True, timeout=1.0
@@ -73,8 +74,7 @@ async def _listen(app: web.Application, ready: asyncio.Event) -> None:
             logger.warning("control listener lost Redis: %s", err)
             with contextlib.suppress(Exception):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 2.0)
+            await backoff.wait()
 
 
 async def control_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -31,6 +31,7 @@ from shared.db.connect import Pool
 from shared.errors import SessionNotFound
 from shared.events import publish_batch
 from shared.redisconn import Redis
+from shared.retry import Backoff
 
 logger = logging.getLogger(__name__)
 
@@ -197,7 +198,7 @@ class EventWriter:
 
         Returns the stored events ([] when they could not be stored and were given up).
         """
-        delay = RETRY_BASE
+        backoff = Backoff(RETRY_BASE, RETRY_CAP)
         events: list[session_events.StoredEvent] = []
         while True:
             if self._fenced:
@@ -228,12 +229,11 @@ class EventWriter:
                         err,
                     )
                     return []
-                await self._backoff(err, delay, len(batch))
-                delay = min(delay * 2, RETRY_CAP)
-                if self._closing and delay >= RETRY_CAP:
+                await self._backoff(err, backoff.delay(), len(batch))
+                if self._closing and backoff.at_cap:
                     return []
             except (OSError, asyncpg.InterfaceError) as err:
-                if self._closing and delay >= RETRY_CAP:
+                if self._closing and backoff.at_cap:
                     logger.error(
                         "dropping %d events of %s after retries: %s",
                         len(batch),
@@ -241,6 +241,7 @@ class EventWriter:
                         err,
                     )
                     return []
+                delay = backoff.delay()
                 logger.warning(
                     "event store failed for %s (%s); retrying in %.2fs",
                     self._session_id,
@@ -248,7 +249,6 @@ class EventWriter:
                     delay,
                 )
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_CAP)
         return events
 
     def _lease_lost(self, count: int) -> None:

@@ -34,6 +34,7 @@ from shared.errors import (
 )
 from shared.jsonutil import dumps, loads
 from shared.redisconn import Redis
+from shared.retry import Backoff
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ class GatewayLink:
 
     async def _listen(self) -> None:
         """Subscribe to our rpc channel and our replies; resubscribe after Redis outages."""
-        backoff = 0.1
+        backoff = Backoff()
         while self._open():
             pubsub = self._redis.pubsub()
             try:
@@ -112,7 +113,7 @@ class GatewayLink:
                 await pubsub.psubscribe(self.reply_prefix + "*")
                 self._ready.set()
                 self.subscribed = True
-                backoff = 0.1
+                backoff.reset()
                 while self._open():
                     message = await pubsub.get_message(
                         ignore_subscribe_messages=True, timeout=1.0
@@ -132,8 +133,7 @@ class GatewayLink:
                 logger.warning("gateway link lost Redis: %s", err)
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+                await backoff.wait()
 
     def _on_message(self, message: dict[str, Any]) -> None:
         channel = message["channel"]

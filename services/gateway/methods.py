@@ -15,12 +15,12 @@ import structlog
 from aiohttp import web
 from pydantic import AliasChoices, BaseModel, Field, ValidationError
 
-from services.common.keys import CHANNELS, PG_POOL, REDIS, SETTINGS
+from services.common.keys import CHANNELS, HUB, PG_POOL, REDIS, SETTINGS
 from services.common.metrics import METRICS
 from services.gateway import control, jsonrpc
 from services.gateway.elicitation import no_pending as no_pending_elicitation
 from services.gateway.forwarding import routed
-from services.gateway.keys import FANOUT, SESSION_MANAGER
+from services.gateway.keys import SESSION_MANAGER
 from services.gateway.params import NewParams, Params
 from services.gateway.permissions import no_pending
 from services.gateway.rpc import METHODS, MethodRegistry, RpcCall
@@ -289,9 +289,9 @@ async def manager_ctx(app: web.Application) -> AsyncIterator[None]:
     """Cleanup context: after Postgres/Redis; stops every agent on exit."""
     manager = SessionManager(app[SETTINGS], app[PG_POOL], app[REDIS], app[CHANNELS])
     app[SESSION_MANAGER] = manager
-    fanout = app.get(FANOUT)
-    if fanout is not None:
-        manager.capacity.has_subscribers = lambda sid: fanout.subscriber_count(sid) > 0
+    hub = app.get(HUB)
+    if hub is not None:
+        manager.capacity.has_subscribers = lambda sid: hub.subscriber_count(sid) > 0
     metrics = app.get(METRICS)
     if metrics is not None:
         manager.deps.metrics = metrics

@@ -4,10 +4,9 @@ Order on connect: subscribe (live events queue up) → replay from the Postgres 
 connected frame → live. The stream remembers the last eventId it wrote: live events at or
 below it are dropped and a jump is filled from the log first, so no event is missed or
 repeated at the replay/live seam, after a Redis outage or anywhere else. Frames are encoded
-once (fanout.event_frame) and written with `StreamResponse.write` (perf-ceilings §7), at most
-WRITE_SLICE bytes at a time and only once the socket took the previous write
-(`Subscriber.writable`), so a client that does not read leaves little in this process
-before the fan-out closes its stream (StreamLimits).
+once (fanout.event_frame) and written by the common SSE writer (services/common/sse.py),
+fed by the process's hub (services/common/hub.py), which closes a stream whose client
+does not keep up (StreamLimits).
 """
 
 from __future__ import annotations
@@ -22,19 +21,13 @@ import asyncpg
 from aiohttp import web
 
 from services.common.auth import AUTH, PRINCIPAL, Principal, share_of
-from services.common.http import error_response, stamp_request_id
-from services.common.keys import CHANNELS, PG_POOL, SETTINGS
+from services.common.http import error_response
+from services.common.hub import Hub, StreamConfig, StreamLimits, Subscriber
+from services.common.keys import CHANNELS, HUB, PG_POOL, SETTINGS, STREAM_CONFIG
 from services.common.metrics import METRICS
 from services.common.shares import REVOCATIONS
-from services.gateway.fanout import (
-    Fanout,
-    Marker,
-    StreamConfig,
-    StreamLimits,
-    Subscriber,
-    event_frame,
-)
-from services.gateway.keys import FANOUT, STREAM_CONFIG
+from services.common.sse import SseWriter, pump
+from services.gateway.fanout import encode_event, event_frame, on_lifecycle
 from shared.db import session_events, sessions
 from shared.db import shares as shares_db
 from shared.db.connect import Pool
@@ -45,14 +38,6 @@ from shared.models.limits import parse_uint
 logger = logging.getLogger(__name__)
 
 PAGE = 1000
-# bytes handed to the transport per write, at most (a single frame may be more)
-WRITE_SLICE = 64 * 1024
-HEARTBEAT = b": ping\n\n"
-STREAM_HEADERS = {
-    "Content-Type": "text/event-stream",
-    "Cache-Control": "no-cache, no-store, must-revalidate",
-    "X-Accel-Buffering": "no",
-}
 
 
 def connected_frame(session_id: str) -> bytes:
@@ -76,38 +61,15 @@ class _Stream:
 
     def __init__(
         self,
-        resp: web.StreamResponse,
-        sub: Subscriber,
+        writer: SseWriter,
         pool: Pool,
         session_uuid: uuid.UUID,
         last: int,
     ) -> None:
-        self.resp = resp
-        self.sub = sub
+        self.writer = writer
         self.pool = pool
         self.session_uuid = session_uuid
         self.last = last
-
-    async def write(self, data: bytes) -> None:
-        self.sub.write_started(len(data))
-        try:
-            await self.resp.write(data)
-        finally:
-            self.sub.write_done()
-
-    async def write_frames(self, frames: list[bytes]) -> None:
-        """Frames joined into writes of about WRITE_SLICE bytes."""
-        out: list[bytes] = []
-        size = 0
-        for frame in frames:
-            out.append(frame)
-            size += len(frame)
-            if size >= WRITE_SLICE:
-                await self.write(b"".join(out))
-                out = []
-                size = 0
-        if out:
-            await self.write(b"".join(out))
 
     async def catch_up(self, upto: int | None = None) -> None:
         """Write stored events after `last` (up to `upto`, or all) in pages."""
@@ -118,7 +80,7 @@ class _Stream:
             )
             if not events:
                 return
-            await self.write_frames(
+            await self.writer.write_frames(
                 [event_frame(e.event_id, e.payload) for e in events]
             )
             self.last = events[-1].event_id
@@ -133,7 +95,7 @@ class _Stream:
                 continue
             if event_id > self.last + 1:
                 if out:
-                    await self.write_frames(out)
+                    await self.writer.write_frames(out)
                     out = []
                 await self.catch_up(upto=event_id - 1)
                 if event_id <= self.last:
@@ -141,7 +103,7 @@ class _Stream:
             out.append(frame)
             self.last = event_id
         if out:
-            await self.write_frames(out)
+            await self.writer.write_frames(out)
 
 
 def _last_event_id(request: web.Request) -> str | None:
@@ -179,30 +141,32 @@ async def handle_stream(request: web.Request) -> web.StreamResponse:
     if request.query.get("probe") == "1":
         return web.Response(status=204)
 
-    fanout = app[FANOUT]
+    hub = app[HUB]
     client = _client_key(request)
-    refused = fanout.refusal(session.session_id, client)
+    refused = hub.refusal(session.session_id, client)
     if refused is not None:
         # checked and subscribed with no await between: the caps hold under a burst
         return error_response(429, refused)
     grant = share_of(request)
-    sub = await fanout.subscribe(
-        session.session_id, client, grant.share_id if grant is not None else None
+    sub = await hub.subscribe(
+        session.session_id,
+        app[CHANNELS].session_events(session.session_id),
+        encode_event,
+        client=client,
+        share_id=grant.share_id if grant is not None else None,
     )
     expiry = _watch_share(app, sub, grant)
     metrics = app.get(METRICS)
     if metrics is not None:
         metrics.sse_streams.labels("acp").inc()
-    resp = web.StreamResponse(headers=STREAM_HEADERS)
+    writer = SseWriter(sub)
     try:
-        stamp_request_id(request, resp)
-        await resp.prepare(request)
-        sub.attach(request.transport)
+        await writer.prepare(request)
         start = await _replay_start(pool, session_uuid, raw_last, replay)
-        stream = _Stream(resp, sub, pool, session_uuid, start)
+        stream = _Stream(writer, pool, session_uuid, start)
         await stream.catch_up()
-        await stream.write(connected_frame(session.session_id))
-        await _live(stream, sub)
+        await writer.write(connected_frame(session.session_id))
+        await pump(writer, stream.deliver, stream.catch_up)
     except ConnectionResetError:
         pass  # the client left; the agent goes on
     except (OSError, asyncpg.PostgresError) as err:
@@ -215,8 +179,8 @@ async def handle_stream(request: web.Request) -> web.StreamResponse:
         if metrics is not None:
             metrics.sse_streams.labels("acp").dec()
             metrics.subscriber_closed(sub.closed_reason)
-        await fanout.unsubscribe(sub)
-    return resp
+        await hub.unsubscribe(sub)
+    return writer.resp
 
 
 def _client_key(request: web.Request) -> str:
@@ -261,83 +225,51 @@ async def _replay_start(
     return turn - 1 if turn is not None else 0
 
 
-async def _live(stream: _Stream, sub: Subscriber) -> None:
-    """Write queued events until the stream is closed; the fan-out's ticker queues heartbeats."""
-    queue = sub.queue
-    while True:
-        # Take everything already queued: one write for a burst.
-        items = [await queue.get()]
-        await sub.writable()
-        while not queue.empty():
-            items.append(queue.get_nowait())
-        sub.taken()
-        events: list[tuple[int, bytes]] = []
-        heartbeat = False
-        for item in items:
-            if item is Marker.CLOSE:
-                if events:
-                    await stream.deliver(events)
-                return
-            if item is Marker.RESYNC:
-                sub.resync_pending = False
-                await stream.deliver(events)
-                events = []
-                await stream.catch_up()
-            elif item is Marker.HEARTBEAT:
-                heartbeat = True
-            else:
-                events.append(item)
-        if events:
-            await stream.deliver(events)
-        elif heartbeat:
-            await stream.write(HEARTBEAT)
-
-
 def close_session_streams(app: web.Application, session_id: str) -> int:
     """End every stream of a session on this process (called when it is deleted)."""
-    fanout = app.get(FANOUT)
-    return fanout.close_session(session_id, "deleted") if fanout is not None else 0
+    hub = app.get(HUB)
+    return hub.close_topic(session_id, "deleted") if hub is not None else 0
 
 
 async def fanout_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Owns the listener task; after the Redis ctx so Redis is closed after it stops."""
-    config = app.get(STREAM_CONFIG) or StreamConfig()
+    """Owns the hub; after the Redis ctx so Redis is closed after it stops."""
     settings = app[SETTINGS]
-    fanout = Fanout(
+    hub = Hub(
         settings.redis_url,
-        app[CHANNELS],
-        config,
+        app.get(STREAM_CONFIG) or StreamConfig(),
         StreamLimits.from_settings(settings),
+        name="event fan-out",
     )
-    app[FANOUT] = fanout
-    await fanout.start()
+    hub.listen(app[CHANNELS].workspace_sessions_pattern, on_lifecycle(hub))
+    app[HUB] = hub
+    await hub.start()
     yield
-    await fanout.stop()
+    await hub.stop()
 
 
 async def close_streams_on_shutdown(app: web.Application) -> None:
     """on_shutdown: a sentinel in every queue, so handlers return at once (house-style §2.9)."""
-    fanout = app.get(FANOUT)
-    if fanout is not None:
-        fanout.close_all("shutdown")
+    hub = app.get(HUB)
+    if hub is not None:
+        hub.close_all("shutdown")
 
 
 def _end_streams_of_revoked_shares(app: web.Application) -> None:
     """Revoking a share link ends its streams on every gateway (services/common/shares.py)."""
 
     def on_revoked(share_id: str) -> None:
-        fanout = app.get(FANOUT)
-        if fanout is not None:
-            fanout.close_share(share_id)
+        hub = app.get(HUB)
+        if hub is not None:
+            hub.close_share(share_id)
 
     async def on_resync() -> None:
-        fanout = app.get(FANOUT)
-        open_ids = fanout.share_ids() if fanout is not None else set()
-        if not open_ids or fanout is None:
+        hub = app.get(HUB)
+        open_ids = hub.share_ids() if hub is not None else set()
+        if not open_ids or hub is None:
             return
         alive = await shares_db.existing(app[PG_POOL], sorted(open_ids))
         for share_id in open_ids - alive:
-            fanout.close_share(share_id)
+            hub.close_share(share_id)
 
     revocations = app[REVOCATIONS]
     revocations.on_revoked.append(on_revoked)
@@ -346,8 +278,6 @@ def _end_streams_of_revoked_shares(app: web.Application) -> None:
 
 def setup(app: web.Application) -> None:
     """The GET route, the fan-out's cleanup context and the shutdown sentinel."""
-    if STREAM_CONFIG not in app:
-        app[STREAM_CONFIG] = StreamConfig()
     app.router.add_get("/api/acp", handle_stream)
     app.cleanup_ctx.append(fanout_ctx)
     _end_streams_of_revoked_shares(app)

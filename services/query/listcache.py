@@ -38,12 +38,12 @@ from shared import cache, lifecycle
 from shared.channels import Channels
 from shared.lifecycle import LifecycleType
 from shared.redisconn import Redis
+from shared.retry import Backoff
 
 logger = logging.getLogger(__name__)
 
 REDIS_OP_TIMEOUT = 0.5  # a hung Redis must not hang a list
 BREAKER_SECONDS = 1.0  # after a failure, go straight to Postgres for this long
-RETRY_INTERVAL = 0.5  # pending invalidations are retried this often
 
 _REDIS_ERRORS = (RedisError, OSError, TimeoutError, ValueError)
 
@@ -80,6 +80,7 @@ class _InvalidationProtocol(asyncio.Protocol):
     def __init__(self, owner: ListCache) -> None:
         self._owner = owner
         self.subscribed = False
+        self.was_subscribed = False  # for the reconnect backoff: it worked once
         self.last_heard = time.monotonic()
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._head = b""
@@ -95,7 +96,7 @@ class _InvalidationProtocol(asyncio.Protocol):
                 logger.warning("cache invalidation subscribe refused: %r", self._head)
                 return
             if _SUBSCRIBED in self._head:
-                self.subscribed = True
+                self.subscribed = self.was_subscribed = True
                 self._head = b""
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -167,6 +168,7 @@ class ListCache:
         if url.scheme != "redis" or url.host is None:
             logger.info("no in-process list cache for %s URLs", url.scheme)
             return
+        backoff = Backoff()
         while True:
             try:
                 await self._listen(url)
@@ -174,9 +176,12 @@ class ListCache:
                 logger.debug("cache invalidation subscriber: %r", err)
             finally:
                 if self._listener is not None:
+                    if self._listener.was_subscribed:
+                        backoff.reset()  # a new outage starts from the base delay
+                        self._listener.was_subscribed = False
                     self._listener.subscribed = False
                 self.drop_l1()
-            await asyncio.sleep(RETRY_INTERVAL)
+            await backoff.wait()
 
     async def _listen(self, url: URL) -> None:
         loop = asyncio.get_running_loop()
@@ -330,12 +335,13 @@ class ListCache:
         while True:
             await self._wake.wait()
             self._wake.clear()
+            backoff = Backoff()
             while self.pending_invalidation:
                 try:
                     async with asyncio.timeout(REDIS_OP_TIMEOUT):
                         await cache.invalidate_sessions(self._redis, self._channels)
                 except _REDIS_ERRORS:
-                    await asyncio.sleep(RETRY_INTERVAL)
+                    await backoff.wait()
                 else:
                     self.pending_invalidation = False
                     self._down_until = 0.0

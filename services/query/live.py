@@ -1,216 +1,97 @@
-"""Live notes/tasks streams: ONE Redis pub/sub per process fanned out to bounded local queues.
+"""The query service's live streams: notes, tasks and session lifecycle, fed by one hub.
 
-A change made on any instance is published on the workspace's channel; every query
-instance's hub receives it and hands the bytes, untouched, to the queues of the streams
-watching that channel.
+A change made on any instance is published on its workspace's channel; every query
+instance's hub (services/common/hub.py) receives it and hands the bytes, framed once as
+a `data:` frame, to the queues of the streams watching that channel. Notes and tasks
+streams subscribe to their workspace's channel; lifecycle streams share the hub's one
+pattern subscription to every workspace's sessions channel and pick their workspaces.
+Every stream is written by the common SSE writer (services/common/sse.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from aiohttp import web
-from aiohttp_sse import EventSourceResponse
-from redis.exceptions import RedisError
 
-from services.common.http import stamp_request_id
-from services.common.keys import CHANNELS, PG_POOL, REDIS
+from services.common.hub import Hub, StreamConfig, StreamLimits
+from services.common.keys import CHANNELS, HUB, PG_POOL, SETTINGS, STREAM_CONFIG
 from services.common.metrics import track_stream
+from services.common.sse import SseWriter, data_event, data_frame, pump
 from services.query.workspaces import ensure_workspace
 from shared.channels import Channels
-from shared.jsonutil import dumps_str, now_iso
+from shared.jsonutil import dumps, now_iso
 from shared.models.validation import query_value
-from shared.redisconn import Redis
 
-logger = logging.getLogger(__name__)
-
-QUEUE_SIZE = 256
-DEFAULT_HEARTBEAT = 15.0
-STARTUP_WAIT = 2.0
+STARTUP_WAIT = 2.0  # how long the app waits for the hub's first subscription
 
 
-class Subscription:
-    """One stream's view of one channel: a bounded queue that ends with a None sentinel."""
+async def _hub_ctx(app: web.Application) -> AsyncIterator[None]:
+    """After Redis: start the hub and give it a moment to subscribe.
 
-    __slots__ = ("channel", "closed", "queue")
-
-    def __init__(self, channel: str) -> None:
-        self.channel = channel
-        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue(QUEUE_SIZE)
-        self.closed = False
-
-    def push(self, data: bytes) -> bool:
-        """False when the reader is too slow (queue full): the stream is then ended."""
-        if self.closed:
-            return True
-        try:
-            self.queue.put_nowait(data)
-        except asyncio.QueueFull:
-            self.close()
-            return False
-        return True
-
-    def close(self) -> None:
-        """End the stream: drop what is queued, leave only the sentinel."""
-        if self.closed:
-            return
-        self.closed = True
-        while not self.queue.empty():
-            self.queue.get_nowait()
-        self.queue.put_nowait(None)
-
-
-class LiveHub:
-    """Owns the process's pattern subscription and the local subscriber sets."""
-
-    def __init__(self, redis: Redis, patterns: tuple[str, ...]) -> None:
-        self._redis = redis
-        self._patterns = patterns
-        self._subs: dict[str, set[Subscription]] = {}
-        self.ready = asyncio.Event()
-
-    def subscribe(self, channel: str) -> Subscription:
-        sub = Subscription(channel)
-        self._subs.setdefault(channel, set()).add(sub)
-        return sub
-
-    def unsubscribe(self, sub: Subscription) -> None:
-        subs = self._subs.get(sub.channel)
-        if subs is not None:
-            subs.discard(sub)
-            if not subs:
-                del self._subs[sub.channel]
-
-    def subscriber_count(self) -> int:
-        return sum(len(s) for s in self._subs.values())
-
-    def dispatch(self, channel: str, data: bytes) -> None:
-        for sub in list(self._subs.get(channel, ())):
-            if not sub.push(data):
-                logger.warning("live stream on %s too slow, closing it", channel)
-                self.unsubscribe(sub)
-
-    def close_all(self) -> None:
-        """Shutdown: every stream gets its sentinel (house-style §2.9)."""
-        for subs in list(self._subs.values()):
-            for sub in list(subs):
-                sub.close()
-
-    async def run(self) -> None:
-        """Listen until cancelled; reconnect with backoff when Redis goes away."""
-        backoff = 0.1
-        while True:
-            pubsub = self._redis.pubsub()
-            try:
-                await pubsub.psubscribe(*self._patterns)
-                confirmed = 0
-                while True:
-                    msg = await pubsub.get_message(timeout=1.0)
-                    if msg is None:
-                        continue
-                    kind = msg["type"]
-                    if kind == "pmessage":
-                        self.dispatch(_text(msg["channel"]), _bytes(msg["data"]))
-                    elif kind == "psubscribe":
-                        confirmed += 1
-                        if confirmed >= len(self._patterns):
-                            self.ready.set()
-                            backoff = 0.1
-            except (RedisError, OSError) as err:
-                self.ready.clear()
-                logger.warning("live pub/sub lost (%s); reconnecting", err)
-                await asyncio.sleep(backoff)  # reconnect backoff, not synchronisation
-                backoff = min(backoff * 2, 5.0)
-            finally:
-                with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _bytes(value: Any) -> bytes:
-    return value if isinstance(value, bytes) else str(value).encode()
-
-
-LIVE_HUB = web.AppKey("live_hub", LiveHub)
-HEARTBEAT = web.AppKey("live_heartbeat", float)
-_LIVE_TASK = web.AppKey("live_task", asyncio.Task[None])
-
-
-async def _live_ctx(app: web.Application) -> AsyncIterator[None]:
-    """After Redis: start the listener and give it a moment to subscribe.
-
-    The app starts even when Redis is down; the listener keeps retrying.
+    The app starts even when Redis is down; the hub keeps retrying.
     """
-    channels = app[CHANNELS]
-    hub = LiveHub(
-        app[REDIS],
-        (channels.workspace_notes_pattern, channels.workspace_tasks_pattern),
+    settings = app[SETTINGS]
+    hub = Hub(
+        settings.redis_url,
+        app.get(STREAM_CONFIG) or StreamConfig(),
+        StreamLimits.from_settings(settings),
+        name="live streams",
     )
-    app[LIVE_HUB] = hub
-    app[_LIVE_TASK] = asyncio.create_task(hub.run(), name="live-hub")
+    hub.listen(app[CHANNELS].workspace_sessions_pattern)
+    app[HUB] = hub
+    await hub.start()
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(STARTUP_WAIT):
-            await hub.ready.wait()
+            await hub.connected.wait()
     yield
-    app[_LIVE_TASK].cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await app[_LIVE_TASK]
+    await hub.stop()
 
 
 async def _end_streams(app: web.Application) -> None:
-    if LIVE_HUB in app:
-        app[LIVE_HUB].close_all()
+    """on_shutdown: a sentinel into every queue ends the handlers at once (house-style §2.9)."""
+    if HUB in app:
+        app[HUB].close_all()
 
 
 def setup(app: web.Application) -> None:
-    """Idempotent: notes and tasks both call it."""
-    if _LIVE_TASK in app or any(ctx is _live_ctx for ctx in app.cleanup_ctx):
+    """Idempotent: notes, tasks and sessions all call it."""
+    if any(ctx is _hub_ctx for ctx in app.cleanup_ctx):
         return
-    if HEARTBEAT not in app:
-        app[HEARTBEAT] = DEFAULT_HEARTBEAT
-    app.cleanup_ctx.append(_live_ctx)
+    app.cleanup_ctx.append(_hub_ctx)
     app.on_shutdown.append(_end_streams)
 
 
 async def stream(
-    request: web.Request, channel: str, connected: dict[str, Any]
+    request: web.Request,
+    kind: str,
+    name: str,
+    connected: dict[str, Any],
+    accept: Callable[[str], bool] | None = None,
 ) -> web.StreamResponse:
-    """SSE: the connected frame, then every message of `channel` as a `data:` frame.
+    """SSE: the connected frame, then every message of channel or pattern `name`.
 
     Subscribes before the connected frame so nothing published after it is missed; no id:,
-    no event:, no replay; heartbeats are `: ping` comments.
+    no event:, no replay; heartbeats are `: ping` comments. `kind` labels the stream in
+    metrics.
     """
-    hub = request.app[LIVE_HUB]
-    sub = hub.subscribe(channel)
-    resp = EventSourceResponse(sep="\n", ping_interval=request.app[HEARTBEAT])
-    watcher: asyncio.Future[None] | None = None
-    # /api/notes/events -> "notes", /api/tasks/events -> "tasks"
-    untrack = track_stream(request.app, request.path.split("/")[2])
+    hub = request.app[HUB]
+    sub = await hub.subscribe(name, name, data_event, accept=accept)
+    writer = SseWriter(sub)
+    untrack = track_stream(request.app, kind)
     try:
-        stamp_request_id(request, resp)
-        await resp.prepare(request)
-        # the ping task ends when the client is gone: end the stream then, not at the next message
-        watcher = asyncio.ensure_future(resp.wait())
-        watcher.add_done_callback(lambda _: sub.close())
-        async with resp:
-            await resp.send(dumps_str(connected))
-            while (data := await sub.queue.get()) is not None:
-                await resp.send(data.decode())
-    except (ConnectionResetError, TimeoutError):
-        pass  # the client left or stalled
+        await writer.prepare(request)
+        await writer.write(data_frame(dumps(connected)))
+        await pump(writer)
+    except ConnectionResetError:
+        pass  # the client left: a normal end of stream
     finally:
         untrack()
-        hub.unsubscribe(sub)
-        if watcher is not None:
-            watcher.cancel()
-    return resp
+        await hub.unsubscribe(sub)
+    return writer.resp
 
 
 async def workspace_stream(
@@ -222,6 +103,8 @@ async def workspace_stream(
     )
     return await stream(
         request,
+        # /api/notes/events -> "notes", /api/tasks/events -> "tasks"
+        request.path.split("/")[2],
         channel_of(request.app[CHANNELS], workspace_id),
         {"type": "connected", "workspaceId": workspace_id, "at": now_iso()},
     )

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 
+from services.common.hub import StreamConfig
+from services.common.keys import HUB, STREAM_CONFIG
 from services.gateway.app import create_app as create_gateway
-from services.gateway.fanout import StreamConfig
-from services.gateway.keys import FANOUT, STREAM_CONFIG
 from services.query.app import create_app as create_query
 from tests.gateway.conftest import SseReader
 from tests.gateway.rpcutil import events, ok, wait_ready
@@ -33,7 +33,7 @@ async def test_redis_outage_streams_complete_log_once(
         gw = await aiohttp_client(gw_app)
         q = await aiohttp_client(create_query(settings))
         async with asyncio.timeout(HANG_GUARD):
-            await gw_app[FANOUT].connected.wait()
+            await gw_app[HUB].connected.wait()
         sid = (await ok(gw, "session/new", {"workspaceId": workspace_id}))["sessionId"]
         await wait_ready(pool, sid)
         resp = await gw.get(

@@ -12,9 +12,9 @@ import orjson
 import pytest
 from aiohttp import ClientResponse, web
 
+from services.common.hub import StreamConfig
+from services.common.keys import HUB, STREAM_CONFIG
 from services.gateway.app import create_app
-from services.gateway.fanout import StreamConfig
-from services.gateway.keys import FANOUT, STREAM_CONFIG
 from shared.db import sessions
 from shared.events import gateway_update, record_events
 from shared.settings import Settings
@@ -42,7 +42,7 @@ async def gateway(make_gateway, aiohttp_client):
 
 async def wait_fanout_ready(app: web.Application) -> None:
     async with asyncio.timeout(10):
-        await app[FANOUT].connected.wait()
+        await app[HUB].connected.wait()
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import uuid
 import pytest
 from aiohttp import ClientPayloadError, ClientSession, ClientTimeout, web
 
-from services.gateway.keys import FANOUT
+from services.common.keys import HUB
 from tests.gateway.conftest import SseReader, chunk, user_message, wait_fanout_ready
 
 
@@ -88,7 +88,7 @@ async def test_probe_is_204_without_body(gateway, new_session) -> None:
     resp = await gateway.get(url(sid, probe="1"))
     assert resp.status == 204
     assert await resp.read() == b""
-    assert gateway.app[FANOUT].subscriber_count() == 0
+    assert gateway.app[HUB].subscriber_count() == 0
 
 
 async def test_bad_replay_is_400_naming_it(gateway, new_session) -> None:
@@ -301,7 +301,7 @@ async def test_slow_subscriber_is_closed_and_catches_up(
     """A stream that cannot keep up is closed; reconnecting with Last-Event-ID loses nothing."""
     client = await aiohttp_client(make_gateway(queue_size=2))
     await wait_fanout_ready(client.app)
-    fanout = client.app[FANOUT]
+    fanout = client.app[HUB]
     sid = await new_session()
     resp, reader = await open_stream(client, sid)
     await reader.until_connected()
@@ -350,7 +350,7 @@ async def test_deleted_session_ends_its_streams(
     async with asyncio.timeout(10):
         while await reader.frame() is not None:
             pass
-    assert gateway.app[FANOUT].subscriber_count(sid) == 0
+    assert gateway.app[HUB].subscriber_count(sid) == 0
     resp.close()
 
 
@@ -377,7 +377,7 @@ async def test_shutdown_ends_open_streams(make_gateway, new_session, append) -> 
     await site.start()
     port = runner.addresses[0][1]
     sid = await new_session()
-    fanout = app[FANOUT]
+    fanout = app[HUB]
     async with ClientSession(timeout=ClientTimeout(total=None)) as http:
         resp = await http.get(f"http://127.0.0.1:{port}{url(sid)}")
         reader = SseReader(resp)
@@ -396,9 +396,9 @@ async def test_redis_outage_streams_poll_the_log_and_resume(
     make_settings, aiohttp_client, new_session, append, redis_url
 ) -> None:
     """Redis gone: live events come from the log; back: no event lost or repeated."""
+    from services.common.hub import StreamConfig
+    from services.common.keys import STREAM_CONFIG
     from services.gateway.app import create_app
-    from services.gateway.fanout import StreamConfig
-    from services.gateway.keys import STREAM_CONFIG
     from tests.proxy import TcpProxy
 
     proxy = TcpProxy.for_url(redis_url)
@@ -407,7 +407,7 @@ async def test_redis_outage_streams_poll_the_log_and_resume(
         app = create_app(make_settings(redis_url=proxy.rewrite(redis_url)))
         app[STREAM_CONFIG] = StreamConfig(poll_interval=0.05, heartbeat_interval=0.2)
         client = await aiohttp_client(app)
-        fanout = app[FANOUT]
+        fanout = app[HUB]
         await wait_fanout_ready(app)
         sid = await new_session()
         resp, reader = await open_stream(client, sid)

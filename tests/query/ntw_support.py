@@ -7,7 +7,8 @@ from typing import Any
 
 import orjson
 
-from services.query import live
+from services.common.hub import StreamConfig
+from services.common.keys import STREAM_CONFIG
 from services.query.app import create_app
 
 
@@ -17,7 +18,7 @@ async def query_client(
     """A real query app (Postgres + Redis) behind a test client."""
     app = create_app(make_settings(**overrides))
     if heartbeat is not None:
-        app[live.HEARTBEAT] = heartbeat
+        app[STREAM_CONFIG] = StreamConfig(heartbeat_interval=heartbeat)
     return await aiohttp_client(app)
 
 

@@ -9,7 +9,9 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from services.query import live
+from services.common.hub import Hub, Marker, StreamConfig
+from services.common.keys import HUB
+from services.common.sse import data_event
 from services.query.app import create_app
 from shared.db import sessions as sessions_db
 from tests.query.ntw_support import next_data, next_line, query_client
@@ -262,7 +264,7 @@ async def test_events_reach_subscribers_on_other_instances(
     resp = await a.get(f"/api/notes/events?workspaceId={workspace_id}")
     assert resp.status == 200
     assert resp.headers["Content-Type"].startswith("text/event-stream")
-    assert resp.headers["Cache-Control"] == "no-cache"
+    assert "no-cache" in resp.headers["Cache-Control"].split(", ")
     assert resp.headers["X-Accel-Buffering"] == "no"
     connected = await next_data(resp)
     assert connected["type"] == "connected"
@@ -314,7 +316,7 @@ async def test_shutdown_ends_streams(make_settings, workspace_id) -> None:
         ]
         for resp in streams:
             assert (await next_data(resp))["type"] == "connected"
-        hub = app[live.LIVE_HUB]
+        hub = app[HUB]
         assert hub.subscriber_count() == 2
         async with asyncio.timeout(10):  # hang guard only
             await (
@@ -332,18 +334,20 @@ async def test_shutdown_ends_streams(make_settings, workspace_id) -> None:
 
 async def test_slow_subscriber_is_closed(workspace_id) -> None:
     """A full queue ends that stream instead of growing without bound."""
-    hub = live.LiveHub(redis=None, patterns=())  # type: ignore[arg-type]
-    slow = hub.subscribe("chan")
-    fast = hub.subscribe("chan")
-    for i in range(live.QUEUE_SIZE):
+    hub = Hub("redis://127.0.0.1:1", StreamConfig(queue_size=16))  # never started
+    slow = await hub.subscribe("chan", "chan", data_event)
+    fast = await hub.subscribe("chan", "chan", data_event)
+    for i in range(hub.config.queue_size):
         hub.dispatch("chan", b"%d" % i)
         fast.queue.get_nowait()
     hub.dispatch("chan", b"overflow")
-    assert slow.closed
-    assert slow.queue.get_nowait() is None
+    assert slow.closed_reason == "overflow"
+    assert slow.queue.get_nowait() is Marker.CLOSE
     assert not fast.closed
-    assert fast.queue.get_nowait() == b"overflow"
+    assert fast.queue.get_nowait() == (0, b"data: overflow\n\n")
+    await hub.unsubscribe(slow)
     assert hub.subscriber_count() == 1
+    await hub.stop()
 
 
 async def test_nul_characters_are_refused_not_500(client, workspace_id) -> None:

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import asyncio
 
+from services.common.hub import StreamConfig
+from services.common.keys import HUB, STREAM_CONFIG
 from services.query.app import create_app
-from services.query.lifecycle_sse import LIFECYCLE_HEARTBEAT, LIFECYCLE_HUB
 from tests.query.sessions_support import ISO_MS, make_session, next_data
 
 
 async def _client(aiohttp_client, make_settings, heartbeat: float | None = None):
     app = create_app(make_settings())
     if heartbeat is not None:
-        app[LIFECYCLE_HEARTBEAT] = heartbeat
+        app[STREAM_CONFIG] = StreamConfig(heartbeat_interval=heartbeat)
     return await aiohttp_client(app)
 
 
@@ -96,23 +97,23 @@ async def test_heartbeats_are_comments(aiohttp_client, make_settings):
 
 async def test_shutdown_ends_open_streams(aiohttp_client, make_settings):
     client = await _client(aiohttp_client, make_settings)
-    hub = client.app[LIFECYCLE_HUB]
+    hub = client.app[HUB]
     resp = await client.get("/api/sessions/events", params={"workspaceId": "default"})
     await next_data(resp)
     # the stream is waiting on its queue; shutting the server down must end it
     async with asyncio.timeout(10):
         await client.server.close()
         assert (await resp.content.read()).strip() == b""
-    assert not hub._subscribers
+    assert hub.subscriber_count() == 0
 
 
 async def test_client_leaving_unregisters_the_stream(aiohttp_client, make_settings):
     client = await _client(aiohttp_client, make_settings, heartbeat=0.05)
-    hub = client.app[LIFECYCLE_HUB]
+    hub = client.app[HUB]
     resp = await client.get("/api/sessions/events", params={"workspaceId": "default"})
     await next_data(resp)
-    assert len(hub._subscribers) == 1
+    assert hub.subscriber_count() == 1
     resp.close()
     async with asyncio.timeout(10):
-        while hub._subscribers:
+        while hub.subscriber_count():
             await asyncio.sleep(0.02)

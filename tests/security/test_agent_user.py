@@ -21,8 +21,9 @@ from pathlib import Path
 
 import pytest
 
+from services.common.keys import HUB
 from services.gateway.app import create_app
-from services.gateway.keys import FANOUT, SESSION_MANAGER
+from services.gateway.keys import SESSION_MANAGER
 from tests.security.confine_support import new_session, turn_text
 
 PROBE = Path(__file__).parent / "agents" / "probe_agent.py"
@@ -96,7 +97,7 @@ async def test_agents_run_as_agent_user(
         )
         gw = await aiohttp_client(create_app(settings))
         async with asyncio.timeout(10):
-            await gw.app[FANOUT].connected.wait()
+            await gw.app[HUB].connected.wait()
         sid = await new_session(
             gw,
             pool,

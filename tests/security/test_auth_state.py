@@ -8,8 +8,8 @@ import logging
 
 import pytest
 
+from services.common.keys import HUB
 from services.gateway.app import create_app as create_gateway
-from services.gateway.keys import FANOUT
 from services.query.app import create_app as create_query
 from shared.db import tokens
 from tests.security.conftest import bearer
@@ -56,7 +56,7 @@ async def test_revoking_the_last_token_keeps_auth_on(
     assert (await query.get("/api/workspaces")).status == 200
     gw = await aiohttp_client(create_gateway(settings()))
     async with asyncio.timeout(10):
-        await gw.app[FANOUT].connected.wait()
+        await gw.app[HUB].connected.wait()
 
     caplog.clear()
     token = await asyncio.to_thread(cli, db_url, "create", "-w", "default")

@@ -12,11 +12,10 @@ import uuid
 
 import pytest
 
-from services.common.keys import SETTINGS
+from services.common.keys import HUB, SETTINGS
 from services.gateway import confine
 from services.gateway.app import create_app
 from services.gateway.confine import safe_segment
-from services.gateway.keys import FANOUT
 from tests.security.confine_support import (
     new_session,
     refused,
@@ -35,7 +34,7 @@ async def gw(make_settings, aiohttp_client, auth_tokens, tmp_path):
     settings.cwd_root.mkdir(parents=True)
     client = await aiohttp_client(create_app(settings))
     async with asyncio.timeout(10):
-        await client.app[FANOUT].connected.wait()
+        await client.app[HUB].connected.wait()
     return client
 
 

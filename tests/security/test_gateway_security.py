@@ -10,8 +10,8 @@ from pathlib import Path
 import orjson
 import pytest
 
+from services.common.keys import HUB
 from services.gateway.app import create_app
-from services.gateway.keys import FANOUT
 from tests.security.conftest import TOKEN_A, TOKEN_ALL, bearer, insert_session
 
 PROBE = Path(__file__).parent / "agents" / "probe_agent.py"
@@ -27,7 +27,7 @@ def make_gw(make_settings, aiohttp_client, cwd_root):
     async def _make(**overrides):
         client = await aiohttp_client(create_app(make_settings(**overrides)))
         async with asyncio.timeout(10):
-            await client.app[FANOUT].connected.wait()
+            await client.app[HUB].connected.wait()
         return client
 
     return _make
@@ -136,7 +136,7 @@ async def test_prompt_body_and_subscriber_limits(make_gw, pool, workspace_id):
     assert "error" in await over.json()
     streams[0].close()
     async with asyncio.timeout(10):
-        while gw.app[FANOUT].subscriber_count(sid) >= 2:
+        while gw.app[HUB].subscriber_count(sid) >= 2:
             await asyncio.sleep(0.02)
     again = await gw.get(f"/api/acp?sessionId={sid}")
     assert again.status == 200

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from services.common.keys import HUB
 from services.gateway.app import create_app
-from services.gateway.keys import FANOUT, SESSION_MANAGER
+from services.gateway.keys import SESSION_MANAGER
 from services.gateway.mcp import McpPolicy
 from shared.db import sessions
 from tests.security.confine_support import (
@@ -51,7 +52,7 @@ def make_gw(make_settings, aiohttp_client, cwd_root):
         }
         client = await aiohttp_client(create_app(make_settings(**(values | overrides))))
         async with asyncio.timeout(10):
-            await client.app[FANOUT].connected.wait()
+            await client.app[HUB].connected.wait()
         return client
 
     return _make

@@ -12,8 +12,8 @@ import uuid
 
 import pytest
 
+from services.common.keys import HUB
 from services.gateway.app import create_app as create_gateway
-from services.gateway.keys import FANOUT
 from services.query.app import create_app as create_query
 from shared.db import sessions
 from tests.security.conftest import TOKEN_A, TOKEN_ALL, TOKEN_B, bearer
@@ -51,7 +51,7 @@ async def gateway(make_settings, auth_tokens, aiohttp_client, cwd_root):
         create_gateway(make_settings(auth_tokens=auth_tokens))
     )
     async with asyncio.timeout(10):
-        await client.app[FANOUT].connected.wait()
+        await client.app[HUB].connected.wait()
     return client
 
 

@@ -21,9 +21,9 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 
+from services.common.keys import HUB
 from services.common.shares import REVOCATIONS
 from services.gateway.app import create_app as create_gateway
-from services.gateway.keys import FANOUT
 from services.query.app import create_app as create_query
 from shared.db import shares as shares_db
 from tests.scaleout.support import free_port, start_service, stop, wait_ready
@@ -54,7 +54,7 @@ def make_stack(
         gw = await aiohttp_client(create_gateway(make_settings(**overrides)))
         query = await aiohttp_client(query_app)
         async with asyncio.timeout(WAIT):
-            await gw.app[FANOUT].connected.wait()
+            await gw.app[HUB].connected.wait()
             await gw.app[REVOCATIONS].listening.wait()
             await query.app[REVOCATIONS].listening.wait()
         return gw, query

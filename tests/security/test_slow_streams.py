@@ -23,9 +23,10 @@ import aiohttp
 import orjson
 import pytest
 
+from services.common.hub import Hub, StreamConfig, Subscriber
+from services.common.keys import HUB, STREAM_CONFIG
 from services.gateway.app import create_app
-from services.gateway.fanout import Fanout, StreamConfig
-from services.gateway.keys import FANOUT, STREAM_CONFIG
+from services.gateway.fanout import encode_event
 from shared.channels import Channels
 from shared.events import record_events
 from tests.conftest import RUN_ID
@@ -113,7 +114,7 @@ def make_gw(make_settings, aiohttp_client, cwd_root):
         app[STREAM_CONFIG] = StreamConfig(check_interval=0.05)
         client = await aiohttp_client(app)
         async with asyncio.timeout(10):
-            await app[FANOUT].connected.wait()
+            await app[HUB].connected.wait()
         return client
 
     return _make
@@ -145,7 +146,7 @@ async def test_idle_client_cannot_lock_out_a_session(
     """
     gw = await make_gw()
     sid = await insert_session(pool, workspace_id)
-    fanout = gw.app[FANOUT]
+    fanout = gw.app[HUB]
     # another client (another address) already reading
     other = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
     async with aiohttp.ClientSession(connector=other) as http:
@@ -195,7 +196,7 @@ async def test_client_cap_counts_per_token(make_gw, pool, auth_tokens, two_works
     # another token on the same session and address is another client
     admin = await gw.get(stream_url(sid), headers=bearer(TOKEN_ALL))
     assert admin.status == 200
-    fanout = gw.app[FANOUT]
+    fanout = gw.app[HUB]
     streams[0].close()
     await wait_until(lambda: fanout.subscriber_count(sid) == 2, "a stream to close")
     again = await gw.get(stream_url(sid), headers=bearer(TOKEN_A))
@@ -222,7 +223,7 @@ async def test_session_cap_names_max_subscribers(make_gw, pool, workspace_id):
 
 async def fast_and_slow(gw, sid: str):
     """A reading subscriber, then a never-reading one: (reader, its sub, slow sub, socket)."""
-    fanout = gw.app[FANOUT]
+    fanout = gw.app[HUB]
     fast = Reader(await gw.get(stream_url(sid)))
     await wait_until(lambda: fanout.subscriber_count(sid) == 1, "the fast stream")
     [fast_sub] = fanout.subscribers(sid)
@@ -280,26 +281,32 @@ async def test_stream_over_its_byte_budget_is_closed(
 # -- the process-wide budget ----------------------------------------------------------------
 
 
-def _message(channel: str, session_id: str, event_id: int, size: int) -> dict:
+def _payload(session_id: str, event_id: int, size: int) -> bytes:
     payload = (
         f'{{"sessionId":"{session_id}","eventId":"{event_id}",'
         f'"update":{{"sessionUpdate":"agent_message_chunk","text":"{"z" * size}"}}}}'
     )
-    return {"type": "message", "channel": channel, "data": payload.encode()}
+    return payload.encode()
 
 
 async def test_process_budget_closes_the_largest_backlog_first(redis_url) -> None:
     """Over STREAMS_BUFFER_BYTES the largest backlog goes first; a subscriber that keeps
     up on the same session, and a smaller backlog elsewhere, stay open."""
-    from services.gateway.fanout import StreamLimits
+    from services.common.hub import StreamLimits
 
     names = Channels(f"budget-{uuid.uuid4().hex[:8]}")
     limits = StreamLimits(total_bytes=800_000)
-    fanout = Fanout(redis_url, names, StreamConfig(), limits)
+    fanout = Hub(redis_url, StreamConfig(), limits)
     big, small = str(uuid.uuid4()), str(uuid.uuid4())
-    stuck = await fanout.subscribe(big, "addr:a")  # never takes from its queue
-    keeping_up = await fanout.subscribe(big, "addr:b")
-    other = await fanout.subscribe(small, "addr:c")
+
+    async def subscribe(session_id: str, client: str) -> Subscriber:
+        return await fanout.subscribe(
+            session_id, names.session_events(session_id), encode_event, client=client
+        )
+
+    stuck = await subscribe(big, "addr:a")  # never takes from its queue
+    keeping_up = await subscribe(big, "addr:b")
+    other = await subscribe(small, "addr:c")
     got: list[int] = []
 
     def take() -> None:  # the keeping-up stream's writer
@@ -310,9 +317,9 @@ async def test_process_budget_closes_the_largest_backlog_first(redis_url) -> Non
         keeping_up.taken()
 
     for i in range(1, 31):  # about 300 KB queued for `other`
-        fanout._on_message(_message(names.session_events(small), small, i, 10_000))
+        fanout.dispatch(names.session_events(small), _payload(small, i, 10_000))
     for i in range(1, 101):  # 1 MB for the big session: over the budget on the way
-        fanout._on_message(_message(names.session_events(big), big, i, 10_000))
+        fanout.dispatch(names.session_events(big), _payload(big, i, 10_000))
         take()
     assert stuck.closed_reason == "memory"
     assert not other.closed
