@@ -56,8 +56,8 @@ class StreamConfig:
     # with a margin below the 15 s the API promises
     heartbeat_interval: float = 10.0
     queue_size: int = 4096
-    # how often streams re-read their log while Redis is unreachable (at most; the
-    # reconnect attempts back off with jitter up to it)
+    # how often streams re-read their log while Redis is unreachable: the reconnect
+    # attempts back off with jitter from poll_interval/2 to twice it
     poll_interval: float = 0.5
     # how long a new stream waits for its Redis subscription before replaying anyway
     subscribe_wait: float = 2.0
@@ -436,6 +436,18 @@ class Hub:
         # set while the hub's patterns are subscribed; tests wait on it
         self.connected = asyncio.Event()
 
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, config: StreamConfig | None, name: str
+    ) -> Hub:
+        """The process's hub: REDIS_URL and the stream budgets of its settings."""
+        return cls(
+            settings.redis_url,
+            config or StreamConfig(),
+            StreamLimits.from_settings(settings),
+            name=name,
+        )
+
     def listen(self, pattern: str, on_message: OnPattern | None = None) -> None:
         """Before `start`: subscribe `pattern` for as long as the hub runs.
 
@@ -737,10 +749,10 @@ class Hub:
         closed.clear()
 
     async def _run(self) -> None:
-        # Reconnect attempts back off with jitter, up to poll_interval: while Redis is
-        # away, every attempt also tells the streams to catch up from their log.
+        # Reconnect attempts back off with jitter (shared/retry.py); while Redis is away,
+        # every attempt also tells the streams to catch up from their log.
         poll = self.config.poll_interval
-        backoff = Backoff(min(0.1, poll), poll)
+        backoff = Backoff(poll, 2 * poll)
         while True:
             try:
                 await self._listen(backoff)

@@ -22,11 +22,10 @@ from aiohttp import web
 
 from services.common.auth import AUTH, PRINCIPAL, Principal, share_of
 from services.common.http import error_response
-from services.common.hub import Hub, StreamConfig, StreamLimits, Subscriber
+from services.common.hub import Hub, Subscriber
 from services.common.keys import CHANNELS, HUB, PG_POOL, SETTINGS, STREAM_CONFIG
-from services.common.metrics import METRICS
 from services.common.shares import REVOCATIONS
-from services.common.sse import SseWriter, pump
+from services.common.sse import SseWriter, pump, track
 from services.gateway.fanout import encode_event, event_frame, on_lifecycle
 from shared.db import session_events, sessions
 from shared.db import shares as shares_db
@@ -156,9 +155,7 @@ async def handle_stream(request: web.Request) -> web.StreamResponse:
         share_id=grant.share_id if grant is not None else None,
     )
     expiry = _watch_share(app, sub, grant)
-    metrics = app.get(METRICS)
-    if metrics is not None:
-        metrics.sse_streams.labels("acp").inc()
+    untrack = track(app, "acp", sub)
     writer = SseWriter(sub)
     try:
         await writer.prepare(request)
@@ -176,9 +173,7 @@ async def handle_stream(request: web.Request) -> web.StreamResponse:
     finally:
         if expiry is not None:
             expiry.cancel()
-        if metrics is not None:
-            metrics.sse_streams.labels("acp").dec()
-            metrics.subscriber_closed(sub.closed_reason)
+        untrack()
         await hub.unsubscribe(sub)
     return writer.resp
 
@@ -233,13 +228,7 @@ def close_session_streams(app: web.Application, session_id: str) -> int:
 
 async def fanout_ctx(app: web.Application) -> AsyncIterator[None]:
     """Owns the hub; after the Redis ctx so Redis is closed after it stops."""
-    settings = app[SETTINGS]
-    hub = Hub(
-        settings.redis_url,
-        app.get(STREAM_CONFIG) or StreamConfig(),
-        StreamLimits.from_settings(settings),
-        name="event fan-out",
-    )
+    hub = Hub.from_settings(app[SETTINGS], app.get(STREAM_CONFIG), "event fan-out")
     hub.listen(app[CHANNELS].workspace_sessions_pattern, on_lifecycle(hub))
     app[HUB] = hub
     await hub.start()

@@ -17,10 +17,9 @@ from typing import Any
 
 from aiohttp import web
 
-from services.common.hub import Hub, StreamConfig, StreamLimits
+from services.common.hub import Hub
 from services.common.keys import CHANNELS, HUB, PG_POOL, SETTINGS, STREAM_CONFIG
-from services.common.metrics import track_stream
-from services.common.sse import SseWriter, data_event, data_frame, pump
+from services.common.sse import SseWriter, data_event, data_frame, pump, track
 from services.query.workspaces import ensure_workspace
 from shared.channels import Channels
 from shared.jsonutil import dumps, now_iso
@@ -34,13 +33,7 @@ async def _hub_ctx(app: web.Application) -> AsyncIterator[None]:
 
     The app starts even when Redis is down; the hub keeps retrying.
     """
-    settings = app[SETTINGS]
-    hub = Hub(
-        settings.redis_url,
-        app.get(STREAM_CONFIG) or StreamConfig(),
-        StreamLimits.from_settings(settings),
-        name="live streams",
-    )
+    hub = Hub.from_settings(app[SETTINGS], app.get(STREAM_CONFIG), "live streams")
     hub.listen(app[CHANNELS].workspace_sessions_pattern)
     app[HUB] = hub
     await hub.start()
@@ -81,7 +74,7 @@ async def stream(
     hub = request.app[HUB]
     sub = await hub.subscribe(name, name, data_event, accept=accept)
     writer = SseWriter(sub)
-    untrack = track_stream(request.app, kind)
+    untrack = track(request.app, kind, sub)
     try:
         await writer.prepare(request)
         await writer.write(data_frame(dumps(connected)))

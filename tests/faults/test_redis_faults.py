@@ -85,3 +85,63 @@ async def test_redis_outage_streams_complete_log_once(
         resp2.close()
     finally:
         await proxy.stop()
+
+
+async def test_query_live_streams_resume_after_a_redis_outage(
+    make_settings, aiohttp_client, redis_url, redis, workspace_id
+):
+    """The query service's hub reconnects (with backoff) and re-subscribes: an open notes
+    stream and an open lifecycle stream get what is published after Redis is back."""
+    from shared.channels import Channels
+    from tests.query.sessions_support import next_data
+
+    proxy = TcpProxy.for_url(redis_url)
+    await proxy.start()
+    try:
+        settings = make_settings(redis_url=proxy.rewrite(redis_url))
+        names = Channels(settings.redis_prefix)
+        app = create_query(settings)
+        app[STREAM_CONFIG] = StreamConfig(poll_interval=0.05, heartbeat_interval=1)
+        q = await aiohttp_client(app)
+        hub = app[HUB]
+        async with asyncio.timeout(HANG_GUARD):
+            await hub.connected.wait()
+        ws = {"workspaceId": workspace_id}
+        notes = await q.get("/api/notes/events", params=ws, timeout=None)
+        lifecycle = await q.get("/api/sessions/events", params=ws, timeout=None)
+        assert (await next_data(notes))["type"] == "connected"
+        assert (await next_data(lifecycle))["type"] == "connected"
+
+        await proxy.stop()
+        async with asyncio.timeout(HANG_GUARD):
+            while hub.connected.is_set():
+                await asyncio.sleep(0.02)
+        await proxy.start()
+        notes_channel = names.workspace_notes(workspace_id)
+        async with asyncio.timeout(HANG_GUARD):
+            await hub.connected.wait()  # the lifecycle pattern is subscribed again
+            while (
+                dict(await redis.pubsub_numsub(notes_channel)).get(
+                    notes_channel.encode(), 0
+                )
+                < 1
+            ):
+                await asyncio.sleep(0.02)
+
+        await redis.publish(notes_channel, b'{"type":"note:created","n":1}')
+        await redis.publish(
+            names.workspace_sessions(workspace_id), b'{"type":"session:created","n":2}'
+        )
+        assert await next_data(notes, timeout=HANG_GUARD) == {
+            "type": "note:created",
+            "n": 1,
+        }
+        assert await next_data(lifecycle, timeout=HANG_GUARD) == {
+            "type": "session:created",
+            "n": 2,
+        }
+        assert hub.subscriber_count() == 2
+        notes.close()
+        lifecycle.close()
+    finally:
+        await proxy.stop()
