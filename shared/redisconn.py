@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
+from redis.backoff import EqualJitterBackoff
 
 Redis = aioredis.Redis
 
@@ -16,6 +16,7 @@ def create_redis(redis_url: str) -> Redis:
         socket_connect_timeout=1.0,
         socket_timeout=2.0,
         health_check_interval=10,
-        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=1),
+        # redis-py's own one retry of a command, jittered like shared/retry.py
+        retry=Retry(EqualJitterBackoff(cap=0.5, base=0.05), retries=1),
         max_connections=64,
     )
