@@ -8,12 +8,16 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
+import sysconfig
 import tomllib
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate
 import pytest
 import yaml
+from kubernetes_validate.utils import latest_version
 
 from shared.settings import Settings
 
@@ -104,6 +108,27 @@ def test_compose_runs_two_gateways_two_queries_behind_nginx() -> None:
     assert "pg_isready" in " ".join(services["postgres"]["healthcheck"]["test"])
     assert "ping" in services["redis"]["healthcheck"]["test"]
     assert "3000:3000" in services["nginx"]["ports"]
+
+
+def _run(argv: list[str], cwd: Path = REPO) -> None:
+    result = subprocess.run(
+        argv, capture_output=True, text=True, check=False, timeout=120, cwd=cwd
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_file_follows_the_compose_specification() -> None:
+    """The Compose specification's own JSON schema (vendored by check-jsonschema)."""
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "check_jsonschema",
+            "--builtin-schema",
+            "vendor.compose-spec",
+            str(DEPLOY / "compose.yaml"),
+        ]
+    )
 
 
 def test_compose_gateways_share_one_volume_at_data_dir() -> None:
@@ -278,6 +303,19 @@ def test_k8s_manifests_have_probes_and_drain(name: str) -> None:
     assert spec["securityContext"]["runAsNonRoot"] is True
 
 
+def test_k8s_manifests_validate_against_the_api_schemas() -> None:
+    """Strict: a misspelt or misplaced field fails here, not at `kubectl apply`."""
+    docs = _k8s_docs()
+    assert {d["kind"] for d in docs} >= {
+        "Deployment",
+        "Service",
+        "PodDisruptionBudget",
+        "PersistentVolumeClaim",
+    }
+    for doc in docs:
+        kubernetes_validate.validate(doc, latest_version(), strict=True)
+
+
 def test_k8s_every_container_meets_pod_security_restricted() -> None:
     """The "restricted" profile's fields, plus a read-only root with writable volumes."""
     deployments = _deployments()
@@ -413,6 +451,12 @@ def _dockerfile_stages() -> list[dict[str, Any]]:
 
 def _ops(stage: dict[str, Any], op: str) -> list[str]:
     return [rest for o, rest in stage["ops"] if o == op]
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    """hadolint parses the file as Docker does and lints it; exceptions are inline, with why."""
+    hadolint = Path(sysconfig.get_path("scripts")) / "hadolint"
+    _run([str(hadolint), "--no-color", str(DEPLOY / "Dockerfile")])
 
 
 def test_dockerfile_runs_as_non_root() -> None:
