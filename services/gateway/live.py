@@ -712,21 +712,31 @@ class LiveSession:
             return True
         return False
 
-    def _settle_queue(self) -> None:
+    async def _settle_queue(self) -> None:
         """The session stops here: what its queued callers are told.
 
-        Stored prompts stay queued (except after a disconnect or delete, which dropped
-        them): after a crash they run when the session is resumed, here or elsewhere, so
-        their callers keep waiting; when this instance lets the session go (shutdown, lease
-        lost) they answer `pending`. An interrupt fails like the turn it cancelled.
+        Stored prompts stay queued unless a disconnect or delete dropped them (their rows
+        are gone: `cancelled`). After a crash they run when the session is resumed, here
+        or elsewhere, so their callers keep waiting; when this instance lets the session
+        go (shutdown, lease lost) they answer `pending`. An interrupt fails like the turn
+        it cancelled.
         """
         reason = self._stop_reason
         entries = list(self.queue)
         self.queue.clear()
+        if not entries:
+            return
+        stored: set[str] | None = None
+        if reason not in ("deleted", "disconnected"):
+            with contextlib.suppress(*PG_ERRORS):
+                rows = await queued_prompts.for_session(self._deps.pool, self.uuid)
+                stored = {row.queued_prompt_id for row in rows}
         for entry in entries:
             if not entry.durable:
                 self._answer(entry.id, AgentError(f"Agent stopped ({reason})"))
-            elif reason in ("deleted", "disconnected"):
+            elif reason in ("deleted", "disconnected") or (
+                stored is not None and entry.id not in stored
+            ):
                 self._answer(entry.id, {"stopReason": "cancelled"})
             elif reason in ("shutdown", "lease lost"):
                 self._answer(entry.id, {"sessionId": self.session_id, "pending": True})
@@ -1141,7 +1151,7 @@ class LiveSession:
                     self._deps.pool, self.uuid, self._deps.settings.instance_id
                 )
         await self.writer.close()
-        self._settle_queue()
+        await self._settle_queue()
         self._deps.forget(self)
         self.closed.set()
 

@@ -13,6 +13,7 @@ import pytest
 
 from services.gateway.app import create_app
 from services.gateway.forwarding import GATEWAY_LINK
+from services.query.app import create_app as create_query
 from shared.db import queued_prompts, sessions
 from tests.gateway.rpcutil import (
     call,
@@ -126,7 +127,8 @@ async def test_enqueue_runs_in_order_after_the_running_turn(gw, pool, workspace_
     stored = await queued_prompts.for_session(pool, uuid.UUID(sid))
     assert [q.queued_prompt_id for q in stored] == queued_ids(evs)
     assert [q.text for q in stored] == ["first one", "second one"]
-    assert not first.done() and not second.done()
+    assert not first.done()
+    assert not second.done()
     # the session is still busy for a plain prompt
     e = await err(gw, "session/prompt", {"sessionId": sid, "prompt": "no"})
     assert e["message"] == "A prompt is already running for this session"
@@ -144,7 +146,8 @@ async def test_enqueue_runs_in_order_after_the_running_turn(gw, pool, workspace_
     assert "error" not in kinds(evs)
     assert await queued_prompts.for_session(pool, uuid.UUID(sid)) == []
     row = await sessions.get(pool, uuid.UUID(sid))
-    assert row is not None and row.status == "idle"
+    assert row is not None
+    assert row.status == "idle"
 
 
 async def test_interrupt_cancels_the_turn_and_goes_first(gw, pool, workspace_id):
@@ -281,3 +284,28 @@ async def test_cap_counts_only_its_own_workspace(make_gw, pool, workspace_id):
     assert reply["result"] == {"stopReason": "end_turn"}
     assert await ok(gw, "session/cancel", {"sessionId": mine}) == {}
     assert (await running)["result"] == {"stopReason": "cancelled"}
+
+
+async def test_disconnect_drops_the_queue(
+    gw, pool, workspace_id, aiohttp_client, make_settings
+):
+    query = await aiohttp_client(create_query(make_settings()))
+    sid = await ready_echo(gw, pool, workspace_id)
+    running = await slow_turn(gw, pool, sid)
+    queued = [prompt(gw, sid, f"queued {i}", ifBusy="enqueue") for i in range(2)]
+    evs = await wait_events(pool, sid, lambda evs: len(queued_ids(evs)) == 2)
+    ids = queued_ids(evs)
+    resp = await query.post(f"/api/sessions/{sid}/disconnect")
+    assert resp.status == 200
+    assert await queued_prompts.for_session(pool, uuid.UUID(sid)) == []
+    for task in queued:
+        assert (await task)["result"] == {"stopReason": "cancelled"}
+    assert "error" in await running
+    evs = await events(pool, sid)
+    assert [u["queuedPromptId"] for u in of_kind(evs, "prompt_dropped")] == ids
+    assert not any(t.startswith("queued") for t in user_texts(evs))
+    # nobody takes the session up again for them
+    await asyncio.sleep(1.5)
+    row = await sessions.get(pool, uuid.UUID(sid))
+    assert row is not None
+    assert row.status == "closed"
