@@ -29,7 +29,7 @@ import asyncpg
 
 from services.common.metrics import Metrics
 from services.gateway import config, options, usage
-from services.gateway.agent_sessions import farewell, try_resume
+from services.gateway.agent_sessions import authenticate, farewell, try_resume
 from services.gateway.agents import (
     AgentDied,
     AgentProcess,
@@ -360,6 +360,7 @@ class LiveSession:
         init = await agent.initialize()
         caps = init.get("agentCapabilities")
         self.capabilities = caps if isinstance(caps, dict) else {}
+        await authenticate(agent, init)
         provider = get_provider(self.provider)
         stored_id = self.routa_agent_id
         native = (
