@@ -169,6 +169,7 @@ async def test_cancel_drops_one_queued_prompt(gw, pool, workspace_id):
     sid = await ready_echo(gw, pool, workspace_id)
     running = await slow_turn(gw, pool, sid)
     dropped = prompt(gw, sid, "drop me", ifBusy="enqueue")
+    await wait_events(pool, sid, lambda evs: len(queued_ids(evs)) == 1)
     kept = prompt(gw, sid, "keep me", ifBusy="enqueue")
     evs = await wait_events(pool, sid, lambda evs: len(queued_ids(evs)) == 2)
     drop_id, _ = queued_ids(evs)
@@ -292,8 +293,12 @@ async def test_disconnect_drops_the_queue(
     query = await aiohttp_client(create_query(make_settings()))
     sid = await ready_echo(gw, pool, workspace_id)
     running = await slow_turn(gw, pool, sid)
-    queued = [prompt(gw, sid, f"queued {i}", ifBusy="enqueue") for i in range(2)]
-    evs = await wait_events(pool, sid, lambda evs: len(queued_ids(evs)) == 2)
+    queued = []
+    for i in range(2):
+        queued.append(prompt(gw, sid, f"queued {i}", ifBusy="enqueue"))
+        evs = await wait_events(
+            pool, sid, lambda evs, n=i + 1: len(queued_ids(evs)) == n
+        )
     ids = queued_ids(evs)
     resp = await query.post(f"/api/sessions/{sid}/disconnect")
     assert resp.status == 200
@@ -309,3 +314,29 @@ async def test_disconnect_drops_the_queue(
     row = await sessions.get(pool, uuid.UUID(sid))
     assert row is not None
     assert row.status == "closed"
+
+
+async def test_a_queued_prompt_is_dropped_only_through_its_own_session(
+    gw, pool, workspace_id
+):
+    other_ws = f"ws-{uuid.uuid4().hex[:12]}"
+    await pool.execute(
+        "INSERT INTO workspaces (id, title) VALUES ($1, 'other')", other_ws
+    )
+    mine = await ready_echo(gw, pool, workspace_id)
+    theirs = await ready_echo(gw, pool, other_ws)
+    running = await slow_turn(gw, pool, theirs)
+    queued = prompt(gw, theirs, "theirs", ifBusy="enqueue")
+    evs = await wait_events(pool, theirs, lambda evs: len(queued_ids(evs)) == 1)
+    (their_id,) = queued_ids(evs)
+    # another session's id, another workspace's prompt: nothing is dropped
+    res = await ok(
+        gw, "session/cancel", {"sessionId": mine, "queuedPromptId": their_id}
+    )
+    assert res == {}
+    stored = await queued_prompts.for_session(pool, uuid.UUID(theirs))
+    assert [q.queued_prompt_id for q in stored] == [their_id]
+    assert "prompt_dropped" not in kinds(await events(pool, mine))
+    assert await ok(gw, "session/cancel", {"sessionId": theirs}) == {}
+    assert (await running)["result"] == {"stopReason": "cancelled"}
+    assert (await queued)["result"] == {"stopReason": "end_turn"}
