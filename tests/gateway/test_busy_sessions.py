@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -84,8 +85,8 @@ def queued_ids(evs: list[dict[str, Any]]) -> list[str]:
     return [u["queuedPromptId"] for u in of_kind(evs, "prompt_queued")]
 
 
-def turns_ended(n: int):
-    return lambda evs: len(of_kind(evs, "turn_complete")) >= n
+def queued_count(n: int) -> Callable[[list[dict[str, Any]]], bool]:
+    return lambda evs: len(queued_ids(evs)) == n
 
 
 async def test_reject_is_the_default_and_if_busy_is_checked(gw, pool, workspace_id):
@@ -296,9 +297,7 @@ async def test_disconnect_drops_the_queue(
     queued = []
     for i in range(2):
         queued.append(prompt(gw, sid, f"queued {i}", ifBusy="enqueue"))
-        evs = await wait_events(
-            pool, sid, lambda evs, n=i + 1: len(queued_ids(evs)) == n
-        )
+        evs = await wait_events(pool, sid, queued_count(i + 1))
     ids = queued_ids(evs)
     resp = await query.post(f"/api/sessions/{sid}/disconnect")
     assert resp.status == 200
