@@ -8,7 +8,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from shared.settings import Settings
 
@@ -141,6 +141,33 @@ def resolve_binary(provider: Provider, settings: Settings) -> str | None:
     return shutil.which(provider.binary)
 
 
+# The credentials claude-agent-acp takes through ACP `authenticate` (method `gateway`)
+# when AGENT_AUTH_CLAUDE=gateway: read from the gateway's environment, never put in the
+# agent's, even when AGENT_ENV_CLAUDE names them.
+CLAUDE_GATEWAY_VARIABLES = (
+    "ANTHROPIC_API_KEY",
+    "ANTHROPIC_AUTH_TOKEN",
+    "ANTHROPIC_BASE_URL",
+)
+ANTHROPIC_DEFAULT_BASE_URL = "https://api.anthropic.com"
+
+
+def gateway_auth(
+    provider_id: str, settings: Settings, environ: Mapping[str, str] = os.environ
+) -> dict[str, Any] | None:
+    """`_meta.gateway` of claude's `authenticate(methodId="gateway")`: the model API's
+    base URL and the headers carrying the key; None unless AGENT_AUTH_CLAUDE=gateway."""
+    if provider_id != "claude" or settings.agent_auth_claude != "gateway":
+        return None
+    headers: dict[str, str] = {}
+    if environ.get("ANTHROPIC_API_KEY"):
+        headers["x-api-key"] = environ["ANTHROPIC_API_KEY"]
+    elif environ.get("ANTHROPIC_AUTH_TOKEN"):
+        headers["Authorization"] = f"Bearer {environ['ANTHROPIC_AUTH_TOKEN']}"
+    base_url = environ.get("ANTHROPIC_BASE_URL") or ANTHROPIC_DEFAULT_BASE_URL
+    return {"baseUrl": base_url, "headers": headers}
+
+
 def provider_env(
     provider_id: str, settings: Settings, environ: Mapping[str, str] = os.environ
 ) -> dict[str, str]:
@@ -151,6 +178,9 @@ def provider_env(
     with the value `1` (session/new then fails): a true value is always passed as `1`.
     """
     env = {n: environ[n] for n in settings.agent_env_for(provider_id) if n in environ}
+    if gateway_auth(provider_id, settings, environ) is not None:
+        for name in CLAUDE_GATEWAY_VARIABLES:
+            env.pop(name, None)
     sandbox = env.pop("IS_SANDBOX", None)
     if sandbox is not None and sandbox.strip().lower() in {"1", "yes", "true", "on"}:
         env["IS_SANDBOX"] = "1"

@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     agent_env_codex: str | None = None
     agent_env_gemini: str | None = None
     agent_env_custom: str | None = None
+    # how claude agents get their model API credentials: `env` (AGENT_ENV_CLAUDE copies
+    # ANTHROPIC_* variables into the agent) or `gateway` (ACP authenticate, method gateway)
+    agent_auth_claude: Literal["env", "gateway"] = "env"
     # an opencode.json copied into each opencode agent's private config directory
     opencode_config: Path | None = None
     agent_cwd_root: Path | None = None
@@ -134,6 +137,13 @@ class Settings(BaseSettings):
         # ALLOW_CUSTOM_COMMANDS=1 / yes / true all mean on; an empty value means off.
         if isinstance(value, str):
             return value.strip().lower() in {"1", "true", "yes", "on"}
+        return value
+
+    @field_validator("agent_auth_claude", mode="before")
+    @classmethod
+    def _agent_auth(cls, value: object) -> object:
+        if isinstance(value, str):
+            return value.strip().lower() or "env"
         return value
 
     @field_validator("auth", mode="before")

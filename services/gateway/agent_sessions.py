@@ -22,6 +22,7 @@ from services.gateway.agents import (
     AgentRequestFailed,
     AgentTimeout,
 )
+from shared.errors import ProviderUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,34 @@ def offers(capabilities: dict[str, Any], name: str) -> bool:
     """Whether the agent advertised `sessionCapabilities.<name>` (an object, or true)."""
     value = session_capabilities(capabilities).get(name)
     return value is not None and value is not False
+
+
+async def authenticate(agent: AgentProcess, init: dict[str, Any]) -> None:
+    """Hand the model API credentials over through ACP (AGENT_AUTH_CLAUDE=gateway).
+
+    claude-agent-acp lists an auth method `gateway` when initialize advertised
+    `auth._meta.gateway`; `authenticate` with the base URL and the key's headers then
+    spares the agent's environment the key. An agent that does not offer it cannot be
+    given credentials this way: -32002 saying so.
+    """
+    auth = agent.spec.gateway_auth
+    if auth is None:
+        return
+    methods = init.get("authMethods")
+    ids = (
+        [m.get("id") for m in methods if isinstance(m, dict)]
+        if isinstance(methods, list)
+        else []
+    )
+    if "gateway" not in ids:
+        raise ProviderUnavailable(
+            f"Provider {agent.spec.provider} is not available: the agent offers no "
+            f"gateway authentication (auth methods: {ids or 'none'}); "
+            "set AGENT_AUTH_CLAUDE=env and AGENT_ENV_CLAUDE"
+        )
+    await agent.request(
+        "authenticate", {"methodId": "gateway", "_meta": {"gateway": auth}}
+    )
 
 
 async def try_resume(

@@ -124,6 +124,9 @@ class AgentSpec:
 
     # the provider's variables (credentials, preset), over agent_env's
     env: dict[str, str] = field(default_factory=dict)
+    # claude's credentials through ACP authenticate (AGENT_AUTH_CLAUDE=gateway):
+    # `{baseUrl, headers}`; offered in initialize's clientCapabilities when set
+    gateway_auth: dict[str, Any] | None = None
     session_id: str = ""  # for log lines
     provider: str = ""
 
@@ -599,6 +602,12 @@ class AgentProcess:
                     "fs": {"readTextFile": True, "writeTextFile": True},
                     "terminal": True,
                     "elicitation": {"form": {}},
+                    # claude-agent-acp offers its `gateway` auth method only when asked
+                    **(
+                        {"auth": {"_meta": {"gateway": True}}}
+                        if self.spec.gateway_auth is not None
+                        else {}
+                    ),
                 },
                 "clientInfo": CLIENT_INFO,
             },

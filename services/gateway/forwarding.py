@@ -256,6 +256,13 @@ async def route(call: RpcCall, local: Method) -> Any:
                 if await manager.leases.adopt(sid, owner):
                     with contextlib.suppress(DomainError):
                         await manager.ensure_live(sid, call.allowed_workspaces)
+                if call.params.get("ifBusy") == "enqueue":
+                    # it may have been queued (stored) there: it runs once taken up
+                    raise AgentError(
+                        f"Gateway instance {owner} stopped during the prompt; if it was "
+                        "queued (a prompt_queued event), it stays queued and runs on the "
+                        "instance that takes the session up"
+                    ) from err
                 raise AgentError(
                     f"Gateway instance {owner} stopped during the prompt; "
                     "the session can be prompted again"

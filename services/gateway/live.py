@@ -19,8 +19,9 @@ import contextlib
 import logging
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,7 +29,7 @@ import asyncpg
 
 from services.common.metrics import Metrics
 from services.gateway import config, options, usage
-from services.gateway.agent_sessions import farewell, try_resume
+from services.gateway.agent_sessions import authenticate, farewell, try_resume
 from services.gateway.agents import (
     AgentDied,
     AgentProcess,
@@ -48,9 +49,9 @@ from services.gateway.failures import (
 from services.gateway.mcp import McpPolicy
 from services.gateway.permissions import PermissionBroker
 from services.gateway.spec import agent_spec, prepare_home
-from services.gateway.turn import Turn, consume
+from services.gateway.turn import Queued, Turn, consume
 from shared.channels import Channels
-from shared.db import sessions
+from shared.db import queued_prompts, sessions
 from shared.db.connect import Pool
 from shared.errors import (
     AgentError,
@@ -69,6 +70,8 @@ from shared.settings import Settings
 logger = logging.getLogger(__name__)
 
 ResumeMode = Literal["attached", "resumed", "native", "recreated"]
+# what session/prompt does when the session (or its workspace) is busy
+IfBusy = Literal["reject", "enqueue", "interrupt"]
 
 # how long session/prompt waits to store its user_message before answering (Postgres down)
 USER_MESSAGE_STORE_WAIT = 5.0
@@ -112,6 +115,9 @@ class SessionDeps:
     # SIGTERM: no new sessions or turns here, running turns finish
     draining: bool = False
     closed: bool = False
+    # callers waiting for a queued prompt's turn, by queuedPromptId: answered by whichever
+    # live session of this instance runs or drops it
+    waiters: dict[str, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
 
     async def announce(
         self, workspace_id: str, sid: str, changes: dict[str, Any]
@@ -161,6 +167,12 @@ class LiveSession:
         self.ready.add_done_callback(consume)
         self.resume_mode: ResumeMode = "recreated"
         self.turn: Turn | None = None
+        # prompts waiting for this session's turn, next first (ifBusy enqueue/interrupt)
+        self.queue: deque[Queued] = deque()
+        # run_next is claiming a workspace slot for the queue's head
+        self.starting = False
+        # why the session stops (settles queued callers accordingly)
+        self._stop_reason = ""
         self.permissions = PermissionBroker(
             self.emit, auto_approve_permissions=row.auto_approve_permissions
         )
@@ -188,7 +200,12 @@ class LiveSession:
     @property
     def idle(self) -> bool:
         """Started, no turn, nobody asked: an agent that may be stopped for room."""
-        return self.ready.done() and self.turn is None and not self.permissions.pending
+        return (
+            self.ready.done()
+            and self.turn is None
+            and not self.queue
+            and not self.permissions.pending
+        )
 
     def check_allowed(self, allowed: frozenset[str] | None) -> None:
         check_allowed(self.workspace_id, self.session_id, allowed)
@@ -343,6 +360,7 @@ class LiveSession:
         init = await agent.initialize()
         caps = init.get("agentCapabilities")
         self.capabilities = caps if isinstance(caps, dict) else {}
+        await authenticate(agent, init)
         provider = get_provider(self.provider)
         stored_id = self.routa_agent_id
         native = (
@@ -418,6 +436,9 @@ class LiveSession:
         self.last_used = time.monotonic()
         if not self.ready.done():
             self.ready.set_result(None)
+        if self.queue:
+            # queued before a restart or a crash: they run now, in order
+            _ = self._deps.spawn(self.run_next())
 
     def _absorb(self, result: dict[str, Any]) -> None:
         """What session/new or session/load says the agent offers."""
@@ -441,23 +462,74 @@ class LiveSession:
         blocks: list[dict[str, Any]],
         text: str,
         meta: dict[str, Any] | None = None,
+        if_busy: IfBusy = "reject",
     ) -> dict[str, Any]:
         """Store the user's message, run the turn; its reply, or pending after PROMPT_TIMEOUT.
 
         `meta`: the client's `_meta` (with a traceparent), passed to the agent unchanged.
+        `if_busy`: what to do while a turn runs or prompts wait here, or while the
+        workspace runs its `maxConcurrentTurns`: refuse, queue, or cancel and go next.
         """
-        if self.turn is not None:
-            raise AgentError("A prompt is already running for this session")
         if self._deps.draining:
             raise SessionUnservable("Gateway draining")
+        if self.turn is not None or self.queue or self.starting:
+            if if_busy == "reject":
+                raise AgentError("A prompt is already running for this session")
+            return await self._wait_queued(
+                await self._enqueue(blocks, text, meta, if_busy)
+            )
         turn = Turn.begin(meta)
         self.turn = turn
+        try:
+            slot = await self._claim_slot()
+        except BaseException:
+            if self.turn is turn:
+                self.turn = None
+            raise
+        if not slot.granted:
+            if self.turn is turn:
+                self.turn = None
+            if if_busy == "reject":
+                raise AgentError(
+                    "Workspace turn limit reached",
+                    data={
+                        "workspaceId": self.workspace_id,
+                        "maxConcurrentTurns": slot.cap,
+                    },
+                )
+            # nothing of this session's to interrupt: it waits for room like a queued one
+            return await self._wait_queued(
+                await self._enqueue(blocks, text, meta, if_busy)
+            )
+        await self._begin(turn, blocks, text, slot.cap is not None)
+        try:
+            async with asyncio.timeout(self._deps.settings.prompt_timeout):
+                return await asyncio.shield(turn.future)
+        except TimeoutError:
+            return {"sessionId": self.session_id, "pending": True}
+
+    async def _claim_slot(self) -> sessions.TurnSlot:
+        """Room for a turn under the workspace's maxConcurrentTurns (always without one)."""
+        try:
+            return await sessions.claim_turn_slot(
+                self._deps.pool, self.uuid, self.workspace_id, self.writer.generation
+            )
+        except PG_ERRORS as err:
+            raise DependencyDown(
+                "Postgres unavailable: the prompt could not be started"
+            ) from err
+
+    async def _begin(
+        self, turn: Turn, blocks: list[dict[str, Any]], text: str, slot_claimed: bool
+    ) -> None:
+        """The user's message in the log, status active, then the agent's turn."""
         self.last_used = time.monotonic()
         try:
             # the user's message is in the log before the agent sees it
-            stored = self.writer.append(
-                turn.traced("user_message", content={"type": "text", "text": text})
-            )
+            content: dict[str, Any] = {"content": {"type": "text", "text": text}}
+            if turn.queued_id is not None:
+                content["queuedPromptId"] = turn.queued_id
+            stored = self.writer.append(turn.traced("user_message", **content))
             try:
                 async with asyncio.timeout(USER_MESSAGE_STORE_WAIT):
                     await self.writer.flush(stored)
@@ -478,13 +550,197 @@ class LiveSession:
             # the user_message is (or will be) stored: its turn ends there too (§9.25)
             reason = getattr(err, "message", None) or err.__class__.__name__
             self.emit("error", message=f"The prompt was not started: {reason}")
+            if slot_claimed and not self.stopping:
+                # the workspace slot is ours: give it back
+                with contextlib.suppress(*PG_ERRORS):
+                    await self.set_state(self.acp_status, "idle")
             raise
+        if turn.cancel_requested:
+            # cancelled (or interrupted) before the agent saw it
+            await self.end_turn(turn, result={"stopReason": "cancelled"})
+            return
         turn.task = self._deps.spawn(self._run_turn(turn, blocks))
+
+    # --- the queue (ifBusy enqueue / interrupt) ---------------------------------------
+    async def _enqueue(
+        self,
+        blocks: list[dict[str, Any]],
+        text: str,
+        meta: dict[str, Any] | None,
+        if_busy: IfBusy,
+    ) -> tuple[Queued, asyncio.Future[dict[str, Any]]]:
+        """Queue the prompt (enqueue: stored, `prompt_queued`; interrupt: next, in memory,
+        and the running turn cancelled); the future its caller waits on."""
+        entry = Queued(
+            str(uuid.uuid4()), blocks, text, meta, durable=if_busy == "enqueue"
+        )
+        waiter: asyncio.Future[dict[str, Any]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        waiter.add_done_callback(consume)
+        self._deps.waiters[entry.id] = waiter
+        if not entry.durable:
+            self.queue.appendleft(entry)
+            await self.cancel()
+            return entry, waiter
+        # its place is taken now: two prompts queued at once keep the order they came in
+        self.queue.append(entry)
+        position = len(self.queue)
+        try:
+            await queued_prompts.insert(
+                self._deps.pool, uuid.UUID(entry.id), self.uuid, blocks, text, meta
+            )
+        except BaseException as err:
+            with contextlib.suppress(ValueError):
+                self.queue.remove(entry)
+            self._deps.waiters.pop(entry.id, None)
+            if isinstance(err, PG_ERRORS):
+                raise DependencyDown(
+                    "Postgres unavailable: the prompt could not be queued"
+                ) from err
+            raise
+        self.emit("prompt_queued", queuedPromptId=entry.id, position=position)
+        logger.info(
+            "prompt %s queued for %s at %d", entry.id, self.session_id, position
+        )
+        return entry, waiter
+
+    async def _wait_queued(
+        self, queued: tuple[Queued, asyncio.Future[dict[str, Any]]]
+    ) -> dict[str, Any]:
+        """The queued prompt's own reply: its turn's, or pending after PROMPT_TIMEOUT."""
+        entry, waiter = queued
         try:
             async with asyncio.timeout(self._deps.settings.prompt_timeout):
-                return await asyncio.shield(turn.future)
+                return await asyncio.shield(waiter)
         except TimeoutError:
             return {"sessionId": self.session_id, "pending": True}
+        finally:
+            if self._deps.waiters.get(entry.id) is waiter:
+                del self._deps.waiters[entry.id]
+
+    def _answer(self, queued_id: str, outcome: dict[str, Any] | BaseException) -> None:
+        waiter = self._deps.waiters.get(queued_id)
+        if waiter is None or waiter.done():
+            return
+        if isinstance(outcome, BaseException):
+            waiter.set_exception(outcome)
+        else:
+            waiter.set_result(outcome)
+
+    async def run_next(self) -> None:
+        """Start the queue's head when no turn runs here and the workspace has room.
+
+        Called when a turn ends, when the agent is ready, and by the manager's queue loop
+        (a workspace slot freed elsewhere). Refused room leaves the head where it is.
+        """
+        if (
+            self.turn is not None
+            or self.starting
+            or not self.queue
+            or self.stopping
+            or self._deps.draining
+            or not self.ready.done()
+            or self.ready.exception() is not None
+        ):
+            return
+        self.starting = True
+        try:
+            slot = await sessions.claim_turn_slot(
+                self._deps.pool, self.uuid, self.workspace_id, self.writer.generation
+            )
+            if not slot.granted:
+                return
+            if not self._may_start_head():
+                # dropped, stopped or started meanwhile
+                if slot.cap is not None and not self.stopping:
+                    await self.set_state(self.acp_status, "idle")
+                return
+            # the head now: an interrupt may have come first while we waited
+            entry = self.queue.popleft()
+            turn = Turn.begin(entry.meta)
+            turn.queued_id = entry.id
+            self.turn = turn
+        except PG_ERRORS as err:
+            logger.warning("queue of %s not advanced: %s", self.session_id, err)
+            return
+        finally:
+            self.starting = False
+        try:
+            if entry.durable and not await queued_prompts.delete(
+                self._deps.pool, self.uuid, uuid.UUID(entry.id)
+            ):
+                # dropped meanwhile through another instance or a disconnect
+                self.turn = None
+                if slot.cap is not None:
+                    await self.set_state(self.acp_status, "idle")
+                self._answer(entry.id, {"stopReason": "cancelled"})
+                _ = self._deps.spawn(self.run_next())
+                return
+        except PG_ERRORS as err:
+            # still stored: it runs when Postgres answers again
+            self.turn = None
+            self.queue.appendleft(entry)
+            logger.warning("queue of %s not advanced: %s", self.session_id, err)
+            return
+        waiter = self._deps.waiters.get(entry.id)
+        if waiter is not None:
+            turn.future.add_done_callback(lambda fut: relay(fut, waiter))
+        try:
+            await self._begin(turn, entry.blocks, entry.text, slot.cap is not None)
+        except Exception as err:  # noqa: BLE001 - its caller gets it; the log has the end
+            self._answer(entry.id, err)
+
+    def _may_start_head(self) -> bool:
+        return bool(self.queue) and not self.stopping and self.turn is None
+
+    async def drop_queued(self, queued_id: str) -> bool:
+        """session/cancel with queuedPromptId: take it off the queue (its caller is told
+        `cancelled`), or cancel its turn when it runs already. False: not here."""
+        for entry in self.queue:
+            if entry.id == queued_id:
+                self.queue.remove(entry)
+                if entry.durable:
+                    await queued_prompts.delete(
+                        self._deps.pool, self.uuid, uuid.UUID(queued_id)
+                    )
+                    self.emit("prompt_dropped", queuedPromptId=queued_id)
+                    await self.writer.flush()
+                self._answer(queued_id, {"stopReason": "cancelled"})
+                return True
+        if self.turn is not None and self.turn.queued_id == queued_id:
+            await self.cancel()
+            return True
+        return False
+
+    async def _settle_queue(self) -> None:
+        """The session stops here: what its queued callers are told.
+
+        Stored prompts stay queued unless a disconnect or delete dropped them (their rows
+        are gone: `cancelled`). After a crash they run when the session is resumed, here
+        or elsewhere, so their callers keep waiting; when this instance lets the session
+        go (shutdown, lease lost) they answer `pending`. An interrupt fails like the turn
+        it cancelled.
+        """
+        reason = self._stop_reason
+        entries = list(self.queue)
+        self.queue.clear()
+        if not entries:
+            return
+        stored: set[str] | None = None
+        if reason not in ("deleted", "disconnected"):
+            with contextlib.suppress(*PG_ERRORS):
+                rows = await queued_prompts.for_session(self._deps.pool, self.uuid)
+                stored = {row.queued_prompt_id for row in rows}
+        for entry in entries:
+            if not entry.durable:
+                self._answer(entry.id, AgentError(f"Agent stopped ({reason})"))
+            elif reason in ("deleted", "disconnected") or (
+                stored is not None and entry.id not in stored
+            ):
+                self._answer(entry.id, {"stopReason": "cancelled"})
+            elif reason in ("shutdown", "lease lost"):
+                self._answer(entry.id, {"sessionId": self.session_id, "pending": True})
 
     async def _run_turn(self, turn: Turn, blocks: list[dict[str, Any]]) -> None:
         agent = self._running_agent()
@@ -571,6 +827,8 @@ class LiveSession:
         turn.outcome = result if error is None else (exc or AgentError(error))
         if settle:
             turn.settle()
+        if self.queue and not self.stopping:
+            _ = self._deps.spawn(self.run_next())
         return turn
 
     async def cancel(self) -> None:
@@ -579,6 +837,8 @@ class LiveSession:
         if turn is None or turn.done:
             return
         turn.cancel_requested = True
+        if turn.task is None:
+            return  # not begun: it ends as cancelled once its user_message is stored
         self._cancel_requests()
         if self.agent is not None and self.agent_session_open:
             await self.agent.notify(
@@ -815,6 +1075,8 @@ class LiveSession:
     async def fail(self, message: str, *, cause: Exception | None = None) -> None:
         """acp_status error + status closed; stop the agent; the session stays resumable."""
         was_ready = self.ready.done()
+        if not self.stopping:
+            self._stop_reason = "error"
         if self._begin_stop(not_ready(message, cause, self.provider)):
             if self._deps.on_agent_failure is not None:
                 self._deps.on_agent_failure(was_ready)
@@ -825,6 +1087,8 @@ class LiveSession:
 
         Quiet: the query service already wrote state and events for it (api.md §6).
         """
+        if not self.stopping:
+            self._stop_reason = reason
         if not self._begin_stop(AgentError(f"Agent stopped ({reason})")):
             return
         # close/delete, when offered
@@ -888,5 +1152,19 @@ class LiveSession:
                     self._deps.pool, self.uuid, self._deps.settings.instance_id
                 )
         await self.writer.close()
+        await self._settle_queue()
         self._deps.forget(self)
         self.closed.set()
+
+
+def relay(
+    source: asyncio.Future[dict[str, Any]], target: asyncio.Future[dict[str, Any]]
+) -> None:
+    """A queued prompt's turn ended: its caller gets the same reply."""
+    if target.done() or source.cancelled():
+        return
+    exc = source.exception()
+    if exc is not None:
+        target.set_exception(exc)
+    else:
+        target.set_result(source.result())

@@ -7,6 +7,7 @@ here when needed, then calls the session itself (live.LiveSession) with plain ar
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any, Literal, TypeVar
 
@@ -40,6 +41,11 @@ class SessionParams(Params):
 
 class PromptParams(SessionParams):
     prompt: str | list[dict[str, Any]] | None = None
+    if_busy: Literal["reject", "enqueue", "interrupt"] = "reject"
+
+
+class CancelParams(SessionParams):
+    queued_prompt_id: str | None = None
 
 
 class SetModeParams(SessionParams):
@@ -202,16 +208,33 @@ async def session_prompt(call: RpcCall) -> dict[str, Any]:
     # the access log line and every log line of this turn carry it
     structlog.contextvars.bind_contextvars(traceparent=traceparent)
     live = await _manager(call).session(p.session_id, call.allowed_workspaces)
-    return await live.prompt(blocks, text, meta)
+    return await live.prompt(blocks, text, meta, p.if_busy)
 
 
 async def session_cancel(call: RpcCall) -> dict[str, Any]:
-    p = parse(SessionParams, call.params)
+    p = parse(CancelParams, call.params)
+    queued_id = None
+    if p.queued_prompt_id is not None:
+        queued_id = parse_queued_prompt_id(p.queued_prompt_id)
+    manager = _manager(call)
     # only a running agent has a turn to cancel: no resume for it
-    live = await _manager(call).find(p.session_id, call.allowed_workspaces)
-    if live is not None:
+    live = await manager.find(p.session_id, call.allowed_workspaces)
+    if queued_id is not None:
+        # one queued prompt (or its turn, once it runs); a finished or unknown one: {}
+        if live is None or not await live.drop_queued(queued_id):
+            await manager.drop_stored_prompt(p.session_id, queued_id)
+    elif live is not None:
         await live.cancel()
     return {}
+
+
+def parse_queued_prompt_id(value: str) -> str:
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise BadRequest(
+            f"Invalid params: queuedPromptId is not a queued prompt id: {value!r}"
+        ) from None
 
 
 async def session_set_mode(call: RpcCall) -> dict[str, Any]:

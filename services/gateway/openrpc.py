@@ -16,11 +16,11 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from services.gateway.methods import (
+    CancelParams,
     LoadParams,
     PromptParams,
     RespondElicitationParams,
     RespondParams,
-    SessionParams,
     SetConfigOptionParams,
     SetModelParams,
     SetModeParams,
@@ -196,15 +196,19 @@ METHOD_DOCS: tuple[MethodDoc, ...] = (
     ),
     MethodDoc(
         "session/prompt",
-        "Run one turn and wait for its stop reason (or `pending` after PROMPT_TIMEOUT)",
+        "Run one turn and wait for its stop reason (or `pending` after PROMPT_TIMEOUT); "
+        "ifBusy says what happens while a turn runs or the workspace is at its "
+        "maxConcurrentTurns: reject (-32000), enqueue (a prompt_queued event, the reply "
+        "when its own turn ends) or interrupt (the running turn is cancelled first)",
         PromptParams,
         "PromptResult",
         (*_SESSION_ERRORS, "ProviderUnavailable"),
     ),
     MethodDoc(
         "session/cancel",
-        "Cancel the running turn (a watchdog ends it after CANCEL_WATCHDOG)",
-        SessionParams,
+        "Cancel the running turn (a watchdog ends it after CANCEL_WATCHDOG); with "
+        "queuedPromptId, drop that queued prompt instead (its call answers cancelled)",
+        CancelParams,
         "Empty",
         _SESSION_ERRORS,
     ),

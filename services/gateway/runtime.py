@@ -23,6 +23,7 @@ from services.gateway.capacity import Capacity
 from services.gateway.confine import agent_user, check_cwd, safe_segment
 from services.gateway.eventlog import EventWriter
 from services.gateway.live import (
+    PG_ERRORS,
     LiveSession,
     ResumeMode,
     SessionDeps,
@@ -34,8 +35,9 @@ from services.gateway.mcp import McpPolicy
 from services.gateway.ownership import Leases
 from services.gateway.params import NewParams
 from services.gateway.spec import provider_command
+from services.gateway.turn import Queued
 from shared.channels import Channels
-from shared.db import session_events, sessions, workspaces
+from shared.db import queued_prompts, session_events, sessions, workspaces
 from shared.db.connect import Connection, Pool
 from shared.errors import (
     AgentError,
@@ -44,13 +46,22 @@ from shared.errors import (
     SessionUnservable,
     UnknownWorkspace,
 )
-from shared.events import gateway_update
+from shared.events import gateway_update, publish_events
 from shared.lifecycle import session_changed_with_events
 from shared.providers import get_provider
 from shared.redisconn import Redis
 from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+# How often queued prompts waiting for room in their workspace try again, and how often
+# the queues that no live owner runs (a restart, a crash) are looked for.
+QUEUE_TICK = 0.25
+ORPHAN_QUEUE_TICK = 1.0
+ORPHAN_BATCH = 20
+# after a failed resume of a queued session: first wait, doubling up to the longest
+ORPHAN_RETRY = 2.0
+ORPHAN_RETRY_MAX = 60.0
 
 
 class SessionManager:
@@ -80,6 +91,8 @@ class SessionManager:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._resume_locks: dict[str, asyncio.Lock] = {}
         self._loops: list[asyncio.Task[None]] = []
+        # queued sessions whose resume failed: (next attempt, wait), by session id
+        self._orphan_retry: dict[str, tuple[float, float]] = {}
         # set by the app: (events, seconds) of each stored batch, for metrics
         self.on_batch: Callable[[int, float], None] | None = None
 
@@ -114,6 +127,7 @@ class SessionManager:
             asyncio.create_task(self.leases.renew_loop(), name="lease-renewal"),
             asyncio.create_task(self.capacity.idle_loop(), name="idle-sweeper"),
             asyncio.create_task(self.leases.sweep_loop(), name="lease-sweeper"),
+            asyncio.create_task(self.queue_loop(), name="prompt-queues"),
         ]
 
     async def close(self) -> None:
@@ -384,6 +398,11 @@ class SessionManager:
             live = self._register(row, claim.generation, claimed_at)
             live.acp_status = row.session.acp_status
             live.status = "closed"
+            # prompts queued before the restart run once the agent is ready
+            live.queue.extend(
+                Queued(q.queued_prompt_id, q.blocks, q.text, q.meta, durable=True)
+                for q in await queued_prompts.for_session(self.pool, live.uuid)
+            )
             # The log, not the status, says whether a turn is open: an owner can die
             # between storing a turn's end and writing its status. Our claim fenced it,
             # so the log cannot change under this read.
@@ -419,3 +438,58 @@ class SessionManager:
             "acpStatus": live.acp_status,
             "resumeMode": mode,
         }
+
+    # --- queued prompts ---------------------------------------------------------------
+    async def queue_loop(self) -> None:
+        """Advance queues waiting for workspace room; take up queues nobody runs."""
+        next_scan = 0.0
+        while not self.closed:
+            await asyncio.sleep(QUEUE_TICK)
+            for live in list(self.live.values()):
+                if live.queue and live.turn is None and not live.starting:
+                    _ = self.spawn(live.run_next())
+            now = time.monotonic()
+            if now < next_scan or self.draining:
+                continue
+            next_scan = now + ORPHAN_QUEUE_TICK
+            try:
+                orphans = await queued_prompts.orphaned(self.pool, ORPHAN_BATCH)
+            except PG_ERRORS as err:
+                logger.warning("queued prompts not looked up: %s", err)
+                continue
+            for sid in orphans:
+                retry = self._orphan_retry.get(sid)
+                if sid in self.live or (retry is not None and retry[0] > now):
+                    continue
+                _ = self.spawn(self._take_up(sid))
+
+    async def _take_up(self, sid: str) -> None:
+        """Resume a session whose queued prompts no live owner runs (they run at ready)."""
+        try:
+            await self.ensure_live(sid)
+        except (SessionUnservable, SessionNotFound):
+            return  # another instance took it, or it is gone
+        except (AgentError, *PG_ERRORS) as err:
+            _, wait = self._orphan_retry.get(sid, (0.0, ORPHAN_RETRY / 2))
+            wait = min(wait * 2, ORPHAN_RETRY_MAX)
+            self._orphan_retry[sid] = (time.monotonic() + wait, wait)
+            logger.warning("queued session %s not resumed: %s", sid, err)
+            return
+        self._orphan_retry.pop(sid, None)
+        logger.info("took up the queued prompts of %s", sid)
+
+    async def drop_stored_prompt(self, sid: str, queued_id: str) -> None:
+        """Drop a queued prompt of a session not live here (its owner is gone)."""
+        session_id = session_uuid(sid)
+        async with self.pool.acquire() as conn, conn.transaction():
+            if not await queued_prompts.delete(conn, session_id, uuid.UUID(queued_id)):
+                return
+            stored = await session_events.append(
+                conn,
+                session_id,
+                [gateway_update("prompt_dropped", queuedPromptId=queued_id)],
+            )
+        await publish_events(self.redis, self.channels, sid, stored)
+        waiter = self.deps.waiters.get(queued_id)
+        if waiter is not None and not waiter.done():
+            waiter.set_result({"stopReason": "cancelled"})

@@ -9,7 +9,13 @@ from services.gateway import confine
 from services.gateway.agents import AgentSpec
 from services.gateway.confine import AgentUser
 from shared.errors import BadRequest, ProviderUnavailable
-from shared.providers import Provider, get_provider, provider_env, resolve_binary
+from shared.providers import (
+    Provider,
+    gateway_auth,
+    get_provider,
+    provider_env,
+    resolve_binary,
+)
 from shared.settings import Settings
 
 
@@ -76,6 +82,7 @@ def agent_spec(
         user=user,
         owned=confine.owned_dirs(settings, workspace_id, home, cwd),
         env=provider_env(provider.id, settings),
+        gateway_auth=gateway_auth(provider.id, settings),
         session_id=session_id,
         provider=provider.id,
     )

@@ -22,6 +22,8 @@ class Turn:
     outcome: dict[str, Any] | AgentError | None = None
     # the prompt's `_meta` as sent to the agent (its traceparent is stored on the events)
     meta: dict[str, Any] | None = None
+    # the queued prompt this turn runs, when it waited in the queue
+    queued_id: str | None = None
 
     @classmethod
     def begin(cls, meta: dict[str, Any] | None = None) -> Turn:
@@ -54,6 +56,21 @@ class Turn:
         self.done = True
         if not self.future.done():
             self.future.set_exception(error)
+
+
+@dataclass(slots=True)
+class Queued:
+    """A prompt waiting for its session's turn (ifBusy enqueue or interrupt).
+
+    Durable ones are rows of queued_prompts (enqueue); an interrupt waits in memory only,
+    for the cancelled turn to end.
+    """
+
+    id: str
+    blocks: list[dict[str, Any]]
+    text: str
+    meta: dict[str, Any] | None
+    durable: bool
 
 
 def consume(fut: asyncio.Future[Any]) -> None:

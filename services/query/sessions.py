@@ -29,7 +29,7 @@ from services.query.session_views import (
     touched_files,
 )
 from shared import cache
-from shared.db import session_events
+from shared.db import queued_prompts, session_events
 from shared.db import sessions as sessions_db
 from shared.db import workspaces as workspaces_db
 from shared.db.connect import Executor
@@ -237,10 +237,17 @@ async def delete_session(request: web.Request) -> web.Response:
 async def disconnect_session(request: web.Request) -> web.Response:
     """Close the session and release its owner, then stop the agent; idempotent."""
     sid = _session_uuid(request)
+    # the queue goes with the close: no instance takes up a disconnected session's prompts
     with _postgres():
-        closed = await sessions_db.close_and_release(request.app[PG_POOL], sid)
+        async with request.app[PG_POOL].acquire() as conn, conn.transaction():
+            dropped = await queued_prompts.delete_all(conn, sid)
+            closed = await sessions_db.close_and_release(conn, sid)
     if closed is None:
         raise SessionNotFound(str(sid))
+    for queued_id in dropped:
+        await _append_event(
+            request, sid, gateway_update("prompt_dropped", queuedPromptId=queued_id)
+        )
     # closed (and the lease released) before the stop goes out: whatever the owner writes
     # while it stops, the session no longer counts as running on it
     if closed.owner_instance_id is not None:

@@ -64,7 +64,11 @@ async def create_workspace(request: web.Request) -> web.Response:
     async with request.app[PG_POOL].acquire() as conn:
         try:
             workspace = await db.create(
-                conn, workspace_id, title, _codebases(body.codebases) or []
+                conn,
+                workspace_id,
+                title,
+                _codebases(body.codebases) or [],
+                max_concurrent_turns=body.max_concurrent_turns,
             )
         except db.DuplicateWorkspace as err:
             raise Conflict(f"Workspace already exists: {workspace_id}") from err
@@ -98,6 +102,11 @@ async def patch_workspace(request: web.Request) -> web.Response:
             title=title,
             status=body.status,
             codebases=_codebases(body.codebases),
+            max_concurrent_turns=(
+                (body.max_concurrent_turns,)
+                if "max_concurrent_turns" in body.model_fields_set
+                else None
+            ),
         )
     if workspace is None:
         raise UnknownWorkspace(workspace_id)

@@ -10,7 +10,7 @@ from typing import Any
 
 import asyncpg
 
-from shared.db.connect import Connection, Executor
+from shared.db.connect import Connection, Executor, Pool
 from shared.jsonutil import iso
 from shared.models.session import Session, SessionRef
 from shared.providers import resume_capabilities_for
@@ -551,6 +551,27 @@ RETURNING prev.workspace_id, prev.acp_status AS previous_acp_status, s.acp_statu
 
 HOLDS_GENERATION = "SELECT lease_generation = $2 FROM sessions WHERE session_id = $1"
 
+# A workspace's cap on running turns: the cap, read without a lock (NULL: no cap), then
+# under the workspace row's lock (taken by its own statement, so that the count after it
+# sees every turn committed before), the workspace's other sessions with a running turn and
+# a live lease are counted and this one marked active when there is room, at our lease
+# generation ($4). Every instance counts alike; a dead owner's turn stops counting with its
+# lease.
+TURN_CAP = "SELECT max_concurrent_turns FROM workspaces WHERE id = $1"
+LOCK_TURN_CAP = "SELECT max_concurrent_turns FROM workspaces WHERE id = $1 FOR UPDATE"
+CLAIM_TURN_SLOT = """
+WITH running AS (
+    SELECT count(*) AS n FROM sessions
+    WHERE workspace_id = $2 AND status = 'active' AND session_id <> $1
+      AND lease_expires_at > now()
+)
+UPDATE sessions s SET status = 'active', updated_at = now()
+FROM running
+WHERE s.session_id = $1 AND running.n < $3
+  AND ($4::bigint IS NULL OR s.lease_generation = $4)
+RETURNING s.session_id
+"""
+
 
 @dataclass(frozen=True, slots=True)
 class Claim:
@@ -652,3 +673,29 @@ async def holds_generation(
 ) -> bool:
     """Whether `generation` is still the session's current lease generation."""
     return bool(await conn.fetchval(HOLDS_GENERATION, session_id, generation))
+
+
+@dataclass(frozen=True, slots=True)
+class TurnSlot:
+    """Whether a turn may start; `cap`: the workspace's maxConcurrentTurns (None: no cap,
+    and nothing was written)."""
+
+    granted: bool
+    cap: int | None = None
+
+
+async def claim_turn_slot(
+    pool: Pool, session_id: uuid.UUID, workspace_id: str, generation: int | None
+) -> TurnSlot:
+    """Under a workspace cap: mark the session active when its other running turns leave
+    room (see CLAIM_TURN_SLOT)."""
+    if await pool.fetchval(TURN_CAP, workspace_id) is None:
+        return TurnSlot(True)
+    async with pool.acquire() as conn, conn.transaction():
+        cap = await conn.fetchval(LOCK_TURN_CAP, workspace_id)
+        if cap is None:
+            return TurnSlot(True)
+        granted = await conn.fetchval(
+            CLAIM_TURN_SLOT, session_id, workspace_id, cap, generation
+        )
+    return TurnSlot(granted is not None, int(cap))

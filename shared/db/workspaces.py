@@ -13,7 +13,7 @@ from shared.jsonutil import iso
 from shared.models.workspace import Codebase, Workspace
 
 _SELECT = """
-SELECT w.id, w.title, w.status, w.created_at, w.updated_at,
+SELECT w.id, w.title, w.status, w.max_concurrent_turns, w.created_at, w.updated_at,
        COALESCE((SELECT jsonb_agg(jsonb_build_object('id', c.id, 'repoPath', c.repo_path,
                                                      'branch', c.branch)
                                   ORDER BY c.position, c.id)
@@ -26,13 +26,15 @@ LIST = _SELECT + "ORDER BY w.created_at, w.id"
 EXISTS = "SELECT EXISTS (SELECT 1 FROM workspaces WHERE id = $1)"
 
 INSERT = """
-INSERT INTO workspaces (id, title) VALUES ($1, $2)
+INSERT INTO workspaces (id, title, max_concurrent_turns) VALUES ($1, $2, $3)
 ON CONFLICT (id) DO NOTHING
 RETURNING id
 """
 
 UPDATE = """
 UPDATE workspaces SET title = COALESCE($2, title), status = COALESCE($3, status),
+                      max_concurrent_turns = CASE WHEN $4::boolean THEN $5::integer
+                                                  ELSE max_concurrent_turns END,
                       updated_at = now()
 WHERE id = $1
 RETURNING id
@@ -75,6 +77,7 @@ def _row_to_workspace(row: asyncpg.Record) -> Workspace:
         id=row["id"],
         title=row["title"],
         status=row["status"],
+        max_concurrent_turns=row["max_concurrent_turns"],
         codebases=[
             Codebase(id=c["id"], repo_path=c["repoPath"], branch=c.get("branch"))
             for c in row["codebases"]
@@ -128,10 +131,14 @@ async def create(
     workspace_id: str,
     title: str,
     codebases: Sequence[CodebaseValues] = (),
+    max_concurrent_turns: int | None = None,
 ) -> Workspace:
     """Workspace and codebases in one transaction; DuplicateWorkspace when the id is taken."""
     async with conn.transaction():
-        if await conn.fetchval(INSERT, workspace_id, title) is None:
+        inserted = await conn.fetchval(
+            INSERT, workspace_id, title, max_concurrent_turns
+        )
+        if inserted is None:
             raise DuplicateWorkspace(workspace_id)
         await _replace_codebases(conn, workspace_id, codebases)
         row = await conn.fetchrow(GET, workspace_id)
@@ -146,10 +153,15 @@ async def update(
     title: str | None = None,
     status: str | None = None,
     codebases: Sequence[CodebaseValues] | None = None,
+    max_concurrent_turns: tuple[int | None] | None = None,
 ) -> Workspace | None:
-    """None when the workspace does not exist; codebases, when given, replace the old set."""
+    """None when the workspace does not exist; codebases, when given, replace the old set;
+    `max_concurrent_turns`, when given, is `(cap,)` with None for no cap."""
+    set_cap = max_concurrent_turns is not None
+    cap = max_concurrent_turns[0] if max_concurrent_turns is not None else None
     async with conn.transaction():
-        if await conn.fetchval(UPDATE, workspace_id, title, status) is None:
+        updated = await conn.fetchval(UPDATE, workspace_id, title, status, set_cap, cap)
+        if updated is None:
             return None
         if codebases is not None:
             await _replace_codebases(conn, workspace_id, codebases)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, StrictInt
 
 from shared.models.base import WireModel
 
 WorkspaceStatus = Literal["active", "archived"]
 WORKSPACE_STATUSES: tuple[str, ...] = ("active", "archived")
 DEFAULT_WORKSPACE_ID = "default"
+MAX_CONCURRENT_TURNS = 100_000
 
 
 class Codebase(WireModel):
@@ -24,6 +25,8 @@ class Workspace(WireModel):
     title: str
     status: WorkspaceStatus
     codebases: list[Codebase] = Field(default_factory=list)
+    # running turns across the workspace's sessions; absent: unlimited
+    max_concurrent_turns: int | None = None
     created_at: str
     updated_at: str
 
@@ -40,9 +43,16 @@ class WorkspaceCreate(WireModel):
     id: str | None = Field(default=None, min_length=1, max_length=200)
     title: str | None = None
     codebases: list[CodebaseIn] | None = None
+    max_concurrent_turns: StrictInt | None = Field(
+        default=None, ge=1, le=MAX_CONCURRENT_TURNS
+    )
 
 
 class WorkspacePatch(WireModel):
     title: str | None = None
     status: str | None = None
     codebases: list[CodebaseIn] | None = None
+    # null clears the cap (unlimited); absent leaves it as it is
+    max_concurrent_turns: StrictInt | None = Field(
+        default=None, ge=1, le=MAX_CONCURRENT_TURNS
+    )

@@ -15,7 +15,13 @@ import pytest
 from pydantic import ValidationError
 
 from services.gateway.app import create_app
-from shared.providers import CLAUDE_ENV, PROVIDERS, provider_env, resolve_binary
+from shared.providers import (
+    CLAUDE_ENV,
+    PROVIDERS,
+    gateway_auth,
+    provider_env,
+    resolve_binary,
+)
 from shared.settings import Settings
 from tests.gateway.rpcutil import call, events, ok, wait_ready
 
@@ -134,6 +140,34 @@ def test_provider_env_presets_and_copies():
     assert provider_env("opencode", settings, environ) == {}
     falsy = Settings(agent_env_claude="IS_SANDBOX")
     assert "IS_SANDBOX" not in provider_env("claude", falsy, {"IS_SANDBOX": "0"})
+
+
+def test_claude_gateway_auth_withholds_the_key_from_the_environment():
+    named = "ANTHROPIC_API_KEY,ANTHROPIC_AUTH_TOKEN,ANTHROPIC_BASE_URL,IS_SANDBOX"
+    environ = {
+        "ANTHROPIC_API_KEY": "k",
+        "ANTHROPIC_BASE_URL": "http://127.0.0.1:9",
+        "IS_SANDBOX": "1",
+    }
+    by_env = Settings(agent_env_claude=named)
+    assert gateway_auth("claude", by_env, environ) is None
+    assert provider_env("claude", by_env, environ)["ANTHROPIC_API_KEY"] == "k"
+    by_acp = Settings(agent_env_claude=named, agent_auth_claude=" Gateway ")
+    assert gateway_auth("claude", by_acp, environ) == {
+        "baseUrl": "http://127.0.0.1:9",
+        "headers": {"x-api-key": "k"},
+    }
+    env = provider_env("claude", by_acp, environ)
+    assert not {"ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL"} & set(env)
+    assert env["IS_SANDBOX"] == "1"
+    # a bearer token, and the vendor's URL by default; other providers are untouched
+    assert gateway_auth("claude", by_acp, {"ANTHROPIC_AUTH_TOKEN": "t"}) == {
+        "baseUrl": "https://api.anthropic.com",
+        "headers": {"Authorization": "Bearer t"},
+    }
+    assert gateway_auth("opencode", by_acp, environ) is None
+    with pytest.raises(ValidationError, match="agent_auth_claude"):
+        Settings(agent_auth_claude="netrc")
 
 
 @pytest.mark.parametrize(

@@ -246,3 +246,50 @@ async def test_delete_cascades_and_stops_owned_agents(
         assert (await resp.json())["error"] == unknown
     resp = await client.get(f"/api/tasks/{task_id}")
     assert resp.status == 404
+
+
+async def test_max_concurrent_turns(client, pool) -> None:
+    ws = f"ws-{uuid.uuid4().hex[:8]}"
+    resp = await client.post("/api/workspaces", json={"id": ws, "title": "capped"})
+    created = (await resp.json())["workspace"]
+    # unset: unlimited, and absent from the object
+    assert "maxConcurrentTurns" not in created
+    for bad in (0, -1, 1.5, "2", True, 100_001):
+        resp = await client.post(
+            "/api/workspaces", json={"title": "x", "maxConcurrentTurns": bad}
+        )
+        assert resp.status == 400, bad
+        assert "maxConcurrentTurns" in (await resp.json())["error"]
+        resp = await client.patch(
+            f"/api/workspaces/{ws}", json={"maxConcurrentTurns": bad}
+        )
+        assert resp.status == 400, bad
+        assert "maxConcurrentTurns" in (await resp.json())["error"]
+    resp = await client.patch(f"/api/workspaces/{ws}", json={"maxConcurrentTurns": 3})
+    assert resp.status == 200
+    assert (await resp.json())["workspace"]["maxConcurrentTurns"] == 3
+    # another field alone leaves it; null removes it
+    resp = await client.patch(f"/api/workspaces/{ws}", json={"title": "renamed"})
+    assert (await resp.json())["workspace"]["maxConcurrentTurns"] == 3
+    stored = await pool.fetchval(
+        "SELECT max_concurrent_turns FROM workspaces WHERE id = $1", ws
+    )
+    assert stored == 3
+    resp = await client.patch(
+        f"/api/workspaces/{ws}", json={"maxConcurrentTurns": None}
+    )
+    assert "maxConcurrentTurns" not in (await resp.json())["workspace"]
+    resp = await client.get(f"/api/workspaces/{ws}")
+    assert "maxConcurrentTurns" not in (await resp.json())["workspace"]
+    # given at creation
+    other = f"ws-{uuid.uuid4().hex[:8]}"
+    resp = await client.post(
+        "/api/workspaces", json={"id": other, "title": "t", "maxConcurrentTurns": 1}
+    )
+    assert resp.status == 201
+    assert (await resp.json())["workspace"]["maxConcurrentTurns"] == 1
+    # unknown workspace
+    resp = await client.patch(
+        "/api/workspaces/ws-nope-nope", json={"maxConcurrentTurns": 2}
+    )
+    assert resp.status == 404

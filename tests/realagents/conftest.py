@@ -123,3 +123,23 @@ async def stack_without_credentials(
     finally:
         await s.close()
         await s.http.close()
+
+
+@pytest.fixture
+async def claude_stack(
+    model: ModelServer,
+    tmp_path: Path,
+    database_url: str,
+    redis_url: str,
+    workspace_id: str,
+    realagents_ready: None,
+) -> AsyncIterator[Stack]:
+    """A stack for claude-agent-acp alone (what only it offers: gateway authentication)."""
+    s = await make_stack(
+        AGENTS["claude"], model, tmp_path, database_url, redis_url, workspace_id
+    )
+    try:
+        yield s
+    finally:
+        await s.close()
+        await s.http.close()

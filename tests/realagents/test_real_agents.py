@@ -26,7 +26,7 @@ from tests.realagents.harness import (
     wait_for,
     waiting_tool_call,
 )
-from tests.realagents.modelserver import ModelServer, Step, Text
+from tests.realagents.modelserver import API_KEY, ModelServer, Step, Text
 from tests.scaleout.support import Subscriber
 
 logger = logging.getLogger(__name__)
@@ -425,3 +425,48 @@ async def test_missing_credentials_answer_32002(
     )
     log = stack.procs[0].tail()
     assert f"session={sid} provider={stack.agent.provider} method=session/prompt" in log
+
+
+# --- claude's credentials through ACP authenticate ----------------------------------
+
+
+def _environ(pid: int) -> dict[bytes, bytes]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    return dict(item.split(b"=", 1) for item in raw.split(b"\0") if b"=" in item)
+
+
+async def test_claude_gateway_auth_keeps_the_key_out_of_its_environment(
+    claude_stack: Stack, model: ModelServer
+) -> None:
+    stack = claude_stack
+    # AGENT_ENV_CLAUDE still names the key: with gateway auth it is withheld anyway
+    gw = await stack.gateway("gw-auth", AGENT_AUTH_CLAUDE="gateway")
+    cwd = _cwd(stack, "gateway-auth")
+    (cwd / "notes.txt").write_text("the gateway code is 5150\n")
+    sid, sub = await _ready_session(stack, gw, cwd)
+    model.script(stack.agent.read(str(cwd / "notes.txt")), _answer("It says: "))
+
+    reply = await stack.ok(
+        gw, "session/prompt", {"sessionId": sid, "prompt": "What does notes.txt say?"}
+    )
+
+    assert reply["stopReason"] == "end_turn", reply
+    await wait_for(sub, _turns_done(1))
+    assert "5150" in agent_text(sub), updates(sub)
+    # the key reached the model API as a header the agent was handed through ACP
+    first = model.main_requests()[0]
+    headers = {k.lower(): v for k, v in first.headers.items()}
+    assert headers.get("x-api-key") == API_KEY
+    # and the adapter's own environment never held it
+    adapters = []
+    for pid in processes_under(cwd):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            env = _environ(pid)
+        except OSError:
+            continue
+        if b"claude-agent-acp" in cmdline and b"ANTHROPIC_CUSTOM_HEADERS" not in env:
+            adapters.append(pid)
+            assert b"ANTHROPIC_API_KEY" not in env, cmdline
+            assert API_KEY.encode() not in b"".join(env.values()), cmdline
+    assert adapters, "no claude-agent-acp process found under the session's cwd"

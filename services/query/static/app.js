@@ -16,6 +16,7 @@ const state = {
   lastEventId: 0,
   lastItem: null,         // last conversation item, to join agent chunks
   toolCalls: new Map(),   // toolCallId → {data, node}
+  queued: new Map(),      // queuedPromptId → its marker, while the prompt waits its turn
   promptsRunning: 0,
   rpcId: 0,
   sideTimer: null,        // debounced notes/tasks refresh
@@ -279,6 +280,8 @@ function closeSession() {
   clearTimeout(state.streamRetry);
   Object.assign(state, { stream: null, streamRetry: null, selectedId: null, lastEventId: 0, lastItem: null });
   state.toolCalls.clear();
+  state.queued.clear();
+  renderQueue();
   $("conversation").replaceChildren();
   $("share-url").hidden = true;
   renderPlan(null);
@@ -338,7 +341,12 @@ const SHARED_REFRESH = new Set(["turn_complete", "error", "acp_status", "session
 // ---------- rendering events ----------
 
 const RENDERERS = {
-  user_message: (u) => addUserMessage(contentText(u.content)),
+  user_message: (u) => {
+    if (u.queuedPromptId) leaveQueue(u.queuedPromptId, "started");
+    addUserMessage(contentText(u.content));
+  },
+  prompt_queued: (u) => addQueued(u),
+  prompt_dropped: (u) => leaveQueue(u.queuedPromptId, "dropped"),
   user_message_chunk: (u) => addUserMessage(contentText(u.content)),
   agent_message_chunk: (u) => addAgentChunk(u),
   agent_thought_chunk: (u) => addThoughtChunk(u),
@@ -431,6 +439,38 @@ function addTerminalOutput(update) {
     return;
   }
   addItem(el("pre", { class: "raw", testid: "terminal-output" }, update.data || ""), "terminal", update.terminalId);
+}
+
+// ---------- queued prompts (sent while a turn runs: ifBusy "enqueue") ----------
+
+function addQueued(update) {
+  const id = update.queuedPromptId;
+  const drop = state.shared ? null : el("button", {
+    type: "button", class: "link", testid: "drop-queued", title: "Remove this prompt from the queue",
+    onclick: () => attempt(() => rpc("session/cancel", { sessionId: state.selectedId, queuedPromptId: id })),
+  }, "Drop");
+  const node = el("div", { class: "marker queued", testid: "prompt-queued", "data-queued-id": id },
+    `prompt queued (position ${update.position}) `, drop);
+  // beside the conversation, not in it: the running agent message keeps joining its bubble
+  $("conversation").append(node);
+  state.queued.set(id, node);
+  renderQueue();
+}
+
+function leaveQueue(id, how) {
+  const node = state.queued.get(id);
+  if (!node) return;
+  state.queued.delete(id);
+  node.querySelector("button")?.remove();
+  node.classList.add(how);
+  node.append(how === "dropped" ? "· dropped" : "· started");
+  renderQueue();
+}
+
+function renderQueue() {
+  const status = $("queue-status");
+  status.hidden = state.queued.size === 0;
+  status.textContent = `${state.queued.size} queued`;
 }
 
 function addMarker(text, testid, extraClass = "") {
@@ -541,7 +581,8 @@ async function sendPrompt(event) {
   setTurnRunning(+1);
   // session/prompt answers when the turn ends; the stream shows progress meanwhile
   try {
-    const result = await attempt(() => rpc("session/prompt", { sessionId, prompt: text }));
+    // while a turn runs the prompt waits in the session's queue instead of being refused
+    const result = await attempt(() => rpc("session/prompt", { sessionId, prompt: text, ifBusy: "enqueue" }));
     if (result && result.pending) showError("The turn is still running (prompt timeout); its events keep streaming.");
   } finally {
     setTurnRunning(-1);
