@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 from collections.abc import Mapping
@@ -166,6 +167,32 @@ def gateway_auth(
         headers["Authorization"] = f"Bearer {environ['ANTHROPIC_AUTH_TOKEN']}"
     base_url = environ.get("ANTHROPIC_BASE_URL") or ANTHROPIC_DEFAULT_BASE_URL
     return {"baseUrl": base_url, "headers": headers}
+
+
+# Names that carry a credential: an operator who lists one in AGENT_ENV_<PROVIDER> (or
+# turns on AGENT_AUTH_CLAUDE=gateway) means the agent to use it.
+_CREDENTIAL_NAME = re.compile(r"(?:^|_)(?:API_KEY|KEY|TOKEN|SECRET|PASSWORD)$")
+
+
+def missing_credentials(
+    provider_id: str, settings: Settings, environ: Mapping[str, str] = os.environ
+) -> tuple[str, ...]:
+    """The credential variables this provider is configured to use when none is set.
+
+    Without them the agent starts and only fails at its first model call, after its own
+    retries (opencode with no network: about 70 s). Alternatives count as one: naming
+    ANTHROPIC_API_KEY and ANTHROPIC_AUTH_TOKEN needs either. Empty: nothing missing,
+    or nothing configured (the agent may have its own login).
+    """
+    if settings.agent_auth_claude == "gateway" and provider_id == "claude":
+        named: tuple[str, ...] = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN")
+    else:
+        named = tuple(
+            n for n in settings.agent_env_for(provider_id) if _CREDENTIAL_NAME.search(n)
+        )
+    if not named or any(environ.get(n) for n in named):
+        return ()
+    return named
 
 
 def provider_env(

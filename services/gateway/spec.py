@@ -13,6 +13,7 @@ from shared.providers import (
     Provider,
     gateway_auth,
     get_provider,
+    missing_credentials,
     provider_env,
     resolve_binary,
 )
@@ -39,6 +40,18 @@ def provider_command(
                 f"Provider custom is not available: command {custom_command!r} not found"
             )
         return found, tuple(custom_args)
+    missing = missing_credentials(provider.id, settings)
+    if missing:
+        setting = (
+            "AGENT_AUTH_CLAUDE=gateway"
+            if settings.agent_auth_claude == "gateway" and provider.id == "claude"
+            else f"AGENT_ENV_{provider.id.upper()}"
+        )
+        raise ProviderUnavailable(
+            f"Provider {provider.id} is not available: credentials missing "
+            f"({setting} names {' or '.join(missing)}, which the gateway's environment "
+            "does not set)"
+        )
     binary = resolve_binary(provider, settings)
     if binary is None:
         hint = (

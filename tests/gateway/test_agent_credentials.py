@@ -19,6 +19,7 @@ from shared.providers import (
     CLAUDE_ENV,
     PROVIDERS,
     gateway_auth,
+    missing_credentials,
     provider_env,
     resolve_binary,
 )
@@ -194,3 +195,45 @@ def test_pinned_agents_come_after_the_override_and_before_path(tmp_path, monkeyp
     assert resolve_binary(opencode, override) == str(on_path / "opencode")
     (pinned / "opencode").unlink()
     assert resolve_binary(opencode, Settings()) == str(on_path / "opencode")
+
+
+def test_missing_credentials_are_known_before_the_agent_starts():
+    named = Settings(
+        agent_env_opencode="SCRIPTED_API_KEY,OPENCODE_DISABLE_MODELS_FETCH"
+    )
+    assert missing_credentials("opencode", named, {}) == ("SCRIPTED_API_KEY",)
+    assert missing_credentials("opencode", named, {"SCRIPTED_API_KEY": "k"}) == ()
+    # alternatives: either one will do
+    both = Settings(agent_env_claude="ANTHROPIC_API_KEY,ANTHROPIC_AUTH_TOKEN")
+    assert missing_credentials("claude", both, {"ANTHROPIC_AUTH_TOKEN": "t"}) == ()
+    assert missing_credentials("claude", both, {"ANTHROPIC_API_KEY": ""}) == (
+        "ANTHROPIC_API_KEY",
+        "ANTHROPIC_AUTH_TOKEN",
+    )
+    # nothing named: the agent may have its own login
+    assert missing_credentials("claude", Settings(), {}) == ()
+    assert (
+        missing_credentials("claude", Settings(agent_env_claude="IS_SANDBOX"), {}) == ()
+    )
+    # claude through ACP authenticate reads the key from the gateway's own environment
+    by_acp = Settings(agent_auth_claude="gateway")
+    assert missing_credentials("claude", by_acp, {}) == (
+        "ANTHROPIC_API_KEY",
+        "ANTHROPIC_AUTH_TOKEN",
+    )
+
+
+async def test_session_new_answers_32002_at_once_when_named_credentials_are_unset(
+    make_gw, pool, workspace_id, monkeypatch
+):
+    monkeypatch.delenv("SCRIPTED_API_KEY", raising=False)
+    gw = await make_gw(agent_env_opencode="SCRIPTED_API_KEY")
+    before = await pool.fetchval("SELECT count(*) FROM sessions")
+    reply = await call(
+        gw, "session/new", {"workspaceId": workspace_id, "provider": "opencode"}
+    )
+    error = reply["error"]
+    assert error["code"] == -32002, error
+    assert "AGENT_ENV_OPENCODE" in error["message"]
+    assert "SCRIPTED_API_KEY" in error["message"]
+    assert await pool.fetchval("SELECT count(*) FROM sessions") == before

@@ -29,7 +29,7 @@ from tests.realagents.harness import (
     readiness_problem,
     write_wrapper,
 )
-from tests.realagents.modelserver import ModelServer
+from tests.realagents.modelserver import API_KEY, ModelServer
 
 
 @pytest.fixture(scope="session")
@@ -63,7 +63,7 @@ async def make_stack(
     redis_url: str,
     workspace_id: str,
     *,
-    credentials: bool = True,
+    api_key: str | None = API_KEY,
 ) -> Stack:
     data_dir = (tmp_path / "data").resolve()
     logdir = tmp_path / "logs"
@@ -82,7 +82,7 @@ async def make_stack(
         "LOG_LEVEL": "INFO",
         "PG_POOL_MAX": "4",
         agent.bin_setting: str(wrapper),
-        **agent.env(tmp_path, credentials),
+        **agent.env(tmp_path, api_key),
     }
     http = aiohttp.ClientSession()
     return Stack(agent, model, env, data_dir, logdir, workspace_id, http)
@@ -105,8 +105,9 @@ async def stack(
         await s.http.close()
 
 
-@pytest.fixture
+@pytest.fixture(params=["missing", "refused"])
 async def stack_without_credentials(
+    request: pytest.FixtureRequest,
     agent: Agent,
     model: ModelServer,
     tmp_path: Path,
@@ -114,10 +115,13 @@ async def stack_without_credentials(
     redis_url: str,
     workspace_id: str,
 ) -> AsyncIterator[Stack]:
-    """As `stack`, but AGENT_ENV_* names a key the gateway's environment lacks."""
+    """As `stack`, but AGENT_ENV_* names a key the gateway's environment lacks
+    ("missing") or one the model API refuses ("refused"); `stack.credentials` says which."""
+    api_key = None if request.param == "missing" else "sk-wrong-key"
     s = await make_stack(
-        agent, model, tmp_path, database_url, redis_url, workspace_id, credentials=False
+        agent, model, tmp_path, database_url, redis_url, workspace_id, api_key=api_key
     )
+    s.credentials = request.param
     try:
         yield s
     finally:

@@ -27,7 +27,7 @@ from typing import Any
 import aiohttp
 
 from shared.providers import AGENTS_BIN
-from tests.realagents.modelserver import API_KEY, ModelServer, Tool
+from tests.realagents.modelserver import ModelServer, Tool
 from tests.scaleout.support import ROOT, Proc, Subscriber, free_port, stop, wait_ready
 
 RELAY = Path(__file__).with_name("netns_relay.py")
@@ -53,10 +53,10 @@ class Agent:
     edit: Callable[[str, str, str], Tool]
     bash: Callable[[str], Tool]
     plan: Callable[[list[tuple[str, str]]], Tool] | None
-    env: Callable[[Path, bool], dict[str, str]]  # (test dir, with credentials)
+    env: Callable[[Path, str | None], dict[str, str]]  # (test dir, API key or none)
 
 
-def _claude_env(tmp: Path, credentials: bool) -> dict[str, str]:
+def _claude_env(tmp: Path, api_key: str | None) -> dict[str, str]:
     env = {
         "ANTHROPIC_BASE_URL": f"http://127.0.0.1:{MODEL_PORT}",
         "CLAUDE_CODE_MAX_RETRIES": "0",  # tests only: a refused key fails at once
@@ -65,8 +65,8 @@ def _claude_env(tmp: Path, credentials: bool) -> dict[str, str]:
         "AGENT_ENV_CLAUDE": "ANTHROPIC_API_KEY,ANTHROPIC_BASE_URL,"
         "CLAUDE_CODE_MAX_RETRIES,IS_SANDBOX",
     }
-    if credentials:
-        env["ANTHROPIC_API_KEY"] = API_KEY
+    if api_key is not None:
+        env["ANTHROPIC_API_KEY"] = api_key
     return env
 
 
@@ -106,7 +106,7 @@ def opencode_config() -> dict[str, Any]:
     }
 
 
-def _opencode_env(tmp: Path, credentials: bool) -> dict[str, str]:
+def _opencode_env(tmp: Path, api_key: str | None) -> dict[str, str]:
     config = tmp / "opencode.json"
     config.write_text(json.dumps(opencode_config(), indent=2))
     env = {
@@ -114,8 +114,8 @@ def _opencode_env(tmp: Path, credentials: bool) -> dict[str, str]:
         "OPENCODE_DISABLE_MODELS_FETCH": "1",
         "AGENT_ENV_OPENCODE": "SCRIPTED_API_KEY,OPENCODE_DISABLE_MODELS_FETCH",
     }
-    if credentials:
-        env["SCRIPTED_API_KEY"] = API_KEY
+    if api_key is not None:
+        env["SCRIPTED_API_KEY"] = api_key
     return env
 
 
@@ -242,6 +242,7 @@ class Stack:
     procs: list[Proc] = field(default_factory=list)
     query: Proc | None = None
     subscribers: list[Subscriber] = field(default_factory=list)
+    credentials: str = "valid"  # or "missing" / "refused" (stack_without_credentials)
     _ids: int = 0
 
     async def gateway(self, name: str, **env: str) -> Proc:

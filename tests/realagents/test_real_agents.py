@@ -402,9 +402,31 @@ async def test_failover_keeps_cwd_and_conversation(
 async def test_missing_credentials_answer_32002(
     stack_without_credentials: Stack, model: ModelServer
 ) -> None:
+    """Missing: known before any agent starts (session/new, nothing stored). Refused:
+    the agent's first model call is refused and its own words come back."""
     stack = stack_without_credentials
     gw = await stack.gateway("gw-nocred")
     cwd = _cwd(stack, "nocred")
+    variable = f"AGENT_ENV_{stack.agent.provider.upper()}"
+    if stack.credentials == "missing":
+        started = time.monotonic()
+        reply = await stack.call(
+            gw,
+            "session/new",
+            {
+                "workspaceId": stack.workspace_id,
+                "provider": stack.agent.provider,
+                "cwd": str(cwd),
+            },
+        )
+        took = time.monotonic() - started
+        assert "error" in reply, reply
+        assert reply["error"]["code"] == -32002, reply
+        assert variable in reply["error"]["message"]
+        assert "API_KEY" in reply["error"]["message"]  # names what to set
+        assert not model.main_requests()  # no agent ever asked the model
+        logger.info("%s: missing: -32002 after %.2fs", stack.agent.provider, took)
+        return
     sid, _sub = await _ready_session(stack, gw, cwd)
     model.script(Text("unreachable"))
 
@@ -417,11 +439,14 @@ async def test_missing_credentials_answer_32002(
     assert error["code"] == -32002, error
     agent_error = error["data"]["agentError"]
     assert agent_error["message"] in error["message"]  # the agent's own words
-    assert f"AGENT_ENV_{stack.agent.provider.upper()}" in error["message"]
+    assert variable in error["message"]
     # a generous bound: the point is no model time-out (64 s before), not a benchmark
     assert took < 20, f"answered after {took:.1f}s"
     logger.info(
-        "%s: -32002 after %.2fs: %s", stack.agent.provider, took, error["message"]
+        "%s: refused: -32002 after %.2fs: %s",
+        stack.agent.provider,
+        took,
+        error["message"],
     )
     log = stack.procs[0].tail()
     assert f"session={sid} provider={stack.agent.provider} method=session/prompt" in log
