@@ -527,8 +527,3 @@ def filter_allowed(request: web.Request, items: list[Any], key: str) -> list[Any
     if allowed is None:
         return items
     return [i for i in items if i.get(key) in allowed]
-
-
-def setup_auth(app: web.Application) -> None:
-    """The auth state; its checks run in the process's one middleware (check_request)."""
-    app.cleanup_ctx.append(auth_ctx)

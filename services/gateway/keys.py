@@ -10,6 +10,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from services.gateway.fanout import Fanout, StreamConfig
+from services.gateway.rpc import MethodRegistry
 from services.gateway.runtime import SessionManager
 
 # The per-process fan-out of session events to SSE streams; also the registry of open streams.
@@ -18,3 +19,8 @@ FANOUT: web.AppKey[Fanout] = web.AppKey("fanout")
 STREAM_CONFIG: web.AppKey[StreamConfig] = web.AppKey("stream_config")
 # The live sessions of this instance: agents, turns, permissions, leases (runtime.py).
 SESSION_MANAGER: web.AppKey[SessionManager] = web.AppKey("session_manager")
+# The JSON-RPC methods POST /api/acp dispatches to (methods.registry()).
+METHODS: web.AppKey[MethodRegistry] = web.AppKey("jsonrpc_methods")
+# The OpenRPC and OpenAPI documents, serialised once at start-up.
+OPENRPC_BODY: web.AppKey[bytes] = web.AppKey("openrpc_body")
+OPENAPI_BODY: web.AppKey[bytes] = web.AppKey("gateway_openapi_body")

@@ -22,8 +22,10 @@ from urllib.parse import quote
 import asyncpg
 from aiohttp import web
 
+from services.common.apidoc import Param, api
 from services.common.http import stamp_request_id
 from services.common.keys import PG_POOL
+from services.query.apiparams import SID
 from shared.db import session_events
 from shared.db import sessions as sessions_db
 from shared.errors import BadRequest, SessionNotFound
@@ -469,6 +471,20 @@ def _render(
     return "".join(transcript.feed(loads(e.payload)) for e in events).encode()
 
 
+@api(
+    "The whole stored log as a download (Content-Disposition), streamed",
+    "sessions",
+    ("text/markdown", "application/x-ndjson", "text/html"),
+    (400, 404, 503),
+    (
+        SID,
+        Param(
+            "format",
+            schema={"enum": ["markdown", "jsonl", "html"], "default": "markdown"},
+            description="jsonl: one stored event per line, as /history has them",
+        ),
+    ),
+)
 async def export_session(request: web.Request) -> web.StreamResponse:
     """Checks (404 session, then 400 format) and the first page before any byte goes out."""
     sid = _session_uuid(request)
@@ -519,7 +535,3 @@ async def export_session(request: web.Request) -> web.StreamResponse:
         if request.transport is not None:
             request.transport.abort()
     return resp
-
-
-def setup(app: web.Application) -> None:
-    app.router.add_get("/api/sessions/{session_id}/export", export_session)

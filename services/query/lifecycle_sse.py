@@ -16,10 +16,12 @@ from aiohttp import web
 from aiohttp_sse import EventSourceResponse
 from redis.exceptions import RedisError
 
+from services.common.apidoc import SSE, api
 from services.common.auth import allowed_workspaces
 from services.common.http import stamp_request_id
 from services.common.keys import CHANNELS, REDIS
 from services.common.metrics import track_stream
+from services.query.apiparams import WS
 from shared.channels import Channels
 from shared.jsonutil import dumps_str, now_iso
 from shared.redisconn import Redis
@@ -138,11 +140,18 @@ async def lifecycle_hub_ctx(app: web.Application) -> AsyncIterator[None]:
         await task
 
 
-async def _end_streams(app: web.Application) -> None:
+async def end_streams(app: web.Application) -> None:
     """on_shutdown: a sentinel into every queue ends the handlers at once (house-style §2.9)."""
     app[LIFECYCLE_HUB].close_all()
 
 
+@api(
+    "SSE of session lifecycle messages (session:created/updated/deleted)",
+    "sessions",
+    SSE,
+    (),
+    (WS,),
+)
 async def session_events(request: web.Request) -> web.StreamResponse:
     hub = request.app[LIFECYCLE_HUB]
     workspace_id = request.query.get("workspaceId") or None
@@ -183,10 +192,3 @@ async def session_events(request: web.Request) -> web.StreamResponse:
         hub.remove(sub)
         if watcher is not None:
             watcher.cancel()
-
-
-def setup(app: web.Application) -> None:
-    app[LIFECYCLE_HEARTBEAT] = HEARTBEAT_SECONDS
-    app.cleanup_ctx.append(lifecycle_hub_ctx)
-    app.on_shutdown.append(_end_streams)
-    app.router.add_get("/api/sessions/events", session_events)

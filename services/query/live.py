@@ -143,7 +143,7 @@ HEARTBEAT = web.AppKey("live_heartbeat", float)
 _LIVE_TASK = web.AppKey("live_task", asyncio.Task[None])
 
 
-async def _live_ctx(app: web.Application) -> AsyncIterator[None]:
+async def live_ctx(app: web.Application) -> AsyncIterator[None]:
     """After Redis: start the listener and give it a moment to subscribe.
 
     The app starts even when Redis is down; the listener keeps retrying.
@@ -164,19 +164,9 @@ async def _live_ctx(app: web.Application) -> AsyncIterator[None]:
         await app[_LIVE_TASK]
 
 
-async def _end_streams(app: web.Application) -> None:
+async def end_streams(app: web.Application) -> None:
     if LIVE_HUB in app:
         app[LIVE_HUB].close_all()
-
-
-def setup(app: web.Application) -> None:
-    """Idempotent: notes and tasks both call it."""
-    if _LIVE_TASK in app or any(ctx is _live_ctx for ctx in app.cleanup_ctx):
-        return
-    if HEARTBEAT not in app:
-        app[HEARTBEAT] = DEFAULT_HEARTBEAT
-    app.cleanup_ctx.append(_live_ctx)
-    app.on_shutdown.append(_end_streams)
 
 
 async def stream(

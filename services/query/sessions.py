@@ -14,11 +14,12 @@ import asyncpg
 from aiohttp import web
 from redis.exceptions import RedisError
 
+from services.common.apidoc import Param, api, list_of, ref, wrap
 from services.common.auth import allowed_workspaces
 from services.common.http import error_response, json_response, read_json_body
 from services.common.keys import CHANNELS, PG_POOL, REDIS
-from services.query import lifecycle_sse
-from services.query.listcache import LIST_CACHE, list_cache_ctx
+from services.query.apiparams import LIMIT, SID, WS
+from services.query.listcache import LIST_CACHE
 from services.query.session_views import (
     ListQuery,
     clean_name,
@@ -36,6 +37,7 @@ from shared.db.connect import Executor
 from shared.errors import BadRequest, DependencyDown, SessionNotFound
 from shared.events import gateway_update, publish_events
 from shared.jsonutil import dumps, loads
+from shared.models.session import SESSION_STATUSES, Session
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +82,18 @@ def _json_bytes(body: bytes, *, status: int = 200) -> web.Response:
 # --- GET /api/sessions ---------------------------------------------------------------
 
 
+@api(
+    "List sessions, newest first (Cache-Control: no-store)",
+    "sessions",
+    list_of("sessions", Session),
+    (400, 500),
+    (
+        WS,
+        Param("parentSessionId"),
+        Param("status", schema={"enum": list(SESSION_STATUSES)}),
+        LIMIT,
+    ),
+)
 async def list_sessions(request: web.Request) -> web.Response:
     """Cached bytes when fresh; else Postgres once, serialised once, offered to the cache."""
     query = parse_list_query(request.query)
@@ -156,6 +170,7 @@ async def _scoped_list(
 # --- one session ---------------------------------------------------------------------
 
 
+@api("One session", "sessions", wrap("session", Session), (404, 503), (SID,))
 async def get_session(request: web.Request) -> web.Response:
     sid = _session_uuid(request)
     with _postgres():
@@ -200,6 +215,14 @@ async def _send_stop(
         logger.warning("stop for session %s to %s not sent: %r", sid, owner, err)
 
 
+@api(
+    "Rename a session (stores a session_renamed event)",
+    "sessions",
+    ref("Ok"),
+    (400, 404, 413, 415, 503),
+    (SID,),
+    ref("SessionRename"),
+)
 async def patch_session(request: web.Request) -> web.Response:
     """Rename: persist the trimmed name, log `session_renamed`, then announce it."""
     sid = _session_uuid(request)
@@ -219,6 +242,13 @@ async def patch_session(request: web.Request) -> web.Response:
     return json_response({"ok": True})
 
 
+@api(
+    "Stop the agent wherever it runs, delete the session and its events",
+    "sessions",
+    ref("Ok"),
+    (404, 503),
+    (SID,),
+)
 async def delete_session(request: web.Request) -> web.Response:
     """Delete the row (events cascade), stop the agent wherever it runs, announce it."""
     sid = _session_uuid(request)
@@ -234,6 +264,13 @@ async def delete_session(request: web.Request) -> web.Response:
     return json_response({"ok": True})
 
 
+@api(
+    "Stop the agent process, keep the session (status closed)",
+    "sessions",
+    ref("Ok"),
+    (404, 503),
+    (SID,),
+)
 async def disconnect_session(request: web.Request) -> web.Response:
     """Close the session and release its owner, then stop the agent; idempotent."""
     sid = _session_uuid(request)
@@ -273,6 +310,15 @@ async def check_session_ref(
         )
 
 
+@api(
+    "Fork a session (no process until its first prompt)",
+    "sessions",
+    wrap("session", Session),
+    (400, 404, 413, 415, 503),
+    (SID,),
+    ref("SessionFork"),
+    status=201,
+)
 async def fork_session(request: web.Request) -> web.Response:
     """A new closed session with the source's settings, the source as parent, no events."""
     sid = _session_uuid(request)
@@ -323,6 +369,26 @@ async def fork_session(request: web.Request) -> web.Response:
     return json_response({"session": wire}, status=201)
 
 
+@api(
+    "The stored event log, in order (Cache-Control: no-store)",
+    "sessions",
+    wrap("history", {"type": "array", "items": ref("Event")}),
+    (400, 404, 503),
+    (
+        SID,
+        Param(
+            "after",
+            schema={"type": "string", "pattern": "^[0-9]+$"},
+            description="Events after this eventId (default 0)",
+        ),
+        LIMIT,
+        Param(
+            "consolidated",
+            schema={"enum": ["true", "false"]},
+            description="Merge runs of agent_message_chunk into agent_message",
+        ),
+    ),
+)
 async def session_history(request: web.Request) -> web.Response:
     """Stored events in order, paged; consolidated on request (applied to the page)."""
     sid = _session_uuid(request)
@@ -341,6 +407,13 @@ async def session_history(request: web.Request) -> web.Response:
     return _json_bytes(dumps({"history": merged}))
 
 
+@api(
+    "cwd, mode, model, workspace, touched files, history size, parent and children",
+    "sessions",
+    ref("SessionContext"),
+    (404, 503),
+    (SID,),
+)
 async def session_context(request: web.Request) -> web.Response:
     """cwd, mode, model, workspace, files touched by tool calls, history size, family."""
     sid = _session_uuid(request)
@@ -388,18 +461,3 @@ async def session_context(request: web.Request) -> web.Response:
     if session.usage is not None:
         context["usage"] = session.usage
     return json_response(context, headers=NO_STORE)
-
-
-def setup(app: web.Application) -> None:
-    """Session routes; the static /events route goes before /{session_id}."""
-    app.cleanup_ctx.append(list_cache_ctx)
-    lifecycle_sse.setup(app)
-    router = app.router
-    router.add_get("/api/sessions", list_sessions)
-    router.add_get("/api/sessions/{session_id}", get_session)
-    router.add_patch("/api/sessions/{session_id}", patch_session)
-    router.add_delete("/api/sessions/{session_id}", delete_session)
-    router.add_post("/api/sessions/{session_id}/disconnect", disconnect_session)
-    router.add_post("/api/sessions/{session_id}/fork", fork_session)
-    router.add_get("/api/sessions/{session_id}/history", session_history)
-    router.add_get("/api/sessions/{session_id}/context", session_context)

@@ -15,11 +15,13 @@ from urllib.parse import quote
 
 from aiohttp import web
 
+from services.common.apidoc import Param, api, deleted, list_of
 from services.common.auth import AUTH
 from services.common.http import error_response, json_response, read_json_body
 from services.common.keys import PG_POOL, SETTINGS
 from services.common.shares import publish_revocation
-from services.query.dashboard import STATIC_DIR
+from services.query.apiparams import SID
+from services.query.keys import SHARE_PAGE_HTML
 from services.query.sessions import NO_STORE, _postgres, _require_session, _session_uuid
 from shared.db import shares as shares_db
 from shared.errors import NotFound
@@ -63,6 +65,23 @@ def share_url(request: web.Request, token: str) -> str:
     return f"{proto}://{host}{path}"
 
 
+@api(
+    "Create a share link; its token and url are shown only in this answer",
+    "sessions",
+    {
+        "type": "object",
+        "required": ["share", "token", "url"],
+        "properties": {
+            "share": ShareLink,
+            "token": {"type": "string"},
+            "url": {"type": "string", "description": "The read-only page /s/<token>"},
+        },
+    },
+    (400, 404, 413, 415, 503),
+    (SID,),
+    ShareCreate,
+    status=201,
+)
 async def create_share(request: web.Request) -> web.Response:
     sid = _session_uuid(request)
     await _require_session(request, sid)
@@ -79,6 +98,13 @@ async def create_share(request: web.Request) -> web.Response:
     )
 
 
+@api(
+    "The session's share links (never their tokens)",
+    "sessions",
+    list_of("shares", ShareLink),
+    (404, 503),
+    (SID,),
+)
 async def list_shares(request: web.Request) -> web.Response:
     sid = _session_uuid(request)
     await _require_session(request, sid)
@@ -87,6 +113,13 @@ async def list_shares(request: web.Request) -> web.Response:
     return json_response({"shares": [_wire(s) for s in shares]}, headers=NO_STORE)
 
 
+@api(
+    "Revoke a share link: its token answers 401 and its open streams end",
+    "sessions",
+    deleted(),
+    (404, 503),
+    (SID, Param("share_id", "path", required=True, description="Share id")),
+)
 async def delete_share(request: web.Request) -> web.Response:
     """Revoke: the row goes, then every process forgets it and ends its streams."""
     sid = _session_uuid(request)
@@ -104,9 +137,13 @@ async def delete_share(request: web.Request) -> web.Response:
     return json_response({"deleted": True})
 
 
-_PAGE = web.AppKey("share_page", str)
-
-
+@api(
+    "A shared session, read-only and live (404 page when the link is not valid)",
+    "meta",
+    "text/html",
+    (),
+    (Param("token", "path", required=True, description="Share token"),),
+)
 async def share_page(request: web.Request) -> web.Response:
     """The dashboard in its read-only mode, for the one session the token reads."""
     token = request.match_info["token"]
@@ -121,17 +158,8 @@ async def share_page(request: web.Request) -> web.Response:
         return resp
     attrs = f'class="share" data-share-session="{html.escape(str(grant.session_id))}"'
     return web.Response(
-        text=request.app[_PAGE].replace("<body>", f"<body {attrs}>", 1),
+        text=request.app[SHARE_PAGE_HTML].replace("<body>", f"<body {attrs}>", 1),
         content_type="text/html",
         charset="utf-8",
         headers=PAGE_HEADERS,
     )
-
-
-def setup(app: web.Application) -> None:
-    app[_PAGE] = (STATIC_DIR / "index.html").read_text(encoding="utf-8")
-    router = app.router
-    router.add_post("/api/sessions/{session_id}/shares", create_share)
-    router.add_get("/api/sessions/{session_id}/shares", list_shares)
-    router.add_delete("/api/sessions/{session_id}/shares/{share_id}", delete_share)
-    router.add_get(SHARE_PAGE, share_page)
