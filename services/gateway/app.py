@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import orjson
 import structlog
@@ -13,28 +12,30 @@ from aiohttp import web
 from services.common.app import base_app
 from services.common.auth import auth_ctx
 from services.common.health import HEALTH, mark_draining
-from services.common.keys import SETTINGS
+from services.common.keys import CHANNELS, REDIS, SETTINGS
 from services.common.resources import postgres_ctx, redis_ctx
 from services.common.shares import revocations_ctx
 from services.gateway import (
-    commands,
     control,
-    forwarding,
     jsonrpc,
     methods,
     openapi,
     openrpc,
     routes,
 )
+from services.gateway.commands import CommandConsumer
 from services.gateway.confine import agent_user, warn_if_root
 from services.gateway.fanout import StreamConfig
 from services.gateway.keys import (
+    COMMAND_CONSUMER,
+    GATEWAY_LINK,
     METHODS,
     OPENAPI_BODY,
     OPENRPC_BODY,
     SESSION_MANAGER,
     STREAM_CONFIG,
 )
+from services.gateway.link import GatewayLink
 from services.gateway.mcp import McpPolicy
 from services.gateway.sse import (
     close_streams_on_shutdown,
@@ -64,8 +65,8 @@ def create_app(settings: Settings) -> web.Application:
             control.control_ctx,  # stop/delete requests from the query service
             # forwarding between gateways and the commands stream: they dispatch into
             # the session manager, so they start after it and stop before it
-            forwarding.link_ctx(_dispatch_forwarded),
-            commands.commands_ctx(_dispatch_command),
+            link_ctx,
+            commands_ctx,
         ]
     )
     app.on_shutdown.extend(
@@ -97,21 +98,39 @@ def preflight(settings: Settings) -> None:
     warn_if_root(settings)
 
 
-def _dispatch_forwarded(
-    app: web.Application,
-) -> Callable[[dict[str, Any]], Awaitable[Any]]:
-    return lambda request: jsonrpc.dispatch(app, request, forwarded=True)
+async def link_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Serves calls forwarded here and sends calls to other owners (forwarding.route)."""
+    link = GatewayLink(
+        app[REDIS],
+        app[CHANNELS],
+        app[SETTINGS].instance_id,
+        lambda request: jsonrpc.dispatch(app, request, forwarded=True),
+    )
+    app[GATEWAY_LINK] = link
+    await link.start()
+    yield
+    await link.close()
 
 
-def _dispatch_command(app: web.Application) -> Callable[[bytes], Awaitable[Any]]:
-    return lambda raw: jsonrpc.dispatch_bytes(app, raw)
+async def commands_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Reads the commands stream; each entry is dispatched as if it came over HTTP."""
+    consumer = CommandConsumer(
+        app[REDIS],
+        app[CHANNELS],
+        app[SETTINGS].instance_id,
+        lambda raw: jsonrpc.dispatch_bytes(app, raw),
+    )
+    app[COMMAND_CONSUMER] = consumer
+    await consumer.start()
+    yield
+    await consumer.close()
 
 
 def _link_subscribed(app: web.Application) -> Callable[[], Awaitable[object]]:
     """Readiness check: this gateway hears forwarded calls."""
 
     async def check() -> object:
-        link = app.get(forwarding.GATEWAY_LINK)
+        link = app.get(GATEWAY_LINK)
         if link is None or not link.subscribed:
             raise ConnectionError("gateway link not subscribed")
         return True
@@ -141,7 +160,7 @@ async def drain(app: web.Application) -> None:
         running_turns=len(turns),
         drain_grace=grace,
     )
-    consumer = app.get(commands.COMMAND_CONSUMER)
+    consumer = app.get(COMMAND_CONSUMER)
     if consumer is not None:
         await consumer.stop_reading()
     if manager is not None:

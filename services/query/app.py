@@ -7,21 +7,35 @@ table (routes.py) and the keys the handlers read.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
 import orjson
 from aiohttp import web
 
 from services.common.app import base_app
 from services.common.auth import auth_ctx
 from services.common.health import mark_draining
-from services.common.keys import SETTINGS
+from services.common.keys import CHANNELS, PG_POOL, REDIS, SETTINGS
+from services.common.metrics import METRICS
 from services.common.resources import postgres_ctx, redis_ctx
 from services.common.shares import revocations_ctx
-from services.query import lifecycle_sse, live, openapi, routes, search
+from services.query import lifecycle_sse, live, openapi, routes
 from services.query.dashboard import STATIC_DIR
-from services.query.keys import OPENAPI_BODY, SHARE_PAGE_HTML
-from services.query.listcache import list_cache_ctx
-from services.query.webhook_delivery import ALLOW, worker_ctx
+from services.query.keys import (
+    ALLOW,
+    CURSOR_KEY,
+    LIST_CACHE,
+    OPENAPI_BODY,
+    SHARE_PAGE_HTML,
+    TIMEOUT_KEY,
+    WORKER,
+)
+from services.query.listcache import ListCache
+from services.query.webhook_delivery import DELIVERY_TIMEOUT, DeliveryWorker
 from services.query.webhook_targets import AllowList
+from shared.db.search import CursorKey
 from shared.settings import Settings
 
 DEFAULT_PORT = 8002
@@ -33,7 +47,8 @@ def create_app(settings: Settings) -> web.Application:
     app[ALLOW] = AllowList.parse(app[SETTINGS].webhook_allow)
     app[live.HEARTBEAT] = live.DEFAULT_HEARTBEAT
     app[lifecycle_sse.LIFECYCLE_HEARTBEAT] = lifecycle_sse.HEARTBEAT_SECONDS
-    app[search.CURSOR_KEY] = search.CursorKey()
+    app[TIMEOUT_KEY] = DELIVERY_TIMEOUT
+    app[CURSOR_KEY] = CursorKey()
     app[SHARE_PAGE_HTML] = (STATIC_DIR / "index.html").read_text(encoding="utf-8")
     app.cleanup_ctx.extend(
         [
@@ -58,3 +73,40 @@ def create_app(settings: Settings) -> web.Application:
     # pydantic's schema generation is not free: once per app
     app[OPENAPI_BODY] = orjson.dumps(openapi.build_document(routes.ROUTES))
     return app
+
+
+async def list_cache_ctx(app: web.Application) -> AsyncIterator[None]:
+    """After the Redis context: the cache wraps its client and owns the retry task."""
+    app[LIST_CACHE] = list_cache = ListCache(
+        app[REDIS], app[CHANNELS], app[SETTINGS].redis_url
+    )
+    if METRICS in app:
+        list_cache.on_lookup = app[METRICS].cache_lookup
+    tasks = [
+        asyncio.create_task(list_cache.run_retries(), name="list-cache-retries"),
+        asyncio.create_task(
+            list_cache.run_invalidations(), name="list-cache-invalidations"
+        ),
+    ]
+    yield
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def worker_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The worker runs for the app's life and is cancelled (claims handed back) on exit."""
+    settings = app[SETTINGS]
+    worker = DeliveryWorker(
+        app[PG_POOL],
+        app[ALLOW],
+        poll_interval=settings.webhook_poll_interval,
+        timeout=app[TIMEOUT_KEY],
+    )
+    app[WORKER] = worker
+    task = asyncio.create_task(worker.run(), name="webhook-deliveries")
+    yield
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)

@@ -26,6 +26,7 @@ from services.common.apidoc import Param, api, ref
 from services.common.http import json_response
 from services.common.keys import PG_POOL
 from services.query.apiparams import WS_REQ
+from services.query.keys import CURSOR_KEY
 from services.query.workspaces import ensure_workspace
 from shared.db import search as db
 from shared.errors import BadRequest
@@ -144,16 +145,6 @@ def hit_wire(hit: db.Hit) -> dict[str, Any]:
     out["snippet"] = snippet_html(hit.snippet)
     out["at"] = iso(hit.at)
     return out
-
-
-@dataclass(slots=True)
-class CursorKey:
-    """The database's signing key, read on first use."""
-
-    key: bytes | None = None
-
-
-CURSOR_KEY = web.AppKey("search_cursor_key", CursorKey)
 
 
 @api(

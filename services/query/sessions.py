@@ -19,7 +19,7 @@ from services.common.auth import allowed_workspaces
 from services.common.http import error_response, json_response, read_json_body
 from services.common.keys import CHANNELS, PG_POOL, REDIS
 from services.query.apiparams import LIMIT, SID, WS
-from services.query.listcache import LIST_CACHE
+from services.query.keys import LIST_CACHE
 from services.query.session_views import (
     ListQuery,
     clean_name,

@@ -18,8 +18,8 @@ from services.common.http import json_response, read_json_body
 from services.common.keys import PG_POOL
 from services.query import webhook_delivery
 from services.query.apiparams import HOOK, LIMIT, WID
+from services.query.keys import ALLOW
 from services.query.session_views import parse_limit
-from services.query.webhook_delivery import ALLOW
 from services.query.webhook_targets import TargetRefused, check_target
 from shared.db import webhooks as db
 from shared.db import workspaces as workspaces_db
