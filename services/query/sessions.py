@@ -7,7 +7,6 @@ import contextlib
 import dataclasses
 import logging
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
@@ -16,7 +15,13 @@ from redis.exceptions import RedisError
 
 from services.common.apidoc import Param, api, list_of, ref, wrap
 from services.common.auth import allowed_workspaces
-from services.common.http import error_response, json_response, read_json_body
+from services.common.http import (
+    POSTGRES_ERRORS,
+    error_response,
+    json_response,
+    postgres_calls,
+    read_json_body,
+)
 from services.common.keys import CHANNELS, PG_POOL, REDIS
 from services.query.apiparams import LIMIT, SID, WS
 from services.query.keys import LIST_CACHE
@@ -34,7 +39,7 @@ from shared.db import session_events
 from shared.db import sessions as sessions_db
 from shared.db import workspaces as workspaces_db
 from shared.db.connect import Executor
-from shared.errors import BadRequest, DependencyDown, SessionNotFound
+from shared.errors import BadRequest, SessionNotFound
 from shared.events import gateway_update, publish_events
 from shared.jsonutil import dumps, loads
 from shared.models.session import SESSION_STATUSES, Session
@@ -46,24 +51,6 @@ LIST_ERROR = "Failed to load sessions from database"
 PG_TIMEOUT = 5.0
 REDIS_TIMEOUT = 0.5
 ACTIVE_LIST_TTL = 1.0  # lastActivity may lag by up to 1 s while a turn runs (§3.1)
-
-_PG_ERRORS = (
-    OSError,
-    ConnectionError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-)
-
-
-@contextlib.contextmanager
-def _postgres() -> Iterator[None]:
-    """Postgres failures become 503 naming Postgres, never a traceback."""
-    try:
-        yield
-    except _PG_ERRORS as err:
-        raise DependencyDown(f"Postgres unavailable: {err.__class__.__name__}") from err
 
 
 def _session_uuid(request: web.Request) -> uuid.UUID:
@@ -120,7 +107,7 @@ async def list_sessions(request: web.Request) -> web.Response:
                 limit=query.limit,
             )
             lease_left, any_active = await sessions_db.list_freshness(conn)
-    except (*_PG_ERRORS, asyncpg.PostgresError) as err:
+    except (*POSTGRES_ERRORS, asyncpg.PostgresError) as err:
         if hit.body is not None:
             # an entry past its freshness bound still beats no answer while Postgres is down
             return _json_bytes(hit.body)
@@ -155,7 +142,7 @@ async def _scoped_list(
                     status=query.status,
                     limit=query.limit,
                 )
-    except (*_PG_ERRORS, asyncpg.PostgresError) as err:
+    except (*POSTGRES_ERRORS, asyncpg.PostgresError) as err:
         logger.warning("session list: postgres failed: %r", err)
         return error_response(500, LIST_ERROR)
     rows.sort(key=lambda s: s.created_at, reverse=True)
@@ -173,7 +160,7 @@ async def _scoped_list(
 @api("One session", "sessions", wrap("session", Session), (404, 503), (SID,))
 async def get_session(request: web.Request) -> web.Response:
     sid = _session_uuid(request)
-    with _postgres():
+    with postgres_calls():
         session = await sessions_db.get(request.app[PG_POOL], sid)
     if session is None:
         raise SessionNotFound(str(sid))
@@ -181,7 +168,7 @@ async def get_session(request: web.Request) -> web.Response:
 
 
 async def _require_session(request: web.Request, sid: uuid.UUID) -> None:
-    with _postgres():
+    with postgres_calls():
         found = await sessions_db.ref(request.app[PG_POOL], sid)
     if found is None:
         raise SessionNotFound(str(sid))
@@ -192,7 +179,7 @@ async def _append_event(
 ) -> None:
     """Store first (raises on Postgres failure), then publish within a deadline."""
     app = request.app
-    with _postgres():
+    with postgres_calls():
         async with app[PG_POOL].acquire() as conn:
             events = await session_events.append(conn, sid, [params])
     if not app[LIST_CACHE].redis_reachable:
@@ -231,7 +218,7 @@ async def patch_session(request: web.Request) -> web.Response:
     if not isinstance(body, dict):
         raise BadRequest("Invalid name")
     name = clean_name(body.get("name"))
-    with _postgres():
+    with postgres_calls():
         workspace_id = await sessions_db.rename(request.app[PG_POOL], sid, name)
     if workspace_id is None:
         raise SessionNotFound(str(sid))
@@ -252,7 +239,7 @@ async def patch_session(request: web.Request) -> web.Response:
 async def delete_session(request: web.Request) -> web.Response:
     """Delete the row (events cascade), stop the agent wherever it runs, announce it."""
     sid = _session_uuid(request)
-    with _postgres():
+    with postgres_calls():
         deleted = await sessions_db.delete_with_owner(request.app[PG_POOL], sid)
     if deleted is None:
         raise SessionNotFound(str(sid))
@@ -274,7 +261,7 @@ async def delete_session(request: web.Request) -> web.Response:
 async def disconnect_session(request: web.Request) -> web.Response:
     """Close the session and release its owner, then stop the agent; idempotent."""
     sid = _session_uuid(request)
-    with _postgres():
+    with postgres_calls():
         closed = await sessions_db.close_and_release(request.app[PG_POOL], sid)
     if closed is None:
         raise SessionNotFound(str(sid))
@@ -323,7 +310,7 @@ async def fork_session(request: web.Request) -> web.Response:
     """A new closed session with the source's settings, the source as parent, no events."""
     sid = _session_uuid(request)
     pool = request.app[PG_POOL]
-    with _postgres():
+    with postgres_calls():
         source = await sessions_db.get_row(pool, sid)
     if source is None:
         raise SessionNotFound(str(sid))
@@ -357,7 +344,7 @@ async def fork_session(request: web.Request) -> web.Response:
         custom_args=source.custom_args,
         mcp_servers=source.mcp_servers,
     )
-    with _postgres():
+    with postgres_calls():
         async with pool.acquire() as conn:
             await sessions_db.insert(conn, new)
             created = await sessions_db.get(conn, new.session_id)
@@ -393,7 +380,7 @@ async def session_history(request: web.Request) -> web.Response:
     """Stored events in order, paged; consolidated on request (applied to the page)."""
     sid = _session_uuid(request)
     query = parse_history_query(request.query)
-    with _postgres():
+    with postgres_calls():
         async with request.app[PG_POOL].acquire() as conn:
             if await sessions_db.ref(conn, sid) is None:
                 raise SessionNotFound(str(sid))
@@ -417,7 +404,7 @@ async def session_history(request: web.Request) -> web.Response:
 async def session_context(request: web.Request) -> web.Response:
     """cwd, mode, model, workspace, files touched by tool calls, history size, family."""
     sid = _session_uuid(request)
-    with _postgres():
+    with postgres_calls():
         async with request.app[PG_POOL].acquire() as conn:
             session = await sessions_db.get(conn, sid)
             if session is None:

@@ -17,12 +17,17 @@ from aiohttp import web
 
 from services.common.apidoc import Param, api, deleted, list_of
 from services.common.auth import AUTH
-from services.common.http import error_response, json_response, read_json_body
+from services.common.http import (
+    error_response,
+    json_response,
+    postgres_calls,
+    read_json_body,
+)
 from services.common.keys import PG_POOL, SETTINGS
 from services.common.shares import publish_revocation
 from services.query.apiparams import SID
 from services.query.keys import SHARE_PAGE_HTML
-from services.query.sessions import NO_STORE, _postgres, _require_session, _session_uuid
+from services.query.sessions import NO_STORE, _require_session, _session_uuid
 from shared.db import shares as shares_db
 from shared.errors import NotFound
 from shared.jsonutil import iso
@@ -87,7 +92,7 @@ async def create_share(request: web.Request) -> web.Response:
     await _require_session(request, sid)
     body = validate_body(ShareCreate, await read_json_body(request, required=False))
     token = shares_db.new_token()
-    with _postgres():
+    with postgres_calls():
         share = await shares_db.create(
             request.app[PG_POOL], sid, token, body.expires_in_seconds
         )
@@ -108,7 +113,7 @@ async def create_share(request: web.Request) -> web.Response:
 async def list_shares(request: web.Request) -> web.Response:
     sid = _session_uuid(request)
     await _require_session(request, sid)
-    with _postgres():
+    with postgres_calls():
         shares = await shares_db.list_for(request.app[PG_POOL], sid)
     return json_response({"shares": [_wire(s) for s in shares]}, headers=NO_STORE)
 
@@ -129,7 +134,7 @@ async def delete_share(request: web.Request) -> web.Response:
         share_id = uuid.UUID(raw)
     except ValueError:
         raise NotFound(f"Share not found: {raw}") from None
-    with _postgres():
+    with postgres_calls():
         deleted = await shares_db.delete(request.app[PG_POOL], sid, share_id)
     if not deleted:
         raise NotFound(f"Share not found: {raw}")
@@ -149,7 +154,7 @@ async def share_page(request: web.Request) -> web.Response:
     token = request.match_info["token"]
     grant = None
     if shares_db.is_share_token(token):
-        with _postgres():
+        with postgres_calls():
             grant = await request.app[AUTH].store.lookup_share(token)
     if grant is None or grant.expired(datetime.now(UTC)):
         # an error is JSON here like everywhere else (the asset 404 too)
