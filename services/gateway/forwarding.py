@@ -51,14 +51,14 @@ async def route(call: RpcCall, local: Method) -> Any:
     channel adopts the session (compare-and-swap on the lease), then runs here and resumes
     it (§5.4). A call that was itself forwarded is never forwarded again (-32010).
     """
-    sid = call.params.get("sessionId")
+    session_id = call.params.get("sessionId")
     manager = call.app[SESSION_MANAGER]
     link = call.app.get(GATEWAY_LINK)
-    if not isinstance(sid, str) or link is None or manager.is_live_here(sid):
+    if not isinstance(session_id, str) or link is None or manager.is_live_here(session_id):
         return await local(call)
     for attempt in range(1, ROUTE_ATTEMPTS + 1):
         last = attempt == ROUTE_ATTEMPTS
-        owner = await manager.leases.remote_owner(sid, call.allowed_workspaces)
+        owner = await manager.leases.remote_owner(session_id, call.allowed_workspaces)
         if owner is None:
             try:
                 return await local(call)
@@ -81,19 +81,19 @@ async def route(call: RpcCall, local: Method) -> Any:
             if call.method == "session/prompt":
                 # The turn died with its owner; adopt now so the log ends that turn and
                 # the next call finds the session here.
-                if await manager.leases.adopt(sid, owner):
+                if await manager.leases.adopt(session_id, owner):
                     with contextlib.suppress(DomainError):
-                        await manager.ensure_live(sid, call.allowed_workspaces)
+                        await manager.ensure_live(session_id, call.allowed_workspaces)
                 raise AgentError(
                     f"Gateway instance {owner} stopped during the prompt; "
                     "the session can be prompted again"
                 ) from err
-            if await manager.leases.adopt(sid, owner):
+            if await manager.leases.adopt(session_id, owner):
                 return await local(call)
             continue
         except OwnerUnreachable:
-            if await manager.leases.adopt(sid, owner):
-                logger.info("adopting session %s from %s", sid, owner)
+            if await manager.leases.adopt(session_id, owner):
+                logger.info("adopting session %s from %s", session_id, owner)
                 return await local(call)
             continue
         except TimeoutError as err:
@@ -111,7 +111,7 @@ async def route(call: RpcCall, local: Method) -> Any:
                 data=error.get("data"),
             )
         return reply.get("result") if isinstance(reply, dict) else None
-    raise SessionUnservable(f"Session {sid} cannot be served")
+    raise SessionUnservable(f"Session {session_id} cannot be served")
 
 
 def routed(local: Method) -> Method:

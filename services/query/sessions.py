@@ -53,11 +53,12 @@ REDIS_TIMEOUT = 0.5
 ACTIVE_LIST_TTL = 1.0  # lastActivity may lag by up to 1 s while a turn runs (§3.1)
 
 
-def _session_uuid(request: web.Request) -> uuid.UUID:
-    sid = sessions_db.parse_session_id(request.match_info["session_id"])
-    if sid is None:
+def session_id_of(request: web.Request) -> uuid.UUID:
+    """The session id of a /api/sessions/{session_id}/… route; 404 when it is no UUID."""
+    session_id = sessions_db.parse_session_id(request.match_info["session_id"])
+    if session_id is None:
         raise SessionNotFound(request.match_info["session_id"])
-    return sid
+    return session_id
 
 
 def _json_bytes(body: bytes, *, status: int = 200) -> web.Response:
@@ -159,47 +160,47 @@ async def _scoped_list(
 
 @api("One session", "sessions", wrap("session", Session), (404, 503), (SID,))
 async def get_session(request: web.Request) -> web.Response:
-    sid = _session_uuid(request)
+    session_id = session_id_of(request)
     with postgres_calls():
-        session = await sessions_db.get(request.app[PG_POOL], sid)
+        session = await sessions_db.get(request.app[PG_POOL], session_id)
     if session is None:
-        raise SessionNotFound(str(sid))
+        raise SessionNotFound(str(session_id))
     return json_response({"session": session.wire()}, headers=NO_STORE)
 
 
-async def _require_session(request: web.Request, sid: uuid.UUID) -> None:
+async def _require_session(request: web.Request, session_id: uuid.UUID) -> None:
     with postgres_calls():
-        found = await sessions_db.ref(request.app[PG_POOL], sid)
+        found = await sessions_db.ref(request.app[PG_POOL], session_id)
     if found is None:
-        raise SessionNotFound(str(sid))
+        raise SessionNotFound(str(session_id))
 
 
 async def _append_event(
-    request: web.Request, sid: uuid.UUID, params: dict[str, Any]
+    request: web.Request, session_id: uuid.UUID, params: dict[str, Any]
 ) -> None:
     """Store first (raises on Postgres failure), then publish within a deadline."""
     app = request.app
     with postgres_calls():
         async with app[PG_POOL].acquire() as conn:
-            events = await session_events.append(conn, sid, [params])
+            events = await session_events.append(conn, session_id, [params])
     if not app[LIST_CACHE].redis_reachable:
         return  # Redis just failed: subscribers catch up from the log
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(REDIS_TIMEOUT * 2):
-            await publish_events(app[REDIS], app[CHANNELS], str(sid), events)
+            await publish_events(app[REDIS], app[CHANNELS], str(session_id), events)
 
 
 async def _send_stop(
-    request: web.Request, owner: str, sid: uuid.UUID, reason: str
+    request: web.Request, owner: str, session_id: uuid.UUID, reason: str
 ) -> None:
     """Tell the owning gateway to stop the agent; a lost message is survived (lease expiry)."""
     app = request.app
-    message = dumps({"type": "stop", "sessionId": str(sid), "reason": reason})
+    message = dumps({"type": "stop", "sessionId": str(session_id), "reason": reason})
     try:
         async with asyncio.timeout(REDIS_TIMEOUT * 2):
             await app[REDIS].publish(app[CHANNELS].gateway_control(owner), message)
     except (RedisError, OSError, TimeoutError) as err:
-        logger.warning("stop for session %s to %s not sent: %r", sid, owner, err)
+        logger.warning("stop for session %s to %s not sent: %r", session_id, owner, err)
 
 
 @api(
@@ -212,19 +213,21 @@ async def _send_stop(
 )
 async def patch_session(request: web.Request) -> web.Response:
     """Rename: persist the trimmed name, log `session_renamed`, then announce it."""
-    sid = _session_uuid(request)
-    await _require_session(request, sid)
+    session_id = session_id_of(request)
+    await _require_session(request, session_id)
     body = await read_json_body(request)
     if not isinstance(body, dict):
         raise BadRequest("Invalid name")
     name = clean_name(body.get("name"))
     with postgres_calls():
-        workspace_id = await sessions_db.rename(request.app[PG_POOL], sid, name)
+        workspace_id = await sessions_db.rename(request.app[PG_POOL], session_id, name)
     if workspace_id is None:
-        raise SessionNotFound(str(sid))
-    await _append_event(request, sid, gateway_update("session_renamed", name=name))
+        raise SessionNotFound(str(session_id))
+    await _append_event(
+        request, session_id, gateway_update("session_renamed", name=name)
+    )
     await request.app[LIST_CACHE].session_changed(
-        "session:updated", str(sid), workspace_id, {"name": name}
+        "session:updated", str(session_id), workspace_id, {"name": name}
     )
     return json_response({"ok": True})
 
@@ -238,15 +241,15 @@ async def patch_session(request: web.Request) -> web.Response:
 )
 async def delete_session(request: web.Request) -> web.Response:
     """Delete the row (events cascade), stop the agent wherever it runs, announce it."""
-    sid = _session_uuid(request)
+    session_id = session_id_of(request)
     with postgres_calls():
-        deleted = await sessions_db.delete_with_owner(request.app[PG_POOL], sid)
+        deleted = await sessions_db.delete_with_owner(request.app[PG_POOL], session_id)
     if deleted is None:
-        raise SessionNotFound(str(sid))
+        raise SessionNotFound(str(session_id))
     if deleted.owner_instance_id is not None:
-        await _send_stop(request, deleted.owner_instance_id, sid, "deleted")
+        await _send_stop(request, deleted.owner_instance_id, session_id, "deleted")
     await request.app[LIST_CACHE].session_changed(
-        "session:deleted", str(sid), deleted.workspace_id, {}
+        "session:deleted", str(session_id), deleted.workspace_id, {}
     )
     return json_response({"ok": True})
 
@@ -260,22 +263,24 @@ async def delete_session(request: web.Request) -> web.Response:
 )
 async def disconnect_session(request: web.Request) -> web.Response:
     """Close the session and release its owner, then stop the agent; idempotent."""
-    sid = _session_uuid(request)
+    session_id = session_id_of(request)
     with postgres_calls():
-        closed = await sessions_db.close_and_release(request.app[PG_POOL], sid)
+        closed = await sessions_db.close_and_release(request.app[PG_POOL], session_id)
     if closed is None:
-        raise SessionNotFound(str(sid))
+        raise SessionNotFound(str(session_id))
     # closed (and the lease released) before the stop goes out: whatever the owner writes
     # while it stops, the session no longer counts as running on it
     if closed.owner_instance_id is not None:
-        await _send_stop(request, closed.owner_instance_id, sid, "disconnected")
+        await _send_stop(request, closed.owner_instance_id, session_id, "disconnected")
     if not closed.was_closed:
         # the gateway writes no event for a stop it was told about: we do
-        await _append_event(request, sid, gateway_update("acp_status", status="closed"))
+        await _append_event(
+            request, session_id, gateway_update("acp_status", status="closed")
+        )
     if not closed.was_closed or closed.owner_instance_id is not None:
         await request.app[LIST_CACHE].session_changed(
             "session:updated",
-            str(sid),
+            str(session_id),
             closed.workspace_id,
             {"status": "closed", "acpStatus": "closed"},
         )
@@ -308,12 +313,12 @@ async def check_session_ref(
 )
 async def fork_session(request: web.Request) -> web.Response:
     """A new closed session with the source's settings, the source as parent, no events."""
-    sid = _session_uuid(request)
+    session_id = session_id_of(request)
     pool = request.app[PG_POOL]
     with postgres_calls():
-        source = await sessions_db.get_row(pool, sid)
+        source = await sessions_db.get_row(pool, session_id)
     if source is None:
-        raise SessionNotFound(str(sid))
+        raise SessionNotFound(str(session_id))
     body = await read_json_body(request, required=False)
     if not isinstance(body, dict):
         raise BadRequest("Body must be a JSON object")
@@ -334,7 +339,7 @@ async def fork_session(request: web.Request) -> web.Response:
         branch=src.branch,
         mode_id=src.mode_id,
         model=src.model,
-        parent_session_id=sid,
+        parent_session_id=session_id,
         acp_status="closed",
         status="closed",
         owner_instance_id=None,
@@ -378,13 +383,15 @@ async def fork_session(request: web.Request) -> web.Response:
 )
 async def session_history(request: web.Request) -> web.Response:
     """Stored events in order, paged; consolidated on request (applied to the page)."""
-    sid = _session_uuid(request)
+    session_id = session_id_of(request)
     query = parse_history_query(request.query)
     with postgres_calls():
         async with request.app[PG_POOL].acquire() as conn:
-            if await sessions_db.ref(conn, sid) is None:
-                raise SessionNotFound(str(sid))
-            events = await session_events.after(conn, sid, query.after, query.limit)
+            if await sessions_db.ref(conn, session_id) is None:
+                raise SessionNotFound(str(session_id))
+            events = await session_events.after(
+                conn, session_id, query.after, query.limit
+            )
     if not query.consolidated:
         # stored payloads are the event objects: forwarded as bytes, never re-encoded
         return _json_bytes(
@@ -403,16 +410,16 @@ async def session_history(request: web.Request) -> web.Response:
 )
 async def session_context(request: web.Request) -> web.Response:
     """cwd, mode, model, workspace, files touched by tool calls, history size, family."""
-    sid = _session_uuid(request)
+    session_id = session_id_of(request)
     with postgres_calls():
         async with request.app[PG_POOL].acquire() as conn:
-            session = await sessions_db.get(conn, sid)
+            session = await sessions_db.get(conn, session_id)
             if session is None:
-                raise SessionNotFound(str(sid))
+                raise SessionNotFound(str(session_id))
             tool_events = await session_events.of_kinds(
-                conn, sid, ["tool_call", "tool_call_update"]
+                conn, session_id, ["tool_call", "tool_call_update"]
             )
-            history_length = await session_events.count(conn, sid)
+            history_length = await session_events.count(conn, session_id)
             workspace_row = await workspaces_db.get(conn, session.workspace_id)
             # family of the same workspace only: a row written before parents were
             # checked may point into another one, whose names must not show here
@@ -423,8 +430,10 @@ async def session_context(request: web.Request) -> web.Response:
                     parent = await sessions_db.ref(
                         conn, parent_id, session.workspace_id
                     )
-            children = await sessions_db.children(conn, sid, session.workspace_id)
-            config_options = await sessions_db.config_options(conn, sid)
+            children = await sessions_db.children(
+                conn, session_id, session.workspace_id
+            )
+            config_options = await sessions_db.config_options(conn, session_id)
     context: dict[str, Any] = {"sessionId": session.session_id, "cwd": session.cwd}
     if session.mode_id is not None:
         context["modeId"] = session.mode_id

@@ -27,7 +27,7 @@ from services.common.keys import PG_POOL, SETTINGS
 from services.common.shares import publish_revocation
 from services.query.apiparams import SID
 from services.query.keys import SHARE_PAGE_HTML
-from services.query.sessions import NO_STORE, _require_session, _session_uuid
+from services.query.sessions import NO_STORE, _require_session, session_id_of
 from shared.db import shares as shares_db
 from shared.errors import NotFound
 from shared.jsonutil import iso
@@ -88,13 +88,13 @@ def share_url(request: web.Request, token: str) -> str:
     status=201,
 )
 async def create_share(request: web.Request) -> web.Response:
-    sid = _session_uuid(request)
-    await _require_session(request, sid)
+    session_id = session_id_of(request)
+    await _require_session(request, session_id)
     body = validate_body(ShareCreate, await read_json_body(request, required=False))
     token = shares_db.new_token()
     with postgres_calls():
         share = await shares_db.create(
-            request.app[PG_POOL], sid, token, body.expires_in_seconds
+            request.app[PG_POOL], session_id, token, body.expires_in_seconds
         )
     return json_response(
         {"share": _wire(share), "token": token, "url": share_url(request, token)},
@@ -111,10 +111,10 @@ async def create_share(request: web.Request) -> web.Response:
     (SID,),
 )
 async def list_shares(request: web.Request) -> web.Response:
-    sid = _session_uuid(request)
-    await _require_session(request, sid)
+    session_id = session_id_of(request)
+    await _require_session(request, session_id)
     with postgres_calls():
-        shares = await shares_db.list_for(request.app[PG_POOL], sid)
+        shares = await shares_db.list_for(request.app[PG_POOL], session_id)
     return json_response({"shares": [_wire(s) for s in shares]}, headers=NO_STORE)
 
 
@@ -127,18 +127,18 @@ async def list_shares(request: web.Request) -> web.Response:
 )
 async def delete_share(request: web.Request) -> web.Response:
     """Revoke: the row goes, then every process forgets it and ends its streams."""
-    sid = _session_uuid(request)
-    await _require_session(request, sid)
+    session_id = session_id_of(request)
+    await _require_session(request, session_id)
     raw = request.match_info["share_id"]
     try:
         share_id = uuid.UUID(raw)
     except ValueError:
         raise NotFound(f"Share not found: {raw}") from None
     with postgres_calls():
-        deleted = await shares_db.delete(request.app[PG_POOL], sid, share_id)
+        deleted = await shares_db.delete(request.app[PG_POOL], session_id, share_id)
     if not deleted:
         raise NotFound(f"Share not found: {raw}")
-    await publish_revocation(request.app, str(share_id), str(sid))
+    await publish_revocation(request.app, str(share_id), str(session_id))
     return json_response({"deleted": True})
 
 
