@@ -54,7 +54,11 @@ async def route(call: RpcCall, local: Method) -> Any:
     session_id = call.params.get("sessionId")
     manager = call.app[SESSION_MANAGER]
     link = call.app.get(GATEWAY_LINK)
-    if not isinstance(session_id, str) or link is None or manager.is_live_here(session_id):
+    if (
+        not isinstance(session_id, str)
+        or link is None
+        or manager.is_live_here(session_id)
+    ):
         return await local(call)
     for attempt in range(1, ROUTE_ATTEMPTS + 1):
         last = attempt == ROUTE_ATTEMPTS
