@@ -1,28 +1,34 @@
-"""What both app factories share: base resources, middlewares and health checks."""
+"""What both processes share: the base application, and a create_app of only the common parts.
+
+`base_app` makes the application with the keys and the one middleware every process has.
+It registers no cleanup context, hook or route: each process's create_app lists all of
+its own, in order, so the order of start-up and shutdown is read in one place.
+"""
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from services.common.auth import setup_auth
-from services.common.health import Health, setup_health
+from services.common.auth import auth_ctx
+from services.common.health import HEALTH, Health, healthz, mark_draining, readyz
 from services.common.http import MAX_BODY_BYTES
 from services.common.keys import CHANNELS, PG_POOL, REDIS, SETTINGS
-from services.common.metrics import setup_metrics
-from services.common.middleware import setup_http
+from services.common.metrics import METRICS, Metrics, metrics_handler
+from services.common.middleware import app_middleware
 from services.common.resources import postgres_ctx, redis_ctx
-from services.common.shares import setup_share_revocations
+from services.common.shares import REVOCATIONS, Revocations, revocations_ctx
 from shared.channels import Channels
 from shared.settings import Settings
 
 
 def base_app(settings: Settings, service: str) -> web.Application:
-    """An application with settings, channels, Postgres and Redis wired in, plus /healthz and /readyz."""
-    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    """Settings, channels, metrics, health (Postgres and Redis checks), share revocations."""
+    # the process's one middleware: request id, log context, metrics, auth, errors
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[app_middleware])
     app[SETTINGS] = settings
     app[CHANNELS] = Channels(settings.redis_prefix)
-    setup_http(app)
-    setup_metrics(app)
+    app[METRICS] = Metrics()
+    app[REVOCATIONS] = Revocations()
 
     async def check_postgres() -> object:
         return await app[PG_POOL].fetchval("SELECT 1")
@@ -30,17 +36,33 @@ def base_app(settings: Settings, service: str) -> web.Application:
     async def check_redis() -> object:
         return await app[REDIS].ping()
 
-    setup_health(
-        app,
-        Health(
-            service,
-            settings.instance_id,
-            checks={"postgres": check_postgres, "redis": check_redis},
-        ),
+    app[HEALTH] = Health(
+        service,
+        settings.instance_id,
+        checks={"postgres": check_postgres, "redis": check_redis},
     )
-    app.cleanup_ctx.extend([postgres_ctx, redis_ctx])
-    # after Postgres (it reads api_tokens); its middleware runs innermost
-    setup_auth(app)
-    # after auth (it drops revoked shares from the token cache)
-    setup_share_revocations(app)
+    return app
+
+
+# The routes of a process with only the common parts.
+ROUTES = [
+    web.get("/healthz", healthz),
+    web.get("/readyz", readyz),
+    web.get("/metrics", metrics_handler),
+]
+
+
+def create_app(settings: Settings, service: str = "common") -> web.Application:
+    """Only what every process has: resources, auth, share revocations, health, metrics."""
+    app = base_app(settings, service)
+    app.cleanup_ctx.extend(
+        [
+            postgres_ctx,
+            redis_ctx,
+            auth_ctx,  # after Postgres: it reads api_tokens
+            revocations_ctx,  # after auth: it drops revoked shares from its cache
+        ]
+    )
+    app.on_shutdown.append(mark_draining)
+    app.add_routes(ROUTES)
     return app

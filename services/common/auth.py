@@ -287,10 +287,10 @@ class AuthState:
         cached = self.session_workspaces.get(session_id)
         if cached is not None:
             return cached
-        sid = sessions_db.parse_session_id(session_id)
-        if sid is None:
+        parsed = sessions_db.parse_session_id(session_id)
+        if parsed is None:
             return None
-        session = await sessions_db.get(self.pool, sid)
+        session = await sessions_db.get(self.pool, parsed)
         if session is None:
             return None
         if len(self.session_workspaces) >= CACHE_MAX:
@@ -444,8 +444,8 @@ async def _check_url_scope(
         elif route == "/api/tasks" and request.query.get("taskId"):
             named = await state.task_workspace(request.query["taskId"])
         elif route == "/api/acp" and request.method == "GET":
-            sid = request.query.get("sessionId")
-            named = await state.session_workspace(sid) if sid else None
+            session_id = request.query.get("sessionId")
+            named = await state.session_workspace(session_id) if session_id else None
     except _PG_ERRORS as err:
         raise DependencyDown(f"Postgres unavailable: {err.__class__.__name__}") from err
     # an unknown id passes: the handler answers 404 as it would for anyone
@@ -508,11 +508,11 @@ async def check_rpc_scope(request: web.Request, raw: bytes) -> None:
         if isinstance(workspace, str) and workspace.strip() not in allowed:
             raise Forbidden(FORBIDDEN)
         for key in ("sessionId", "parentSessionId"):
-            sid = params.get(key)
-            if not isinstance(sid, str):
+            session_id = params.get(key)
+            if not isinstance(session_id, str):
                 continue
             try:
-                named = await state.session_workspace(sid)
+                named = await state.session_workspace(session_id)
             except _PG_ERRORS as err:
                 raise DependencyDown(
                     f"Postgres unavailable: {err.__class__.__name__}"
@@ -527,8 +527,3 @@ def filter_allowed(request: web.Request, items: list[Any], key: str) -> list[Any
     if allowed is None:
         return items
     return [i for i in items if i.get(key) in allowed]
-
-
-def setup_auth(app: web.Application) -> None:
-    """The auth state; its checks run in the process's one middleware (check_request)."""
-    app.cleanup_ctx.append(auth_ctx)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from services.common.apidoc import api
 from services.common.http import json_response
 
 
@@ -24,6 +25,7 @@ class Health:
 HEALTH = web.AppKey("health", Health)
 
 
+@api("Liveness: the process is up (no dependency calls)", "ops", {"type": "object"})
 async def healthz(request: web.Request) -> web.Response:
     health = request.app[HEALTH]
     return json_response(
@@ -31,6 +33,12 @@ async def healthz(request: web.Request) -> web.Response:
     )
 
 
+@api(
+    "Readiness: Postgres and Redis answer; 503 while draining",
+    "ops",
+    {"type": "object", "required": ["ok"], "properties": {"ok": {"const": True}}},
+    (503,),
+)
 async def readyz(request: web.Request) -> web.Response:
     health = request.app[HEALTH]
     if health.draining:
@@ -48,12 +56,6 @@ async def readyz(request: web.Request) -> web.Response:
     return json_response({"ok": True})
 
 
-def setup_health(app: web.Application, health: Health) -> None:
-    app[HEALTH] = health
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-
-    async def _mark_draining(app: web.Application) -> None:
-        app[HEALTH].draining = True
-
-    app.on_shutdown.append(_mark_draining)
+async def mark_draining(app: web.Application) -> None:
+    """on_shutdown, first: /readyz answers 503 so balancers stop sending new work."""
+    app[HEALTH].draining = True

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import asyncpg
@@ -140,13 +141,17 @@ async def read_body_limited(request: web.Request) -> bytes:
     return b"".join(chunks)
 
 
-_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+# A lost or refused connection, or a call that timed out: the dependency is down.
+POSTGRES_ERRORS = (
     OSError,
     ConnectionError,
     TimeoutError,
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
     asyncpg.CannotConnectNowError,
+)
+_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    *POSTGRES_ERRORS,
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
 )
@@ -181,3 +186,16 @@ def dependency_of(err: BaseException) -> str | None:
 
 def dependency_down(name: str, err: BaseException) -> DependencyDown:
     return DependencyDown(f"{name} unavailable: {err.__class__.__name__}")
+
+
+@contextlib.contextmanager
+def postgres_calls() -> Iterator[None]:
+    """A block that talks only to Postgres: any connection failure in it is Postgres's.
+
+    The error middleware (error_to_response) then answers 503 naming Postgres, even for a
+    bare timeout whose traceback does not show the driver.
+    """
+    try:
+        yield
+    except POSTGRES_ERRORS as err:
+        raise dependency_down("Postgres", err) from err

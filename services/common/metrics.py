@@ -25,6 +25,8 @@ from prometheus_client import (
 )
 from prometheus_client.aiohttp import make_aiohttp_handler
 
+from services.common.apidoc import api
+
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
 _UNMATCHED = "<unmatched>"
@@ -68,6 +70,8 @@ class Metrics:
 
     def __post_init__(self) -> None:
         r = self.registry
+        # the /metrics handler of this registry (metrics_handler serves it)
+        self.exposition = make_aiohttp_handler(r, disable_compression=True)
         self.request_latency = Histogram(
             "routa_http_request_duration_seconds",
             "HTTP request latency by route template",
@@ -225,10 +229,7 @@ def route_of(request: web.Request) -> str:
     return resource.canonical if resource is not None else _UNMATCHED
 
 
-def setup_metrics(app: web.Application) -> Metrics:
-    metrics = Metrics()
-    app[METRICS] = metrics  # observed by the process's one middleware (middleware.py)
-    app.router.add_get(
-        "/metrics", make_aiohttp_handler(metrics.registry, disable_compression=True)
-    )
-    return metrics
+@api("Prometheus metrics of this process", "ops", "text/plain")
+async def metrics_handler(request: web.Request) -> web.StreamResponse:
+    """`GET /metrics`: prometheus-client's own aiohttp handler on this app's registry."""
+    return await request.app[METRICS].exposition(request)

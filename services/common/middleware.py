@@ -55,9 +55,3 @@ async def app_middleware(request: web.Request, handler: Handler) -> web.StreamRe
                 str(status),
                 time.perf_counter() - start,
             )
-
-
-def setup_http(app: web.Application) -> None:
-    """The process's one middleware: request id, log context, metrics, auth, error mapping."""
-    if app_middleware not in app.middlewares:
-        app.middlewares.append(app_middleware)

@@ -167,8 +167,3 @@ async def revocations_ctx(app: web.Application) -> AsyncIterator[None]:
     if task.done() and not task.cancelled() and task.exception() is not None:
         logger.warning("share revocation listener ended with %r", task.exception())
     await client.aclose()
-
-
-def setup_share_revocations(app: web.Application) -> None:
-    app[REVOCATIONS] = Revocations()
-    app.cleanup_ctx.append(revocations_ctx)

@@ -3,18 +3,44 @@
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 
+import orjson
 import structlog
 from aiohttp import web
 
 from services.common.app import base_app
-from services.common.health import HEALTH
-from services.common.keys import SETTINGS
-from services.gateway import commands, forwarding, jsonrpc
+from services.common.auth import auth_ctx
+from services.common.health import HEALTH, mark_draining
+from services.common.hub import StreamConfig
+from services.common.keys import CHANNELS, REDIS, SETTINGS, STREAM_CONFIG
+from services.common.resources import postgres_ctx, redis_ctx
+from services.common.shares import revocations_ctx
+from services.gateway import (
+    control,
+    jsonrpc,
+    methods,
+    openapi,
+    openrpc,
+    routes,
+)
+from services.gateway.commands import CommandConsumer
 from services.gateway.confine import agent_user, warn_if_root
-from services.gateway.keys import SESSION_MANAGER
+from services.gateway.keys import (
+    COMMAND_CONSUMER,
+    GATEWAY_LINK,
+    METHODS,
+    OPENAPI_BODY,
+    OPENRPC_BODY,
+    SESSION_MANAGER,
+)
+from services.gateway.link import GatewayLink
 from services.gateway.mcp import McpPolicy
-from services.gateway.sse import close_streams_on_shutdown
+from services.gateway.sse import (
+    close_streams_on_shutdown,
+    end_streams_of_revoked_shares,
+    fanout_ctx,
+)
 from shared.settings import Settings
 
 DEFAULT_PORT = 8001
@@ -22,12 +48,42 @@ _log = structlog.stdlib.get_logger("routa.drain")
 
 
 def create_app(settings: Settings) -> web.Application:
+    """Everything the gateway starts, stops and serves, in order."""
     preflight(settings)
     app = base_app(settings, "gateway")
-    from services.gateway import routes
-
-    routes.setup(app)
-    setup_scaleout(app)
+    app[METHODS] = methods.registry()
+    app[STREAM_CONFIG] = StreamConfig()  # tests replace it before the app starts
+    app.cleanup_ctx.extend(
+        [
+            postgres_ctx,
+            redis_ctx,
+            auth_ctx,  # after Postgres: it reads api_tokens
+            revocations_ctx,  # after auth: it drops revoked shares from its cache
+            fanout_ctx,  # the event fan-out to SSE streams, after Redis
+            methods.manager_ctx,  # the session manager; stops every agent on exit
+            control.control_ctx,  # stop/delete requests from the query service
+            # forwarding between gateways and the commands stream: they dispatch into
+            # the session manager, so they start after it and stop before it
+            link_ctx,
+            commands_ctx,
+        ]
+    )
+    app.on_shutdown.extend(
+        [
+            mark_draining,  # first: /readyz answers 503
+            # then running turns finish, so SSE subscribers here see them through...
+            drain,
+            # ...and only then a sentinel ends every stream (clients reconnect elsewhere)
+            close_streams_on_shutdown,
+        ]
+    )
+    app.on_response_prepare.append(tag_instance)
+    end_streams_of_revoked_shares(app)
+    app[HEALTH].checks["gatewayLink"] = _link_subscribed(app)
+    app.add_routes(routes.ROUTES)
+    # built once per app (pydantic schema generation is not free)
+    app[OPENRPC_BODY] = orjson.dumps(openrpc.build_document())
+    app[OPENAPI_BODY] = orjson.dumps(openapi.build_document(routes.ROUTES))
     return app
 
 
@@ -41,44 +97,49 @@ def preflight(settings: Settings) -> None:
     warn_if_root(settings)
 
 
-def setup_scaleout(app: web.Application) -> None:
-    """Forwarding between gateways, the commands stream and the SIGTERM drain (§6, §7).
-
-    Both cleanup contexts come after the session manager's: they dispatch into it, and
-    unwind before it stops the agents.
-    """
-    app.cleanup_ctx.append(
-        forwarding.link_ctx(
-            lambda app: lambda request: jsonrpc.dispatch(app, request, forwarded=True)
-        )
+async def link_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Serves calls forwarded here and sends calls to other owners (forwarding.route)."""
+    link = GatewayLink(
+        app[REDIS],
+        app[CHANNELS],
+        app[SETTINGS].instance_id,
+        lambda request: jsonrpc.dispatch(app, request, forwarded=True),
     )
-    app.cleanup_ctx.append(
-        commands.commands_ctx(lambda app: lambda raw: jsonrpc.dispatch_bytes(app, raw))
-    )
+    app[GATEWAY_LINK] = link
+    await link.start()
+    yield
+    await link.close()
 
-    async def link_subscribed() -> object:
-        link = app.get(forwarding.GATEWAY_LINK)
+
+async def commands_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Reads the commands stream; each entry is dispatched as if it came over HTTP."""
+    consumer = CommandConsumer(
+        app[REDIS],
+        app[CHANNELS],
+        app[SETTINGS].instance_id,
+        lambda raw: jsonrpc.dispatch_bytes(app, raw),
+    )
+    app[COMMAND_CONSUMER] = consumer
+    await consumer.start()
+    yield
+    await consumer.close()
+
+
+def _link_subscribed(app: web.Application) -> Callable[[], Awaitable[object]]:
+    """Readiness check: this gateway hears forwarded calls."""
+
+    async def check() -> object:
+        link = app.get(GATEWAY_LINK)
         if link is None or not link.subscribed:
             raise ConnectionError("gateway link not subscribed")
         return True
 
-    app[HEALTH].checks["gatewayLink"] = link_subscribed
-    instance_id = app[SETTINGS].instance_id
+    return check
 
-    async def tag_instance(_request: web.Request, response: web.StreamResponse) -> None:
-        # which instance answered, behind a balancer (logs, tests, debugging)
-        response.headers["X-Instance-Id"] = instance_id
 
-    app.on_response_prepare.append(tag_instance)
-    # After readiness turned 503, before the SSE streams end: running turns finish first,
-    # so subscribers here see them through, then reconnect elsewhere and replay.
-    shutdown = app.on_shutdown
-    at = (
-        shutdown.index(close_streams_on_shutdown)
-        if close_streams_on_shutdown in shutdown
-        else len(shutdown)
-    )
-    shutdown.insert(at, drain)
+async def tag_instance(request: web.Request, response: web.StreamResponse) -> None:
+    """Which instance answered, behind a balancer (logs, tests, debugging)."""
+    response.headers["X-Instance-Id"] = request.app[SETTINGS].instance_id
 
 
 async def drain(app: web.Application) -> None:
@@ -98,7 +159,7 @@ async def drain(app: web.Application) -> None:
         running_turns=len(turns),
         drain_grace=grace,
     )
-    consumer = app.get(commands.COMMAND_CONSUMER)
+    consumer = app.get(COMMAND_CONSUMER)
     if consumer is not None:
         await consumer.stop_reading()
     if manager is not None:

@@ -11,13 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiohttp import web
 from redis.exceptions import RedisError, ResponseError
 
-from services.common.keys import CHANNELS, REDIS, SETTINGS
 from shared.channels import Channels
 from shared.jsonutil import dumps
 from shared.redisconn import Redis
@@ -149,24 +147,3 @@ class CommandConsumer:
             )
         except (RedisError, OSError) as err:
             logger.warning("command %s: reply or ack failed: %s", entry_id, err)
-
-
-COMMAND_CONSUMER = web.AppKey("command_consumer", CommandConsumer)
-
-
-def commands_ctx(
-    dispatch_factory: Callable[[web.Application], DispatchBytes],
-) -> Callable[[web.Application], AsyncIterator[None]]:
-    async def _ctx(app: web.Application) -> AsyncIterator[None]:
-        consumer = CommandConsumer(
-            app[REDIS],
-            app[CHANNELS],
-            app[SETTINGS].instance_id,
-            dispatch_factory(app),
-        )
-        app[COMMAND_CONSUMER] = consumer
-        await consumer.start()
-        yield
-        await consumer.close()
-
-    return _ctx

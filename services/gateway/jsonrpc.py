@@ -18,6 +18,7 @@ import structlog
 from aiohttp import web
 
 from services.common import rpcjson
+from services.common.apidoc import api, ref
 from services.common.auth import allowed_workspaces, check_rpc_scope
 from services.common.http import (
     MAX_BODY_BYTES,
@@ -27,7 +28,8 @@ from services.common.http import (
     read_body_limited,
 )
 from services.common.metrics import METRICS
-from services.gateway.rpc import METHODS, MethodRegistry, RpcCall
+from services.gateway.keys import METHODS
+from services.gateway.rpc import MethodRegistry, RpcCall
 from shared.errors import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
@@ -293,6 +295,21 @@ def _check_content_type(request: web.Request) -> None:
     )
 
 
+@api(
+    "JSON-RPC 2.0: one call or a batch (methods in /api/acp/openrpc.json)",
+    "acp",
+    {"oneOf": [ref("JsonRpcResponse"), ref("JsonRpcResponses")]},
+    (413, 415),
+    (),
+    {"oneOf": [ref("JsonRpcRequest"), ref("JsonRpcBatch")]},
+    also={204: ""},
+    description=(
+        "Always HTTP 200 with JSON-RPC results and errors (a parse error is -32700), "
+        "except 204 with no body when every call was a notification (no `id`), and "
+        "the transport refusals: 401/403 auth, 413 body over 1 MiB, 415 a "
+        "Content-Type other than application/json, 429 rate limited (Retry-After)."
+    ),
+)
 async def handle_post(request: web.Request) -> web.StreamResponse:
     """Transport refusals (413/415) are HTTP errors; everything past them is HTTP 200/204."""
     _check_content_type(request)
@@ -316,17 +333,3 @@ async def initialize(call: RpcCall) -> dict[str, Any]:
         "agentCapabilities": {"loadSession": True},
         "agentInfo": dict(AGENT_INFO),
     }
-
-
-def setup(app: web.Application) -> None:
-    """The registry (if nobody made it yet) and the POST route."""
-    if METHODS not in app:
-        app[METHODS] = MethodRegistry()
-    app.router.add_post("/api/acp", handle_post)
-
-
-def add_default_methods(app: web.Application) -> None:
-    """Methods the envelope answers itself unless a methods module registered its own."""
-    registry = app[METHODS]
-    if registry.get("initialize") is None:
-        registry.add("initialize", initialize)

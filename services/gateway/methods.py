@@ -18,13 +18,13 @@ from pydantic import AliasChoices, BaseModel, Field, ValidationError
 
 from services.common.keys import CHANNELS, HUB, PG_POOL, REDIS, SETTINGS
 from services.common.metrics import METRICS
-from services.gateway import control, jsonrpc
+from services.gateway import jsonrpc
 from services.gateway.elicitation import no_pending as no_pending_elicitation
 from services.gateway.forwarding import routed
 from services.gateway.keys import SESSION_MANAGER
 from services.gateway.params import NewParams, Params
 from services.gateway.permissions import no_pending
-from services.gateway.rpc import METHODS, MethodRegistry, RpcCall
+from services.gateway.rpc import MethodRegistry, RpcCall
 from services.gateway.runtime import SessionManager
 from services.gateway.tracing import with_traceparent
 from shared.errors import BadRequest, UnknownWorkspace
@@ -40,12 +40,20 @@ class SessionParams(Params):
 
 
 class PromptParams(SessionParams):
-    prompt: str | list[dict[str, Any]] | None = None
+    prompt: str | list[dict[str, Any]]
     if_busy: Literal["reject", "enqueue", "interrupt"] = "reject"
 
 
 class CancelParams(SessionParams):
     queued_prompt_id: str | None = None
+
+
+class InitializeParams(Params):
+    """`initialize`: what the client says of itself; the gateway answers the same to all."""
+
+    protocol_version: int | None = None
+    client_capabilities: dict[str, Any] | None = None
+    client_info: dict[str, Any] | None = None
 
 
 class SetModeParams(SessionParams):
@@ -116,11 +124,9 @@ def check_name(name: str | None) -> str | None:
 
 
 def prompt_blocks(
-    prompt: str | list[dict[str, Any]] | None,
+    prompt: str | list[dict[str, Any]],
 ) -> tuple[list[dict[str, Any]], str]:
     """ACP content blocks and the text of the user_message event; -32602 naming prompt."""
-    if prompt is None:
-        raise BadRequest("Invalid params: prompt is required")
     if isinstance(prompt, str):
         if not prompt.strip():
             raise BadRequest("Invalid params: prompt is empty")
@@ -340,23 +346,20 @@ async def manager_ctx(app: web.Application) -> AsyncIterator[None]:
     await manager.close()
 
 
-def setup(app: web.Application) -> None:
-    """The session manager (after Postgres/Redis), the control listener, the methods."""
-    if METHODS not in app:
-        app[METHODS] = MethodRegistry()
-    app.cleanup_ctx.append(manager_ctx)
-    app.cleanup_ctx.append(control.control_ctx)
-    registry = app[METHODS]
-    registry.add("initialize", jsonrpc.initialize)
-    registry.add("session/new", session_new)
+def registry() -> MethodRegistry:
+    """Every JSON-RPC method of the gateway (the OpenRPC document lists the same)."""
+    methods = MethodRegistry()
+    methods.add("initialize", jsonrpc.initialize)
+    methods.add("session/new", session_new)
     # Session calls run where the session lives: here, on its owner, or here after
     # adopting it from a dead owner (forwarding.route, api.md §7).
-    registry.add("session/prompt", routed(session_prompt))
-    registry.add("session/cancel", routed(session_cancel))
-    registry.add("session/set_mode", routed(session_set_mode))
-    registry.add("session/set_model", routed(session_set_model))
-    registry.add("session/set_config_option", routed(session_set_config_option))
-    registry.add("session/load", routed(session_load))
-    registry.add("session/respond_user_input", routed(session_respond_user_input))
-    registry.add("session/respond_elicitation", routed(session_respond_elicitation))
-    registry.add("_providers/list", providers_list)
+    methods.add("session/prompt", routed(session_prompt))
+    methods.add("session/cancel", routed(session_cancel))
+    methods.add("session/set_mode", routed(session_set_mode))
+    methods.add("session/set_model", routed(session_set_model))
+    methods.add("session/set_config_option", routed(session_set_config_option))
+    methods.add("session/load", routed(session_load))
+    methods.add("session/respond_user_input", routed(session_respond_user_input))
+    methods.add("session/respond_elicitation", routed(session_respond_elicitation))
+    methods.add("_providers/list", providers_list)
+    return methods

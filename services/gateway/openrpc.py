@@ -10,13 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from aiohttp import web
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from services.common.apidoc import api
+from services.gateway.keys import OPENRPC_BODY
 from services.gateway.methods import (
     CancelParams,
+    InitializeParams,
     LoadParams,
     PromptParams,
     RespondElicitationParams,
@@ -182,7 +184,7 @@ METHOD_DOCS: tuple[MethodDoc, ...] = (
     MethodDoc(
         "initialize",
         "What this gateway speaks (ACP protocol version 1)",
-        None,
+        InitializeParams,
         "InitializeResult",
         (),
     ),
@@ -329,14 +331,6 @@ def build_document() -> dict[str, Any]:
     }
 
 
-OPENRPC_BODY = web.AppKey("openrpc_body", bytes)
-
-
+@api("The OpenRPC document of the JSON-RPC methods", "meta", {"type": "object"})
 async def openrpc_json(request: web.Request) -> web.Response:
     return web.Response(body=request.app[OPENRPC_BODY], content_type="application/json")
-
-
-def setup(app: web.Application) -> None:
-    """Built once per app."""
-    app[OPENRPC_BODY] = orjson.dumps(build_document())
-    app.router.add_get(OPENRPC_PATH, openrpc_json)

@@ -1,20 +1,23 @@
-"""Route table of the gateway: every module's `setup(app)` is called from here, in order."""
+"""The routes table of the gateway: every route it serves.
+
+The OpenAPI document (openapi.py) is built from this table and each handler's `@api`
+doc; the JSON-RPC methods behind POST /api/acp are in methods.registry() and OpenRPC.
+"""
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from services.gateway import jsonrpc, methods, openrpc, sse
+from services.common.health import healthz, readyz
+from services.common.metrics import metrics_handler
+from services.gateway import jsonrpc, openapi, openrpc, sse
 
-
-def setup(app: web.Application) -> None:
-    # POST /api/acp and the method registry first: the modules below register into it.
-    jsonrpc.setup(app)
-    # GET /api/acp, the event fan-out (cleanup ctx after Postgres and Redis) and the
-    # shutdown sentinel.
-    sse.setup(app)
-    # The JSON-RPC methods, the agent runtime and its cleanup contexts (runtime modules).
-    methods.setup(app)
-    # Whatever the envelope answers itself when no module registered it (`initialize`).
-    jsonrpc.add_default_methods(app)
-    openrpc.setup(app)
+ROUTES: list[web.RouteDef] = [
+    web.post("/api/acp", jsonrpc.handle_post),
+    web.get("/api/acp", sse.handle_stream),
+    web.get(openrpc.OPENRPC_PATH, openrpc.openrpc_json),
+    web.get(openapi.OPENAPI_PATH, openapi.openapi_json),
+    web.get("/healthz", healthz),
+    web.get("/readyz", readyz),
+    web.get("/metrics", metrics_handler),
+]

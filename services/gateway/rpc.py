@@ -51,6 +51,3 @@ class MethodRegistry:
 
     def get(self, name: str) -> Method | None:
         return self.methods.get(name)
-
-
-METHODS = web.AppKey("jsonrpc_methods", MethodRegistry)

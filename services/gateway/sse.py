@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 import asyncpg
 from aiohttp import web
 
+from services.common.apidoc import SSE, Param, api
 from services.common.auth import AUTH, PRINCIPAL, Principal, share_of
 from services.common.http import error_response
 from services.common.hub import Hub, Subscriber
@@ -114,6 +115,35 @@ def _last_event_id(request: web.Request) -> str | None:
     return value or None
 
 
+@api(
+    "A session's events as Server-Sent Events: replay, `connected`, then live",
+    "acp",
+    SSE,
+    (400, 404),
+    (
+        Param("sessionId", required=True, description="Session id (UUID)"),
+        Param(
+            "Last-Event-ID",
+            "header",
+            schema={"type": "string", "pattern": "^[0-9]+$"},
+            description="Replay the events after this eventId (reconnects send it)",
+        ),
+        Param("lastEventId", description="The same, for clients that set no header"),
+        Param("replay", schema={"enum": ["all"]}, description="Replay from the start"),
+        Param(
+            "probe",
+            schema={"enum": ["1"]},
+            description="Check the stream could open: 204, no stream",
+        ),
+        Param("access_token", description="A token, for EventSource (no headers)"),
+    ),
+    also={204: ""},
+    description=(
+        "Frames: `id: <eventId>` and `data: <event JSON>` per stored event, a "
+        "`connected` frame after the replay, `: ping` comments as heartbeats. 429 "
+        "when the per-session or per-client stream cap is reached."
+    ),
+)
 async def handle_stream(request: web.Request) -> web.StreamResponse:
     """Checks in the order of §9.18, then subscribe → replay → connected → live."""
     app = request.app
@@ -243,7 +273,7 @@ async def close_streams_on_shutdown(app: web.Application) -> None:
         hub.close_all("shutdown")
 
 
-def _end_streams_of_revoked_shares(app: web.Application) -> None:
+def end_streams_of_revoked_shares(app: web.Application) -> None:
     """Revoking a share link ends its streams on every gateway (services/common/shares.py)."""
 
     def on_revoked(share_id: str) -> None:
@@ -263,11 +293,3 @@ def _end_streams_of_revoked_shares(app: web.Application) -> None:
     revocations = app[REVOCATIONS]
     revocations.on_revoked.append(on_revoked)
     revocations.on_resync.append(on_resync)
-
-
-def setup(app: web.Application) -> None:
-    """The GET route, the fan-out's cleanup context and the shutdown sentinel."""
-    app.router.add_get("/api/acp", handle_stream)
-    app.cleanup_ctx.append(fanout_ctx)
-    _end_streams_of_revoked_shares(app)
-    app.on_shutdown.append(close_streams_on_shutdown)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from services.common.apidoc import api, undocumented
 from services.common.http import error_response
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -47,19 +48,15 @@ def resolve_asset(static_dir: Path, name: str) -> Path | None:
     return candidate if candidate.is_file() else None
 
 
+@api("The live dashboard", "meta", "text/html")
 async def index(request: web.Request) -> web.StreamResponse:
     return _file_response(STATIC_DIR / "index.html")
 
 
+@undocumented
 async def asset(request: web.Request) -> web.StreamResponse:
     name = request.match_info["path"]
     path = resolve_asset(STATIC_DIR, name)
     if path is None:
         return error_response(404, f"Unknown asset: {name}")
     return _file_response(path)
-
-
-def setup(app: web.Application) -> None:
-    """GET `/` and `/static/{path}`; `/api/*` is left to the route modules."""
-    app.router.add_get("/", index)
-    app.router.add_get("/static/{path:.+}", asset)

@@ -13,7 +13,6 @@ import html
 import logging
 import re
 import unicodedata
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -22,8 +21,11 @@ from urllib.parse import quote
 import asyncpg
 from aiohttp import web
 
+from services.common.apidoc import Param, api
 from services.common.http import stamp_request_id
 from services.common.keys import PG_POOL
+from services.query.apiparams import SID
+from services.query.sessions import session_id_of
 from shared.db import session_events
 from shared.db import sessions as sessions_db
 from shared.errors import BadRequest, SessionNotFound
@@ -453,14 +455,6 @@ class HtmlTranscript(Transcript):
 # --- the route ---------------------------------------------------------------------------
 
 
-def _session_uuid(request: web.Request) -> uuid.UUID:
-    raw = request.match_info["session_id"]
-    sid = sessions_db.parse_session_id(raw)
-    if sid is None:
-        raise SessionNotFound(raw)
-    return sid
-
-
 def _render(
     transcript: Transcript | None, events: list[session_events.StoredEvent]
 ) -> bytes:
@@ -469,16 +463,30 @@ def _render(
     return "".join(transcript.feed(loads(e.payload)) for e in events).encode()
 
 
+@api(
+    "The whole stored log as a download (Content-Disposition), streamed",
+    "sessions",
+    ("text/markdown", "application/x-ndjson", "text/html"),
+    (400, 404, 503),
+    (
+        SID,
+        Param(
+            "format",
+            schema={"enum": ["markdown", "jsonl", "html"], "default": "markdown"},
+            description="jsonl: one stored event per line, as /history has them",
+        ),
+    ),
+)
 async def export_session(request: web.Request) -> web.StreamResponse:
     """Checks (404 session, then 400 format) and the first page before any byte goes out."""
-    sid = _session_uuid(request)
+    session_id = session_id_of(request)
     pool = request.app[PG_POOL]
-    row = await sessions_db.get_row(pool, sid)
+    row = await sessions_db.get_row(pool, session_id)
     if row is None:
-        raise SessionNotFound(str(sid))
+        raise SessionNotFound(str(session_id))
     fmt = parse_format(request.query)
     session, end = row.session, row.last_event_id
-    page = await session_events.after(pool, sid, 0, PAGE)
+    page = await session_events.after(pool, session_id, 0, PAGE)
     transcript: Transcript | None = None
     if fmt.name == "markdown":
         transcript = MarkdownTranscript(session)
@@ -508,18 +516,14 @@ async def export_session(request: web.Request) -> web.StreamResponse:
             await resp.write(_render(transcript, page))
             if len(page) < PAGE or page[-1].event_id >= end:
                 break
-            page = await session_events.after(pool, sid, page[-1].event_id, PAGE)
+            page = await session_events.after(pool, session_id, page[-1].event_id, PAGE)
         if transcript is not None:
             await resp.write(transcript.footer().encode())
     except ConnectionResetError:
         pass  # the client left
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
         # headers are out: cut the connection, so a client never takes a cut file for whole
-        logger.warning("export of session %s cut short: %r", sid, err)
+        logger.warning("export of session %s cut short: %r", session_id, err)
         if request.transport is not None:
             request.transport.abort()
     return resp
-
-
-def setup(app: web.Application) -> None:
-    app.router.add_get("/api/sessions/{session_id}/export", export_session)

@@ -11,9 +11,11 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from services.common.apidoc import SSE, api
 from services.common.auth import allowed_workspaces
 from services.common.keys import CHANNELS
 from services.query import live
+from services.query.apiparams import WS
 from shared.channels import Channels
 from shared.jsonutil import now_iso
 
@@ -37,6 +39,13 @@ def _accept(
     return accept
 
 
+@api(
+    "SSE of session lifecycle messages (session:created/updated/deleted)",
+    "sessions",
+    SSE,
+    (),
+    (WS,),
+)
 async def session_events(request: web.Request) -> web.StreamResponse:
     channels = request.app[CHANNELS]
     workspace_id = request.query.get("workspaceId") or None
@@ -51,8 +60,3 @@ async def session_events(request: web.Request) -> web.StreamResponse:
         connected,
         _accept(channels, workspace_id, allowed_workspaces(request)),
     )
-
-
-def setup(app: web.Application) -> None:
-    live.setup(app)
-    app.router.add_get("/api/sessions/events", session_events)

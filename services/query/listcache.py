@@ -24,16 +24,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import web
 from redis.exceptions import RedisError
 from yarl import URL
 
-from services.common.keys import CHANNELS, REDIS, SETTINGS
-from services.common.metrics import METRICS
 from shared import cache, lifecycle
 from shared.channels import Channels
 from shared.lifecycle import LifecycleType
@@ -349,27 +346,3 @@ class ListCache:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
-
-
-LIST_CACHE = web.AppKey("session_list_cache", ListCache)
-
-
-async def list_cache_ctx(app: web.Application) -> AsyncIterator[None]:
-    """After the Redis context: the cache wraps its client and owns the retry task."""
-    app[LIST_CACHE] = list_cache = ListCache(
-        app[REDIS], app[CHANNELS], app[SETTINGS].redis_url
-    )
-    if METRICS in app:
-        list_cache.on_lookup = app[METRICS].cache_lookup
-    tasks = [
-        asyncio.create_task(list_cache.run_retries(), name="list-cache-retries"),
-        asyncio.create_task(
-            list_cache.run_invalidations(), name="list-cache-invalidations"
-        ),
-    ]
-    yield
-    for task in tasks:
-        task.cancel()
-    for task in tasks:
-        with contextlib.suppress(asyncio.CancelledError):
-            await task

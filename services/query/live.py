@@ -28,7 +28,7 @@ from shared.models.validation import query_value
 STARTUP_WAIT = 2.0  # how long the app waits for the hub's first subscription
 
 
-async def _hub_ctx(app: web.Application) -> AsyncIterator[None]:
+async def hub_ctx(app: web.Application) -> AsyncIterator[None]:
     """After Redis: start the hub and give it a moment to subscribe.
 
     The app starts even when Redis is down; the hub keeps retrying.
@@ -44,18 +44,10 @@ async def _hub_ctx(app: web.Application) -> AsyncIterator[None]:
     await hub.stop()
 
 
-async def _end_streams(app: web.Application) -> None:
+async def end_streams(app: web.Application) -> None:
     """on_shutdown: a sentinel into every queue ends the handlers at once (house-style §2.9)."""
     if HUB in app:
         app[HUB].close_all()
-
-
-def setup(app: web.Application) -> None:
-    """Idempotent: notes, tasks and sessions all call it."""
-    if any(ctx is _hub_ctx for ctx in app.cleanup_ctx):
-        return
-    app.cleanup_ctx.append(_hub_ctx)
-    app.on_shutdown.append(_end_streams)
 
 
 async def stream(

@@ -10,10 +10,12 @@ import asyncpg
 from aiohttp import web
 from redis.exceptions import RedisError
 
+from services.common.apidoc import SSE, Param, api, deleted, list_of, wrap
 from services.common.auth import require_workspace
 from services.common.http import json_response, read_json_body
 from services.common.keys import CHANNELS, PG_POOL, REDIS
 from services.query import live
+from services.query.apiparams import WS_REQ
 from services.query.sessions import check_session_ref
 from services.query.workspaces import ensure_workspace
 from shared.channels import Channels
@@ -21,7 +23,7 @@ from shared.db import notes as db
 from shared.errors import BadRequest, NotFound, UnknownWorkspace
 from shared.jsonutil import dumps, now_iso
 from shared.models.limits import check_id
-from shared.models.note import NOTE_SOURCES, NOTE_TYPES, Note, NoteWrite
+from shared.models.note import NOTE_SOURCES, NOTE_TYPES, Note, NoteGroup, NoteWrite
 from shared.models.validation import clean_title, query_value, validate_body
 
 logger = logging.getLogger(__name__)
@@ -90,6 +92,25 @@ def _groups(rows: list[tuple[Note, str | None]]) -> list[dict[str, Any]]:
     return groups
 
 
+@api(
+    "Notes of a workspace ({notes}), one note (noteId → {note}) or groups (groupBy=session → {groups})",
+    "notes",
+    {
+        "oneOf": [
+            list_of("notes", Note),
+            wrap("note", Note),
+            list_of("groups", NoteGroup),
+        ]
+    },
+    (400, 404, 503),
+    (
+        WS_REQ,
+        Param("sessionId"),
+        Param("type", schema={"enum": ["spec", "task", "general"]}),
+        Param("noteId"),
+        Param("groupBy", schema={"enum": ["session"]}),
+    ),
+)
 async def get_notes(request: web.Request) -> web.Response:
     query = request.query
     pool = request.app[PG_POOL]
@@ -116,6 +137,16 @@ async def get_notes(request: web.Request) -> web.Response:
     return json_response({"notes": [n.wire() for n in notes]})
 
 
+@api(
+    "Create a note (201), or update it when noteId names an existing one (200)",
+    "notes",
+    wrap("note", Note),
+    (400, 404, 413, 415, 503),
+    (),
+    NoteWrite,
+    status=201,
+    also={200: wrap("note", Note)},
+)
 async def post_note(request: web.Request) -> web.Response:
     """Create (201), or update (200) when `noteId` names an existing note of the workspace."""
     body = validate_body(NoteWrite, await read_json_body(request))
@@ -164,6 +195,17 @@ async def post_note(request: web.Request) -> web.Response:
     return json_response({"note": note.wire()}, status=201 if created else 200)
 
 
+@api(
+    "Delete one note",
+    "notes",
+    deleted("noteId"),
+    (400, 404, 503),
+    (
+        WS_REQ,
+        Param("noteId", required=True),
+        Param("source", schema={"enum": ["agent", "user", "system"]}),
+    ),
+)
 async def delete_note(request: web.Request) -> web.Response:
     query = request.query
     pool = request.app[PG_POOL]
@@ -180,13 +222,12 @@ async def delete_note(request: web.Request) -> web.Response:
     return json_response({"deleted": True, "noteId": note_id})
 
 
+@api(
+    "SSE of note:created/updated/deleted messages of a workspace",
+    "notes",
+    SSE,
+    (400, 404),
+    (WS_REQ,),
+)
 async def note_events(request: web.Request) -> web.StreamResponse:
     return await live.workspace_stream(request, Channels.workspace_notes)
-
-
-def setup(app: web.Application) -> None:
-    live.setup(app)
-    app.router.add_get("/api/notes/events", note_events)
-    app.router.add_get("/api/notes", get_notes)
-    app.router.add_post("/api/notes", post_note)
-    app.router.add_delete("/api/notes", delete_note)

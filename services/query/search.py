@@ -22,8 +22,11 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from services.common.apidoc import Param, api, ref
 from services.common.http import json_response
 from services.common.keys import PG_POOL
+from services.query.apiparams import WS_REQ
+from services.query.keys import CURSOR_KEY
 from services.query.workspaces import ensure_workspace
 from shared.db import search as db
 from shared.errors import BadRequest
@@ -144,16 +147,23 @@ def hit_wire(hit: db.Hit) -> dict[str, Any]:
     return out
 
 
-@dataclass(slots=True)
-class CursorKey:
-    """The database's signing key, read on first use."""
-
-    key: bytes | None = None
-
-
-CURSOR_KEY = web.AppKey("search_cursor_key", CursorKey)
-
-
+@api(
+    "Full-text search of a workspace's user prompts and agent messages, best first",
+    "search",
+    ref("SearchResults"),
+    (400, 404, 503),
+    (
+        WS_REQ,
+        Param(
+            "q",
+            required=True,
+            schema={"type": "string", "minLength": 1, "maxLength": 500},
+            description='Web-search syntax: words (ANDed), "phrases", -exclusions, OR',
+        ),
+        Param("limit", schema={"type": "integer", "minimum": 1, "maximum": 100}),
+        Param("after", description="The `next` cursor of the previous page"),
+    ),
+)
 async def search(request: web.Request) -> web.Response:
     """Ranked hits, one page; `next` when there may be more."""
     query = parse_search_query(request.query)
@@ -172,8 +182,3 @@ async def search(request: web.Request) -> web.Response:
     if len(hits) > query.limit:
         body["next"] = encode_cursor(key, query, hits[query.limit - 1].position)
     return json_response(body, headers=NO_STORE)
-
-
-def setup(app: web.Application) -> None:
-    app[CURSOR_KEY] = CursorKey()
-    app.router.add_get("/api/search", search)

@@ -7,18 +7,24 @@ import contextlib
 import dataclasses
 import logging
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
 from aiohttp import web
 from redis.exceptions import RedisError
 
+from services.common.apidoc import Param, api, list_of, ref, wrap
 from services.common.auth import allowed_workspaces
-from services.common.http import error_response, json_response, read_json_body
+from services.common.http import (
+    POSTGRES_ERRORS,
+    error_response,
+    json_response,
+    postgres_calls,
+    read_json_body,
+)
 from services.common.keys import CHANNELS, PG_POOL, REDIS
-from services.query import lifecycle_sse
-from services.query.listcache import LIST_CACHE, list_cache_ctx
+from services.query.apiparams import LIMIT, SID, WS
+from services.query.keys import LIST_CACHE
 from services.query.session_views import (
     ListQuery,
     clean_name,
@@ -33,9 +39,10 @@ from shared.db import queued_prompts, session_events
 from shared.db import sessions as sessions_db
 from shared.db import workspaces as workspaces_db
 from shared.db.connect import Executor
-from shared.errors import BadRequest, DependencyDown, SessionNotFound
+from shared.errors import BadRequest, SessionNotFound
 from shared.events import gateway_update, publish_events
 from shared.jsonutil import dumps, loads
+from shared.models.session import SESSION_STATUSES, Session
 
 logger = logging.getLogger(__name__)
 
@@ -45,30 +52,13 @@ PG_TIMEOUT = 5.0
 REDIS_TIMEOUT = 0.5
 ACTIVE_LIST_TTL = 1.0  # lastActivity may lag by up to 1 s while a turn runs (§3.1)
 
-_PG_ERRORS = (
-    OSError,
-    ConnectionError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-)
 
-
-@contextlib.contextmanager
-def _postgres() -> Iterator[None]:
-    """Postgres failures become 503 naming Postgres, never a traceback."""
-    try:
-        yield
-    except _PG_ERRORS as err:
-        raise DependencyDown(f"Postgres unavailable: {err.__class__.__name__}") from err
-
-
-def _session_uuid(request: web.Request) -> uuid.UUID:
-    sid = sessions_db.parse_session_id(request.match_info["session_id"])
-    if sid is None:
+def session_id_of(request: web.Request) -> uuid.UUID:
+    """The session id of a /api/sessions/{session_id}/… route; 404 when it is no UUID."""
+    session_id = sessions_db.parse_session_id(request.match_info["session_id"])
+    if session_id is None:
         raise SessionNotFound(request.match_info["session_id"])
-    return sid
+    return session_id
 
 
 def _json_bytes(body: bytes, *, status: int = 200) -> web.Response:
@@ -80,6 +70,18 @@ def _json_bytes(body: bytes, *, status: int = 200) -> web.Response:
 # --- GET /api/sessions ---------------------------------------------------------------
 
 
+@api(
+    "List sessions, newest first (Cache-Control: no-store)",
+    "sessions",
+    list_of("sessions", Session),
+    (400, 500),
+    (
+        WS,
+        Param("parentSessionId"),
+        Param("status", schema={"enum": list(SESSION_STATUSES)}),
+        LIMIT,
+    ),
+)
 async def list_sessions(request: web.Request) -> web.Response:
     """Cached bytes when fresh; else Postgres once, serialised once, offered to the cache."""
     query = parse_list_query(request.query)
@@ -106,7 +108,7 @@ async def list_sessions(request: web.Request) -> web.Response:
                 limit=query.limit,
             )
             lease_left, any_active = await sessions_db.list_freshness(conn)
-    except (*_PG_ERRORS, asyncpg.PostgresError) as err:
+    except (*POSTGRES_ERRORS, asyncpg.PostgresError) as err:
         if hit.body is not None:
             # an entry past its freshness bound still beats no answer while Postgres is down
             return _json_bytes(hit.body)
@@ -141,7 +143,7 @@ async def _scoped_list(
                     status=query.status,
                     limit=query.limit,
                 )
-    except (*_PG_ERRORS, asyncpg.PostgresError) as err:
+    except (*POSTGRES_ERRORS, asyncpg.PostgresError) as err:
         logger.warning("session list: postgres failed: %r", err)
         return error_response(500, LIST_ERROR)
     rows.sort(key=lambda s: s.created_at, reverse=True)
@@ -156,109 +158,138 @@ async def _scoped_list(
 # --- one session ---------------------------------------------------------------------
 
 
+@api("One session", "sessions", wrap("session", Session), (404, 503), (SID,))
 async def get_session(request: web.Request) -> web.Response:
-    sid = _session_uuid(request)
-    with _postgres():
-        session = await sessions_db.get(request.app[PG_POOL], sid)
+    session_id = session_id_of(request)
+    with postgres_calls():
+        session = await sessions_db.get(request.app[PG_POOL], session_id)
     if session is None:
-        raise SessionNotFound(str(sid))
+        raise SessionNotFound(str(session_id))
     return json_response({"session": session.wire()}, headers=NO_STORE)
 
 
-async def _require_session(request: web.Request, sid: uuid.UUID) -> None:
-    with _postgres():
-        found = await sessions_db.ref(request.app[PG_POOL], sid)
+async def _require_session(request: web.Request, session_id: uuid.UUID) -> None:
+    with postgres_calls():
+        found = await sessions_db.ref(request.app[PG_POOL], session_id)
     if found is None:
-        raise SessionNotFound(str(sid))
+        raise SessionNotFound(str(session_id))
 
 
 async def _append_event(
-    request: web.Request, sid: uuid.UUID, params: dict[str, Any]
+    request: web.Request, session_id: uuid.UUID, params: dict[str, Any]
 ) -> None:
     """Store first (raises on Postgres failure), then publish within a deadline."""
     app = request.app
-    with _postgres():
+    with postgres_calls():
         async with app[PG_POOL].acquire() as conn:
-            events = await session_events.append(conn, sid, [params])
+            events = await session_events.append(conn, session_id, [params])
     if not app[LIST_CACHE].redis_reachable:
         return  # Redis just failed: subscribers catch up from the log
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(REDIS_TIMEOUT * 2):
-            await publish_events(app[REDIS], app[CHANNELS], str(sid), events)
+            await publish_events(app[REDIS], app[CHANNELS], str(session_id), events)
 
 
 async def _send_stop(
-    request: web.Request, owner: str, sid: uuid.UUID, reason: str
+    request: web.Request, owner: str, session_id: uuid.UUID, reason: str
 ) -> None:
     """Tell the owning gateway to stop the agent; a lost message is survived (lease expiry)."""
     app = request.app
-    message = dumps({"type": "stop", "sessionId": str(sid), "reason": reason})
+    message = dumps({"type": "stop", "sessionId": str(session_id), "reason": reason})
     try:
         async with asyncio.timeout(REDIS_TIMEOUT * 2):
             await app[REDIS].publish(app[CHANNELS].gateway_control(owner), message)
     except (RedisError, OSError, TimeoutError) as err:
-        logger.warning("stop for session %s to %s not sent: %r", sid, owner, err)
+        logger.warning("stop for session %s to %s not sent: %r", session_id, owner, err)
 
 
+@api(
+    "Rename a session (stores a session_renamed event)",
+    "sessions",
+    ref("Ok"),
+    (400, 404, 413, 415, 503),
+    (SID,),
+    ref("SessionRename"),
+)
 async def patch_session(request: web.Request) -> web.Response:
     """Rename: persist the trimmed name, log `session_renamed`, then announce it."""
-    sid = _session_uuid(request)
-    await _require_session(request, sid)
+    session_id = session_id_of(request)
+    await _require_session(request, session_id)
     body = await read_json_body(request)
     if not isinstance(body, dict):
         raise BadRequest("Invalid name")
     name = clean_name(body.get("name"))
-    with _postgres():
-        workspace_id = await sessions_db.rename(request.app[PG_POOL], sid, name)
+    with postgres_calls():
+        workspace_id = await sessions_db.rename(request.app[PG_POOL], session_id, name)
     if workspace_id is None:
-        raise SessionNotFound(str(sid))
-    await _append_event(request, sid, gateway_update("session_renamed", name=name))
+        raise SessionNotFound(str(session_id))
+    await _append_event(
+        request, session_id, gateway_update("session_renamed", name=name)
+    )
     await request.app[LIST_CACHE].session_changed(
-        "session:updated", str(sid), workspace_id, {"name": name}
+        "session:updated", str(session_id), workspace_id, {"name": name}
     )
     return json_response({"ok": True})
 
 
+@api(
+    "Stop the agent wherever it runs, delete the session and its events",
+    "sessions",
+    ref("Ok"),
+    (404, 503),
+    (SID,),
+)
 async def delete_session(request: web.Request) -> web.Response:
     """Delete the row (events cascade), stop the agent wherever it runs, announce it."""
-    sid = _session_uuid(request)
-    with _postgres():
-        deleted = await sessions_db.delete_with_owner(request.app[PG_POOL], sid)
+    session_id = session_id_of(request)
+    with postgres_calls():
+        deleted = await sessions_db.delete_with_owner(request.app[PG_POOL], session_id)
     if deleted is None:
-        raise SessionNotFound(str(sid))
+        raise SessionNotFound(str(session_id))
     if deleted.owner_instance_id is not None:
-        await _send_stop(request, deleted.owner_instance_id, sid, "deleted")
+        await _send_stop(request, deleted.owner_instance_id, session_id, "deleted")
     await request.app[LIST_CACHE].session_changed(
-        "session:deleted", str(sid), deleted.workspace_id, {}
+        "session:deleted", str(session_id), deleted.workspace_id, {}
     )
     return json_response({"ok": True})
 
 
+@api(
+    "Stop the agent process, keep the session (status closed)",
+    "sessions",
+    ref("Ok"),
+    (404, 503),
+    (SID,),
+)
 async def disconnect_session(request: web.Request) -> web.Response:
     """Close the session and release its owner, then stop the agent; idempotent."""
-    sid = _session_uuid(request)
+    session_id = session_id_of(request)
     # the queue goes with the close: no instance takes up a disconnected session's prompts
-    with _postgres():
+    with postgres_calls():
         async with request.app[PG_POOL].acquire() as conn, conn.transaction():
-            dropped = await queued_prompts.delete_all(conn, sid)
-            closed = await sessions_db.close_and_release(conn, sid)
+            dropped = await queued_prompts.delete_all(conn, session_id)
+            closed = await sessions_db.close_and_release(conn, session_id)
     if closed is None:
-        raise SessionNotFound(str(sid))
+        raise SessionNotFound(str(session_id))
     for queued_id in dropped:
         await _append_event(
-            request, sid, gateway_update("prompt_dropped", queuedPromptId=queued_id)
+            request,
+            session_id,
+            gateway_update("prompt_dropped", queuedPromptId=queued_id),
         )
     # closed (and the lease released) before the stop goes out: whatever the owner writes
     # while it stops, the session no longer counts as running on it
     if closed.owner_instance_id is not None:
-        await _send_stop(request, closed.owner_instance_id, sid, "disconnected")
+        await _send_stop(request, closed.owner_instance_id, session_id, "disconnected")
     if not closed.was_closed:
         # the gateway writes no event for a stop it was told about: we do
-        await _append_event(request, sid, gateway_update("acp_status", status="closed"))
+        await _append_event(
+            request, session_id, gateway_update("acp_status", status="closed")
+        )
     if not closed.was_closed or closed.owner_instance_id is not None:
         await request.app[LIST_CACHE].session_changed(
             "session:updated",
-            str(sid),
+            str(session_id),
             closed.workspace_id,
             {"status": "closed", "acpStatus": "closed"},
         )
@@ -280,14 +311,23 @@ async def check_session_ref(
         )
 
 
+@api(
+    "Fork a session (no process until its first prompt)",
+    "sessions",
+    wrap("session", Session),
+    (400, 404, 413, 415, 503),
+    (SID,),
+    ref("SessionFork"),
+    status=201,
+)
 async def fork_session(request: web.Request) -> web.Response:
     """A new closed session with the source's settings, the source as parent, no events."""
-    sid = _session_uuid(request)
+    session_id = session_id_of(request)
     pool = request.app[PG_POOL]
-    with _postgres():
-        source = await sessions_db.get_row(pool, sid)
+    with postgres_calls():
+        source = await sessions_db.get_row(pool, session_id)
     if source is None:
-        raise SessionNotFound(str(sid))
+        raise SessionNotFound(str(session_id))
     body = await read_json_body(request, required=False)
     if not isinstance(body, dict):
         raise BadRequest("Body must be a JSON object")
@@ -308,7 +348,7 @@ async def fork_session(request: web.Request) -> web.Response:
         branch=src.branch,
         mode_id=src.mode_id,
         model=src.model,
-        parent_session_id=sid,
+        parent_session_id=session_id,
         acp_status="closed",
         status="closed",
         owner_instance_id=None,
@@ -318,7 +358,7 @@ async def fork_session(request: web.Request) -> web.Response:
         custom_args=source.custom_args,
         mcp_servers=source.mcp_servers,
     )
-    with _postgres():
+    with postgres_calls():
         async with pool.acquire() as conn:
             await sessions_db.insert(conn, new)
             created = await sessions_db.get(conn, new.session_id)
@@ -330,15 +370,37 @@ async def fork_session(request: web.Request) -> web.Response:
     return json_response({"session": wire}, status=201)
 
 
+@api(
+    "The stored event log, in order (Cache-Control: no-store)",
+    "sessions",
+    wrap("history", {"type": "array", "items": ref("Event")}),
+    (400, 404, 503),
+    (
+        SID,
+        Param(
+            "after",
+            schema={"type": "string", "pattern": "^[0-9]+$"},
+            description="Events after this eventId (default 0)",
+        ),
+        LIMIT,
+        Param(
+            "consolidated",
+            schema={"enum": ["true", "false"]},
+            description="Merge runs of agent_message_chunk into agent_message",
+        ),
+    ),
+)
 async def session_history(request: web.Request) -> web.Response:
     """Stored events in order, paged; consolidated on request (applied to the page)."""
-    sid = _session_uuid(request)
+    session_id = session_id_of(request)
     query = parse_history_query(request.query)
-    with _postgres():
+    with postgres_calls():
         async with request.app[PG_POOL].acquire() as conn:
-            if await sessions_db.ref(conn, sid) is None:
-                raise SessionNotFound(str(sid))
-            events = await session_events.after(conn, sid, query.after, query.limit)
+            if await sessions_db.ref(conn, session_id) is None:
+                raise SessionNotFound(str(session_id))
+            events = await session_events.after(
+                conn, session_id, query.after, query.limit
+            )
     if not query.consolidated:
         # stored payloads are the event objects: forwarded as bytes, never re-encoded
         return _json_bytes(
@@ -348,18 +410,25 @@ async def session_history(request: web.Request) -> web.Response:
     return _json_bytes(dumps({"history": merged}))
 
 
+@api(
+    "cwd, mode, model, workspace, touched files, history size, parent and children",
+    "sessions",
+    ref("SessionContext"),
+    (404, 503),
+    (SID,),
+)
 async def session_context(request: web.Request) -> web.Response:
     """cwd, mode, model, workspace, files touched by tool calls, history size, family."""
-    sid = _session_uuid(request)
-    with _postgres():
+    session_id = session_id_of(request)
+    with postgres_calls():
         async with request.app[PG_POOL].acquire() as conn:
-            session = await sessions_db.get(conn, sid)
+            session = await sessions_db.get(conn, session_id)
             if session is None:
-                raise SessionNotFound(str(sid))
+                raise SessionNotFound(str(session_id))
             tool_events = await session_events.of_kinds(
-                conn, sid, ["tool_call", "tool_call_update"]
+                conn, session_id, ["tool_call", "tool_call_update"]
             )
-            history_length = await session_events.count(conn, sid)
+            history_length = await session_events.count(conn, session_id)
             workspace_row = await workspaces_db.get(conn, session.workspace_id)
             # family of the same workspace only: a row written before parents were
             # checked may point into another one, whose names must not show here
@@ -370,8 +439,10 @@ async def session_context(request: web.Request) -> web.Response:
                     parent = await sessions_db.ref(
                         conn, parent_id, session.workspace_id
                     )
-            children = await sessions_db.children(conn, sid, session.workspace_id)
-            config_options = await sessions_db.config_options(conn, sid)
+            children = await sessions_db.children(
+                conn, session_id, session.workspace_id
+            )
+            config_options = await sessions_db.config_options(conn, session_id)
     context: dict[str, Any] = {"sessionId": session.session_id, "cwd": session.cwd}
     if session.mode_id is not None:
         context["modeId"] = session.mode_id
@@ -395,18 +466,3 @@ async def session_context(request: web.Request) -> web.Response:
     if session.usage is not None:
         context["usage"] = session.usage
     return json_response(context, headers=NO_STORE)
-
-
-def setup(app: web.Application) -> None:
-    """Session routes; the static /events route goes before /{session_id}."""
-    app.cleanup_ctx.append(list_cache_ctx)
-    lifecycle_sse.setup(app)
-    router = app.router
-    router.add_get("/api/sessions", list_sessions)
-    router.add_get("/api/sessions/{session_id}", get_session)
-    router.add_patch("/api/sessions/{session_id}", patch_session)
-    router.add_delete("/api/sessions/{session_id}", delete_session)
-    router.add_post("/api/sessions/{session_id}/disconnect", disconnect_session)
-    router.add_post("/api/sessions/{session_id}/fork", fork_session)
-    router.add_get("/api/sessions/{session_id}/history", session_history)
-    router.add_get("/api/sessions/{session_id}/context", session_context)

@@ -15,12 +15,19 @@ from urllib.parse import quote
 
 from aiohttp import web
 
+from services.common.apidoc import Param, api, deleted, list_of
 from services.common.auth import AUTH
-from services.common.http import error_response, json_response, read_json_body
+from services.common.http import (
+    error_response,
+    json_response,
+    postgres_calls,
+    read_json_body,
+)
 from services.common.keys import PG_POOL, SETTINGS
 from services.common.shares import publish_revocation
-from services.query.dashboard import STATIC_DIR
-from services.query.sessions import NO_STORE, _postgres, _require_session, _session_uuid
+from services.query.apiparams import SID
+from services.query.keys import SHARE_PAGE_HTML
+from services.query.sessions import NO_STORE, _require_session, session_id_of
 from shared.db import shares as shares_db
 from shared.errors import NotFound
 from shared.jsonutil import iso
@@ -63,14 +70,31 @@ def share_url(request: web.Request, token: str) -> str:
     return f"{proto}://{host}{path}"
 
 
+@api(
+    "Create a share link; its token and url are shown only in this answer",
+    "sessions",
+    {
+        "type": "object",
+        "required": ["share", "token", "url"],
+        "properties": {
+            "share": ShareLink,
+            "token": {"type": "string"},
+            "url": {"type": "string", "description": "The read-only page /s/<token>"},
+        },
+    },
+    (400, 404, 413, 415, 503),
+    (SID,),
+    ShareCreate,
+    status=201,
+)
 async def create_share(request: web.Request) -> web.Response:
-    sid = _session_uuid(request)
-    await _require_session(request, sid)
+    session_id = session_id_of(request)
+    await _require_session(request, session_id)
     body = validate_body(ShareCreate, await read_json_body(request, required=False))
     token = shares_db.new_token()
-    with _postgres():
+    with postgres_calls():
         share = await shares_db.create(
-            request.app[PG_POOL], sid, token, body.expires_in_seconds
+            request.app[PG_POOL], session_id, token, body.expires_in_seconds
         )
     return json_response(
         {"share": _wire(share), "token": token, "url": share_url(request, token)},
@@ -79,40 +103,58 @@ async def create_share(request: web.Request) -> web.Response:
     )
 
 
+@api(
+    "The session's share links (never their tokens)",
+    "sessions",
+    list_of("shares", ShareLink),
+    (404, 503),
+    (SID,),
+)
 async def list_shares(request: web.Request) -> web.Response:
-    sid = _session_uuid(request)
-    await _require_session(request, sid)
-    with _postgres():
-        shares = await shares_db.list_for(request.app[PG_POOL], sid)
+    session_id = session_id_of(request)
+    await _require_session(request, session_id)
+    with postgres_calls():
+        shares = await shares_db.list_for(request.app[PG_POOL], session_id)
     return json_response({"shares": [_wire(s) for s in shares]}, headers=NO_STORE)
 
 
+@api(
+    "Revoke a share link: its token answers 401 and its open streams end",
+    "sessions",
+    deleted(),
+    (404, 503),
+    (SID, Param("share_id", "path", required=True, description="Share id")),
+)
 async def delete_share(request: web.Request) -> web.Response:
     """Revoke: the row goes, then every process forgets it and ends its streams."""
-    sid = _session_uuid(request)
-    await _require_session(request, sid)
+    session_id = session_id_of(request)
+    await _require_session(request, session_id)
     raw = request.match_info["share_id"]
     try:
         share_id = uuid.UUID(raw)
     except ValueError:
         raise NotFound(f"Share not found: {raw}") from None
-    with _postgres():
-        deleted = await shares_db.delete(request.app[PG_POOL], sid, share_id)
+    with postgres_calls():
+        deleted = await shares_db.delete(request.app[PG_POOL], session_id, share_id)
     if not deleted:
         raise NotFound(f"Share not found: {raw}")
-    await publish_revocation(request.app, str(share_id), str(sid))
+    await publish_revocation(request.app, str(share_id), str(session_id))
     return json_response({"deleted": True})
 
 
-_PAGE = web.AppKey("share_page", str)
-
-
+@api(
+    "A shared session, read-only and live (404 page when the link is not valid)",
+    "meta",
+    "text/html",
+    (),
+    (Param("token", "path", required=True, description="Share token"),),
+)
 async def share_page(request: web.Request) -> web.Response:
     """The dashboard in its read-only mode, for the one session the token reads."""
     token = request.match_info["token"]
     grant = None
     if shares_db.is_share_token(token):
-        with _postgres():
+        with postgres_calls():
             grant = await request.app[AUTH].store.lookup_share(token)
     if grant is None or grant.expired(datetime.now(UTC)):
         # an error is JSON here like everywhere else (the asset 404 too)
@@ -121,17 +163,8 @@ async def share_page(request: web.Request) -> web.Response:
         return resp
     attrs = f'class="share" data-share-session="{html.escape(str(grant.session_id))}"'
     return web.Response(
-        text=request.app[_PAGE].replace("<body>", f"<body {attrs}>", 1),
+        text=request.app[SHARE_PAGE_HTML].replace("<body>", f"<body {attrs}>", 1),
         content_type="text/html",
         charset="utf-8",
         headers=PAGE_HEADERS,
     )
-
-
-def setup(app: web.Application) -> None:
-    app[_PAGE] = (STATIC_DIR / "index.html").read_text(encoding="utf-8")
-    router = app.router
-    router.add_post("/api/sessions/{session_id}/shares", create_share)
-    router.add_get("/api/sessions/{session_id}/shares", list_shares)
-    router.add_delete("/api/sessions/{session_id}/shares/{share_id}", delete_share)
-    router.add_get(SHARE_PAGE, share_page)

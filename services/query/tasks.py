@@ -10,10 +10,12 @@ import asyncpg
 from aiohttp import web
 from redis.exceptions import RedisError
 
+from services.common.apidoc import SSE, Param, api, deleted, list_of, wrap
 from services.common.auth import require_workspace
 from services.common.http import json_response, read_json_body
 from services.common.keys import CHANNELS, PG_POOL, REDIS
 from services.query import live
+from services.query.apiparams import TID, WS, WS_REQ
 from services.query.sessions import check_session_ref
 from services.query.workspaces import ensure_workspace
 from shared.channels import Channels
@@ -132,6 +134,21 @@ async def _publish(
         logger.warning("task message for %s not published: %s", task_id, err)
 
 
+@api(
+    "Tasks of a workspace",
+    "tasks",
+    list_of("tasks", Task),
+    (400, 404, 503),
+    (
+        WS_REQ,
+        Param("sessionId"),
+        Param(
+            "status",
+            description="Case-insensitive, one of " + ", ".join(TASK_STATUSES),
+        ),
+        Param("assignedTo"),
+    ),
+)
 async def list_tasks(request: web.Request) -> web.Response:
     query = request.query
     pool = request.app[PG_POOL]
@@ -147,6 +164,13 @@ async def list_tasks(request: web.Request) -> web.Response:
     return json_response({"tasks": [t.wire() for t in tasks]})
 
 
+@api(
+    "PENDING tasks whose dependencies are all COMPLETED",
+    "tasks",
+    list_of("tasks", Task),
+    (400, 404, 503),
+    (WS_REQ,),
+)
 async def ready_tasks(request: web.Request) -> web.Response:
     pool = request.app[PG_POOL]
     workspace_id = await ensure_workspace(
@@ -156,6 +180,15 @@ async def ready_tasks(request: web.Request) -> web.Response:
     return json_response({"tasks": [t.wire() for t in tasks]})
 
 
+@api(
+    "Create a task (title, objective, workspaceId required, checked in that order)",
+    "tasks",
+    wrap("task", Task),
+    (400, 404, 409, 413, 415, 503),
+    (),
+    TaskCreate,
+    status=201,
+)
 async def create_task(request: web.Request) -> web.Response:
     raw = await read_json_body(request)
     if isinstance(raw, dict):
@@ -186,6 +219,7 @@ async def create_task(request: web.Request) -> web.Response:
     return json_response({"task": task.wire()}, status=201)
 
 
+@api("One task", "tasks", wrap("task", Task), (404, 503), (TID,))
 async def get_task(request: web.Request) -> web.Response:
     task_id = _task_id(request.match_info["id"])
     task = await db.get(request.app[PG_POOL], task_id)
@@ -210,12 +244,28 @@ async def _update(request: web.Request, task_id: str, fields: TaskFields) -> Tas
     return task
 
 
+@api(
+    "Update a task (status sets columnId and vice versa)",
+    "tasks",
+    wrap("task", Task),
+    (400, 404, 413, 415, 503),
+    (TID,),
+    TaskFields,
+)
 async def patch_task(request: web.Request) -> web.Response:
     fields = validate_body(TaskFields, await read_json_body(request))
     task = await _update(request, request.match_info["id"], fields)
     return json_response({"task": task.wire()})
 
 
+@api(
+    "Set a task's status (case-insensitive)",
+    "tasks",
+    wrap("task", Task),
+    (400, 404, 413, 415, 503),
+    (TID,),
+    TaskStatusChange,
+)
 async def set_task_status(request: web.Request) -> web.Response:
     change = validate_body(TaskStatusChange, await read_json_body(request))
     if change.status is None:
@@ -237,10 +287,18 @@ async def _delete(
     return json_response({"deleted": True, "taskId": task_id})
 
 
+@api("Delete a task", "tasks", deleted("taskId"), (404, 503), (TID,))
 async def delete_task(request: web.Request) -> web.Response:
     return await _delete(request, request.match_info["id"])
 
 
+@api(
+    "Delete one task by ?taskId= (a workspace-wide delete is refused with 400)",
+    "tasks",
+    deleted("taskId"),
+    (400, 404, 503),
+    (Param("taskId", required=True), WS),
+)
 async def delete_task_by_query(request: web.Request) -> web.Response:
     """`?taskId=` deletes one task; deleting a whole workspace's tasks is refused."""
     task_id = query_value(request.query, "taskId")
@@ -253,20 +311,13 @@ async def delete_task_by_query(request: web.Request) -> web.Response:
     return await _delete(request, task_id, "taskId")
 
 
+@api(
+    "SSE of task:created/updated/deleted messages of a workspace",
+    "tasks",
+    SSE,
+    (400, 404),
+    (WS_REQ,),
+)
 async def task_events(request: web.Request) -> web.StreamResponse:
     """Like the notes stream (api.md §4.3), for the task messages of §9.14."""
     return await live.workspace_stream(request, Channels.workspace_tasks)
-
-
-def setup(app: web.Application) -> None:
-    live.setup(app)
-    # /ready and /events before /{id}, or they would be taken for task ids
-    app.router.add_get("/api/tasks/ready", ready_tasks)
-    app.router.add_get("/api/tasks/events", task_events)
-    app.router.add_get("/api/tasks", list_tasks)
-    app.router.add_post("/api/tasks", create_task)
-    app.router.add_delete("/api/tasks", delete_task_by_query)
-    app.router.add_get("/api/tasks/{id}", get_task)
-    app.router.add_patch("/api/tasks/{id}", patch_task)
-    app.router.add_delete("/api/tasks/{id}", delete_task)
-    app.router.add_post("/api/tasks/{id}/status", set_task_status)

@@ -13,15 +13,13 @@ import base64
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import aiohttp
 import asyncpg
-from aiohttp import web
 from standardwebhooks import Webhook as StandardWebhook
 
-from services.common.keys import PG_POOL, SETTINGS
 from services.query.webhook_targets import (
     AllowList,
     GuardedResolver,
@@ -45,10 +43,6 @@ CONCURRENCY = 16  # attempts in flight per worker
 KEEP_FINISHED = 7 * 24 * 3600.0  # delivered and dead rows are kept this long
 PURGE_EVERY = 3600.0
 _PG_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
-
-# Tests shorten the 10 s receiver timeout through this key (set before start-up).
-TIMEOUT_KEY = web.AppKey("webhook_delivery_timeout", float)
-ALLOW = web.AppKey("webhook_allow", AllowList)
 
 
 def signing_key(secret: str) -> bytes:
@@ -237,22 +231,3 @@ class DeliveryWorker:
             await db.release(self.pool, item.id, item.attempt)
         except _PG_ERRORS as err:
             logger.warning("webhook delivery %s not released: %s", item.id, err)
-
-
-WORKER = web.AppKey("webhook_worker", DeliveryWorker)
-
-
-async def worker_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The worker runs for the app's life and is cancelled (claims handed back) on exit."""
-    settings = app[SETTINGS]
-    worker = DeliveryWorker(
-        app[PG_POOL],
-        app[ALLOW],
-        poll_interval=settings.webhook_poll_interval,
-        timeout=app.get(TIMEOUT_KEY, DELIVERY_TIMEOUT),
-    )
-    app[WORKER] = worker
-    task = asyncio.create_task(worker.run(), name="webhook-deliveries")
-    yield
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)

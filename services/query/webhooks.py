@@ -13,17 +13,19 @@ import uuid
 
 from aiohttp import web
 
+from services.common.apidoc import api, deleted, list_of
 from services.common.http import json_response, read_json_body
-from services.common.keys import PG_POOL, SETTINGS
+from services.common.keys import PG_POOL
 from services.query import webhook_delivery
+from services.query.apiparams import HOOK, LIMIT, WID
+from services.query.keys import ALLOW
 from services.query.session_views import parse_limit
-from services.query.webhook_delivery import ALLOW
-from services.query.webhook_targets import AllowList, TargetRefused, check_target
+from services.query.webhook_targets import TargetRefused, check_target
 from shared.db import webhooks as db
 from shared.db import workspaces as workspaces_db
 from shared.errors import BadRequest, NotFound, UnknownWorkspace
 from shared.models.validation import validate_body
-from shared.models.webhook import WebhookCreate
+from shared.models.webhook import Webhook, WebhookCreate, WebhookDelivery
 
 MIN_KEY_BYTES = 16  # a shorter HMAC key is guessable; generated ones have 24
 GENERATED_KEY_BYTES = 24
@@ -69,6 +71,19 @@ async def _webhook_id(request: web.Request, workspace_id: str) -> uuid.UUID:
     return webhook_id
 
 
+@api(
+    "Register a webhook; the signing secret is in this reply only",
+    "webhooks",
+    {
+        "type": "object",
+        "required": ["webhook", "secret"],
+        "properties": {"webhook": Webhook, "secret": {"type": "string"}},
+    },
+    (400, 404, 413, 415, 503),
+    (WID,),
+    WebhookCreate,
+    status=201,
+)
 async def create_webhook(request: web.Request) -> web.Response:
     workspace_id = await _workspace(request)
     body = validate_body(WebhookCreate, await read_json_body(request))
@@ -86,12 +101,26 @@ async def create_webhook(request: web.Request) -> web.Response:
     return json_response({"webhook": webhook.wire(), "secret": secret}, status=201)
 
 
+@api(
+    "The workspace's webhooks, oldest first (no secrets)",
+    "webhooks",
+    list_of("webhooks", Webhook),
+    (404, 503),
+    (WID,),
+)
 async def list_webhooks(request: web.Request) -> web.Response:
     workspace_id = await _workspace(request)
     webhooks = await db.list_webhooks(request.app[PG_POOL], workspace_id)
     return json_response({"webhooks": [w.wire() for w in webhooks]})
 
 
+@api(
+    "Delete a webhook and its deliveries",
+    "webhooks",
+    deleted(),
+    (404, 503),
+    (WID, HOOK),
+)
 async def delete_webhook(request: web.Request) -> web.Response:
     workspace_id = await _workspace(request)
     webhook_id = await _webhook_id(request, workspace_id)
@@ -100,6 +129,13 @@ async def delete_webhook(request: web.Request) -> web.Response:
     return json_response({"deleted": True})
 
 
+@api(
+    "A webhook's deliveries, newest first",
+    "webhooks",
+    list_of("deliveries", WebhookDelivery),
+    (400, 404, 503),
+    (WID, HOOK, LIMIT),
+)
 async def list_deliveries(request: web.Request) -> web.Response:
     workspace_id = await _workspace(request)
     limit = parse_limit(request.query.get("limit"), default=DELIVERIES_LIMIT)
@@ -107,14 +143,3 @@ async def list_deliveries(request: web.Request) -> web.Response:
     webhook_id = await _webhook_id(request, workspace_id)
     deliveries = await db.deliveries(request.app[PG_POOL], webhook_id, limit)
     return json_response({"deliveries": [d.wire() for d in deliveries]})
-
-
-def setup(app: web.Application) -> None:
-    """Routes and the delivery worker; a bad WEBHOOK_ALLOW stops the start here."""
-    app[ALLOW] = AllowList.parse(app[SETTINGS].webhook_allow)
-    base = "/api/workspaces/{id}/webhooks"
-    app.router.add_post(base, create_webhook)
-    app.router.add_get(base, list_webhooks)
-    app.router.add_delete(base + "/{webhook_id}", delete_webhook)
-    app.router.add_get(base + "/{webhook_id}/deliveries", list_deliveries)
-    app.cleanup_ctx.append(webhook_delivery.worker_ctx)

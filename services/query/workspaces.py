@@ -8,9 +8,11 @@ import uuid
 from aiohttp import web
 from redis.exceptions import RedisError
 
+from services.common.apidoc import api, list_of, ref, wrap
 from services.common.auth import filter_allowed, require_workspace
 from services.common.http import json_response, read_json_body
 from services.common.keys import CHANNELS, PG_POOL, REDIS
+from services.query.apiparams import WID
 from shared.db import workspaces as db
 from shared.db.connect import Executor
 from shared.errors import BadRequest, Conflict, UnknownWorkspace
@@ -21,6 +23,7 @@ from shared.models.workspace import (
     DEFAULT_WORKSPACE_ID,
     WORKSPACE_STATUSES,
     CodebaseIn,
+    Workspace,
     WorkspaceCreate,
     WorkspacePatch,
 )
@@ -47,12 +50,22 @@ def _codebases(items: list[CodebaseIn] | None) -> list[db.CodebaseValues] | None
     return [db.CodebaseValues(c.id, c.repo_path, c.branch) for c in items]
 
 
+@api("Every workspace", "workspaces", list_of("workspaces", Workspace), (503,))
 async def list_workspaces(request: web.Request) -> web.Response:
     workspaces = await db.list_workspaces(request.app[PG_POOL])
     wire = filter_allowed(request, [w.wire() for w in workspaces], "id")
     return json_response({"workspaces": wire})
 
 
+@api(
+    "Create a workspace",
+    "workspaces",
+    wrap("workspace", Workspace),
+    (400, 409, 413, 415, 503),
+    (),
+    WorkspaceCreate,
+    status=201,
+)
 async def create_workspace(request: web.Request) -> web.Response:
     body = validate_body(WorkspaceCreate, await read_json_body(request))
     if body.title is None:
@@ -75,6 +88,7 @@ async def create_workspace(request: web.Request) -> web.Response:
     return json_response({"workspace": workspace.wire()}, status=201)
 
 
+@api("One workspace", "workspaces", wrap("workspace", Workspace), (404, 503), (WID,))
 async def get_workspace(request: web.Request) -> web.Response:
     workspace_id = request.match_info["id"]
     workspace = (
@@ -87,6 +101,14 @@ async def get_workspace(request: web.Request) -> web.Response:
     return json_response({"workspace": workspace.wire()})
 
 
+@api(
+    "Update a workspace's title, status or codebases",
+    "workspaces",
+    wrap("workspace", Workspace),
+    (400, 404, 413, 415, 503),
+    (WID,),
+    WorkspacePatch,
+)
 async def patch_workspace(request: web.Request) -> web.Response:
     workspace_id = request.match_info["id"]
     if "\x00" in workspace_id:
@@ -113,6 +135,13 @@ async def patch_workspace(request: web.Request) -> web.Response:
     return json_response({"workspace": workspace.wire()})
 
 
+@api(
+    "Delete a workspace with its sessions, events, notes and tasks (default: 409)",
+    "workspaces",
+    ref("Ok"),
+    (404, 409, 503),
+    (WID,),
+)
 async def delete_workspace(request: web.Request) -> web.Response:
     """Rows go in one transaction (cascade); then owners are told to stop, lists are told."""
     workspace_id = request.match_info["id"]
@@ -147,11 +176,3 @@ async def delete_workspace(request: web.Request) -> web.Response:
             redis, channels, "session:deleted", session.session_id, workspace_id, {}
         )
     return json_response({"ok": True})
-
-
-def setup(app: web.Application) -> None:
-    app.router.add_get("/api/workspaces", list_workspaces)
-    app.router.add_post("/api/workspaces", create_workspace)
-    app.router.add_get("/api/workspaces/{id}", get_workspace)
-    app.router.add_patch("/api/workspaces/{id}", patch_workspace)
-    app.router.add_delete("/api/workspaces/{id}", delete_workspace)

@@ -52,6 +52,13 @@ ORDER BY p.rank DESC, p.at DESC, p.session_id, p.first_event_id
 CURSOR_KEY = "SELECT key FROM server_keys WHERE name = 'search_cursor'"
 
 
+@dataclass(slots=True)
+class CursorKey:
+    """The database's signing key of search cursors (`cursor_key`), read on first use."""
+
+    key: bytes | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class Position:
     """Where a page ended: the sort key of its last hit."""

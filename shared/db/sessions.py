@@ -17,18 +17,24 @@ from shared.providers import resume_capabilities_for
 
 STALE_AFTER = timedelta(days=7)
 
-# status is what the owner wrote, unless its lease ran out: then no live agent is known.
-_SELECT = """
+# The one definition of a session's effective status: what the owner wrote, unless its
+# lease ran out (then no live agent is known), and of its owner: only while the lease holds.
+EFFECTIVE_STATUS = (
+    "CASE WHEN status <> 'closed' AND (lease_expires_at IS NULL OR lease_expires_at < now())"
+    " THEN 'closed' ELSE status END"
+)
+LIVE_OWNER = "CASE WHEN lease_expires_at >= now() THEN owner_instance_id END"
+
+_SELECT = f"""
 SELECT session_id::text AS session_id, workspace_id, name, cwd, branch, provider, role,
        mode_id, model, parent_session_id::text AS parent_session_id, specialist_id,
        routa_agent_id, acp_status, acp_error,
-       CASE WHEN status <> 'closed' AND (lease_expires_at IS NULL OR lease_expires_at < now())
-            THEN 'closed' ELSE status END AS status,
-       CASE WHEN lease_expires_at >= now() THEN owner_instance_id END AS owner_instance_id,
+       {EFFECTIVE_STATUS} AS status,
+       {LIVE_OWNER} AS owner_instance_id,
        created_at, last_activity, last_event_id, auto_approve_permissions,
        custom_command, custom_args, mcp_servers, lease_generation, usage
 FROM sessions
-"""
+"""  # noqa: S608 - built from the constants above, no input
 
 GET = _SELECT + "WHERE session_id = $1"
 
@@ -109,20 +115,18 @@ UPDATE sessions SET owner_instance_id = NULL, lease_expires_at = NULL
 WHERE session_id = $1 AND owner_instance_id = $2
 """
 
-CHILDREN = """
+CHILDREN = f"""
 SELECT session_id::text AS session_id, name,
-       CASE WHEN status <> 'closed' AND (lease_expires_at IS NULL OR lease_expires_at < now())
-            THEN 'closed' ELSE status END AS status
+       {EFFECTIVE_STATUS} AS status
 FROM sessions WHERE parent_session_id = $1 AND ($2::text IS NULL OR workspace_id = $2)
 ORDER BY created_at
-"""
+"""  # noqa: S608 - built from the constants above, no input
 
-REF = """
+REF = f"""
 SELECT session_id::text AS session_id, name,
-       CASE WHEN status <> 'closed' AND (lease_expires_at IS NULL OR lease_expires_at < now())
-            THEN 'closed' ELSE status END AS status
+       {EFFECTIVE_STATUS} AS status
 FROM sessions WHERE session_id = $1 AND ($2::text IS NULL OR workspace_id = $2)
-"""
+"""  # noqa: S608 - built from the constants above, no input
 
 WORKSPACE_OF = "SELECT workspace_id FROM sessions WHERE session_id = $1"
 
@@ -390,20 +394,19 @@ async def workspace_of(conn: Executor, session_id: uuid.UUID) -> str | None:
 
 # --- query service writes (delete, disconnect) and the list cache's freshness bound ---
 
-DELETE_WITH_LIVE_OWNER = """
+DELETE_WITH_LIVE_OWNER = f"""
 DELETE FROM sessions WHERE session_id = $1
 RETURNING workspace_id,
-          CASE WHEN lease_expires_at >= now() THEN owner_instance_id END AS owner_instance_id
-"""
+          {LIVE_OWNER} AS owner_instance_id
+"""  # noqa: S608 - built from the constants above, no input
 
 # One statement: read the state before (under the row lock), close, release ownership
 # (a new lease generation: the owner, if it still runs, can write nothing more).
-CLOSE_AND_RELEASE = """
+CLOSE_AND_RELEASE = f"""
 WITH prev AS (
     SELECT session_id, workspace_id, acp_status,
-           CASE WHEN status <> 'closed' AND (lease_expires_at IS NULL OR lease_expires_at < now())
-                THEN 'closed' ELSE status END AS status,
-           CASE WHEN lease_expires_at >= now() THEN owner_instance_id END AS owner_instance_id
+           {EFFECTIVE_STATUS} AS status,
+           {LIVE_OWNER} AS owner_instance_id
     FROM sessions WHERE session_id = $1 FOR UPDATE
 )
 UPDATE sessions s
@@ -412,7 +415,7 @@ SET acp_status = 'closed', status = 'closed', acp_error = NULL,
     lease_generation = s.lease_generation + 1, updated_at = now()
 FROM prev WHERE s.session_id = prev.session_id
 RETURNING prev.workspace_id, prev.acp_status, prev.status, prev.owner_instance_id
-"""
+"""  # noqa: S608 - built from the constants above, no input
 
 # Seconds until the first live lease runs out (a session's effective status flips to closed
 # then without anyone writing), and whether any turn is running (lastActivity moves).

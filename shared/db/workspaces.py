@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from shared.db.connect import Connection, Executor
+from shared.db.sessions import LIVE_OWNER
 from shared.jsonutil import iso
 from shared.models.workspace import Codebase, Workspace
 
@@ -53,11 +54,10 @@ LOCK = "SELECT id FROM workspaces WHERE id = $1 FOR UPDATE"
 
 # The sessions a workspace delete must stop and announce; read under the workspace lock, so
 # no session can be added between this read and the delete (its FK check would wait).
-SESSIONS_TO_STOP = """
-SELECT session_id::text AS session_id,
-       CASE WHEN lease_expires_at >= now() THEN owner_instance_id END AS owner_instance_id
+SESSIONS_TO_STOP = f"""
+SELECT session_id::text AS session_id, {LIVE_OWNER} AS owner_instance_id
 FROM sessions WHERE workspace_id = $1
-"""
+"""  # noqa: S608 - built from the constants above, no input
 
 DELETE = "DELETE FROM workspaces WHERE id = $1"
 

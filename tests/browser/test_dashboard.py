@@ -11,7 +11,7 @@ import pytest
 from aiohttp import web
 from yarl import URL
 
-from services.common.middleware import setup_http
+from services.common.middleware import app_middleware
 from services.query import dashboard
 from tests.browser.conftest import REPO_ROOT, Stack
 
@@ -23,9 +23,11 @@ EXPECT_TIMEOUT_MS = 15_000
 
 @pytest.fixture
 async def assets_client(aiohttp_client: Any) -> Any:
-    app = web.Application()
-    setup_http(app)  # the error middleware every process installs
-    dashboard.setup(app)
+    # the error middleware every process installs, and the dashboard's two routes
+    app = web.Application(middlewares=[app_middleware])
+    app.add_routes(
+        [web.get("/", dashboard.index), web.get("/static/{path:.+}", dashboard.asset)]
+    )
     return await aiohttp_client(app)
 
 

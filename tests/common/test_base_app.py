@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from services.common.app import base_app
+from services.common.app import create_app
 
 
 async def test_health_ready_request_id_and_json_404(aiohttp_client, settings) -> None:
-    client = await aiohttp_client(base_app(settings, "test"))
+    client = await aiohttp_client(create_app(settings, "test"))
     resp = await client.get("/healthz")
     assert resp.status == 200
     assert (await resp.json())["service"] == "test"
@@ -24,7 +24,7 @@ async def test_readyz_names_the_dependency_that_is_down(
     aiohttp_client, make_settings
 ) -> None:
     settings = make_settings(redis_url="redis://127.0.0.1:1/0")
-    client = await aiohttp_client(base_app(settings, "test"))
+    client = await aiohttp_client(create_app(settings, "test"))
     resp = await client.get("/readyz")
     assert resp.status == 503
     assert "redis" in (await resp.json())["error"]
@@ -33,7 +33,7 @@ async def test_readyz_names_the_dependency_that_is_down(
 async def test_metrics_count_requests_by_route_template(
     aiohttp_client, settings
 ) -> None:
-    client = await aiohttp_client(base_app(settings, "test"))
+    client = await aiohttp_client(create_app(settings, "test"))
     for _ in range(3):
         await client.get("/nope")
     text = await (await client.get("/metrics")).text()

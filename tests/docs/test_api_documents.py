@@ -2,19 +2,34 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import jsonschema  # type: ignore[import-untyped]
 import pytest
+from aiohttp import web
 from openapi_spec_validator import validate
 
+from services.common.apidoc import doc_of, documented_routes, undocumented
+from services.gateway import openapi as gateway_openapi
+from services.gateway import routes as gateway_routes
 from services.gateway.app import create_app as create_gateway
+from services.gateway.keys import METHODS
 from services.gateway.openrpc import OPENRPC_PATH
 from services.gateway.openrpc import build_document as build_openrpc
-from services.gateway.rpc import METHODS
+from services.query import routes as query_routes
 from services.query.app import create_app as create_query
-from services.query.openapi import OPENAPI_PATH, UNDOCUMENTED_PREFIXES
-from services.query.openapi import build_document as build_openapi
+from services.query.openapi import OPENAPI_PATH
+from services.query.openapi import build_document as query_document
+
+
+def build_openapi() -> dict[str, Any]:
+    return query_document(query_routes.ROUTES)
+
+
+def build_gateway_openapi() -> dict[str, Any]:
+    return gateway_openapi.build_document(gateway_routes.ROUTES)
+
 
 # The structure of an OpenRPC 1.x document, as far as our document uses it (the official
 # meta-schema is not shipped in any package here).
@@ -100,8 +115,9 @@ def _resolve(doc: dict[str, Any], ref: str) -> Any:
     return node
 
 
-def test_openapi_document_is_valid_openapi_31():
-    doc = build_openapi()
+@pytest.mark.parametrize("build", [build_openapi, build_gateway_openapi])
+def test_openapi_documents_are_valid_openapi_31(build):
+    doc = build()
     assert doc["openapi"].startswith("3.1")
     validate(doc)  # raises on any violation of the 3.1 schema
     for ref in _refs(doc):
@@ -119,31 +135,58 @@ def test_openapi_schemas_come_from_the_shared_models():
     assert "acpError" not in session["required"]
     for name in ("Note", "NoteGroup", "Task", "Workspace", "Error"):
         assert name in schemas
+    # request models keep their null (clients may send it)
+    assert "NoteWrite" in schemas
+    assert "TaskCreate" in schemas
 
 
-def _registered_routes(app) -> set[tuple[str, str]]:
-    routes = set()
-    for route in app.router.routes():
-        canonical = route.resource.canonical if route.resource is not None else ""
-        if route.method == "HEAD" or canonical.startswith(UNDOCUMENTED_PREFIXES):
-            continue
-        routes.add((route.method, canonical))
-    return routes
-
-
-def test_every_query_route_is_in_the_openapi_document(settings):
-    app = create_query(settings)
-    documented = {
-        (method.upper(), path)
-        for path, item in build_openapi()["paths"].items()
-        for method in item
+def _served(app) -> set[tuple[str, str]]:
+    """(METHOD, path template) of every route the app answers (HEAD is GET's twin)."""
+    return {
+        (route.method, route.resource.canonical)
+        for route in app.router.routes()
+        if route.method != "HEAD" and route.resource is not None
     }
-    registered = _registered_routes(app)
-    assert registered, "no routes found: the walk is broken"
-    missing = registered - documented
-    assert not missing, f"routes missing from {OPENAPI_PATH}: {sorted(missing)}"
-    # and the document lists nothing the app does not serve
-    assert documented - registered == set()
+
+
+def _documented(doc) -> set[tuple[str, str]]:
+    return {
+        (method.upper(), path) for path, item in doc["paths"].items() for method in item
+    }
+
+
+@pytest.mark.parametrize(
+    ("create", "table", "build"),
+    [
+        (create_query, query_routes.ROUTES, build_openapi),
+        (create_gateway, gateway_routes.ROUTES, build_gateway_openapi),
+    ],
+    ids=["query", "gateway"],
+)
+def test_routes_table_and_openapi_document_list_the_same_routes(
+    settings, create, table, build
+):
+    """Every route the app serves is in its table; every documented one in the document."""
+    app = create(settings)
+    # the router's canonical form drops a parameter's regex: {path:.+} -> {path}
+    tabled = {(r.method, re.sub(r"\{(\w+):[^}]*\}", r"{\1}", r.path)) for r in table}
+    assert _served(app) == tabled, "a route registered outside the routes table"
+    hidden = tabled - set(documented_routes(table))
+    assert len(hidden) == len(table) - len(documented_routes(table))
+    # only asset files are left out, on purpose
+    assert all(path.endswith(("{path}", "{name}")) for _, path in hidden), hidden
+    documented = _documented(build())
+    assert documented == tabled - hidden
+    assert len(table) == len(tabled), "a route is in the table twice"
+
+
+def test_a_route_without_a_doc_fails_the_build():
+    async def handler(request):  # no @api
+        raise AssertionError
+
+    with pytest.raises(ValueError, match="declares no @api doc"):
+        query_document([*query_routes.ROUTES, web.get("/api/new", handler)])
+    assert doc_of(undocumented(handler)) is None
 
 
 def test_sse_routes_are_documented_as_event_streams():
@@ -151,6 +194,46 @@ def test_sse_routes_are_documented_as_event_streams():
     for path in ("/api/sessions/events", "/api/notes/events", "/api/tasks/events"):
         content = paths[path]["get"]["responses"]["200"]["content"]
         assert list(content) == ["text/event-stream"], path
+    stream = build_gateway_openapi()["paths"]["/api/acp"]["get"]
+    assert list(stream["responses"]["200"]["content"]) == ["text/event-stream"]
+    assert {"400", "404", "429"} <= set(stream["responses"])
+    params = {(p["name"], p["in"]) for p in stream["parameters"]}
+    assert {("sessionId", "query"), ("Last-Event-ID", "header")} <= params
+
+
+def test_jsonrpc_post_documents_204_and_transport_refusals():
+    post = build_gateway_openapi()["paths"]["/api/acp"]["post"]
+    responses = post["responses"]
+    assert "content" not in responses["204"]  # notifications only: no body
+    for status in ("401", "403", "413", "415", "429"):
+        assert responses[status]["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/Error"
+        }, status
+    body = post["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {
+        "oneOf": [
+            {"$ref": "#/components/schemas/JsonRpcRequest"},
+            {"$ref": "#/components/schemas/JsonRpcBatch"},
+        ]
+    }
+
+
+@pytest.mark.parametrize("build", [build_openapi, build_gateway_openapi])
+def test_bearer_security_scheme_on_api_routes(build):
+    doc = build()
+    assert doc["components"]["securitySchemes"]["bearer"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "description": doc["components"]["securitySchemes"]["bearer"]["description"],
+    }
+    for path, item in doc["paths"].items():
+        for method, op in item.items():
+            if path.startswith("/api/"):
+                # bearer, or nothing while auth is off
+                assert op["security"] == [{"bearer": []}, {}], (method, path)
+                assert {"401", "403", "429"} <= set(op["responses"]), (method, path)
+            else:
+                assert "security" not in op, (method, path)
 
 
 def test_error_responses_name_error_schema_and_status():
@@ -171,6 +254,13 @@ async def test_openapi_json_is_served(settings, aiohttp_client):
     body = await resp.json()
     assert body == build_openapi()
     validate(body)
+
+
+async def test_gateway_openapi_json_is_served(settings, aiohttp_client):
+    client = await aiohttp_client(create_gateway(settings))
+    resp = await client.get(gateway_openapi.OPENAPI_PATH)
+    assert resp.status == 200
+    assert await resp.json() == build_gateway_openapi()
 
 
 def test_openrpc_document_structure():
@@ -198,7 +288,8 @@ def test_every_registered_method_is_in_the_openrpc_document(settings):
     [
         ("session/new", "workspaceId", True),
         ("session/new", "modeId", False),
-        ("session/prompt", "prompt", False),
+        ("session/prompt", "prompt", True),
+        ("initialize", "protocolVersion", False),
         ("session/respond_user_input", "toolCallId", True),
         ("session/set_mode", "modeId", True),
     ],

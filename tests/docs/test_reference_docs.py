@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from services.gateway.app import create_app as create_gateway
-from services.gateway.rpc import METHODS
+from services.gateway.keys import METHODS
 from services.query.app import create_app as create_query
 from shared.settings import Settings
 

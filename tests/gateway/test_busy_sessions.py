@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from services.gateway.app import create_app
-from services.gateway.forwarding import GATEWAY_LINK
+from services.gateway.keys import GATEWAY_LINK
 from services.query.app import create_app as create_query
 from shared.db import queued_prompts, sessions
 from tests.gateway.rpcutil import (

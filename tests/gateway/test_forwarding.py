@@ -14,8 +14,7 @@ import pytest
 
 from services.gateway import jsonrpc
 from services.gateway.app import create_app
-from services.gateway.forwarding import GATEWAY_LINK
-from services.gateway.keys import SESSION_MANAGER
+from services.gateway.keys import GATEWAY_LINK, SESSION_MANAGER
 from shared.db import session_events, sessions
 from tests.gateway.conftest import user_message
 from tests.gateway.rpcutil import (

@@ -8,7 +8,8 @@ import orjson
 import pytest
 
 from services.gateway import jsonrpc
-from services.gateway.rpc import METHODS, RpcCall
+from services.gateway.keys import METHODS
+from services.gateway.rpc import RpcCall
 from shared.errors import AgentError
 
 

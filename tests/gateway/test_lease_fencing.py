@@ -16,8 +16,7 @@ from acp.exceptions import RequestError
 
 from services.gateway.agents import _Client
 from services.gateway.app import create_app
-from services.gateway.forwarding import GATEWAY_LINK
-from services.gateway.keys import SESSION_MANAGER
+from services.gateway.keys import GATEWAY_LINK, SESSION_MANAGER
 from shared.db import session_events, sessions
 from shared.events import gateway_update
 from tests.gateway.conftest import user_message

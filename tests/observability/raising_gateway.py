@@ -9,7 +9,8 @@ from aiohttp import web
 
 from services.common.runner import run
 from services.gateway.app import DEFAULT_PORT, create_app
-from services.gateway.rpc import METHODS, RpcCall
+from services.gateway.keys import METHODS
+from services.gateway.rpc import RpcCall
 from shared.settings import Settings
 
 

@@ -8,7 +8,7 @@ import pytest
 from yarl import URL
 
 from services.query.app import create_app
-from services.query.listcache import LIST_CACHE
+from services.query.keys import LIST_CACHE
 from shared import cache
 from shared.lifecycle import session_changed
 from tests.proxy import TcpProxy

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 
-from services.query.listcache import LIST_CACHE
+from services.query.keys import LIST_CACHE
 from services.query.session_views import parse_list_query
 from shared import cache
 from tests.proxy import TcpProxy

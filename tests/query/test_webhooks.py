@@ -26,12 +26,12 @@ from standardwebhooks import Webhook as StandardWebhook
 
 from services.gateway.app import create_app as create_gateway
 from services.query.app import create_app as create_query
+from services.query.keys import TIMEOUT_KEY
 from services.query.webhook_delivery import (
     FIRST_RETRY,
     GIVE_UP_AFTER,
     KEEP_FINISHED,
     MAX_GAP,
-    TIMEOUT_KEY,
     DeliveryWorker,
     next_attempt,
     sign,

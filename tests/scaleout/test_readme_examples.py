@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from services.gateway.app import create_app
-from services.gateway.commands import COMMAND_CONSUMER
+from services.gateway.keys import COMMAND_CONSUMER
 from tests.gateway.rpcutil import wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
