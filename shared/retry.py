@@ -12,6 +12,10 @@ from __future__ import annotations
 import asyncio
 import random
 
+# Its own generator: retries never touch the global `random` state (which seeded runs,
+# such as the hypothesis fuzz tests, watch).
+_RANDOM = random.Random()
+
 
 class Backoff:
     """Delays base, 2·base, … up to cap, each drawn from [d/2, d] ("equal jitter")."""
