@@ -20,7 +20,7 @@ def base_app(settings: Settings, service: str) -> web.Application:
     """An application with settings, channels, Postgres and Redis wired in, plus /healthz and /readyz."""
     app = web.Application(client_max_size=MAX_BODY_BYTES)
     app[SETTINGS] = settings
-    app[CHANNELS] = Channels(settings.redis_prefix)
+    app[CHANNELS] = Channels(settings.redis_prefix, sharded=settings.sharded_pubsub)
     setup_http(app)
     setup_metrics(app)
 
