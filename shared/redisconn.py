@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import unquote
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
@@ -137,3 +138,12 @@ def _numsub_count(reply: Any) -> int:
         if len(reply) == 2:
             return int(reply[1])
     return 0
+
+
+async def pubsub_of(redis: Redis) -> PubSub:
+    """A pub/sub object; a cluster client reads its slot map first (the pub/sub needs it)."""
+    if isinstance(redis, RedisCluster):
+        if redis._initialize:
+            _ = await redis.initialize()
+        return redis.pubsub()
+    return redis.pubsub()

@@ -25,7 +25,7 @@ from redis.exceptions import RedisError
 from services.common.auth import AUTH
 from services.common.keys import CHANNELS, REDIS, SETTINGS
 from shared.jsonutil import dumps, now_iso
-from shared.redisconn import Redis, create_subscriber
+from shared.redisconn import Redis, create_subscriber, pubsub_of
 from shared.retry import Backoff
 
 logger = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ def _on_message(app: web.Application, data: Any) -> None:
 
 async def _listen(app: web.Application, client: Redis) -> None:
     rev = app[REVOCATIONS]
-    pubsub = client.pubsub()
+    pubsub = await pubsub_of(client)
     try:
         await pubsub.subscribe(app[CHANNELS].share_revocations)
         while not rev.stopping:

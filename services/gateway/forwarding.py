@@ -33,7 +33,7 @@ from shared.errors import (
     SessionUnservable,
 )
 from shared.jsonutil import dumps, loads
-from shared.redisconn import Redis, channel_subscribers, is_cluster
+from shared.redisconn import Redis, channel_subscribers, is_cluster, pubsub_of
 from shared.retry import Backoff
 
 logger = logging.getLogger(__name__)
@@ -109,6 +109,7 @@ class GatewayLink:
         while self._open():
             pubsub = self._redis.pubsub()
             try:
+                pubsub = await pubsub_of(self._redis)
                 await pubsub.subscribe(self.rpc_channel)
                 await pubsub.psubscribe(self.reply_prefix + "*")
                 self._ready.set()

@@ -239,6 +239,7 @@ async def fanout_ctx(app: web.Application) -> AsyncIterator[None]:
         app.get(STREAM_CONFIG) or StreamConfig(),
         StreamLimits.from_settings(settings),
         name="event fan-out",
+        sharded=app[CHANNELS].sharded,  # session channels on SSUBSCRIBE
     )
     hub.listen(app[CHANNELS].workspace_sessions_pattern, on_lifecycle(hub))
     app[HUB] = hub
