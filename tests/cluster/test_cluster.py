@@ -18,10 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 from redis.crc import key_slot
 
 from shared.channels import Channels
+from shared.redisconn import create_redis, pubsub_of
 from tests.cluster.harness import RedisClusterServers
 from tests.gateway.rpcutil import events, kinds, wait_ready
 from tests.scaleout.support import (
@@ -127,10 +129,35 @@ async def _until(predicate: Any) -> None:
             await asyncio.sleep(0.05)
 
 
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def _lifecycle(
+    d: Deployment, workspace_id: str, out: list[dict[str, Any]]
+) -> None:
+    timeout = aiohttp.ClientTimeout(total=None, sock_read=30)
+    async with d.http.get(
+        d.url("query") + "/api/sessions/events",
+        params={"workspaceId": workspace_id},
+        timeout=timeout,
+    ) as resp:
+        assert resp.status == 200, await resp.text()
+        async for raw in resp.content:
+            line = raw.decode().strip()
+            if line.startswith("data:"):
+                out.append(orjson.loads(line[5:]))
+
+
 async def test_session_whole_life_on_a_cluster(
     deployment: Deployment, pool: Any, workspace_id: str
 ) -> None:
     d = deployment
+    # the query service's lifecycle stream: its hub's PSUBSCRIBE sits on one node and
+    # sees the gateway's PUBLISH, which the cluster broadcasts
+    lifecycle: list[dict[str, Any]] = []
+    watcher = asyncio.create_task(_lifecycle(d, workspace_id, lifecycle))
+    await _until(lambda: _true(bool(lifecycle)))  # the "connected" frame
     sid = await d.new_session("gw1", workspace_id, pool)
     sub = Subscriber(d.http, d.url("gw1"), sid)
     sub.start()
@@ -182,7 +209,14 @@ async def test_session_whole_life_on_a_cluster(
             return float(line.split()[1]) == 0
 
         await _until(agent_stopped)
+        await _until(
+            lambda: _true(any(m["type"] == "session:deleted" for m in lifecycle))
+        )
+        types = [m["type"] for m in lifecycle if m.get("sessionId") == sid]
+        assert types[0] == "session:created"
+        assert "session:updated" in types
     finally:
+        watcher.cancel()
         await sub.close()
 
 
@@ -251,3 +285,60 @@ async def test_master_failover_mid_stream_loses_nothing(
     finally:
         for sub in subs:
             await sub.close()
+
+
+async def test_commands_stream_and_lifecycle_channel_on_a_cluster(
+    deployment: Deployment, pool: Any, workspace_id: str
+) -> None:
+    """An internal service on the cluster: a command in, its reply and lifecycle out."""
+    d = deployment
+    names = Channels(d.prefix)
+    client = create_redis(d.cluster.url)
+    try:
+        pubsub = await pubsub_of(client)
+        reply_to = f"{d.prefix}:test-replies:{uuid.uuid4().hex}"
+        await pubsub.subscribe(names.workspace_sessions(workspace_id), reply_to)
+        got: dict[str, Any] = {}
+
+        async def read_until(done: Any) -> None:
+            async with asyncio.timeout(WAIT):
+                while not done():
+                    message = await pubsub.get_message(
+                        ignore_subscribe_messages=True, timeout=1.0
+                    )
+                    if message is not None:
+                        channel = message["channel"].decode()
+                        got.setdefault(channel, []).append(
+                            orjson.loads(message["data"])
+                        )
+
+        confirmed = 0
+        async with asyncio.timeout(WAIT):
+            while confirmed < 2:
+                message = await pubsub.get_message(timeout=1.0)
+                if message is not None and message["type"] == "subscribe":
+                    confirmed += 1
+        request = {
+            "jsonrpc": "2.0",
+            "id": 7,
+            "method": "session/new",
+            "params": {"workspaceId": workspace_id},
+        }
+        await client.xadd(
+            names.commands,
+            {"request": orjson.dumps(request), "replyTo": reply_to},
+        )
+        await read_until(
+            lambda: reply_to in got and names.workspace_sessions(workspace_id) in got
+        )
+        reply = got[reply_to][0]
+        assert reply["id"] == 7, reply
+        sid = reply["result"]["sessionId"]
+        lifecycle = got[names.workspace_sessions(workspace_id)]
+        assert {"type": "session:created", "sessionId": sid}.items() <= lifecycle[
+            0
+        ].items()
+        await wait_ready(pool, sid)
+        await pubsub.aclose()
+    finally:
+        await client.aclose()
