@@ -8,6 +8,7 @@ follows MOVED/ASK and failovers on its own.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
@@ -17,7 +18,6 @@ from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import RedisError
 
 Redis = aioredis.Redis | RedisCluster
 
@@ -114,16 +114,21 @@ async def channel_subscribers(redis: Redis, channel: str) -> int:
     subscriber may sit on any node, so the counts of all nodes are summed.
     """
     if isinstance(redis, RedisCluster):
-        total = 0
-        for node in redis.get_nodes():
-            try:
-                reply = await redis.execute_command(
-                    "PUBSUB NUMSUB", channel, target_nodes=node
-                )
-            except (RedisError, OSError):
-                continue  # a failed node has no subscribers we could reach
-            total += _numsub_count(reply)
-        return total
+        if redis._initialize:
+            _ = await redis.initialize()
+        replies = await asyncio.gather(
+            *(
+                redis.execute_command("PUBSUB NUMSUB", channel, target_nodes=node)
+                for node in redis.get_nodes()
+            ),
+            return_exceptions=True,
+        )
+        # a node that failed to answer has no subscriber we could reach
+        return sum(
+            _numsub_count(reply)
+            for reply in replies
+            if not isinstance(reply, BaseException)
+        )
     counts = await redis.pubsub_numsub(channel)
     return _numsub_count(counts)
 

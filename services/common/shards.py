@@ -176,10 +176,12 @@ class ShardLinks:
                     self._handle(link, message)
         except (RedisError, OSError) as err:
             logger.warning("%s: lost shard node %s: %s", self.name, link.node, err)
-            lost = [name for name, node in self._at.items() if node == link.node]
-            link.task = None
-            await self._drop(link)
-            self._lose(lost)
+        except Exception:  # a bug must not end live delivery of these channels
+            logger.exception("%s: shard reader of %s failed", self.name, link.node)
+        lost = [name for name, node in self._at.items() if node == link.node]
+        link.task = None
+        await self._drop(link)
+        self._lose(lost)
 
     def _handle(self, link: _Link, message: dict[str, object]) -> None:
         kind = message.get("type")
