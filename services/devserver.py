@@ -405,8 +405,13 @@ async def _wait_healthy(origin: str) -> bool:
 
 
 def _redact(url: str) -> str:
-    parsed = URL(url)
-    return str(parsed.with_password("***")) if parsed.password else url
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, hosts = rest.rpartition("@")
+    if sep and at and ":" in userinfo:  # also redis+cluster://u:p@h1:1,h2:2
+        return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{hosts}"
+    if sep and at and scheme.startswith("redis"):
+        return f"{scheme}://***@{hosts}"  # redis://secret@host: a password
+    return url
 
 
 def _ipv6_loopback() -> bool:

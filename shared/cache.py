@@ -12,27 +12,60 @@ from __future__ import annotations
 import logging
 
 from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import ClusterPipeline
 from redis.exceptions import RedisError
 
 from shared.channels import Channels
-from shared.redisconn import Redis
+from shared.redisconn import Redis, is_cluster
 
 logger = logging.getLogger(__name__)
 
 LIST_TTL_SECONDS = 300
 
 
-def queue_invalidation(pipe: Pipeline, channels: Channels) -> None:
+def queue_invalidation(pipe: Pipeline | ClusterPipeline, channels: Channels) -> None:
     """The commands of `invalidate_sessions`, added to a caller's pipeline."""
     _ = pipe.incr(channels.cache_sessions_generation())
     _ = pipe.delete(channels.cache_sessions_lists())
     _ = pipe.publish(channels.cache_invalidations, b"sessions")
 
 
-async def invalidate_sessions(redis: Redis, channels: Channels) -> None:
-    """Drop every cached list; raises RedisError when Redis is unreachable."""
+# On a Redis Cluster a MULTI cannot carry PUBLISH (it has no key to route by), so the same
+# commands run as one script on the node of the `{sessions}` slot: KEYS[1] generation,
+# KEYS[2] lists hash; ARGV channel/message pairs published in order, the invalidation
+# first. Publishing there matters: the in-process caches listen on that node, so they see
+# the invalidation before the writer sees the script's reply (listcache.py).
+_INVALIDATE = """
+redis.call('INCR', KEYS[1])
+redis.call('DEL', KEYS[2])
+for i = 1, #ARGV, 2 do redis.call('PUBLISH', ARGV[i], ARGV[i + 1]) end
+return 1
+"""
+
+
+async def invalidate_sessions(
+    redis: Redis, channels: Channels, *announce: tuple[str, bytes]
+) -> None:
+    """Drop every cached list, then publish `announce` (channel, message) pairs.
+
+    Raises RedisError when Redis is unreachable.
+    """
+    if is_cluster(redis):
+        args: list[str | bytes] = [channels.cache_invalidations, b"sessions"]
+        for channel, message in announce:
+            args += [channel, message]
+        await redis.eval(
+            _INVALIDATE,
+            2,
+            channels.cache_sessions_generation(),
+            channels.cache_sessions_lists(),
+            *args,
+        )
+        return
     async with redis.pipeline(transaction=True) as pipe:
         queue_invalidation(pipe, channels)
+        for channel, message in announce:
+            _ = pipe.publish(channel, message)
         await pipe.execute()
 
 

@@ -1,7 +1,8 @@
 """Redis channel and key names (api.md §6), defined once for every process and internal service.
 
 Per-session names carry the session id inside literal braces so that it is a Redis Cluster
-hash tag: sharded pub/sub can carry the fan-out without renaming anything.
+hash tag: sharded pub/sub can carry the fan-out without renaming anything. Keys that one
+MULTI or Lua script touches together share a hash tag too, so they live in one slot.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ class Channels:
     """Names under one `REDIS_PREFIX`; tests use a unique prefix per run."""
 
     prefix: str = "routa"
+    # per-session event channels on SPUBLISH/SSUBSCRIBE (Settings.sharded_pubsub)
+    sharded: bool = False
 
     @property
     def base(self) -> str:
@@ -79,11 +82,13 @@ class Channels:
     def cache_base(self) -> str:
         return f"{self.base}:cache"
 
+    # The generation and the lists hash are changed together (MULTI, Lua), so they share
+    # the hash tag `{sessions}`: one slot on a Redis Cluster.
     def cache_sessions_generation(self) -> str:
-        return f"{self.cache_base}:sessions:gen"
+        return f"{self.cache_base}:{{sessions}}:gen"
 
     def cache_sessions_lists(self) -> str:
-        return f"{self.cache_base}:sessions:lists"
+        return f"{self.cache_base}:{{sessions}}:lists"
 
     @property
     def cache_invalidations(self) -> str:

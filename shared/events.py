@@ -34,7 +34,10 @@ async def publish_events(
     try:
         async with redis.pipeline(transaction=False) as pipe:
             for event in events:
-                _ = pipe.publish(channel, event.payload)
+                if channels.sharded:
+                    _ = pipe.spublish(channel, event.payload)
+                else:
+                    _ = pipe.publish(channel, event.payload)
             await pipe.execute()
     except (RedisError, OSError) as err:
         logger.warning("event publish failed for session %s: %s", session_id, err)
@@ -45,11 +48,15 @@ async def publish_events(
 # Every ARGV published on KEYS[1] in order: one command and one reply for a whole batch
 # instead of a pipeline's reply per event (py-spy: the pipeline's per-reply parsing was
 # the writer's largest cost). Subscribers still get one message per event (api.md §6).
+# With sharded pub/sub the same with SPUBLISH: the channel is the script's one key, so on
+# a cluster the call runs on the node that serves the session's slot.
 _PUBLISH_ALL = """
 for i = 1, #ARGV do redis.call('PUBLISH', KEYS[1], ARGV[i]) end
 return #ARGV
 """
+_SPUBLISH_ALL = _PUBLISH_ALL.replace("'PUBLISH'", "'SPUBLISH'")
 _PUBLISH_ALL_SHA = hashlib.sha1(_PUBLISH_ALL.encode()).hexdigest()
+_SPUBLISH_ALL_SHA = hashlib.sha1(_SPUBLISH_ALL.encode()).hexdigest()
 PUBLISH_CHUNK = 1000  # events per script call, so one call never holds Redis long
 
 
@@ -60,13 +67,18 @@ async def publish_batch(
     if not events:
         return True
     channel = channels.session_events(session_id)
+    script, sha = (
+        (_SPUBLISH_ALL, _SPUBLISH_ALL_SHA)
+        if channels.sharded
+        else (_PUBLISH_ALL, _PUBLISH_ALL_SHA)
+    )
     try:
         for start in range(0, len(events), PUBLISH_CHUNK):
             payloads = [e.payload for e in events[start : start + PUBLISH_CHUNK]]
             try:
-                await redis.evalsha(_PUBLISH_ALL_SHA, 1, channel, *payloads)
+                await redis.evalsha(sha, 1, channel, *payloads)
             except NoScriptError:
-                await redis.eval(_PUBLISH_ALL, 1, channel, *payloads)
+                await redis.eval(script, 1, channel, *payloads)
     except (RedisError, OSError) as err:
         logger.warning("event publish failed for session %s: %s", session_id, err)
         return False

@@ -15,8 +15,9 @@ from redis.exceptions import RedisError
 from shared.cache import invalidate_sessions, queue_invalidation
 from shared.channels import Channels
 from shared.db.session_events import StoredEvent
+from shared.events import publish_events
 from shared.jsonutil import dumps, now_iso
-from shared.redisconn import Redis
+from shared.redisconn import Redis, is_cluster
 
 logger = logging.getLogger(__name__)
 
@@ -51,10 +52,13 @@ async def session_changed(
     readers fall back to it, so a Redis outage never fails the write.
     """
     try:
-        await invalidate_sessions(redis, channels)
-        await redis.publish(
-            channels.workspace_sessions(workspace_id),
-            lifecycle_message(type_, session_id, workspace_id, changes),
+        await invalidate_sessions(
+            redis,
+            channels,
+            (
+                channels.workspace_sessions(workspace_id),
+                lifecycle_message(type_, session_id, workspace_id, changes),
+            ),
         )
     except (RedisError, OSError) as err:
         logger.warning("lifecycle publish failed for session %s: %s", session_id, err)
@@ -75,8 +79,15 @@ async def session_changed_with_events(
 
     Same messages in the same order as `publish_events` followed by `session_changed`
     (session/new: event 1, the invalidation, `session:created`); False when Redis is
-    unreachable, like them.
+    unreachable, like them. On a Redis Cluster the events go to their session's slot
+    first (sharded or not), then the rest in one script: two round trips, same order.
     """
+    if is_cluster(redis) or channels.sharded:
+        if not await publish_events(redis, channels, session_id, events):
+            return False
+        return await session_changed(
+            redis, channels, type_, session_id, workspace_id, changes
+        )
     try:
         async with redis.pipeline(transaction=True) as pipe:
             events_channel = channels.session_events(session_id)

@@ -12,7 +12,8 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, field_validator
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from yarl import URL
+
+from shared.redisconn import is_cluster_url, parse_cluster_url
 
 
 def _default_instance_id() -> str:
@@ -24,7 +25,7 @@ _LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
 
 def _check_url(value: str, schemes: tuple[str, ...]) -> str:
     """A URL with one of `schemes`; the message names the scheme, never the URL (passwords)."""
-    scheme = URL(value).scheme.lower() if "://" in value else ""
+    scheme = value.split("://", 1)[0].lower() if "://" in value else ""
     if scheme not in schemes:
         names = [f"{s}://" for s in schemes]
         wanted = ", ".join(names[:-1]) + f" or {names[-1]}"
@@ -90,7 +91,9 @@ class Settings(BaseSettings):
     # named servers (a JSON object name -> ACP McpServer entry, or a file holding one)
     mcp_allow_urls: str | None = None
     mcp_servers: str | None = None
-    redis_sharded_pubsub: bool = False
+    # per-session event channels on SPUBLISH/SSUBSCRIBE; unset: on for a redis+cluster://
+    # REDIS_URL, off otherwise (every process of a deployment must agree)
+    redis_sharded_pubsub: bool | None = None
     shutdown_timeout: float = 3.0
     log_format: str = "console"  # "json" in deployments
     log_level: str = "INFO"
@@ -187,6 +190,13 @@ class Settings(BaseSettings):
     def agents_home_root(self) -> Path:
         return (self.data_dir / "agents").resolve()
 
+    @property
+    def sharded_pubsub(self) -> bool:
+        """Whether session events travel on sharded pub/sub (see redis_sharded_pubsub)."""
+        if self.redis_sharded_pubsub is not None:
+            return self.redis_sharded_pubsub
+        return is_cluster_url(self.redis_url)
+
     def port_or(self, default: int) -> int:
         return self.port or default
 
@@ -198,7 +208,12 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _redis_url(cls, value: str) -> str:
-        return _check_url(value, ("redis", "rediss", "unix"))
+        _check_url(
+            value, ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
+        )
+        if is_cluster_url(value):
+            parse_cluster_url(value)  # ValueError names the bad part, never the URL
+        return value
 
     @field_validator("log_level")
     @classmethod

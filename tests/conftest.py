@@ -126,7 +126,7 @@ def settings(make_settings: Callable[..., Settings]) -> Settings:
 
 @pytest.fixture
 def channels(settings: Settings) -> Channels:
-    return Channels(settings.redis_prefix)
+    return Channels(settings.redis_prefix, sharded=settings.sharded_pubsub)
 
 
 @pytest.fixture

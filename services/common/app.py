@@ -26,7 +26,7 @@ def base_app(settings: Settings, service: str) -> web.Application:
     # the process's one middleware: request id, log context, metrics, auth, errors
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[app_middleware])
     app[SETTINGS] = settings
-    app[CHANNELS] = Channels(settings.redis_prefix)
+    app[CHANNELS] = Channels(settings.redis_prefix, sharded=settings.sharded_pubsub)
     app[METRICS] = Metrics()
     app[REVOCATIONS] = Revocations()
 

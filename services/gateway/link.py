@@ -18,7 +18,7 @@ from redis.exceptions import RedisError
 
 from shared.channels import Channels
 from shared.jsonutil import dumps, loads
-from shared.redisconn import Redis
+from shared.redisconn import Redis, channel_subscribers, is_cluster, pubsub_of
 from shared.retry import Backoff
 
 logger = logging.getLogger(__name__)
@@ -94,6 +94,7 @@ class GatewayLink:
         while self._open():
             pubsub = self._redis.pubsub()
             try:
+                pubsub = await pubsub_of(self._redis)
                 await pubsub.subscribe(self.rpc_channel)
                 await pubsub.psubscribe(self.reply_prefix + "*")
                 self._ready.set()
@@ -154,8 +155,10 @@ class GatewayLink:
             logger.warning("could not publish forwarded reply: %s", err)
 
     async def owner_listens(self, owner: str) -> bool:
-        counts = await self._redis.pubsub_numsub(self._channels.gateway_rpc(owner))
-        return bool(counts and counts[0][1] > 0)
+        return (
+            await channel_subscribers(self._redis, self._channels.gateway_rpc(owner))
+            > 0
+        )
 
     async def forward(
         self, owner: str, request: dict[str, Any], *, timeout: float
@@ -172,6 +175,12 @@ class GatewayLink:
                 self._channels.gateway_rpc(owner),
                 dumps({"request": request, "replyTo": self.reply_prefix + token}),
             )
+            if is_cluster(self._redis):
+                # PUBLISH counts only the receiving node's subscribers on a cluster; the
+                # message itself reaches every node, so ask them all who listens
+                receivers = await channel_subscribers(
+                    self._redis, self._channels.gateway_rpc(owner)
+                )
             if receivers == 0:
                 raise OwnerUnreachable(owner)
             async with asyncio.timeout(timeout):

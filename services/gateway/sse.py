@@ -258,7 +258,12 @@ def close_session_streams(app: web.Application, session_id: str) -> int:
 
 async def fanout_ctx(app: web.Application) -> AsyncIterator[None]:
     """Owns the hub; after the Redis ctx so Redis is closed after it stops."""
-    hub = Hub.from_settings(app[SETTINGS], app.get(STREAM_CONFIG), "event fan-out")
+    hub = Hub.from_settings(
+        app[SETTINGS],
+        app.get(STREAM_CONFIG),
+        "event fan-out",
+        sharded=app[CHANNELS].sharded,  # session channels on SSUBSCRIBE
+    )
     hub.listen(app[CHANNELS].workspace_sessions_pattern, on_lifecycle(hub))
     app[HUB] = hub
     await hub.start()

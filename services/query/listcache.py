@@ -34,7 +34,7 @@ from yarl import URL
 from shared import cache, lifecycle
 from shared.channels import Channels
 from shared.lifecycle import LifecycleType
-from shared.redisconn import Redis
+from shared.redisconn import Redis, is_cluster_url
 from shared.retry import Backoff
 
 logger = logging.getLogger(__name__)
@@ -160,6 +160,11 @@ class ListCache:
     async def run_invalidations(self) -> None:
         """Owned by the app: keeps the subscription that lets the L1 be used at all."""
         if self._redis_url is None:
+            return
+        if is_cluster_url(self._redis_url):
+            # its raw subscriber would listen on one node, not necessarily the one that
+            # runs the invalidation, and so could hear it after the writer's reply
+            logger.info("no in-process list cache on a Redis Cluster")
             return
         url = URL(self._redis_url)
         if url.scheme != "redis" or url.host is None:

@@ -1,0 +1,269 @@
+"""A real Redis Cluster for tests: three masters and three replicas from the redis-server binary.
+
+Each node is its own process on two free loopback ports (client and cluster bus), in a
+private temp directory, memory only. `redis-cli --cluster create` joins them; the cluster
+is used once every node reports `cluster_state:ok` and knows all six nodes. The machine's
+own Redis is never touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+LOOPBACK = "127.0.0.1"
+START_TIMEOUT = 60.0  # hang guard only
+
+
+def _free_port(taken: set[int]) -> int:
+    while True:
+        with socket.socket() as s:
+            s.bind((LOOPBACK, 0))
+            port = int(s.getsockname()[1])
+        if port not in taken and port != 6379:
+            taken.add(port)
+            return port
+
+
+def _binary(name: str) -> str:
+    path = shutil.which(name) or f"/usr/bin/{name}"
+    if not Path(path).exists():
+        raise RuntimeError(f"{name} not found")
+    return path
+
+
+def _cli(port: int, *args: str, timeout: float = 10.0) -> str:
+    out = subprocess.run(
+        [_binary("redis-cli"), "-h", LOOPBACK, "-p", str(port), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    return out.stdout + out.stderr
+
+
+def _info(port: int, *command: str) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    for line in _cli(port, *command).splitlines():
+        key, sep, value = line.strip().partition(":")
+        if sep:
+            fields[key] = value
+    return fields
+
+
+@dataclass
+class Node:
+    port: int
+    bus_port: int
+    directory: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{LOOPBACK}:{self.port}"
+
+    def cli(self, *args: str) -> str:
+        return _cli(self.port, *args)
+
+    def cluster_info(self) -> dict[str, str]:
+        return _info(self.port, "CLUSTER", "INFO") if self.alive() else {}
+
+    def role(self) -> str:
+        return _info(self.port, "INFO", "replication").get("role", "")
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+@dataclass
+class RedisClusterServers:
+    """Six redis-server processes joined into one cluster; a context manager."""
+
+    masters: int = 3
+    replicas_per_master: int = 1
+    nodes: list[Node] = field(default_factory=list)
+    _root: Path | None = None
+
+    @property
+    def url(self) -> str:
+        """The REDIS_URL the services take for this cluster (every node as a seed)."""
+        seeds = ",".join(n.address for n in self.nodes)
+        return f"redis+cluster://{seeds}"
+
+    def start(self) -> None:
+        self._root = Path(tempfile.mkdtemp(prefix="routa-cluster-"))
+        taken: set[int] = set()
+        count = self.masters * (1 + self.replicas_per_master)
+        for i in range(count):
+            node = Node(_free_port(taken), _free_port(taken), self._root / f"n{i}")
+            node.directory.mkdir()
+            log = (node.directory / "redis.log").open("ab")
+            node.proc = subprocess.Popen(
+                [
+                    _binary("redis-server"),
+                    "--port", str(node.port),
+                    "--cluster-port", str(node.bus_port),
+                    "--bind", LOOPBACK,
+                    "--cluster-enabled", "yes",
+                    "--cluster-config-file", str(node.directory / "nodes.conf"),
+                    "--cluster-node-timeout", "2000",
+                    "--save", "",
+                    "--appendonly", "no",
+                    "--dir", str(node.directory),
+                    "--daemonize", "no",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+            log.close()
+            self.nodes.append(node)
+        self._wait(lambda: all("PONG" in n.cli("PING") for n in self.nodes), "ping")
+        created = subprocess.run(
+            [
+                _binary("redis-cli"),
+                "--cluster", "create",
+                *(n.address for n in self.nodes),
+                "--cluster-replicas", str(self.replicas_per_master),
+                "--cluster-yes",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=START_TIMEOUT,
+            check=False,
+        )  # fmt: skip
+        if created.returncode != 0:
+            raise RuntimeError(
+                f"cluster create failed: {created.stdout}{created.stderr}"
+            )
+        self.wait_ok()
+
+    def wait_ok(self) -> None:
+        """Every live node sees a healthy cluster of all its nodes."""
+
+        def ok() -> bool:
+            for node in self.nodes:
+                if not node.alive():
+                    continue
+                info = node.cluster_info()
+                if info.get("cluster_state") != "ok":
+                    return False
+                if info.get("cluster_known_nodes") != str(len(self.nodes)):
+                    return False
+                if info.get("cluster_slots_ok") != "16384":
+                    return False
+            return True
+
+        self._wait(ok, "cluster_state:ok")
+
+    def master_of_slot(self, slot: int) -> Node:
+        return self._node_of_slot(slot, master=True)
+
+    def replica_of_slot(self, slot: int) -> Node:
+        return self._node_of_slot(slot, master=False)
+
+    def _node_of_slot(self, slot: int, *, master: bool) -> Node:
+        """From CLUSTER SHARDS-like CLUSTER NODES: the master (or a replica) serving `slot`."""
+        lines = self.nodes[0].cli("CLUSTER", "NODES").splitlines()
+        by_id: dict[str, tuple[str, str, str]] = {}
+        owner_id = ""
+        for line in lines:
+            parts = line.split()
+            if len(parts) < 8:
+                continue
+            node_id, addr, flags, master_id = parts[0], parts[1], parts[2], parts[3]
+            by_id[node_id] = (addr.split("@")[0], flags, master_id)
+            for rng in parts[8:]:
+                if rng.startswith("["):
+                    continue
+                lo, _, hi = rng.partition("-")
+                if int(lo) <= slot <= int(hi or lo):
+                    owner_id = node_id
+        if not owner_id:
+            raise RuntimeError(f"no node serves slot {slot}")
+        if master:
+            address = by_id[owner_id][0]
+        else:
+            address = next(
+                addr
+                for addr, flags, master_id in by_id.values()
+                if master_id == owner_id and "fail" not in flags
+            )
+        return next(n for n in self.nodes if n.address == address)
+
+    def failover(self, slot: int) -> tuple[Node, Node]:
+        """CLUSTER FAILOVER on a replica of `slot`'s master; waits until it is master.
+
+        Returns (old master, new master).
+        """
+        old = self.master_of_slot(slot)
+        replica = self.replica_of_slot(slot)
+        reply = replica.cli("CLUSTER", "FAILOVER")
+        if "OK" not in reply:
+            raise RuntimeError(f"CLUSTER FAILOVER: {reply}")
+        self._wait(
+            lambda: (
+                replica.role() == "master"
+                and self.master_of_slot(slot).port == replica.port
+                and old.role() == "slave"
+            ),
+            "failover",
+        )
+        self.wait_ok()
+        return old, replica
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            if node.proc is not None and node.proc.poll() is None:
+                node.proc.send_signal(signal.SIGTERM)
+        for node in self.nodes:
+            if node.proc is None:
+                continue
+            try:
+                node.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(node.proc.pid, signal.SIGKILL)
+                node.proc.wait(timeout=5)
+        if self._root is not None:
+            shutil.rmtree(self._root, ignore_errors=True)
+
+    def _wait(self, predicate: object, what: str) -> None:
+        assert callable(predicate)
+        deadline = time.monotonic() + START_TIMEOUT
+        while not predicate():
+            for node in self.nodes:
+                if node.proc is not None and node.proc.poll() is not None:
+                    log = (node.directory / "redis.log").read_text()[-2000:]
+                    raise RuntimeError(f"redis node {node.port} exited:\n{log}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"redis cluster: timed out waiting for {what}")
+            time.sleep(0.1)
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
