@@ -23,7 +23,7 @@ import datetime as dt
 import random
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -32,17 +32,18 @@ import orjson
 BATCH = 20_000  # rows per COPY statement
 WORKSPACES = 100
 
-_WORDS = (
-    "the session layer stores every update in order and streams it to each subscriber "
-    "while the agent reads files runs tests and explains what changed in the repository"
-).split()
+_TEXT = (
+    "the session layer stores every update in order and streams it to each subscriber"
+    " while the agent reads files runs tests and explains what changed"
+)
+_WORDS = tuple(_TEXT.split())
 
 
 def _text(rng: random.Random, words: int) -> str:
     return " ".join(rng.choice(_WORDS) for _ in range(words))
 
 
-def _rest(params: dict[str, object]) -> str:
+def _rest(params: Mapping[str, object]) -> str:
     """The payload after the eventId value, as append_batch builds it."""
     body = orjson.dumps(params)
     return '",' + body[1:].decode()
@@ -73,7 +74,9 @@ def turn_template(rng: random.Random, turn: int) -> list[tuple[str, str]]:
         "tool_call_update",
         toolCallId=tool,
         status="completed",
-        content=[{"type": "content", "content": {"type": "text", "text": _text(rng, 50)}}],
+        content=[
+            {"type": "content", "content": {"type": "text", "text": _text(rng, 50)}}
+        ],
     )
     for _ in range(18):
         add(
@@ -85,7 +88,10 @@ def turn_template(rng: random.Random, turn: int) -> list[tuple[str, str]]:
     add(
         "turn_complete",
         stopReason="end_turn",
-        usage={"inputTokens": rng.randrange(100, 5000), "outputTokens": rng.randrange(50, 900)},
+        usage={
+            "inputTokens": rng.randrange(100, 5000),
+            "outputTokens": rng.randrange(50, 900),
+        },
     )
     return out
 
@@ -108,7 +114,9 @@ class Loaded:
         return self.events / self.seconds_events if self.seconds_events else 0.0
 
 
-def _counts(sessions: int, events: int, long_events: int, rng: random.Random) -> list[int]:
+def _counts(
+    sessions: int, events: int, long_events: int, rng: random.Random
+) -> list[int]:
     """Events per session: the long one first, the rest spread around the mean (±50%)."""
     rest = max(0, events - long_events)
     others = sessions - 1
@@ -139,7 +147,9 @@ async def load(
     """COPY `sessions` sessions and `events` events into a migrated, empty database."""
     rng = random.Random(seed)
     long_events = min(long_events, events)
-    ids = sorted(uuid.UUID(int=rng.getrandbits(128), version=4) for _ in range(sessions))
+    ids = sorted(
+        uuid.UUID(int=rng.getrandbits(128), version=4) for _ in range(sessions)
+    )
     long_id = ids[rng.randrange(len(ids))]
     counts = _counts(sessions, events, long_events, rng)
     # the long session's count goes to long_id; the others keep uuid order
@@ -206,7 +216,7 @@ async def load(
     def batches() -> Iterator[list[tuple[uuid.UUID, int, str, str]]]:
         batch: list[tuple[uuid.UUID, int, str, str]] = []
         for n, sid in enumerate(ids):
-            head = '{"sessionId":"%s","eventId":"' % sid
+            head = f'{{"sessionId":"{sid}","eventId":"'
             tmpl = templates[n % len(templates)]
             width = len(tmpl)
             for eid in range(1, per_session[sid] + 1):
@@ -243,13 +253,14 @@ async def load(
     tasks = [asyncio.create_task(writer()) for _ in range(concurrency)]
     last_report = t0
     try:
-        for recs in batches():
-            await queue.put(recs)
+        for batch in batches():
+            await queue.put(batch)
             if progress and time.monotonic() - last_report > 10:
                 last_report = time.monotonic()
                 rate = done[0] / (last_report - t0)
                 print(  # noqa: T201
-                    f"eventlog: {done[0]:,} / {events:,} events, {rate:,.0f}/s", flush=True
+                    f"eventlog: {done[0]:,} / {events:,} events, {rate:,.0f}/s",
+                    flush=True,
                 )
         for _ in tasks:
             await queue.put(None)
@@ -268,5 +279,8 @@ async def load(
         await conn.execute("ANALYZE session_events")
     finally:
         await conn.close()
-    loaded.sample = [(sid, per_session[sid]) for sid in rng.sample(order[1:], min(200, len(order) - 1))]
+    loaded.sample = [
+        (sid, per_session[sid])
+        for sid in rng.sample(order[1:], min(200, len(order) - 1))
+    ]
     return loaded

@@ -84,7 +84,10 @@ def _chunk(i: int) -> dict[str, Any]:
         "update": {
             "sessionUpdate": "agent_message_chunk",
             "messageId": "bench",
-            "content": {"type": "text", "text": f"streamed words of a reply, part {i} "},
+            "content": {
+                "type": "text",
+                "text": f"streamed words of a reply, part {i} ",
+            },
         }
     }
 
@@ -198,7 +201,7 @@ async def list_warm(ctx: suite.Ctx, port: int, workspaces: list[str]) -> dict[st
     """wrk over every workspace (warmed), beside bare bytes of the same body from memory."""
     async with aiohttp.ClientSession() as s:
         for w in workspaces:
-            _, size = await timed_get(
+            await timed_get(
                 s, f"http://127.0.0.1:{port}/api/sessions?workspaceId={w}&limit=50"
             )
         async with s.get(
@@ -209,7 +212,10 @@ async def list_warm(ctx: suite.Ctx, port: int, workspaces: list[str]) -> dict[st
     body_path.write_bytes(body)
     bare_port = suite.free_port()
     bare = await suite.start(
-        ctx, ["-m", "tests.bench.bare", str(bare_port), str(body_path)], bare_port, "/bytes"
+        ctx,
+        ["-m", "tests.bench.bare", str(bare_port), str(body_path)],
+        bare_port,
+        "/bytes",
     )
     try:
         base = suite.wrk(f"http://127.0.0.1:{bare_port}/bytes")
@@ -361,7 +367,8 @@ async def measure_loaded(db_url: str, loaded: Loaded) -> dict[str, Any]:
                 {d for d in (100, 1_000, 10_000, 100_000, head) if d <= head}
             )
             out["replay"] = {
-                str(d): await sse_replay(gport, loaded.long_id, head - d) for d in depths
+                str(d): await sse_replay(gport, loaded.long_id, head - d)
+                for d in depths
             }
     finally:
         await cleanup(ctx)
@@ -410,10 +417,24 @@ def rows_of(result: dict[str, Any]) -> list[suite.Row]:
         )
     )
     rows.append(
-        suite.Row(f"{tag} warm list p99 ms", f"{w['bare_p99_ms']:.2f}", f"{w['p99_ms']:.2f}", "", "<= 5", suite.yes(w["p99_ms"] <= 5))
+        suite.Row(
+            f"{tag} warm list p99 ms",
+            f"{w['bare_p99_ms']:.2f}",
+            f"{w['p99_ms']:.2f}",
+            "",
+            "<= 5",
+            suite.yes(w["p99_ms"] <= 5),
+        )
     )
     rows.append(
-        suite.Row(f"{tag} cold list p50 / p99 ms", "", f"{c['p50_ms']:.1f} / {c['p99_ms']:.1f}", "", "", "")
+        suite.Row(
+            f"{tag} cold list p50 / p99 ms",
+            "",
+            f"{c['p50_ms']:.1f} / {c['p99_ms']:.1f}",
+            "",
+            "",
+            "",
+        )
     )
     if "history" in result:
         h = result["history"]
@@ -467,8 +488,12 @@ def main() -> None:
     ap.add_argument("--events", default="1M", help="events to load (10M, 100M, ...)")
     ap.add_argument("--sessions", default=None, help="sessions (default events/100)")
     ap.add_argument("--long", default="100k", help="events of the one long session")
-    ap.add_argument("--triggers", action="store_true", help="keep triggers on while loading")
-    ap.add_argument("--list-curve", default=None, help="e.g. 10k,100k,1M: warm list only")
+    ap.add_argument(
+        "--triggers", action="store_true", help="keep triggers on while loading"
+    )
+    ap.add_argument(
+        "--list-curve", default=None, help="e.g. 10k,100k,1M: warm list only"
+    )
     ap.add_argument("--keep", action="store_true", help="keep the database")
     ap.add_argument("--json", default=None, help="write the figures here")
     args = ap.parse_args()
@@ -481,7 +506,9 @@ def main() -> None:
         result = uvloop.run(list_curve(sizes))
     else:
         events = parse_size(args.events)
-        sessions = parse_size(args.sessions) if args.sessions else max(10, events // 100)
+        sessions = (
+            parse_size(args.sessions) if args.sessions else max(10, events // 100)
+        )
         result = uvloop.run(
             eventlog_run(
                 events,
