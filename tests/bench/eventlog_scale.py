@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -31,6 +32,7 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+import orjson
 import redis.asyncio as aioredis
 from yarl import URL
 
@@ -164,6 +166,39 @@ async def disk(db_url: str, events: int) -> dict[str, float]:
     }
 
 
+async def consistency(db_url: str, loaded: Loaded) -> dict[str, Any]:
+    """What the load must have produced, on the sampled sessions and the long one: each
+    session's rows are 1..last_event_id, and a payload is the layout append_batch stores."""
+    conn = await asyncpg.connect(db_url)
+    try:
+        sample = [*loaded.sample, (loaded.long_id, loaded.long_events)]
+        wrong = 0
+        for sid, n in sample:
+            row = await conn.fetchrow(
+                "SELECT count(*) AS n, coalesce(max(event_id), 0) AS hi,"
+                " (SELECT last_event_id FROM sessions WHERE session_id = $1) AS last"
+                " FROM session_events WHERE session_id = $1",
+                sid,
+            )
+            assert row is not None
+            if not row["n"] == row["hi"] == row["last"] == n:
+                wrong += 1
+        payload = await conn.fetchval(
+            "SELECT payload FROM session_events WHERE session_id = $1 AND event_id = 1",
+            loaded.long_id,
+        )
+    finally:
+        await conn.close()
+    first = orjson.loads(payload) if payload else {}
+    return {
+        "sessions_checked": len(sample),
+        "sessions_wrong": wrong,
+        "first_payload_ok": first.get("sessionId") == str(loaded.long_id)
+        and first.get("eventId") == "1"
+        and isinstance(first.get("update"), dict),
+    }
+
+
 # --- reads -----------------------------------------------------------------------------
 
 
@@ -218,10 +253,17 @@ async def list_warm(ctx: suite.Ctx, port: int, workspaces: list[str]) -> dict[st
         "/bytes",
     )
     try:
-        base = suite.wrk(f"http://127.0.0.1:{bare_port}/bytes")
-        prod = suite.wrk(
-            f"http://127.0.0.1:{port}", workspaces, "/api/sessions?workspaceId="
-        )
+        if shutil.which("wrk"):
+            base = suite.wrk(f"http://127.0.0.1:{bare_port}/bytes")
+            prod = suite.wrk(
+                f"http://127.0.0.1:{port}", workspaces, "/api/sessions?workspaceId="
+            )
+        else:  # CI has no wrk: one closed-loop Python client on both sides
+            base = await client_load(f"http://127.0.0.1:{bare_port}/bytes", [""])
+            prod = await client_load(
+                f"http://127.0.0.1:{port}/api/sessions?limit=50&workspaceId=",
+                workspaces,
+            )
     finally:
         suite.stop(ctx, bare)
     return {
@@ -232,6 +274,23 @@ async def list_warm(ctx: suite.Ctx, port: int, workspaces: list[str]) -> dict[st
         "p99_ms": prod["p99"],
         "ratio": prod["rps"] / base["rps"],
         "body_bytes": len(body),
+        "load": "wrk -t1 -c64" if shutil.which("wrk") else "one sequential client",
+    }
+
+
+async def client_load(prefix: str, suffixes: list[str]) -> dict[str, float]:
+    """Sequential GETs for CLIENT_SECONDS: req/s and latency without wrk."""
+    ms: list[float] = []
+    stop_at = time.monotonic() + min(3.0, suite.DURATION)
+    t0 = time.monotonic()
+    async with aiohttp.ClientSession() as s:
+        while time.monotonic() < stop_at:
+            t, _ = await timed_get(s, prefix + suffixes[len(ms) % len(suffixes)])
+            ms.append(t)
+    return {
+        "rps": len(ms) / (time.monotonic() - t0),
+        "p50": statistics.median(ms),
+        "p99": suite.pct(ms, 99),
     }
 
 
@@ -343,6 +402,7 @@ async def eventlog_run(
             f"loaded in {loaded.seconds_sessions + loaded.seconds_events:.0f}s "
             f"({loaded.events_per_second:,.0f} events/s); measuring"
         )
+        out["check"] = await consistency(db.url, loaded)
         out["disk"] = await disk(db.url, events)
         out.update(await measure_loaded(db.url, loaded))
         suite.progress("append rate at this size")
