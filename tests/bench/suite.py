@@ -118,11 +118,17 @@ def env_for(ctx: Ctx, **extra: str) -> dict[str, str]:
 
 
 async def start(
-    ctx: Ctx, args: list[str], port: int, health: str, **env: str
+    ctx: Ctx,
+    args: list[str],
+    port: int,
+    health: str,
+    *,
+    core: str = SERVER_CORE,
+    **env: str,
 ) -> subprocess.Popen[bytes]:
     with open(ctx.tmp / f"{port}.log", "wb") as log:  # the child keeps its own fd
         proc = subprocess.Popen(
-            ["taskset", "-c", SERVER_CORE, PY, *args],
+            ["taskset", "-c", core, PY, *args],
             cwd=ROOT,
             env=env_for(ctx, PORT=str(port), **env),
             stdout=subprocess.DEVNULL,
@@ -936,6 +942,11 @@ async def run(only: set[str] | None = None) -> Ctx:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--curves"]:
+        from tests.bench import curves
+
+        curves.main(sys.argv[2:])
+        return
     only = (
         set(os.environ["BENCH_ONLY"].split(","))
         if os.environ.get("BENCH_ONLY")
