@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ class PassResult:
     search_documents: int = 0
     statements: int = 0
     largest_delete: int = 0
+    longest_statement: float = 0.0  # seconds: the longest any delete held its rows
 
 
 async def run_pass(
@@ -91,7 +93,11 @@ async def _drain(
     """Bounded deletes until the session has nothing (or is no longer expired)."""
     total = 0
     while True:
+        began = time.monotonic()
         n = await delete(conn, sid, cutoff, batch)
+        result.longest_statement = max(
+            result.longest_statement, time.monotonic() - began
+        )
         result.statements += 1
         result.largest_delete = max(result.largest_delete, n)
         total += n

@@ -36,8 +36,10 @@ import orjson
 import redis.asyncio as aioredis
 from yarl import URL
 
+from services.query.retention import run_pass
 from shared.channels import Channels
 from shared.db import session_events
+from shared.db.connect import create_pool
 from shared.db.migrate import migrate
 from tests.bench import suite
 from tests.bench.eventlog_gen import Loaded, load
@@ -196,6 +198,38 @@ async def consistency(db_url: str, loaded: Loaded) -> dict[str, Any]:
         "first_payload_ok": first.get("sessionId") == str(loaded.long_id)
         and first.get("eventId") == "1"
         and isinstance(first.get("update"), dict),
+    }
+
+
+async def retention_rate(db_url: str, loaded: Loaded) -> dict[str, float]:
+    """EVENT_RETENTION_DAYS at this size: a tenth of the sessions closed 40 days ago
+    (not the long one nor the probes), one pass with the default batch."""
+    keep = [loaded.long_id, *(sid for sid, _ in loaded.sample)]
+    conn = await asyncpg.connect(db_url)
+    try:
+        await conn.execute(
+            "UPDATE sessions SET last_activity = now() - interval '40 days',"
+            " updated_at = now() - interval '40 days'"
+            " WHERE session_id <> ALL($1::uuid[]) AND hashtext(session_id::text) % 10 = 0",
+            keep,
+        )
+    finally:
+        await conn.close()
+    pool = await create_pool(db_url, min_size=1, max_size=2)
+    try:
+        t0 = time.monotonic()
+        result = await run_pass(pool, 30)
+        seconds = time.monotonic() - t0
+    finally:
+        await pool.close()
+    return {
+        "sessions": result.sessions,
+        "events": result.events,
+        "seconds": seconds,
+        "events_per_s": result.events / seconds if seconds else 0.0,
+        "statements": result.statements,
+        "largest_delete": result.largest_delete,
+        "longest_statement_ms": result.longest_statement * 1000,
     }
 
 
@@ -410,6 +444,8 @@ async def eventlog_run(
             db.url, [sid for sid, _ in loaded.sample], append_seconds
         )
         out["append_ratio"] = out["append_at_size_per_s"] / out["append_empty_per_s"]
+        suite.progress("retention pass over a tenth of the sessions")
+        out["retention"] = await retention_rate(db.url, loaded)
     return out
 
 
@@ -530,6 +566,18 @@ def rows_of(result: dict[str, Any]) -> list[suite.Row]:
             "",
         )
     )
+    if "retention" in result:
+        r = result["retention"]
+        rows.append(
+            suite.Row(
+                f"{tag} retention events deleted/s (longest statement ms)",
+                "",
+                f"{r['events_per_s']:,.0f} ({r['longest_statement_ms']:.0f})",
+                "",
+                "",
+                "",
+            )
+        )
     rows.append(
         suite.Row(
             f"{tag} append events/s (empty log)",
