@@ -28,7 +28,7 @@ from shared.db.connect import Connection, Pool
 logger = logging.getLogger(__name__)
 
 BATCH = 1000  # rows per DELETE statement
-PAGE = 100  # expired sessions looked up per query
+PAGE = 500  # expired sessions looked at per query
 PAUSE = 0.01  # seconds between two deletes
 _PG_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
@@ -60,8 +60,10 @@ async def run_pass(
         result = PassResult(ran=True)
         try:
             after = uuid.UUID(int=0)
-            while ids := await db.candidates(conn, after, cutoff, PAGE):
-                for sid in ids:
+            while window := await db.expired_window(conn, after, cutoff, PAGE):
+                for sid, holds_rows in window:
+                    if not holds_rows:
+                        continue
                     events = await _drain(
                         conn, sid, cutoff, batch, pause, result, db.delete_events
                     )
@@ -75,7 +77,7 @@ async def run_pass(
                         logger.info(
                             "retention: deleted %d events of session %s", events, sid
                         )
-                after = ids[-1]
+                after = window[-1][0]
         finally:
             await db.unlock(conn)
     return result

@@ -18,11 +18,16 @@ from shared.db.connect import Connection, Executor
 # Arbitrary constant, distinct from the migration lock: one pass at a time per database.
 RETENTION_LOCK_ID = 0x524F555452  # "ROUTR"
 
-CANDIDATES = """
-SELECT s.session_id FROM sessions s
+# The next expired sessions after a cursor, each with whether it still holds rows. The
+# EXISTS tests sit in the select list on purpose: there they are per-row probes of the
+# primary keys; in WHERE the planner may turn them into a semi-join over the whole log.
+EXPIRED_WINDOW = """
+SELECT s.session_id,
+       EXISTS (SELECT 1 FROM session_events e WHERE e.session_id = s.session_id)
+       OR EXISTS (SELECT 1 FROM search_documents d WHERE d.session_id = s.session_id)
+           AS holds_rows
+FROM sessions s
 WHERE s.session_id > $1 AND s.status = 'closed' AND s.last_activity < $2 AND s.updated_at < $2
-  AND (EXISTS (SELECT 1 FROM session_events e WHERE e.session_id = s.session_id)
-       OR EXISTS (SELECT 1 FROM search_documents d WHERE d.session_id = s.session_id))
 ORDER BY s.session_id
 LIMIT $3
 """
@@ -63,12 +68,12 @@ async def unlock(conn: Connection) -> None:
     await conn.execute("SELECT pg_advisory_unlock($1)", RETENTION_LOCK_ID)
 
 
-async def candidates(
+async def expired_window(
     conn: Executor, after: uuid.UUID, cutoff: datetime, limit: int
-) -> list[uuid.UUID]:
-    """Expired sessions that still hold events or search documents, in id order."""
-    rows = await conn.fetch(CANDIDATES, after, cutoff, limit)
-    return [r["session_id"] for r in rows]
+) -> list[tuple[uuid.UUID, bool]]:
+    """Up to `limit` expired sessions after `after` in id order: (id, still holds rows)."""
+    rows = await conn.fetch(EXPIRED_WINDOW, after, cutoff, limit)
+    return [(r["session_id"], bool(r["holds_rows"])) for r in rows]
 
 
 def _count(status: str) -> int:
