@@ -18,13 +18,17 @@ from shared.db.connect import Connection, Executor
 # Arbitrary constant, distinct from the migration lock: one pass at a time per database.
 RETENTION_LOCK_ID = 0x524F555452  # "ROUTR"
 
-# The next expired sessions after a cursor, each with whether it still holds rows. The
-# EXISTS tests sit in the select list on purpose: there they are per-row probes of the
-# primary keys; in WHERE the planner may turn them into a semi-join over the whole log.
+# The next expired sessions after a cursor, each with whether it still holds rows. Each
+# test is a scalar subquery ordered by the primary key with LIMIT 1: one index probe per
+# session. As EXISTS the planner may pick a scan of the whole log (a semi-join in WHERE; or,
+# when one session holds most rows, a sequential scan it expects to match at once, which
+# reads the whole table for every session without events).
 EXPIRED_WINDOW = """
 SELECT s.session_id,
-       EXISTS (SELECT 1 FROM session_events e WHERE e.session_id = s.session_id)
-       OR EXISTS (SELECT 1 FROM search_documents d WHERE d.session_id = s.session_id)
+       (SELECT e.event_id FROM session_events e
+        WHERE e.session_id = s.session_id ORDER BY e.event_id LIMIT 1) IS NOT NULL
+       OR (SELECT d.first_event_id FROM search_documents d
+           WHERE d.session_id = s.session_id ORDER BY d.first_event_id LIMIT 1) IS NOT NULL
            AS holds_rows
 FROM sessions s
 WHERE s.session_id > $1 AND s.status = 'closed' AND s.last_activity < $2 AND s.updated_at < $2
