@@ -133,6 +133,12 @@ class Settings(BaseSettings):
     webhook_allow: str | None = None
     # seconds between a delivery worker's looks for due deliveries when it found none
     webhook_poll_interval: float = Field(default=1.0, gt=0)
+    # --- event retention ---
+    # days after which the events of a closed session are deleted (its row stays);
+    # unset: events are kept for ever
+    event_retention_days: float | None = Field(default=None, gt=0)
+    # seconds between two retention passes of a query instance
+    event_retention_interval: float = Field(default=3600.0, gt=0)
 
     @field_validator("allow_custom_commands", mode="before")
     @classmethod

@@ -21,7 +21,7 @@ from services.common.keys import CHANNELS, PG_POOL, REDIS, SETTINGS
 from services.common.metrics import METRICS
 from services.common.resources import postgres_ctx, redis_ctx
 from services.common.shares import revocations_ctx
-from services.query import live, openapi, routes
+from services.query import live, openapi, retention, routes
 from services.query.dashboard import STATIC_DIR
 from services.query.keys import (
     ALLOW,
@@ -57,6 +57,7 @@ def create_app(settings: Settings) -> web.Application:
             list_cache_ctx,  # after Redis: the session list cache wraps its client
             live.hub_ctx,  # one hub: /api/sessions/events, /api/notes/events, /api/tasks/events
             worker_ctx,  # webhook deliveries, after Postgres
+            retention.retention_ctx,  # EVENT_RETENTION_DAYS sweeps, after Postgres
         ]
     )
     app.on_shutdown.extend(

@@ -5,7 +5,8 @@ same run, prints one table. `scripts/bench` runs it; see README "Benchmarks".
 Method (spec/perf-ceilings.md): servers on core 0, load generators and clients on core 1,
 Postgres/Redis unpinned, wrk -t1 -c64 --latency, uvloop everywhere.
 Env: BENCH_DURATION (s per wrk run / paced phase, default 10), BENCH_SOAK (s, default 600),
-BENCH_ONLY (comma list of scenario numbers), TEST_DATABASE_URL, TEST_REDIS_URL.
+BENCH_ONLY (comma list of scenario numbers), BENCH_EVENTS (scenario 6's log size),
+TEST_DATABASE_URL, TEST_REDIS_URL. `--curves` runs tests/bench/curves.py instead.
 """
 
 from __future__ import annotations
@@ -118,11 +119,17 @@ def env_for(ctx: Ctx, **extra: str) -> dict[str, str]:
 
 
 async def start(
-    ctx: Ctx, args: list[str], port: int, health: str, **env: str
+    ctx: Ctx,
+    args: list[str],
+    port: int,
+    health: str,
+    *,
+    core: str = SERVER_CORE,
+    **env: str,
 ) -> subprocess.Popen[bytes]:
     with open(ctx.tmp / f"{port}.log", "wb") as log:  # the child keeps its own fd
         proc = subprocess.Popen(
-            ["taskset", "-c", SERVER_CORE, PY, *args],
+            ["taskset", "-c", core, PY, *args],
             cwd=ROOT,
             env=env_for(ctx, PORT=str(port), **env),
             stdout=subprocess.DEVNULL,
@@ -817,6 +824,22 @@ async def scenario_soak(
     )
 
 
+# --- 6. the event log at scale ------------------------------------------------------------
+
+
+async def scenario_eventlog(ctx: Ctx) -> None:
+    """BENCH_EVENTS events (default 1M) in a database of their own: tests/bench/eventlog_scale."""
+    from tests.bench import eventlog_scale
+
+    events = eventlog_scale.parse_size(os.environ.get("BENCH_EVENTS", "1M"))
+    result = await eventlog_scale.eventlog_run(events, max(10, events // 100))
+    ctx.rows += eventlog_scale.rows_of(result)
+    ctx.notes.append(
+        f"6: {events:,} events loaded by COPY at {result['load']['events_per_s']:,.0f}/s; "
+        f"{result['disk']['bytes_per_event']:.0f} B on disk per event"
+    )
+
+
 # --- the run -------------------------------------------------------------------------------
 
 
@@ -874,7 +897,7 @@ async def run(only: set[str] | None = None) -> Ctx:
     )
     progress(f"database {db_url.rsplit('/', 1)[-1]}: creating and migrating")
     await migrate(db_url)
-    want = sorted(only or {"1", "2", "3", "4", "5"})
+    want = sorted(only or {"1", "2", "3", "4", "5", "6"})
     if SOAK <= 0:
         want = [n for n in want if n != "5"]
     try:
@@ -902,6 +925,10 @@ async def run(only: set[str] | None = None) -> Ctx:
             "3": (
                 "fan-out to 1,000 and 2,500 streams",
                 lambda: scenario_fanout(ctx, gateway, gport),
+            ),
+            "6": (
+                "the event log at BENCH_EVENTS events (own database)",
+                lambda: scenario_eventlog(ctx),
             ),
             "5": (
                 f"soak for {SOAK:g}s",
@@ -936,6 +963,11 @@ async def run(only: set[str] | None = None) -> Ctx:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--curves"]:
+        from tests.bench import curves
+
+        curves.main(sys.argv[2:])
+        return
     only = (
         set(os.environ["BENCH_ONLY"].split(","))
         if os.environ.get("BENCH_ONLY")

@@ -19,5 +19,12 @@ async def test_suite_prints_every_scenario(monkeypatch):
     monkeypatch.setattr(suite, "SOAK", float(os.environ.get("BENCH_SOAK", "10")))
     ctx = await suite.run()
     text = suite.table(ctx)
-    for scenario in ("1 warm list", "2 hop", "3 fan-out", "4 session/new", "5 soak"):
+    for scenario in (
+        "1 warm list",
+        "2 hop",
+        "3 fan-out",
+        "4 session/new",
+        "5 soak",
+        "6 log@",
+    ):
         assert scenario in text, text
