@@ -44,7 +44,7 @@ async def publish_events(
 
 # Every ARGV published on KEYS[1] in order: one command and one reply for a whole batch
 # instead of a pipeline's reply per event (py-spy: the pipeline's per-reply parsing was
-# the writer's largest cost). Subscribers still get one message per event (api.md §6).
+# the writer's largest cost). Subscribers still get one message per event.
 _PUBLISH_ALL = """
 for i = 1, #ARGV do redis.call('PUBLISH', KEYS[1], ARGV[i]) end
 return #ARGV

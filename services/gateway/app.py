@@ -1,4 +1,4 @@
-"""ACP gateway app factory: the write side (api.md §5)."""
+"""ACP gateway app factory: the write side."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def preflight(settings: Settings) -> None:
 
 
 def setup_scaleout(app: web.Application) -> None:
-    """Forwarding between gateways, the commands stream and the SIGTERM drain (§6, §7).
+    """Forwarding between gateways, the commands stream and the SIGTERM drain.
 
     Both cleanup contexts come after the session manager's: they dispatch into it, and
     unwind before it stops the agents.

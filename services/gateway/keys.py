@@ -1,4 +1,4 @@
-"""Typed AppKeys of the gateway process (house-style §4.2 rule 2).
+"""Typed AppKeys of the gateway process.
 
 Gateway modules import their keys from here. The types come from modules that import
 no keys (the fan-out and the session manager sit below the wiring), so importing this

@@ -1,4 +1,4 @@
-"""Query service app factory: the read side (api.md §4)."""
+"""Query service app factory: the read side."""
 
 from __future__ import annotations
 

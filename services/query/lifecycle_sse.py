@@ -1,4 +1,4 @@
-"""GET /api/sessions/events: session lifecycle messages from Redis as SSE (api.md §4.2, §6).
+"""GET /api/sessions/events: session lifecycle messages from Redis as SSE.
 
 One pattern subscription per process feeds a bounded queue per open stream, so a thousand
 dashboards cost one Redis connection. Messages are forwarded as the bytes Redis carried.
@@ -26,7 +26,7 @@ from shared.redisconn import Redis
 
 logger = logging.getLogger(__name__)
 
-HEARTBEAT_SECONDS = 10.0  # api.md: a heartbeat at least every 15 s
+HEARTBEAT_SECONDS = 10.0  # the API promises a heartbeat at least every 15 s
 QUEUE_SIZE = 512  # a stream this far behind is closed; the client re-reads the list
 READY_WAIT = 2.0  # how long a new stream waits for the subscription before `connected`
 RECONNECT_DELAY = 0.5
@@ -139,7 +139,7 @@ async def lifecycle_hub_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _end_streams(app: web.Application) -> None:
-    """on_shutdown: a sentinel into every queue ends the handlers at once (house-style §2.9)."""
+    """on_shutdown: a sentinel into every queue ends the handlers at once."""
     app[LIFECYCLE_HUB].close_all()
 
 

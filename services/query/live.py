@@ -95,7 +95,7 @@ class LiveHub:
                 self.unsubscribe(sub)
 
     def close_all(self) -> None:
-        """Shutdown: every stream gets its sentinel (house-style §2.9)."""
+        """Shutdown: every stream gets its sentinel."""
         for subs in list(self._subs.values()):
             for sub in list(subs):
                 sub.close()
@@ -216,7 +216,7 @@ async def stream(
 async def workspace_stream(
     request: web.Request, channel_of: Callable[[Channels, str], str]
 ) -> web.StreamResponse:
-    """`GET /api/{notes,tasks}/events?workspaceId=`: one workspace's messages (api.md §4.3)."""
+    """`GET /api/{notes,tasks}/events?workspaceId=`: one workspace's messages."""
     workspace_id = await ensure_workspace(
         request.app[PG_POOL], query_value(request.query, "workspaceId")
     )

@@ -64,7 +64,7 @@ _INPUT_SCHEMAS = frozenset(
     | {"NoteMetadataIn", "CodebaseIn"}
 )
 
-# Shapes that have no pydantic model of their own (api.md §3.2, §4.2, §9.1).
+# Shapes that have no pydantic model of their own.
 _EXTRA_SCHEMAS: dict[str, Any] = {
     "Error": {
         "type": "object",
@@ -83,7 +83,7 @@ _EXTRA_SCHEMAS: dict[str, Any] = {
     },
     "Event": {
         "type": "object",
-        "description": "One session/update as stored and streamed (api.md §3.2, §9.1)",
+        "description": "One session/update as stored and streamed",
         "required": ["sessionId", "eventId", "update"],
         "properties": {
             "sessionId": {"type": "string"},
@@ -249,7 +249,7 @@ _LIMIT = Param("limit", schema={"type": "integer", "minimum": 1, "maximum": 1000
 _HOOK = Param("webhook_id", "path", required=True, description="Webhook id (UUID)")
 
 OPERATIONS: tuple[Op, ...] = (
-    # sessions (api.md §4.1, §4.2)
+    # sessions
     Op(
         "GET",
         "/api/sessions",
@@ -433,7 +433,7 @@ OPERATIONS: tuple[Op, ...] = (
             Param("after", description="The `next` cursor of the previous page"),
         ),
     ),
-    # notes (api.md §4.3)
+    # notes
     Op(
         "GET",
         "/api/notes/events",
@@ -489,7 +489,7 @@ OPERATIONS: tuple[Op, ...] = (
             Param("source", schema={"enum": ["agent", "user", "system"]}),
         ),
     ),
-    # tasks (api.md §4.4)
+    # tasks
     Op(
         "GET",
         "/api/tasks/ready",
@@ -583,7 +583,7 @@ OPERATIONS: tuple[Op, ...] = (
         (_TID,),
         _ref("TaskStatusChange"),
     ),
-    # workspaces (api.md §4.5)
+    # workspaces
     Op(
         "GET",
         "/api/workspaces",
@@ -761,7 +761,7 @@ def _operation_id(op: Op) -> str:
 
 
 def _absent_not_null(schema: Any) -> Any:
-    """`anyOf: [X, null]` → X: optional fields are absent on the wire, never null (§2)."""
+    """`anyOf: [X, null]` → X: optional fields are absent on the wire, never null."""
     if isinstance(schema, list):
         return [_absent_not_null(s) for s in schema]
     if not isinstance(schema, dict):

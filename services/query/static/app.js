@@ -367,7 +367,7 @@ async function openStream() {
 function handleFrame(frame) {
   const event = frame.params || {};
   if (event.eventId === undefined) {
-    setPill($("stream-status"), "live"); // the connected frame carries no eventId (§5.5)
+    setPill($("stream-status"), "live"); // the connected frame carries no eventId
     return;
   }
   const eventId = Number(event.eventId);
