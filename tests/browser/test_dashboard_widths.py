@@ -75,6 +75,18 @@ async def _box(locator: Any) -> dict[str, float]:
     return dict(box)
 
 
+async def _wider_than(page: Any, width: int) -> list[str]:
+    """What sticks out to the right of the screen (for the failure message)."""
+    found: list[str] = await page.evaluate(
+        """(width) => [...document.querySelectorAll("body *")]
+            .filter((n) => n.getBoundingClientRect().right > width + 0.5)
+            .slice(0, 10)
+            .map((n) => `${n.tagName}#${n.id}.${n.className} ${n.getBoundingClientRect().right}`)""",
+        width,
+    )
+    return found
+
+
 async def _assert_not_covered(page: Any, testid: str) -> None:
     """The element is on screen and the topmost thing at its centre (nothing lies over it)."""
     locator = page.get_by_test_id(testid)
@@ -96,6 +108,11 @@ async def test_a_longer_session_reads_well(
     from playwright.async_api import expect
 
     expect.set_options(timeout=EXPECT_TIMEOUT_MS)
+    # a workspace with a long title: its name in the picker must not widen the page
+    async with aiohttp.ClientSession(stack.origin) as http:
+        title = "A workspace whose title is much longer than a phone is wide " * 2
+        async with http.post("/api/workspaces", json={"title": title}) as resp:
+            assert resp.status == 201, await resp.text()
     opened = await _open(browser, stack, width)
     page = opened.page
     try:
@@ -207,7 +224,7 @@ async def test_a_longer_session_reads_well(
             # one column: notes and tasks come after the prompt box, never over it
             assert panel_box["y"] >= prompt_box["y"] + prompt_box["height"] - 1
         scroll_width = await page.evaluate("document.documentElement.scrollWidth")
-        assert scroll_width <= width, scroll_width
+        assert scroll_width <= width, await _wider_than(page, width)
         await page.get_by_test_id("conversation").evaluate(
             "(node) => { node.scrollTop = node.scrollHeight; }"
         )

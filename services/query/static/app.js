@@ -293,6 +293,7 @@ function selectSession(sessionId) {
   $("no-session").hidden = true;
   $("session-view").hidden = false;
   updateExportLinks();
+  $("new-note").hidden = $("new-task").hidden = false;
   renderSessionList();
   if (state.shared) return void attempt(openStream); // the share token reads nothing else
   history.replaceState(null, "", `#${new URLSearchParams({ ws: state.workspaceId, session: sessionId })}`);
@@ -331,6 +332,7 @@ function closeSession() {
   $("tasks").replaceChildren();
   $("note-form-slot").replaceChildren();
   $("task-form-slot").replaceChildren();
+  $("new-note").hidden = $("new-task").hidden = true; // a note or task is written for the open session
 }
 
 /** Probe (EventSource cannot read error bodies), then stream from after the last seen event. */
