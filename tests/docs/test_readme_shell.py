@@ -21,14 +21,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
-from yarl import URL
 
-from services.devtools.origin import Backend, Upstreams, create_origin_app
-from services.gateway.app import create_app as create_gateway_app
-from services.query.app import create_app as create_query_app
 from shared.settings import Settings
-from tests.browser.conftest import _serve
+from tests.browser.conftest import live_stack
 
 ROOT = Path(__file__).resolve().parents[2]
 README_ORIGIN = "http://localhost:3000"
@@ -163,18 +158,9 @@ def http_answers(output: str) -> list[tuple[int, str]]:
 async def origin(
     make_settings: Callable[..., Settings], cwd_root: Path
 ) -> AsyncIterator[str]:
-    """Gateway + query service (same Postgres, Redis prefix, data dir) behind the dev origin."""
-    runners: list[web.AppRunner] = []
-    try:
-        gateway = await _serve(create_gateway_app(make_settings()), runners)
-        query = await _serve(create_query_app(make_settings()), runners)
-        upstreams = Upstreams(
-            gateway=Backend("gateway", URL(gateway)), query=Backend("query", URL(query))
-        )
-        yield await _serve(create_origin_app(upstreams), runners)
-    finally:
-        for runner in reversed(runners):
-            await runner.cleanup()
+    """Gateway + query service behind the dev origin, as the browser tests run them."""
+    async with live_stack(make_settings) as stack:
+        yield stack.origin
 
 
 async def _waiting_tool_call(origin: str, session_id: str) -> str:
