@@ -69,6 +69,22 @@ async def _prompt(page: Any, text: str) -> None:
     await page.get_by_test_id("prompt-send").click()
 
 
+TURN_ENDS = (
+    "[data-testid=conversation] [data-testid=turn-complete],"
+    " [data-testid=conversation] [data-testid=turn-error]"
+)
+
+
+async def _turn(page: Any, text: str) -> None:
+    """Prompt and wait for that turn's end: a prompt sent while a turn runs is refused."""
+    from playwright.async_api import expect
+
+    ends = page.locator(TURN_ENDS)
+    before = await ends.count()
+    await _prompt(page, text)
+    await expect(ends).to_have_count(before + 1)
+
+
 async def _box(locator: Any) -> dict[str, float]:
     box = await locator.bounding_box()
     assert box is not None
@@ -129,7 +145,7 @@ async def test_a_longer_session_reads_well(
         await expect(cancel).to_be_disabled()
 
         # a plan is a card inside the conversation, not pinned over it
-        await _prompt(page, "/plan")
+        await _turn(page, "/plan")
         await expect(page.get_by_test_id("plan-status")).to_have_text(["completed"] * 3)
         await expect(conversation.get_by_test_id("plan")).to_have_count(1)
         await expect(conversation.get_by_test_id("plan")).to_contain_text("3/3 done")
@@ -149,14 +165,14 @@ async def test_a_longer_session_reads_well(
         )
 
         # an unknown event kind is one compact line
-        await _prompt(page, "/unknown")
+        await _turn(page, "/unknown")
         unknown = conversation.get_by_test_id("unknown-event")
         await expect(unknown).to_contain_text("echo_custom")
         assert (await _box(unknown))["height"] < 40
         await expect(conversation.locator("pre.raw:visible")).to_have_count(0)
 
         # a failing prompt: the banner says it once
-        await _prompt(page, "/fail")
+        await _turn(page, "/fail")
         banner = page.get_by_test_id("error-text")
         await expect(banner).to_contain_text("asked to fail")
         text = await banner.text_content() or ""
@@ -370,11 +386,13 @@ async def test_axe_finds_no_serious_violations(
     page = opened.page
     try:
         await expect(page.get_by_test_id("stream-status")).to_have_text("live")
-        await _prompt(page, "/plan")
+        # the replay of the seeded turns first, then one turn at a time
+        await expect(page.locator(TURN_ENDS)).to_have_count(14)
+        await _turn(page, "/plan")
         await expect(page.get_by_test_id("plan-status")).to_have_text(["completed"] * 3)
-        await _prompt(page, "/think a thought")
-        await _prompt(page, "/tool")
-        await _prompt(page, "/unknown")
+        await _turn(page, "/think a thought")
+        await _turn(page, "/tool")
+        await _turn(page, "/unknown")
         await _prompt(page, "/permission")
         await expect(page.get_by_test_id("permission-approve")).to_be_visible()
         await page.get_by_test_id("search-input").fill("zebra")

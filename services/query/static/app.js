@@ -24,6 +24,7 @@ const state = {
   search: null,           // {q, next} of the results shown
   rpcId: 0,
   sideTimer: null,        // debounced notes/tasks refresh
+  sideSeq: 0,             // number of the latest notes/tasks read
 };
 
 // ---------- small DOM helpers ----------
@@ -695,8 +696,10 @@ async function loadSidePanel() {
   const sessionId = state.selectedId;
   if (!sessionId || state.shared) return;
   const params = { workspaceId: state.workspaceId, sessionId };
+  const seq = ++state.sideSeq;
   const [{ notes }, { tasks }] = await Promise.all([getJson("/api/notes", params), getJson("/api/tasks", params)]);
-  if (sessionId !== state.selectedId) return;
+  // only the latest read is shown: an older one answering late would undo a save
+  if (sessionId !== state.selectedId || seq !== state.sideSeq) return;
   // a list with an edit form open is left as it is: a refresh must not throw away typing
   if (!$("notes").querySelector("form")) {
     $("notes").replaceChildren(...(notes.length ? notes.map(noteItem) : [el("li", { class: "muted" }, "No notes")]));
