@@ -1,4 +1,4 @@
-"""`routa-dev`: the whole system on http://localhost:3000 from one command (api.md §1).
+"""`routa-dev`: the whole system on http://localhost:3000 from one command.
 
 Uses the Postgres and Redis named by DATABASE_URL / REDIS_URL; a set variable whose server
 does not answer stops the command (one line naming it). Private servers from PyPI wheels

@@ -1,4 +1,4 @@
-"""The warm session-list cache (api.md §4.1): Redis-backed, never the source of truth.
+"""The warm session-list cache: Redis-backed, never the source of truth.
 
 Lists are cached as the exact response bytes under a hash keyed by the query. Every writer
 of session data calls `invalidate_sessions`, which bumps a generation counter, drops the

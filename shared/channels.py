@@ -1,4 +1,4 @@
-"""Redis channel and key names (api.md §6), defined once for every process and internal service.
+"""Redis channel and key names, defined once for every process and internal service.
 
 Per-session names carry the session id inside literal braces so that it is a Redis Cluster
 hash tag: sharded pub/sub can carry the fan-out without renaming anything. Keys that one

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-# JSON-RPC codes (api.md §5.1)
+# JSON-RPC codes
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
 METHOD_NOT_FOUND = -32601

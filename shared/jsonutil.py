@@ -21,7 +21,7 @@ def loads(data: bytes | bytearray | memoryview | str) -> Any:
 
 
 def iso(ts: datetime) -> str:
-    """ISO 8601 UTC with milliseconds: 2026-03-03T10:00:00.000Z (api.md §2)."""
+    """ISO 8601 UTC with milliseconds: 2026-03-03T10:00:00.000Z."""
     ts = ts.astimezone(UTC)
     return ts.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
 

@@ -1,4 +1,4 @@
-"""Session lifecycle messages on the workspace channel (api.md §6, §9.14, §9.24).
+"""Session lifecycle messages on the workspace channel.
 
 Every writer of session data calls `session_changed` after its Postgres commit: it keeps the
 list cache true and tells internal services and dashboards what changed.

@@ -1,4 +1,4 @@
-"""Agent provider presets (api.md §5.6): how to launch each agent and what it can resume."""
+"""Agent provider presets: how to launch each agent and what it can resume."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from shared.settings import Settings
 
 ResumeMode = Literal["native", "replay", "both"]
 
-# What the echo agent offers (api.md §10): its catalogue takes them from here.
+# What the echo agent offers: its catalogue takes them from here.
 ECHO_MODES: dict[str, str] = {"chat": "Chat", "plan": "Plan"}
 ECHO_MODELS: dict[str, str] = {"echo-small": "Echo small", "echo-large": "Echo large"}
 
@@ -59,7 +59,7 @@ PROVIDERS: dict[str, Provider] = {
         Provider(
             "echo",
             "Echo",
-            "Built-in offline ACP agent that echoes prompts (api.md §10)",
+            "Built-in offline ACP agent that echoes prompts",
             sys.executable,
             ("-m", "services.echo"),
             True,

@@ -1,4 +1,4 @@
-"""Process configuration from the environment (api.md §1), one model for both processes."""
+"""Process configuration from the environment, one model for both processes."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def agent_env_names(value: str | None) -> tuple[str, ...]:
 
 
 class Settings(BaseSettings):
-    """Every variable of api.md §1; unprefixed, defaults that work on a developer machine."""
+    """Every variable of docs/configuration.md; unprefixed, defaults that work on a developer machine."""
 
     model_config = SettingsConfigDict(env_prefix="", extra="ignore", frozen=True)
 
@@ -72,7 +72,7 @@ class Settings(BaseSettings):
     agent_home: Path | None = None
     prompt_timeout: float = 300.0
     cancel_watchdog: float = 10.0
-    # timeout of every request to an agent except the prompt itself (api.md §5.3)
+    # timeout of every request to an agent except the prompt itself
     agent_request_timeout: float = 30.0
     agent_idle_timeout: float = 900.0
     idempotency_window: float = 30.0
@@ -99,7 +99,7 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     pg_pool_min: int = 1
     pg_pool_max: int = 10
-    # --- auth and limits (api.md §8) ---
+    # --- auth and limits ---
     # api_tokens lookups are cached this long; a revoke takes effect within it
     auth_cache_ttl: float = 5.0
     # the origin share links point at (https://routa.example.com); unset: the origin the

@@ -1,4 +1,4 @@
-"""Bearer-token auth, workspace scope and the per-token rate limit (api.md §8, §9.15).
+"""Bearer-token auth, workspace scope and the per-token rate limit.
 
 Auth is on when AUTH_TOKENS is set, or once any token was ever created in api_tokens (a flag
 row the first one sets; revoking every token keeps auth on), or with AUTH=on; only AUTH=off
@@ -488,7 +488,7 @@ def require_workspace(request: web.Request, workspace_id: str | None) -> None:
 
 
 async def check_rpc_scope(request: web.Request, raw: bytes) -> None:
-    """HTTP 403 (§9.15) before any member of a JSON-RPC call or batch runs outside scope."""
+    """HTTP 403 before any member of a JSON-RPC call or batch runs outside scope."""
     allowed = allowed_workspaces(request)
     if allowed is None:
         return

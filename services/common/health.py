@@ -1,4 +1,4 @@
-"""/healthz and /readyz (house-style §2.6): liveness without dependencies, readiness with them."""
+"""/healthz and /readyz: liveness without dependencies, readiness with them."""
 
 from __future__ import annotations
 

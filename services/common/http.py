@@ -105,7 +105,7 @@ def error_to_response(request: web.Request, err: Exception) -> web.Response:
 
 
 async def read_json_body(request: web.Request, *, required: bool = True) -> Any:
-    """Parse a JSON body with the contract's rules (api.md §2, §9.23): 413, 415, 400."""
+    """Parse a JSON body with the contract's rules: 413, 415, 400."""
     content_type = request.headers.get("Content-Type", "")
     if request.body_exists and content_type:
         mime = content_type.split(";", 1)[0].strip().lower()

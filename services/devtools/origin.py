@@ -1,4 +1,4 @@
-"""The dev-only origin on :3000 when nginx is absent: routes by path (api.md §1), holds no logic.
+"""The dev-only origin on :3000 when nginx is absent: routes by path, holds no logic.
 
 Streams both ways without buffering: request bodies go upstream as they arrive, response
 bodies (SSE included) come back chunk by chunk as the backend writes them.

@@ -1,4 +1,4 @@
-"""The echo agent's ACP methods (api.md §10): sessions, modes, the model option, prompts, cancel."""
+"""The echo agent's ACP methods: sessions, modes, the model option, prompts, cancel."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ class EchoAgent:
     """Implements what echo advertises and nothing else (no load, no auth).
 
     Deliberately not a subclass of `acp.Agent`: the Protocol's stub bodies would answer
-    methods echo does not offer (acp.md §2.6.8); missing ones must stay -32601.
+    methods echo does not offer; missing ones must stay -32601.
     """
 
     def __init__(self, peer: Peer) -> None:

@@ -1,4 +1,4 @@
-"""What the echo agent offers: its identity, modes and the `model` config option (api.md §10)."""
+"""What the echo agent offers: its identity, modes and the `model` config option."""
 
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ STDIO_LIMIT = 50 * 1024 * 1024  # the SDK's run_agent default: long lines are fi
 
 
 class SetModelRequest(BaseModel):
-    """Params of the removed-from-schema `session/set_model` request (acp.md §1.5)."""
+    """Params of the removed-from-schema `session/set_model` request."""
 
     model_config = ConfigDict(populate_by_name=True)
 

@@ -1,4 +1,4 @@
-"""One prompt turn: what echo says, and the slash commands of api.md §10."""
+"""One prompt turn: what echo says, and its slash commands (README, "The echo agent")."""
 
 from __future__ import annotations
 

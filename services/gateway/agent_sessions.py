@@ -1,7 +1,7 @@
 """The agent's own session lifecycle (ACP v1): resume, close and delete when it offers them.
 
 `session/resume` (advertised as `sessionCapabilities.resume`) restores the agent's session
-without replaying history, so it is preferred over `session/load` (api.md §5.4: resumeMode
+without replaying history, so it is preferred over `session/load` (resumeMode
 `resumed`, then `native`, then `recreated`). `session/close` and `session/delete` are
 courtesies on the way out: best effort with a short timeout, never blocking a stop.
 

@@ -1,4 +1,4 @@
-"""One agent subprocess and its ACP client connection (api.md §5.3, acp.md §2.6/§4).
+"""One agent subprocess and its ACP client connection.
 
 We spawn the process ourselves (own process group, explicit environment, private HOME,
 stderr drained) and talk ACP through the SDK's `connect_to_agent`. Incoming
@@ -143,7 +143,7 @@ def agent_env(home: Path) -> dict[str, str]:
 class _LineLimitedReader(asyncio.StreamReader):
     """The agent's stdout as the SDK reads it, with a bound on one line.
 
-    The SDK joins an overlong line chunk by chunk without any bound (acp.md §2.6.11), so a
+    The SDK joins an overlong line chunk by chunk without any bound, so a
     runaway agent could take the gateway's memory. With the pipe's limit set to the
     maximum line, an overrun means the line is too long: we report it, stop the agent
     and show the SDK an end of stream.
@@ -209,7 +209,7 @@ class _Client:
         self, message: str, mode: Any, **kwargs: Any
     ) -> dict[str, Any]:
         """`elicitation/create`: held for the user like a permission request (form mode only)."""
-        # the observer saw this request first and named it (same order: acp.md §2.6.4)
+        # the observer saw this request first and named it (it reads in the same order)
         elicitation_id = self._agent.take_elicitation_id()
         requested = getattr(mode, "requested_schema", None)  # form modes only
         if requested is None:
@@ -386,7 +386,7 @@ class AgentProcess:
                 self.proc.stdout, self._line_too_long, self._take_update
             ),
             observers=[self._observe],
-            # elicitation/create is routed only with the unstable protocol (acp.md §1.6)
+            # elicitation/create is routed only with the unstable protocol
             use_unstable_protocol=True,
         )
         self._drain = self._spawn(self._drain_stderr())
@@ -593,7 +593,7 @@ class AgentProcess:
             await self.conn._conn.send_notification(method, params)
 
     async def initialize(self) -> dict[str, Any]:
-        """initialize with protocolVersion 1; anything else is refused (acp.md §1.3)."""
+        """initialize with protocolVersion 1; anything else is refused."""
         result = await self.request(
             "initialize",
             {

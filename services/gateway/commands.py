@@ -1,4 +1,4 @@
-"""The `routa:v1:commands` stream: JSON-RPC requests from internal services (api.md §6, §9.14).
+"""The `routa:v1:commands` stream: JSON-RPC requests from internal services.
 
 Every gateway reads the stream in one consumer group, so each entry runs on exactly one
 instance, exactly as if it came over HTTP (same dispatch, so a session owned elsewhere is

@@ -1,4 +1,4 @@
-"""Listener on this instance's control channel (api.md §6): stop a session's agent on request.
+"""Listener on this instance's control channel: stop a session's agent on request.
 
 The query service publishes `{"type":"stop","sessionId","reason":"deleted"|"disconnected"}`
 after it has written the session's state and events itself, so the agent is stopped

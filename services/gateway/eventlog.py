@@ -35,7 +35,7 @@ from shared.retry import Backoff
 
 logger = logging.getLogger(__name__)
 
-# lastActivity in the cached list may lag by up to this much (api.md §3.1)
+# lastActivity in the cached list may lag by up to this much
 ACTIVITY_INTERVAL = 1.0
 RETRY_BASE = 0.05
 RETRY_CAP = 2.0

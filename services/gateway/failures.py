@@ -1,4 +1,4 @@
-"""How agent failures become JSON-RPC errors (api.md §5.1) and acp_error messages."""
+"""How agent failures become JSON-RPC errors and acp_error messages."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from shared.errors import PROVIDER_UNAVAILABLE, AgentError, ProviderUnavailable
 
 
 class AgentCallFailed(AgentError):
-    """-32000 carrying the agent's own error in data.agentError (api.md §5.1)."""
+    """-32000 carrying the agent's own error in data.agentError."""
 
     def __init__(self, err: AgentRequestFailed, what: str) -> None:
         super().__init__(
@@ -35,7 +35,7 @@ _CREDENTIALS = re.compile(
 
 
 class CredentialsRefused(AgentError):
-    """-32002: the agent has no credentials or its model API refused them (api.md §5.1).
+    """-32002: the agent has no credentials or its model API refused them.
 
     Told apart from other agent errors so a user sees at once what to fix, instead of a
     generic agent failure (or, worse, a model time-out).

@@ -20,7 +20,7 @@ _DATA_PREFIX = b'data: {"jsonrpc":"2.0","method":"session/update","params":'
 
 
 def event_frame(event_id: int, payload: bytes) -> bytes:
-    """The SSE frame of one stored event (api.md §5.5, §9.1), encoded once for all streams."""
+    """The SSE frame of one stored event, encoded once for all streams."""
     return b"id: %d\n%s%s}\n\n" % (event_id, _DATA_PREFIX, payload)
 
 

@@ -1,10 +1,10 @@
-"""Forwarding JSON-RPC calls between gateway instances over Redis (api.md §6, §7).
+"""Forwarding JSON-RPC calls between gateway instances over Redis.
 
 A session's agent runs on one gateway, its owner. A call that reaches another instance is
 published on the owner's `gateway:{instanceId}:rpc` channel as `{request, replyTo}`; the owner
 executes it exactly as if it came over HTTP and publishes the reply on `replyTo`. Replies come
 back on one pattern subscription per instance. PUBLISH answering 0 receivers means no process
-listens for that owner any more: the caller may adopt the session (§7).
+listens for that owner any more: the caller may adopt the session.
 """
 
 from __future__ import annotations
@@ -45,11 +45,11 @@ def _forward_timeout(call: RpcCall) -> float:
 
 
 async def route(call: RpcCall, local: Method) -> Any:
-    """Run a session call here, on the session's owner, or here after adopting it (§7).
+    """Run a session call here, on the session's owner, or here after adopting it.
 
     The owner is whoever holds a live lease. A call that reaches nobody on the owner's
     channel adopts the session (compare-and-swap on the lease), then runs here and resumes
-    it (§5.4). A call that was itself forwarded is never forwarded again (-32010).
+    it. A call that was itself forwarded is never forwarded again (-32010).
     """
     session_id = call.params.get("sessionId")
     manager = call.app[SESSION_MANAGER]

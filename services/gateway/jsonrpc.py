@@ -1,4 +1,4 @@
-"""`POST /api/acp`: the JSON-RPC 2.0 envelope (api.md §5.1, §9.10, §9.23).
+"""`POST /api/acp`: the JSON-RPC 2.0 envelope.
 
 Parses requests and batches, dispatches each through the method registry of rpc.py and turns
 exceptions into error objects. `dispatch` / `dispatch_bytes` are the one entry point every
@@ -150,7 +150,7 @@ async def _dispatch_one(
                 INVALID_REQUEST, 'Invalid Request: "method" must be a string'
             )
     except _Invalid as err:
-        # An invalid request is answered even without an id (JSON-RPC 2.0 §5).
+        # An invalid request is answered even without an id (JSON-RPC 2.0).
         _count(app, "<invalid>", err.code)
         return error_object(reply_id, err.code, err.message)
 
@@ -216,7 +216,7 @@ async def _execute(
     except Exception as err:
         dependency = dependency_of(err)
         if dependency is not None:
-            # Postgres or Redis is down: -32603 with a message naming it (api.md §2)
+            # Postgres or Redis is down: -32603 with a message naming it
             logger.warning("%s failure in %s: %r", dependency, method, err)
             return dependency_down(dependency, err)
         # Logged once here, with the traceback; the client only sees -32603.
@@ -281,7 +281,7 @@ async def dispatch_bytes(
 
 
 def _check_content_type(request: web.Request) -> None:
-    """No Content-Type = JSON; application/json and application/*+json; else 415 (§9.23)."""
+    """No Content-Type = JSON; application/json and application/*+json; else 415."""
     content_type = request.headers.get("Content-Type", "")
     if not content_type:
         return
@@ -316,7 +316,7 @@ async def handle_post(request: web.Request) -> web.StreamResponse:
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise PayloadTooLarge("Request body too large (limit 1 MiB)")
     raw = await read_body_limited(request)
-    # auth (§9.15): a member outside the token's workspaces is HTTP 403 before any runs
+    # auth: a member outside the token's workspaces is HTTP 403 before any runs
     await check_rpc_scope(request, raw)
     reply = await dispatch_bytes(
         request.app, raw, allowed_workspaces=allowed_workspaces(request)
@@ -327,7 +327,7 @@ async def handle_post(request: web.Request) -> web.StreamResponse:
 
 
 async def initialize(call: RpcCall) -> dict[str, Any]:
-    """ACP `initialize`: what this gateway speaks (api.md §5.2)."""
+    """ACP `initialize`: what this gateway speaks."""
     return {
         "protocolVersion": PROTOCOL_VERSION,
         "agentCapabilities": {"loadSession": True},

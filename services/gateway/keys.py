@@ -1,4 +1,4 @@
-"""Typed AppKeys of the gateway process (house-style §4.2 rule 2).
+"""Typed AppKeys of the gateway process.
 
 Gateway modules import their keys from here (the hub's are in services/common/keys.py).
 The types come from modules that import no keys (the session manager sits below the

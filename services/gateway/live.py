@@ -1,11 +1,11 @@
 """The session actor: one live session's state and everything that changes it.
 
 A LiveSession starts its agent (spawn, initialize, new or load, mode and model, ready),
-runs prompt turns (exactly one end event each, §9.25), cancels them, switches mode and
+runs prompt turns (exactly one end event each), cancels them, switches mode and
 model, answers permission requests, takes the agent's updates, and fails or stops. Every
 state change is written to Postgres (the read side computes effective status from it and
 the lease), announced with a lifecycle message, and recorded as an event through the
-session's EventWriter, in that order where api.md requires it (§3.2, §9.2, §9.25).
+session's EventWriter, in that order where the API's ordering rules need it.
 
 It gets what it needs from its process through SessionDeps; the SessionManager
 (runtime.py) keeps the registry of live sessions and never sits between a call and its
@@ -547,7 +547,7 @@ class LiveSession:
         except BaseException as err:
             if self.turn is turn:
                 self.turn = None
-            # the user_message is (or will be) stored: its turn ends there too (§9.25)
+            # the user_message is (or will be) stored: its turn ends there too
             reason = getattr(err, "message", None) or err.__class__.__name__
             self.emit("error", message=f"The prompt was not started: {reason}")
             if slot_claimed and not self.stopping:
@@ -793,7 +793,7 @@ class LiveSession:
         exc: AgentError | None = None,
         settle: bool = True,
     ) -> Turn | None:
-        """Exactly one turn_complete or error per turn (§9.25), stored before the reply.
+        """Exactly one turn_complete or error per turn, stored before the reply.
 
         With settle=False the caller answers the prompt later (`Turn.settle`), after it
         has stored what must precede the reply (acp_status error on a crash).
@@ -1016,9 +1016,9 @@ class LiveSession:
         if config is not None:
             self.config_options = config
 
-    # --- what agent updates change (§3.2) ---------------------------------------------
+    # --- what agent updates change ---------------------------------------------
     def interpret_update(self, update: dict[str, Any]) -> None:
-        """Side effects of agent updates: persisted mode/model, renames (§3.2)."""
+        """Side effects of agent updates: persisted mode/model, renames."""
         kind = update.get("sessionUpdate")
         if kind == "current_mode_update":
             mode = update.get("currentModeId") or update.get("modeId")
@@ -1085,7 +1085,7 @@ class LiveSession:
     async def stop(self, *, reason: str, quiet: bool = False) -> None:
         """Stop the agent on purpose (idle, capacity, shutdown, control message).
 
-        Quiet: the query service already wrote state and events for it (api.md §6).
+        Quiet: the query service already wrote state and events for it.
         """
         if not self.stopping:
             self._stop_reason = reason
@@ -1104,7 +1104,7 @@ class LiveSession:
         await self._shut_down(f"Agent stopped ({reason})", "closed", stop_agent=True)
 
     async def _exited(self, returncode: int) -> None:
-        """The agent died on its own: noticed at once (api.md §5.3)."""
+        """The agent died on its own: noticed at once."""
         tail = self.agent.last_stderr() if self.agent else ""
         await self.fail(on_exit_message(returncode, tail))
 

@@ -1,7 +1,7 @@
 """`GET /api/acp/openrpc.json`: the OpenRPC 1.x document of the JSON-RPC methods on POST /api/acp.
 
 Params come from the pydantic models that methods.py validates with, so the document says
-what the code accepts; results and error codes are written down from api.md §5. A test fails
+what the code accepts; results and error codes are written down from docs/api.md. A test fails
 when the registry holds a method this table does not describe.
 """
 
@@ -314,7 +314,7 @@ def build_document() -> dict[str, Any]:
             "version": "0.1.0",
             "description": (
                 "JSON-RPC 2.0 over POST /api/acp (batches and notifications per "
-                "JSON-RPC 2.0 §6). Transport refusals are HTTP with {error}: 401/403 "
+                "JSON-RPC 2.0). Transport refusals are HTTP with {error}: 401/403 "
                 "auth, 413 body over 1 MiB, 415 not JSON, 429 rate limited. Events "
                 "stream from GET /api/acp?sessionId= (SSE)."
             ),

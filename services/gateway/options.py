@@ -1,4 +1,4 @@
-"""What an agent offers for modes and models, read from its answers (acp.md §4.7).
+"""What an agent offers for modes and models, read from its answers.
 
 Pure functions of the lists an agent returned: config options (preferred), the legacy
 `modes` object and the legacy `models` object.
@@ -67,7 +67,7 @@ def model_choice(
 
 
 def mode_option(config_options: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The agent's `mode` config option, preferred over legacy modes (acp.md §4.7)."""
+    """The agent's `mode` config option, preferred over legacy modes."""
     for opt in config_options:
         if opt.get("category") == "mode" or opt.get("id") == "mode":
             return opt

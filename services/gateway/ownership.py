@@ -1,4 +1,4 @@
-"""Leases: renewal, the owner of a session, adoption, stale release, draining (§5.4).
+"""Leases: renewal, the owner of a session, adoption, stale release, draining.
 
 A lease has a generation, bumped by every claim and every forced release: the fencing
 token. The owner stores events and state only at the generation it claimed, and checks it

@@ -1,7 +1,7 @@
 """The session manager: the registry of this instance's live sessions.
 
 It creates sessions (session/new) and resumes them here (session/load, and any call to
-a session whose agent is not running, §5.4), keeps room (capacity.py) and leases
+a session whose agent is not running), keeps room (capacity.py) and leases
 (ownership.py). Everything a session does is the session's own (live.LiveSession):
 methods look the session up here, then call it.
 """
@@ -192,7 +192,7 @@ class SessionManager:
     async def session(
         self, sid: str, allowed: frozenset[str] | None = None
     ) -> LiveSession:
-        """The live session, resumed here first when its agent is not running (§5.4)."""
+        """The live session, resumed here first when its agent is not running."""
         live, _ = await self.ensure_live(sid, allowed)
         return live
 
@@ -206,7 +206,7 @@ class SessionManager:
         return row
 
     async def stop_quiet(self, sid: str, reason: str) -> bool:
-        """Stop an agent whose state the query service wrote (control message, §6)."""
+        """Stop an agent whose state the query service wrote (control message)."""
         live = self.live.get(sid)
         if live is None:
             return False
@@ -361,7 +361,7 @@ class SessionManager:
     async def ensure_live(
         self, sid: str, allowed: frozenset[str] | None = None
     ) -> tuple[LiveSession, ResumeMode]:
-        """The live session, resuming it here first when its agent is not running (§5.4)."""
+        """The live session, resuming it here first when its agent is not running."""
         live = self.live.get(sid)
         if live is not None and not live.stopping:
             live.check_allowed(allowed)
@@ -408,7 +408,7 @@ class SessionManager:
             # so the log cannot change under this read.
             if await session_events.turn_open(self.pool, live.uuid):
                 # The previous owner died mid-turn (or was told to stop quietly, which
-                # left the row closed): end that turn in the log (§9.25).
+                # left the row closed): end that turn in the log.
                 cause = (
                     "the session was closed while it ran"
                     if claim.previous_status == "closed"
@@ -424,7 +424,7 @@ class SessionManager:
     async def load(
         self, sid: str, allowed: frozenset[str] | None = None, cwd: str | None = None
     ) -> dict[str, Any]:
-        """session/load: the session live here, and how it came to be (§5.4)."""
+        """session/load: the session live here, and how it came to be."""
         if cwd is not None:
             # checked by the session/new rule, then the stored cwd is used
             row = await self.get_session_or_404(sid, allowed)

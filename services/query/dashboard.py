@@ -1,4 +1,4 @@
-"""The live dashboard (api.md §1): `/` and its static assets, served by the query service.
+"""The live dashboard: `/` and its static assets, served by the query service.
 
 Plain files, no build step and nothing fetched from the internet; `no-cache` so an edited asset
 is picked up on the next load (the browser revalidates with the ETag aiohttp sends).

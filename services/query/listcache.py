@@ -5,7 +5,7 @@ reach Redis.
 Redis is never required: a slow or absent Redis turns every read into a Postgres read and
 every write into a logged warning, never into an error or a hang.
 
-The L1 keeps read-your-writes across query instances (api.md §4.1) because every writer
+The L1 keeps read-your-writes across query instances because every writer
 publishes on `cache_invalidations` inside the same MULTI that bumps the generation, before it
 replies. The subscriber here is a raw protocol: any byte it reads (other than a PING reply)
 drops the L1 synchronously in `data_received`, i.e. in the event loop's I/O phase, before any

@@ -1,4 +1,4 @@
-"""/api/notes (api.md §4.3, §9.11, §9.13, §9.14): notes of a workspace, and their live stream."""
+"""/api/notes: notes of a workspace, and their live stream."""
 
 from __future__ import annotations
 

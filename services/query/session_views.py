@@ -56,7 +56,7 @@ class ListQuery:
 
 
 def parse_list_query(query: Mapping[str, str]) -> ListQuery:
-    """Filters of GET /api/sessions (api.md §4.1, §9.8); unknown parameters are ignored."""
+    """Filters of GET /api/sessions; unknown parameters are ignored."""
     status = _param(query, "status")
     if status is not None:
         if status.lower() not in SESSION_STATUSES:
@@ -70,7 +70,7 @@ def parse_list_query(query: Mapping[str, str]) -> ListQuery:
         try:
             parent = uuid.UUID(parent_raw)
         except ValueError:
-            # like the notes/tasks sessionId filter (§9.16): any string, matching nothing
+            # like the notes/tasks sessionId filter: any string, matching nothing
             matches_nothing = True
             parent = _UUID_NONE
     return ListQuery(
@@ -90,9 +90,9 @@ class HistoryQuery:
 
 
 def parse_history_query(query: Mapping[str, str]) -> HistoryQuery:
-    """`after` (^[0-9]+$, §9.18), `limit` 1-1000 (default 1000), `consolidated` true|false."""
+    """`after` (^[0-9]+$), `limit` 1-1000 (default 1000), `consolidated` true|false."""
     after_raw = _param(query, "after")
-    # beyond a bigint (and beyond int()'s 4,300 digits) is a 400, not a 500 (§9.18)
+    # beyond a bigint (and beyond int()'s 4,300 digits) is a 400, not a 500
     after = parse_uint(after_raw, "after") if after_raw is not None else 0
     limit = parse_limit(_param(query, "limit"), default=MAX_LIMIT)
     assert limit is not None
@@ -103,7 +103,7 @@ def parse_history_query(query: Mapping[str, str]) -> HistoryQuery:
 
 
 def clean_name(value: Any) -> str:
-    """A session name: a string of 1-200 code points after trimming (§9.9), else 400."""
+    """A session name: a string of 1-200 code points after trimming, else 400."""
     if not isinstance(value, str):
         raise BadRequest("Invalid name")
     name = value.strip()
@@ -135,7 +135,7 @@ def _chunk_text(event: Mapping[str, Any]) -> tuple[bool, Any, str]:
 
 def consolidate(events: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Merge each run of adjacent text `agent_message_chunk`s with the same messageId (or
-    both without one) into one `agent_message` carrying the last chunk's eventId (§9.7, §9.19).
+    both without one) into one `agent_message` carrying the last chunk's eventId.
     A run of one chunk becomes an `agent_message` too, as Routa does.
     """
     out: list[dict[str, Any]] = []

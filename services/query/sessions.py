@@ -1,4 +1,4 @@
-"""Session routes of the query service (api.md §4.1, §4.2): thin handlers over shared.db."""
+"""Session routes of the query service: thin handlers over shared.db."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ NO_STORE = {"Cache-Control": "no-store"}
 LIST_ERROR = "Failed to load sessions from database"
 PG_TIMEOUT = 5.0
 REDIS_TIMEOUT = 0.5
-ACTIVE_LIST_TTL = 1.0  # lastActivity may lag by up to 1 s while a turn runs (§3.1)
+ACTIVE_LIST_TTL = 1.0  # lastActivity may lag by up to 1 s while a turn runs
 
 
 def session_id_of(request: web.Request) -> uuid.UUID:
@@ -87,7 +87,7 @@ async def list_sessions(request: web.Request) -> web.Response:
     query = parse_list_query(request.query)
     allowed = allowed_workspaces(request)
     if allowed is not None and query.workspace_id is None:
-        # a scoped token without workspaceId sees only its workspaces (api.md §8)
+        # a scoped token without workspaceId sees only its workspaces
         if len(allowed) != 1:
             return await _scoped_list(request, query, allowed)
         query = dataclasses.replace(query, workspace_id=next(iter(allowed)))

@@ -1,4 +1,4 @@
-"""/api/tasks (api.md §4.4, §9.11, §9.12, §9.14): tasks of a workspace and their kanban status."""
+"""/api/tasks: tasks of a workspace and their kanban status."""
 
 from __future__ import annotations
 
@@ -319,5 +319,5 @@ async def delete_task_by_query(request: web.Request) -> web.Response:
     (WS_REQ,),
 )
 async def task_events(request: web.Request) -> web.StreamResponse:
-    """Like the notes stream (api.md §4.3), for the task messages of §9.14."""
+    """Like the notes stream, for the `task:*` messages."""
     return await live.workspace_stream(request, Channels.workspace_tasks)

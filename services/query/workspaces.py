@@ -1,4 +1,4 @@
-"""/api/workspaces (api.md §4.5, §9.12, §9.22): CRUD, and the delete that takes everything with it."""
+"""/api/workspaces: CRUD, and the delete that takes everything with it."""
 
 from __future__ import annotations
 

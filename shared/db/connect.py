@@ -26,7 +26,7 @@ else:
 
 
 async def ensure_database(database_url: str) -> None:
-    """Create the database named in `database_url` when it does not exist (api.md §1)."""
+    """Create the database named in `database_url` when it does not exist."""
     url = URL(database_url)
     name = url.path.lstrip("/")
     if not name:

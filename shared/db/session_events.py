@@ -1,4 +1,4 @@
-"""SQL for `session_events`, the append-only per-session event log (api.md §3.2)."""
+"""SQL for `session_events`, the append-only per-session event log."""
 
 from __future__ import annotations
 
@@ -76,7 +76,7 @@ class StoredEvent:
 
 
 def build_payload(session_id: str, event_id: int, params: dict[str, Any]) -> bytes:
-    """The event object: the agent's params with our sessionId and the eventId (api.md §9.1)."""
+    """The event object: the agent's params with our sessionId and the eventId."""
     body: dict[str, Any] = {"sessionId": session_id, "eventId": str(event_id)}
     body.update((k, v) for k, v in params.items() if k not in ("sessionId", "eventId"))
     return orjson.dumps(body)

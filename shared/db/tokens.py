@@ -1,4 +1,4 @@
-"""The api_tokens table (api.md §8): bearer tokens stored as sha256 hashes, scoped to workspaces."""
+"""The api_tokens table: bearer tokens stored as sha256 hashes, scoped to workspaces."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Notes (api.md §3.3, §4.3): keyed by (workspaceId, id)."""
+"""Notes: keyed by (workspaceId, id)."""
 
 from __future__ import annotations
 

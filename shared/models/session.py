@@ -1,4 +1,4 @@
-"""The session as the read side returns it (api.md §3.1)."""
+"""The session as the read side returns it."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ SessionStatus = Literal["active", "idle", "closed"]
 ContinuityStatus = Literal["active", "restorable", "stale", "interrupted"]
 ROLES: tuple[str, ...] = ("ROUTA", "CRAFTER", "GATE", "DEVELOPER")
 SESSION_STATUSES: tuple[str, ...] = ("active", "idle", "closed")
-# A session name is 1-200 code points after trimming (§9.9), wherever it comes from.
+# A session name is 1-200 code points after trimming, wherever it comes from.
 NAME_MAX = 200
 
 
@@ -49,7 +49,7 @@ class Session(WireModel):
 
 
 class SessionRef(WireModel):
-    """Parent and children in the session context (api.md §9.6)."""
+    """Parent and children in the session context."""
 
     session_id: str
     name: str | None = None

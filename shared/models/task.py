@@ -1,4 +1,4 @@
-"""Tasks (api.md §3.3, §4.4) and the status <-> kanban column mapping."""
+"""Tasks and the status <-> kanban column mapping."""
 
 from __future__ import annotations
 

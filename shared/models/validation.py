@@ -1,4 +1,4 @@
-"""Turning pydantic validation failures into 400s that name the wire field (api.md §2: never 422)."""
+"""Turning pydantic validation failures into 400s that name the wire field (never 422)."""
 
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ def validate_body(model: type[M], data: Any) -> M:
 
 
 def clean_title(value: str, field: str = "title") -> str:
-    """Trimmed, 1-200 Unicode code points (api.md §9.9, §9.20)."""
+    """Trimmed, 1-200 Unicode code points."""
     title = value.strip()
     if not title or len(title) > 200:
         raise BadRequest(f"Invalid {field}: must be 1-200 characters after trimming")

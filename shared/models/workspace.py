@@ -1,4 +1,4 @@
-"""Workspaces and their codebases (api.md §3.3, §4.5)."""
+"""Workspaces and their codebases."""
 
 from __future__ import annotations
 

@@ -10,6 +10,7 @@ import os
 import shutil
 import socket
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,12 @@ async def _serve(app: web.Application, runners: list[web.AppRunner]) -> str:
 async def stack(
     make_settings: Callable[..., Settings], cwd_root: Path
 ) -> AsyncIterator[Stack]:
+    async with live_stack(make_settings) as running:
+        yield running
+
+
+@asynccontextmanager
+async def live_stack(make_settings: Callable[..., Settings]) -> AsyncIterator[Stack]:
     """Gateway + query service (same Postgres, Redis prefix and data dir) + the dev origin."""
     runners: list[web.AppRunner] = []
     try:

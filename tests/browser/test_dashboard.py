@@ -181,7 +181,7 @@ async def test_echo_conversation_with_permission(
         await _prompt(page, "/plan")
         await expect(page.get_by_test_id("plan-status")).to_have_text(["completed"] * 3)
         await _prompt(page, "/unknown")
-        await expect(conversation.get_by_test_id("raw-event")).to_contain_text(
+        await expect(conversation.get_by_test_id("unknown-event")).to_contain_text(
             "echo_custom"
         )
         await expect(conversation.get_by_test_id("turn-complete")).to_have_count(6)

@@ -1,4 +1,4 @@
-"""The generated nginx config carries the routing and streaming settings of api.md §1."""
+"""The generated nginx config carries the documented routing and streaming settings."""
 
 from __future__ import annotations
 

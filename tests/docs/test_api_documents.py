@@ -127,7 +127,7 @@ def test_openapi_documents_are_valid_openapi_31(build):
 def test_openapi_schemas_come_from_the_shared_models():
     schemas = build_openapi()["components"]["schemas"]
     session = schemas["Session"]
-    # camelCase wire names, and optional fields absent rather than null (§2)
+    # camelCase wire names, and optional fields absent rather than null
     assert {"sessionId", "acpStatus", "resumeCapabilities"} <= set(
         session["properties"]
     )

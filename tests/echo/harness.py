@@ -205,7 +205,7 @@ class Echo:
 
 
 async def _drain(echo: Echo) -> None:
-    """Read stderr continuously (an undrained pipe would block the agent, acp.md §2.6.1)."""
+    """Read stderr continuously (an undrained pipe would block the agent)."""
     stream = echo.process.stderr
     assert stream is not None
     while chunk := await stream.read(65536):

@@ -1,4 +1,4 @@
-"""The echo agent (api.md §10) driven as a real subprocess through the SDK's client side."""
+"""The echo agent driven as a real subprocess through the SDK's client side."""
 
 from __future__ import annotations
 

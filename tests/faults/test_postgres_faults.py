@@ -142,7 +142,7 @@ async def test_postgres_outage_fails_fast_and_loses_no_event(
     evs = await events(pool, sid)
     _check_answered_turns(evs, answered)
     assert len(answered) >= CUTS  # at least every prompt after a recovery
-    # every turn ended exactly once (§9.25)
+    # every turn ended exactly once
     assert kinds(evs).count("user_message") == (
         kinds(evs).count("turn_complete") + kinds(evs).count("error")
     )

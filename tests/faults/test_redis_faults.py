@@ -50,7 +50,7 @@ async def test_redis_outage_streams_complete_log_once(
                 text = f"outage {outage} prompt {i}"
                 out = await ok(gw, "session/prompt", {"sessionId": sid, "prompt": text})
                 assert out["stopReason"] == "end_turn"
-            # the query service serves from Postgres, never an error (api.md §4.1)
+            # the query service serves from Postgres, never an error
             resp_list = await q.get(
                 "/api/sessions", params={"workspaceId": workspace_id}
             )

@@ -1,4 +1,4 @@
-"""Several gateway apps on one Postgres/Redis: forwarding, adoption, drain (api.md §6, §7).
+"""Several gateway apps on one Postgres/Redis: forwarding, adoption, drain.
 
 Each app has its own INSTANCE_ID; a call for a session owned by another live instance runs
 on the owner over Redis; an owner that listens no more is adopted (one winner); SIGTERM

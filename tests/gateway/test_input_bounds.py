@@ -53,7 +53,7 @@ async def test_last_event_id_beyond_bigint_is_400_before_the_stream(
 async def test_largest_bigint_last_event_id_replays_nothing(
     gateway, new_session, append
 ) -> None:
-    """Beyond the last stored id but within a bigint: live only (§9.3), not a 400."""
+    """Beyond the last stored id but within a bigint: live only, not a 400."""
     from tests.gateway.conftest import SseReader, chunk
 
     sid = await new_session()

@@ -1,4 +1,4 @@
-"""Session JSON-RPC methods against the real echo agent, Postgres and Redis (api.md §5.2-§5.4)."""
+"""Session JSON-RPC methods against the real echo agent, Postgres and Redis."""
 
 from __future__ import annotations
 

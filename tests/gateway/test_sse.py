@@ -28,7 +28,7 @@ def ids(frames) -> list[int]:
     return [int(f.id) for f in frames]
 
 
-# -- checks, in the order of §9.18 ------------------------------------------------------
+# -- checks, in the documented order ---------------------------------------------------
 
 
 async def test_missing_session_id_is_400(gateway) -> None:

@@ -388,7 +388,7 @@ async def test_only_cursors_issued_for_this_search_are_taken(
             client, 400, workspaceId=workspace_id, after=cursor, **other
         )
         assert message.startswith("Invalid after"), message
-    # an empty after is no after (§9.27)
+    # an empty after is no after
     again = await search(
         client, workspaceId=workspace_id, q="narwhal", limit="1", after=""
     )

@@ -1,4 +1,4 @@
-"""GET /api/sessions/events: lifecycle messages from Redis as SSE (api.md §4.2, §9.14)."""
+"""GET /api/sessions/events: lifecycle messages from Redis as SSE."""
 
 from __future__ import annotations
 

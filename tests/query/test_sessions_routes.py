@@ -1,4 +1,4 @@
-"""Session routes of the query service against real Postgres and Redis (api.md §4.1, §4.2)."""
+"""Session routes of the query service against real Postgres and Redis."""
 
 from __future__ import annotations
 

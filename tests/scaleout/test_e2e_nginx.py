@@ -1,4 +1,4 @@
-"""End to end behind real nginx: 2 gateways, 2 query services, Postgres, Redis (api.md §7).
+"""End to end behind real nginx: 2 gateways, 2 query services, Postgres, Redis.
 
 nginx runs deploy/nginx/prod.conf (round-robin, no sticky sessions) with this test's ports.
 Calls and streams land on both gateways; every subscriber gets every event in order; a

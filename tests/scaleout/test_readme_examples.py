@@ -1,4 +1,4 @@
-"""The README's internal-service examples, run as written against a real gateway (api.md §6).
+"""The README's internal-service examples, run as written against a real gateway.
 
 The Python blocks between the internal-services markers are extracted from README.md and
 run as scripts with this run's REDIS_URL / REDIS_PREFIX: the listener must see the session

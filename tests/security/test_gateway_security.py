@@ -1,4 +1,4 @@
-"""Auth, limits and agent confinement on the gateway (api.md §8, §9.15)."""
+"""Auth, limits and agent confinement on the gateway."""
 
 from __future__ import annotations
 

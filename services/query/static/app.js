@@ -17,9 +17,15 @@ const state = {
   lastItem: null,         // last conversation item, to join agent chunks
   toolCalls: new Map(),   // toolCallId → {data, node}
   queued: new Map(),      // queuedPromptId → its marker, while the prompt waits its turn
-  promptsRunning: 0,
+  planNode: null,         // the plan card of the current turn (updated in place)
+  eventNodes: new Map(),  // eventId → the conversation item that shows it (search hits jump there)
+  pendingJump: null,      // eventId to scroll to once the replay has shown it
+  promptsRunning: 0,      // prompts this page sent that have not answered yet
+  turnOpen: false,        // the stream shows a turn that has not ended (whoever started it)
+  search: null,           // {q, next} of the results shown
   rpcId: 0,
   sideTimer: null,        // debounced notes/tasks refresh
+  sideSeq: 0,             // number of the latest notes/tasks read
 };
 
 // ---------- small DOM helpers ----------
@@ -97,11 +103,31 @@ async function getJson(path, params) {
   return body;
 }
 
+/** POST/PATCH a JSON body to a REST route; the route's {"error"} becomes the thrown message. */
+async function sendJson(method, path, payload) {
+  const res = await fetch(apiUrl(path), {
+    method,
+    headers: { "Content-Type": "application/json", ...authHeaders() },
+    body: JSON.stringify(payload),
+  });
+  const body = await res.json().catch(() => ({}));
+  if (!res.ok) throw new Error(body.error || `${method} ${path}: HTTP ${res.status}`);
+  return body;
+}
+
+/** One readable line: the agent's own message is added only when the error does not already say it. */
+function rpcErrorText(method, error) {
+  const message = String(error.message || "request failed");
+  const agent = error.data && error.data.agentError;
+  const agentMessage = agent && agent.message ? String(agent.message) : "";
+  const detail = agentMessage && !message.includes(agentMessage) ? ` (agent: ${agentMessage})` : "";
+  const prefix = message.includes(method) ? "" : `${method} failed: `;
+  return `${prefix}${message}${detail}`;
+}
+
 class RpcError extends Error {
   constructor(method, error) {
-    const agent = error.data && error.data.agentError;
-    const detail = agent ? ` (agent: ${agent.message})` : "";
-    super(`${method}: ${error.message}${detail} [${error.code}]`);
+    super(rpcErrorText(method, error));
     this.code = error.code;
   }
 }
@@ -268,6 +294,8 @@ function selectSession(sessionId) {
   state.selectedId = sessionId;
   $("no-session").hidden = true;
   $("session-view").hidden = false;
+  updateExportLinks();
+  $("new-note").hidden = $("new-task").hidden = false;
   renderSessionList();
   if (state.shared) return void attempt(openStream); // the share token reads nothing else
   history.replaceState(null, "", `#${new URLSearchParams({ ws: state.workspaceId, session: sessionId })}`);
@@ -275,20 +303,40 @@ function selectSession(sessionId) {
   attempt(loadSidePanel);
 }
 
+/** The export links of the selected session (a plain download; the token rides along as for EventSource). */
+function updateExportLinks() {
+  for (const link of document.querySelectorAll("#export-menu a[data-format]")) {
+    if (!state.selectedId) {
+      link.removeAttribute("href");
+      continue;
+    }
+    link.href = apiUrl(`/api/sessions/${encodeURIComponent(state.selectedId)}/export`,
+      { format: link.dataset.format }, true);
+  }
+}
+
 function closeSession() {
   if (state.stream) state.stream.close();
   clearTimeout(state.streamRetry);
-  Object.assign(state, { stream: null, streamRetry: null, selectedId: null, lastEventId: 0, lastItem: null });
+  Object.assign(state, {
+    stream: null, streamRetry: null, selectedId: null, lastEventId: 0, lastItem: null,
+    planNode: null, pendingJump: null, promptsRunning: 0, turnOpen: false,
+  });
   state.toolCalls.clear();
   state.queued.clear();
   renderQueue();
+  state.eventNodes.clear();
   $("conversation").replaceChildren();
   $("share-url").hidden = true;
-  renderPlan(null);
+  $("export-menu").open = false;
+  updateTurnControls();
   $("session-view").hidden = true;
   $("no-session").hidden = false;
   $("notes").replaceChildren();
   $("tasks").replaceChildren();
+  $("note-form-slot").replaceChildren();
+  $("task-form-slot").replaceChildren();
+  $("new-note").hidden = $("new-task").hidden = true; // a note or task is written for the open session
 }
 
 /** Probe (EventSource cannot read error bodies), then stream from after the last seen event. */
@@ -325,7 +373,7 @@ async function openStream() {
 function handleFrame(frame) {
   const event = frame.params || {};
   if (event.eventId === undefined) {
-    setPill($("stream-status"), "live"); // the connected frame carries no eventId (§5.5)
+    setPill($("stream-status"), "live"); // the connected frame carries no eventId
     return;
   }
   const eventId = Number(event.eventId);
@@ -343,7 +391,7 @@ const SHARED_REFRESH = new Set(["turn_complete", "error", "acp_status", "session
 const RENDERERS = {
   user_message: (u) => {
     if (u.queuedPromptId) leaveQueue(u.queuedPromptId, "started");
-    addUserMessage(contentText(u.content));
+    startTurn(contentText(u.content));
   },
   prompt_queued: (u) => addQueued(u),
   prompt_dropped: (u) => leaveQueue(u.queuedPromptId, "dropped"),
@@ -354,10 +402,14 @@ const RENDERERS = {
   tool_call_update: (u) => upsertToolCall(u),
   plan: (u) => renderPlan(u.entries || []),
   turn_complete: (u) => {
+    endTurn();
     addMarker(`turn complete: ${u.stopReason || "?"}`, "turn-complete");
     scheduleSidePanel(); // an agent may have written notes or tasks during the turn
   },
-  error: (u) => addMarker(`error: ${u.message || "turn failed"}`, "turn-error", "error"),
+  error: (u) => {
+    endTurn();
+    addMarker(`error: ${u.message || "turn failed"}`, "turn-error", "error");
+  },
   acp_status: (u) => addAcpStatus(u),
   current_mode_update: (u) => {
     setMode(u.currentModeId || u.modeId);
@@ -376,8 +428,49 @@ function renderEvent(event) {
   const update = event.update || {};
   const render = RENDERERS[update.sessionUpdate];
   if (render) render(update);
-  else addItem(el("pre", { class: "raw", testid: "raw-event" }, JSON.stringify(event, null, 2)), "raw");
-  scrollToEnd();
+  else addUnknownEvent(update);
+  const eventId = Number(event.eventId);
+  if (state.lastItem) state.eventNodes.set(eventId, state.lastItem.node);
+  if (state.pendingJump !== null && eventId >= state.pendingJump) jumpToEvent(state.pendingJump);
+  else if (state.pendingJump === null) scrollToEnd();
+}
+
+/** A kind this page does not know: one compact line; the full update folded under it. */
+function addUnknownEvent(update) {
+  const kind = String(update.sessionUpdate || "event");
+  const fields = Object.keys(update).filter((key) => key !== "sessionUpdate");
+  const summary = fields.length ? `${kind} (${fields.slice(0, 4).join(", ")}${fields.length > 4 ? ", …" : ""})` : kind;
+  addItem(el("details", { class: "unknown", testid: "unknown-event" },
+    el("summary", {}, summary),
+    el("pre", { class: "raw" }, JSON.stringify(update, null, 2))), "unknown");
+}
+
+function startTurn(text) {
+  state.turnOpen = true;
+  state.planNode = null; // a new turn's plan gets its own card
+  updateTurnControls();
+  addUserMessage(text);
+}
+
+function endTurn() {
+  state.turnOpen = false;
+  updateTurnControls();
+}
+
+/** Scroll a search hit's event into view and mark it for a moment. */
+function jumpToEvent(eventId) {
+  let node = state.eventNodes.get(eventId);
+  if (!node) {
+    // a joined chunk: the item of the nearest earlier event that is still on the page
+    const earlier = [...state.eventNodes.keys()].filter((id) => id <= eventId).sort((a, b) => b - a);
+    node = earlier.length ? state.eventNodes.get(earlier[0]) : null;
+  }
+  if (!node || !node.isConnected) return;
+  state.pendingJump = null;
+  node.scrollIntoView({ block: "center" });
+  for (const old of document.querySelectorAll(".conversation .found")) old.classList.remove("found");
+  node.classList.add("found");
+  node.dataset.found = "true";
 }
 
 function contentText(content) {
@@ -555,17 +648,25 @@ async function respondPermission(toolCallId, optionId, box, button) {
 
 // ---------- plan ----------
 
+/**
+ * A plan is a card in the conversation, where the agent made it: each plan update of the same
+ * turn replaces the card's entries, so it scrolls away with the messages instead of covering them.
+ */
 function renderPlan(entries) {
-  const box = $("plan");
-  if (!entries || !entries.length) {
-    box.hidden = true;
-    box.replaceChildren();
-    return;
-  }
-  box.hidden = false;
-  box.replaceChildren(el("strong", {}, "Plan"), el("ol", {},
-    entries.map((e) => el("li", { class: e.status, testid: "plan-entry" },
+  const done = entries.filter((e) => e.status === "completed").length;
+  const card = el("div", { class: "plan", testid: "plan" },
+    el("strong", {}, `Plan · ${done}/${entries.length} done`),
+    el("ol", {}, entries.map((e) => el("li", { class: e.status, testid: "plan-entry" },
       `${e.content} `, pill(e.status, "plan-status")))));
+  if (state.planNode && state.planNode.isConnected) {
+    state.planNode.replaceWith(card);
+    if (state.lastItem && state.lastItem.node === state.planNode) state.lastItem.node = card;
+    for (const [id, node] of state.eventNodes) if (node === state.planNode) state.eventNodes.set(id, card);
+    state.planNode = card;
+    state.lastItem = { kind: "plan", key: null, node: card };
+  } else {
+    state.planNode = addItem(card, "plan");
+  }
 }
 
 // ---------- prompt, cancel, mode ----------
@@ -578,20 +679,28 @@ async function sendPrompt(event) {
   input.value = "";
   clearError();
   const sessionId = state.selectedId;
-  setTurnRunning(+1);
+  setTurnRunning(+1, sessionId);
   // session/prompt answers when the turn ends; the stream shows progress meanwhile
   try {
     // while a turn runs the prompt waits in the session's queue instead of being refused
     const result = await attempt(() => rpc("session/prompt", { sessionId, prompt: text, ifBusy: "enqueue" }));
     if (result && result.pending) showError("The turn is still running (prompt timeout); its events keep streaming.");
   } finally {
-    setTurnRunning(-1);
+    setTurnRunning(-1, sessionId);
   }
 }
 
-function setTurnRunning(delta) {
-  state.promptsRunning += delta;
-  $("turn-status").hidden = state.promptsRunning <= 0;
+function setTurnRunning(delta, sessionId) {
+  if (sessionId !== state.selectedId) return; // the page moved on to another session meanwhile
+  state.promptsRunning = Math.max(0, state.promptsRunning + delta);
+  updateTurnControls();
+}
+
+/** Cancel and the running pill only while a turn runs: one this page sent, or one the stream shows. */
+function updateTurnControls() {
+  const running = state.promptsRunning > 0 || state.turnOpen;
+  $("turn-status").hidden = !running;
+  $("cancel-button").disabled = !running;
 }
 
 async function cancelTurn() {
@@ -628,10 +737,17 @@ async function loadSidePanel() {
   const sessionId = state.selectedId;
   if (!sessionId || state.shared) return;
   const params = { workspaceId: state.workspaceId, sessionId };
+  const seq = ++state.sideSeq;
   const [{ notes }, { tasks }] = await Promise.all([getJson("/api/notes", params), getJson("/api/tasks", params)]);
-  if (sessionId !== state.selectedId) return;
-  $("notes").replaceChildren(...(notes.length ? notes.map(noteItem) : [el("li", { class: "muted" }, "No notes")]));
-  $("tasks").replaceChildren(...(tasks.length ? tasks.map(taskItem) : [el("li", { class: "muted" }, "No tasks")]));
+  // only the latest read is shown: an older one answering late would undo a save
+  if (sessionId !== state.selectedId || seq !== state.sideSeq) return;
+  // a list with an edit form open is left as it is: a refresh must not throw away typing
+  if (!$("notes").querySelector("form")) {
+    $("notes").replaceChildren(...(notes.length ? notes.map(noteItem) : [el("li", { class: "muted" }, "No notes")]));
+  }
+  if (!$("tasks").querySelector("form")) {
+    $("tasks").replaceChildren(...(tasks.length ? tasks.map(taskItem) : [el("li", { class: "muted" }, "No tasks")]));
+  }
 }
 
 function scheduleSidePanel() {
@@ -641,15 +757,181 @@ function scheduleSidePanel() {
 
 function noteItem(note) {
   const type = note.metadata && note.metadata.type;
-  return el("li", { testid: "note" },
-    el("div", { class: "row" }, el("strong", {}, note.title), " ", type ? pill(type) : null),
-    el("div", { class: "content" }, note.content || ""));
+  const item = el("li", { testid: "note", "data-note-id": note.id },
+    el("div", { class: "row" },
+      el("strong", { testid: "note-title" }, note.title), " ", type ? pill(type) : null,
+      el("button", { type: "button", class: "link", testid: "note-edit", "aria-label": `Edit note ${note.title}`,
+        onclick: () => item.replaceWith(noteForm(note, item)) }, "edit")),
+    el("div", { class: "content", testid: "note-content" }, note.content || ""));
+  return item;
 }
 
 function taskItem(task) {
-  return el("li", { testid: "task" },
-    el("div", { class: "row" }, el("strong", {}, task.title), pill(String(task.status).toLowerCase())),
-    el("div", { class: "small muted" }, task.objective || ""));
+  const status = String(task.status).toLowerCase();
+  const item = el("li", { testid: "task", "data-task-id": task.id },
+    el("div", { class: "row" },
+      el("strong", { testid: "task-title" }, task.title),
+      el("span", {}, pill(status, "task-status"), " ",
+        el("button", { type: "button", class: "link", testid: "task-edit", "aria-label": `Edit task ${task.title}`,
+          onclick: () => item.replaceWith(taskForm(task, item)) }, "edit"))),
+    el("div", { class: "small muted", testid: "task-objective" }, task.objective || ""));
+  return item;
+}
+
+const TASK_STATUSES = ["PENDING", "IN_PROGRESS", "REVIEW_REQUIRED", "COMPLETED", "NEEDS_FIX", "BLOCKED", "CANCELLED"];
+
+/** An inline form; `save` gets the form's values and throws to keep the form open with the error. */
+function sideForm(testid, fields, save, onCancel) {
+  const error = el("div", { class: "small form-error", testid: `${testid}-error`, role: "alert" });
+  const form = el("form", { class: "side-form", testid },
+    fields, error,
+    el("div", { class: "row" },
+      el("button", { type: "submit", testid: `${testid}-save` }, "Save"),
+      el("button", { type: "button", testid: `${testid}-cancel`, onclick: onCancel }, "Cancel")));
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    for (const b of form.querySelectorAll("button")) b.disabled = true;
+    try {
+      await save(form);
+      onCancel(); // the lists below show the saved version
+      await loadSidePanel();
+    } catch (err) {
+      error.textContent = err.message || String(err);
+      for (const b of form.querySelectorAll("button")) b.disabled = false;
+    }
+  });
+  return form;
+}
+
+function labelled(text, control) {
+  return el("label", { class: "stacked" }, el("span", { class: "small" }, text), control);
+}
+
+/** Create (note undefined) or edit a note: POST /api/notes, with noteId when editing. */
+function noteForm(note, replaced) {
+  const title = el("input", { name: "title", testid: "note-title-input", maxlength: 200, required: true,
+    value: note ? note.title : "" });
+  const content = el("textarea", { name: "content", testid: "note-content-input", rows: 4 });
+  content.value = note ? note.content || "" : "";
+  const close = () => (replaced ? form.replaceWith(replaced) : form.remove());
+  const form = sideForm(note ? "note-form" : "new-note-form",
+    [labelled("Title", title), labelled("Content", content)],
+    async () => {
+      const payload = { workspaceId: state.workspaceId, title: title.value, content: content.value };
+      if (note) payload.noteId = note.id;
+      else payload.sessionId = state.selectedId;
+      await sendJson("POST", "/api/notes", payload);
+    }, close);
+  setTimeout(() => title.focus(), 0);
+  return form;
+}
+
+/** Create (task undefined) or edit a task: POST /api/tasks, or PATCH /api/tasks/{id}. */
+function taskForm(task, replaced) {
+  const title = el("input", { name: "title", testid: "task-title-input", maxlength: 200, required: true,
+    value: task ? task.title : "" });
+  const objective = el("textarea", { name: "objective", testid: "task-objective-input", rows: 3, required: true });
+  objective.value = task ? task.objective || "" : "";
+  const fields = [labelled("Title", title), labelled("Objective", objective)];
+  let status = null;
+  if (task) {
+    status = el("select", { name: "status", testid: "task-status-input" },
+      TASK_STATUSES.map((s) => el("option", { value: s, selected: s === task.status }, s.toLowerCase())));
+    fields.push(labelled("Status", status));
+  }
+  const close = () => (replaced ? form.replaceWith(replaced) : form.remove());
+  const form = sideForm(task ? "task-form" : "new-task-form", fields, async () => {
+    const payload = { title: title.value, objective: objective.value };
+    if (task) {
+      payload.status = status.value;
+      await sendJson("PATCH", `/api/tasks/${encodeURIComponent(task.id)}`, payload);
+    } else {
+      await sendJson("POST", "/api/tasks", { ...payload, workspaceId: state.workspaceId, sessionId: state.selectedId });
+    }
+  }, close);
+  setTimeout(() => title.focus(), 0);
+  return form;
+}
+
+function openNewForm(slotId, makeForm) {
+  if (!state.selectedId) return;
+  const slot = $(slotId);
+  if (!slot.firstChild) slot.append(makeForm());
+}
+
+// ---------- search ----------
+
+/** The server's snippet is HTML with only <mark> tags and escaped text: rebuilt as nodes, never parsed. */
+function snippetNodes(snippet) {
+  const unescape = (text) => text.replace(/&(lt|gt|quot|#x27|#39|amp);/g, (_, name) =>
+    ({ lt: "<", gt: ">", quot: "\"", "#x27": "'", "#39": "'", amp: "&" })[name]);
+  const nodes = [];
+  const parts = String(snippet || "").split(/(<mark>|<\/mark>)/);
+  let marked = false;
+  for (const part of parts) {
+    if (part === "<mark>") marked = true;
+    else if (part === "</mark>") marked = false;
+    else if (part) nodes.push(marked ? el("mark", {}, unescape(part)) : document.createTextNode(unescape(part)));
+  }
+  return nodes;
+}
+
+async function runSearch(event) {
+  if (event) event.preventDefault();
+  const q = $("search-input").value.trim();
+  if (!q) return;
+  state.search = { q, next: null };
+  $("search-results").replaceChildren();
+  await loadSearchPage();
+}
+
+async function loadSearchPage() {
+  const search = state.search;
+  if (!search) return;
+  const params = { workspaceId: state.workspaceId, q: search.q, limit: "20" };
+  if (search.next) params.after = search.next;
+  const body = await getJson("/api/search", params);
+  if (search !== state.search) return; // a newer search replaced this one
+  search.next = body.next || null;
+  const list = $("search-results");
+  list.append(...body.results.map(searchHit));
+  const count = list.children.length;
+  $("search-summary").textContent = count
+    ? `${count}${search.next ? "+" : ""} result${count === 1 ? "" : "s"} for “${search.q}”`
+    : `No results for “${search.q}”`;
+  $("search-more").hidden = !search.next;
+  $("search-panel").hidden = false;
+}
+
+function searchHit(hit) {
+  const name = hit.sessionName || hit.sessionId.slice(0, 8);
+  const href = `#${new URLSearchParams({ ws: state.workspaceId, session: hit.sessionId, event: hit.eventId })}`;
+  return el("li", { testid: "search-hit", "data-session-id": hit.sessionId, "data-event-id": hit.eventId },
+    el("a", { href, testid: "search-hit-link",
+      onclick: (ev) => { ev.preventDefault(); openHit(hit); } },
+      el("span", { class: "row small muted" },
+        el("span", { testid: "search-hit-session" }, name),
+        el("span", {}, `${hit.kind === "user_message" ? "prompt" : "answer"} · ${formatTime(hit.at)}`)),
+      el("span", { class: "snippet", testid: "search-hit-snippet" }, snippetNodes(hit.snippet))));
+}
+
+/** Open the hit's session (if not open) and scroll to its event once the replay shows it. */
+function openHit(hit) {
+  const eventId = Number(hit.eventId);
+  if (hit.sessionId === state.selectedId && state.stream) {
+    state.pendingJump = eventId;
+    if (state.lastEventId >= eventId) jumpToEvent(eventId);
+  } else {
+    selectSession(hit.sessionId);
+    state.pendingJump = eventId;
+  }
+  history.replaceState(null, "", `#${new URLSearchParams({ ws: state.workspaceId, session: hit.sessionId, event: hit.eventId })}`);
+}
+
+function closeSearch() {
+  state.search = null;
+  $("search-panel").hidden = true;
+  $("search-results").replaceChildren();
 }
 
 // ---------- start ----------
@@ -668,11 +950,14 @@ function readInitialState() {
   if (token) localStorage.setItem("routaToken", token);
   state.token = token || localStorage.getItem("routaToken");
   state.workspaceId = hash.get("ws") || query.get("workspaceId") || "default";
+  const jump = Number(hash.get("event"));
+  if (hash.get("session") && jump > 0) state.initialJump = jump;
   return hash.get("session");
 }
 
 async function switchWorkspace() {
   closeSession();
+  closeSearch();
   state.workspaceId = $("workspace-select").value;
   history.replaceState(null, "", `#${new URLSearchParams({ ws: state.workspaceId })}`);
   state.sessions.clear();
@@ -693,6 +978,15 @@ function wireControls() {
   $("share-button").addEventListener("click", () => attempt(shareSession));
   $("mode-select").addEventListener("change", changeMode);
   $("refresh-side").addEventListener("click", () => attempt(loadSidePanel));
+  $("new-note").addEventListener("click", () => openNewForm("note-form-slot", () => noteForm()));
+  $("new-task").addEventListener("click", () => openNewForm("task-form-slot", () => taskForm()));
+  $("search-form").addEventListener("submit", (ev) => attempt(() => runSearch(ev)));
+  $("search-more").addEventListener("click", () => attempt(loadSearchPage));
+  $("search-close").addEventListener("click", closeSearch);
+  // the menu closes once a format is picked (the download starts by itself)
+  $("export-menu").addEventListener("click", (ev) => {
+    if (ev.target.closest("a")) setTimeout(() => { $("export-menu").open = false; }, 0);
+  });
 }
 
 /** The session of a share link, for the header (the list and its stream are not readable). */
@@ -708,6 +1002,9 @@ async function startShared(sessionId) {
   document.querySelector(".topbar h1").textContent = "Shared session (read-only)";
   $("error-close").addEventListener("click", clearError);
   selectSession(sessionId);
+  $("export-menu").addEventListener("click", (ev) => {
+    if (ev.target.closest("a")) setTimeout(() => { $("export-menu").open = false; }, 0);
+  });
   await attempt(loadSharedSession);
   document.body.dataset.ready = "true";
 }
@@ -719,7 +1016,10 @@ async function main() {
   await attempt(loadWorkspaces);
   await attempt(loadProviders);
   openSessionList();
-  if (initialSession) selectSession(initialSession);
+  if (initialSession) {
+    selectSession(initialSession);
+    if (state.initialJump) state.pendingJump = state.initialJump;
+  }
   document.body.dataset.ready = "true";
 }
 
