@@ -47,7 +47,7 @@ async def publish_events(
 
 # Every ARGV published on KEYS[1] in order: one command and one reply for a whole batch
 # instead of a pipeline's reply per event (py-spy: the pipeline's per-reply parsing was
-# the writer's largest cost). Subscribers still get one message per event (api.md §6).
+# the writer's largest cost). Subscribers still get one message per event.
 # With sharded pub/sub the same with SPUBLISH: the channel is the script's one key, so on
 # a cluster the call runs on the node that serves the session's slot.
 _PUBLISH_ALL = """

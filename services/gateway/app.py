@@ -1,4 +1,4 @@
-"""ACP gateway app factory: the write side (api.md §5)."""
+"""ACP gateway app factory: the write side."""
 
 from __future__ import annotations
 

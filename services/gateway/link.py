@@ -1,4 +1,4 @@
-"""This instance's end of the gateway-to-gateway channel (api.md §6, §7).
+"""This instance's end of the gateway-to-gateway channel.
 
 Serves calls other gateways forward here and sends calls to a session's owner; the
 routing decision (forwarding.route) reads it from the app under keys.GATEWAY_LINK.

@@ -1,4 +1,4 @@
-"""The session JSON-RPC methods (api.md §5.2-§5.4): validate params, call the session.
+"""The session JSON-RPC methods: validate params, call the session.
 
 Params are validated with pydantic (unknown keys ignored, wrong types → -32602 naming the
 field). A method looks its session up in the SessionManager (runtime.py), which resumes it
@@ -154,7 +154,7 @@ def prompt_blocks(
 
 
 def check_prompt_size(prompt: object, limit: int) -> None:
-    """-32602 naming prompt when its JSON is over MAX_PROMPT_BYTES (api.md §8)."""
+    """-32602 naming prompt when its JSON is over MAX_PROMPT_BYTES."""
     size = len(orjson.dumps(prompt))
     if size > limit:
         raise BadRequest(
@@ -178,7 +178,7 @@ async def session_new(call: RpcCall) -> dict[str, Any]:
     _ = p.parent()  # -32602 naming parentSessionId, in the order of the checks
     manager = _manager(call)
     # The agent answers after session/new has replied: what a preset is known to offer
-    # is checked up front (§9.26).
+    # is checked up front.
     preset = get_provider(p.provider_id(manager.settings.default_provider))
     if preset is not None:
         if p.model is not None and preset.models and p.model not in preset.models:
@@ -290,7 +290,7 @@ async def session_respond_elicitation(call: RpcCall) -> dict[str, Any]:
 
 
 async def providers_list(call: RpcCall) -> dict[str, Any]:
-    """Every preset with whether it can run here; available first (api.md §5.2)."""
+    """Every preset with whether it can run here; available first."""
     settings = call.app[SESSION_MANAGER].settings
     entries: list[dict[str, Any]] = []
     for provider in PROVIDERS.values():
@@ -352,7 +352,7 @@ def registry() -> MethodRegistry:
     methods.add("initialize", jsonrpc.initialize)
     methods.add("session/new", session_new)
     # Session calls run where the session lives: here, on its owner, or here after
-    # adopting it from a dead owner (forwarding.route, api.md §7).
+    # adopting it from a dead owner (forwarding.route).
     methods.add("session/prompt", routed(session_prompt))
     methods.add("session/cancel", routed(session_cancel))
     methods.add("session/set_mode", routed(session_set_mode))

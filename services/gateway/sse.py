@@ -1,4 +1,4 @@
-"""`GET /api/acp?sessionId=`: a session's event stream (api.md §5.5, §9.3, §9.18).
+"""`GET /api/acp?sessionId=`: a session's event stream.
 
 Order on connect: subscribe (live events queue up) → replay from the Postgres log → the
 connected frame → live. The stream remembers the last eventId it wrote: live events at or
@@ -41,7 +41,7 @@ PAGE = 1000
 
 
 def connected_frame(session_id: str) -> bytes:
-    """The frame sent between replay and live; it never carries an id (§9.1)."""
+    """The frame sent between replay and live; it never carries an id."""
     data = {
         "jsonrpc": "2.0",
         "method": "session/update",
@@ -107,7 +107,7 @@ class _Stream:
 
 
 def _last_event_id(request: web.Request) -> str | None:
-    """The header wins over the query; an empty value counts as absent (§9.18)."""
+    """The header wins over the query; an empty value counts as absent."""
     value = request.headers.get("Last-Event-ID")
     if value:
         return value
@@ -145,7 +145,7 @@ def _last_event_id(request: web.Request) -> str | None:
     ),
 )
 async def handle_stream(request: web.Request) -> web.StreamResponse:
-    """Checks in the order of §9.18, then subscribe → replay → connected → live."""
+    """Checks first (parameters, auth, session), then subscribe → replay → connected → live."""
     app = request.app
     session_id = request.query.get("sessionId")
     if not session_id:
@@ -159,7 +159,7 @@ async def handle_stream(request: web.Request) -> web.StreamResponse:
         return error_response(404, "Session not found")
     raw_last = _last_event_id(request)
     if raw_last is not None:
-        # checked before any header is sent: past a bigint is a 400 too (§9.3, §9.18)
+        # checked before any header is sent: past a bigint is a 400 too
         try:
             raw_last = str(parse_uint(raw_last, "Last-Event-ID"))
         except BadRequest as err:
@@ -238,7 +238,7 @@ def _watch_share(
 async def _replay_start(
     pool: Pool, session_uuid: uuid.UUID, raw_last: str | None, replay: str | None
 ) -> int:
-    """The eventId after which replay starts (§5.5, §9.3)."""
+    """The eventId after which replay starts."""
     if raw_last is not None:
         # Beyond the last stored id: nothing to replay, and live starts right after the
         # head (read after subscribing, so nothing newer can slip by).
@@ -272,7 +272,7 @@ async def fanout_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def close_streams_on_shutdown(app: web.Application) -> None:
-    """on_shutdown: a sentinel in every queue, so handlers return at once (house-style §2.9)."""
+    """on_shutdown: a sentinel in every queue, so handlers return at once."""
     hub = app.get(HUB)
     if hub is not None:
         hub.close_all("shutdown")

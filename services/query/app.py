@@ -1,4 +1,4 @@
-"""Query service app factory: the read side (api.md §4).
+"""Query service app factory: the read side.
 
 Everything the process starts, stops and serves is listed here, in order: the cleanup
 contexts (started in this order, stopped in reverse), the shutdown hooks, the routes

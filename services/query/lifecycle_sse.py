@@ -1,4 +1,4 @@
-"""GET /api/sessions/events: session lifecycle messages from Redis as SSE (api.md §4.2, §6).
+"""GET /api/sessions/events: session lifecycle messages from Redis as SSE.
 
 Every stream shares the query hub's one pattern subscription to the workspaces' sessions
 channels (live.py), so a thousand dashboards cost no extra Redis connection; each picks

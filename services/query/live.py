@@ -45,7 +45,7 @@ async def hub_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def end_streams(app: web.Application) -> None:
-    """on_shutdown: a sentinel into every queue ends the handlers at once (house-style §2.9)."""
+    """on_shutdown: a sentinel into every queue ends the handlers at once."""
     if HUB in app:
         app[HUB].close_all()
 
@@ -82,7 +82,7 @@ async def stream(
 async def workspace_stream(
     request: web.Request, channel_of: Callable[[Channels, str], str]
 ) -> web.StreamResponse:
-    """`GET /api/{notes,tasks}/events?workspaceId=`: one workspace's messages (api.md §4.3)."""
+    """`GET /api/{notes,tasks}/events?workspaceId=`: one workspace's messages."""
     workspace_id = await ensure_workspace(
         request.app[PG_POOL], query_value(request.query, "workspaceId")
     )

@@ -28,7 +28,7 @@ EXTRA_SCHEMAS: dict[str, Any] = {
     },
     "Event": {
         "type": "object",
-        "description": "One session/update as stored and streamed (api.md §3.2, §9.1)",
+        "description": "One session/update as stored and streamed",
         "required": ["sessionId", "eventId", "update"],
         "properties": {
             "sessionId": {"type": "string"},
