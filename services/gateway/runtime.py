@@ -21,7 +21,7 @@ import asyncpg
 
 from services.gateway.capacity import Capacity
 from services.gateway.confine import agent_user, check_cwd, safe_segment
-from services.gateway.eventlog import EventWriter
+from services.gateway.eventlog import EventBuffer, EventWriter
 from services.gateway.live import (
     LiveSession,
     ResumeMode,
@@ -74,6 +74,7 @@ class SessionManager:
             # what agents may be given and who they run as (checked at start: app.preflight)
             mcp=McpPolicy.from_settings(settings),
             agent_user=agent_user(settings),
+            event_buffer=EventBuffer(settings.event_buffer_bytes),
         )
         self.capacity = Capacity(self.deps, self.live)
         self.leases = Leases(self.deps, self.live)
@@ -149,6 +150,7 @@ class SessionManager:
             uuid.UUID(row.session.session_id),
             on_batch=self.on_batch,
             generation=generation,
+            buffer=self.deps.event_buffer,
         )
         live = LiveSession(self.deps, row, writer)
         writer.on_fenced = live.lease_lost
@@ -396,8 +398,9 @@ class SessionManager:
                     else "the gateway instance running it was lost"
                 )
                 live.emit("error", message=f"Turn interrupted: {cause}")
-            await live.set_state("connecting", "idle")
-            live.emit("acp_status", status="connecting")
+            await live.set_state(
+                "connecting", "idle", gateway_update("acp_status", status="connecting")
+            )
             _ = self.spawn(live.start(StartRequest(resume=True)))
             await live.wait_ready()
             return live, live.resume_mode

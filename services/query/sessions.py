@@ -180,6 +180,14 @@ async def _append_event(
     with _postgres():
         async with app[PG_POOL].acquire() as conn:
             events = await session_events.append(conn, sid, [params])
+    await _publish_stored(request, sid, events)
+
+
+async def _publish_stored(
+    request: web.Request, sid: uuid.UUID, events: list[session_events.StoredEvent]
+) -> None:
+    """Publish stored events within a deadline; subscribers catch up from the log."""
+    app = request.app
     if not app[LIST_CACHE].redis_reachable:
         return  # Redis just failed: subscribers catch up from the log
     with contextlib.suppress(TimeoutError):
@@ -237,17 +245,23 @@ async def delete_session(request: web.Request) -> web.Response:
 async def disconnect_session(request: web.Request) -> web.Response:
     """Close the session and release its owner, then stop the agent; idempotent."""
     sid = _session_uuid(request)
+    events: list[session_events.StoredEvent] = []
     with _postgres():
-        closed = await sessions_db.close_and_release(request.app[PG_POOL], sid)
+        async with request.app[PG_POOL].acquire() as conn, conn.transaction():
+            closed = await sessions_db.close_and_release(conn, sid)
+            if closed is not None and not closed.was_closed:
+                # the gateway writes no event for a stop it was told about: we do, in
+                # the same transaction, so whoever sees closed on the row finds it
+                events = await session_events.append(
+                    conn, sid, [gateway_update("acp_status", status="closed")]
+                )
     if closed is None:
         raise SessionNotFound(str(sid))
     # closed (and the lease released) before the stop goes out: whatever the owner writes
     # while it stops, the session no longer counts as running on it
     if closed.owner_instance_id is not None:
         await _send_stop(request, closed.owner_instance_id, sid, "disconnected")
-    if not closed.was_closed:
-        # the gateway writes no event for a stop it was told about: we do
-        await _append_event(request, sid, gateway_update("acp_status", status="closed"))
+    await _publish_stored(request, sid, events)
     if not closed.was_closed or closed.owner_instance_id is not None:
         await request.app[LIST_CACHE].session_changed(
             "session:updated",
