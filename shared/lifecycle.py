@@ -73,7 +73,7 @@ async def session_changed_with_events(
 ) -> bool:
     """Publish stored `events`, then `session_changed`, in ONE round trip (MULTI/EXEC).
 
-    Same messages in the same order as `publish_events` followed by `session_changed`
+    Same messages in the same order as `shared.events.publish` followed by `session_changed`
     (session/new: event 1, the invalidation, `session:created`); False when Redis is
     unreachable, like them.
     """

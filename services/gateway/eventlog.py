@@ -29,12 +29,12 @@ from typing import Any
 
 import asyncpg
 
+from shared import events as event_bytes
 from shared.cache import try_invalidate_sessions
 from shared.channels import Channels
 from shared.db import session_events
 from shared.db.connect import Pool
 from shared.errors import SessionNotFound
-from shared.events import publish_batch
 from shared.redisconn import Redis
 
 logger = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ class EventWriter:
         self._redis = redis
         self._channels = channels
         self._session_id = session_id
-        # queued events, encoded: kinds and session_events.encode_rest bytes
+        # queued events, encoded: kinds and shared.events.encode_rest bytes
         self._kinds: list[str] = []
         self._rests: list[bytes] = []
         self._queued_bytes = 0
@@ -163,9 +163,9 @@ class EventWriter:
             return self._appended
         if state is not None:
             self._state = state  # a batch writes the last state queued in it
-        rest = session_events.encode_rest(params)
+        rest = event_bytes.encode_rest(params)
         size = len(rest) + ENTRY_OVERHEAD
-        self._kinds.append(sys.intern(session_events.kind_of(params)))
+        self._kinds.append(sys.intern(event_bytes.kind_of(params)))
         self._rests.append(rest)
         self._queued_bytes += size
         self._held += size
@@ -266,7 +266,7 @@ class EventWriter:
         if previous is not None and not previous.done():
             await asyncio.wait({previous})  # its failure is its own: never raises here
         if events:
-            await publish_batch(
+            await event_bytes.publish(
                 self._redis, self._channels, str(self._session_id), events
             )
         self._release(size)
@@ -295,7 +295,7 @@ class EventWriter:
             try:
                 started = time.perf_counter()
                 async with self._pool.acquire() as conn:
-                    events = await session_events.append_encoded(
+                    events = await event_bytes.store(
                         conn,
                         self._session_id,
                         kinds,

@@ -40,37 +40,10 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from shared.channels import Channels
+from shared.events import event_id_of, sse_frame
 from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
-
-_DATA_PREFIX = b'data: {"jsonrpc":"2.0","method":"session/update","params":'
-
-
-def event_frame(event_id: int, payload: bytes) -> bytes:
-    """The SSE frame of one stored event (api.md §5.5, §9.1), encoded once for all streams."""
-    return b"id: %d\n%s%s}\n\n" % (event_id, _DATA_PREFIX, payload)
-
-
-_ID_MARK = b'"eventId":"'
-
-
-def event_id_of(payload: bytes) -> int | None:
-    """The eventId of a published event; read from the head our writer puts it in."""
-    # Fast path: `{"sessionId":"…","eventId":"N",…` (session_events.build_payload);
-    # a full parse per message cost more than the framing itself.
-    start = payload.find(_ID_MARK, 0, 80)
-    if start != -1:
-        start += len(_ID_MARK)
-        end = payload.find(b'"', start, start + 20)
-        digits = payload[start:end] if end != -1 else b""
-        if digits.isdigit():
-            return int(digits)
-    try:
-        value = orjson.loads(payload).get("eventId")
-        return int(value)
-    except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
-        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -768,7 +741,7 @@ class Fanout:
             if event_id is None:
                 logger.warning("unreadable event on %s dropped", channel.name)
                 return
-            frame = event_frame(event_id, payload)
+            frame = sse_frame(event_id, payload)
             item = (event_id, frame)
             size = len(frame)
             now = time.monotonic()

@@ -44,7 +44,7 @@ from shared.errors import (
     SessionUnservable,
     UnknownWorkspace,
 )
-from shared.events import gateway_update
+from shared.events import encode, gateway_update
 from shared.lifecycle import session_changed_with_events
 from shared.providers import get_provider
 from shared.redisconn import Redis
@@ -255,10 +255,7 @@ class SessionManager:
         # Row, event 1 and the row as read back: one statement, one round trip. Only an
         # idempotency key needs a transaction (its lock and lookup come first).
         first = session_events.StoredEvent(
-            1,
-            session_events.build_payload(
-                sid, 1, gateway_update("acp_status", status="connecting")
-            ),
+            1, encode(sid, 1, gateway_update("acp_status", status="connecting"))
         )
         async with (
             self.pool.acquire() as conn,

@@ -4,8 +4,8 @@ Order on connect: subscribe (live events queue up) → replay from the Postgres 
 connected frame → live. The stream remembers the last eventId it wrote: live events at or
 below it are dropped and a jump is filled from the log first, so no event is missed or
 repeated at the replay/live seam, after a Redis outage or anywhere else. Frames are encoded
-once (fanout.event_frame) and written with `StreamResponse.write` (perf-ceilings §7), at most
-WRITE_SLICE bytes at a time and only once the socket took the previous write
+once (shared.events.sse_frame) and written with `StreamResponse.write` (perf-ceilings §7), at
+most WRITE_SLICE bytes at a time and only once the socket took the previous write
 (`Subscriber.writable`), so a client that does not read leaves little in this process
 before the fan-out closes its stream (StreamLimits).
 """
@@ -32,13 +32,13 @@ from services.gateway.fanout import (
     StreamConfig,
     StreamLimits,
     Subscriber,
-    event_frame,
 )
 from services.gateway.keys import FANOUT, STREAM_CONFIG
 from shared.db import session_events, sessions
 from shared.db import shares as shares_db
 from shared.db.connect import Pool
 from shared.errors import BadRequest
+from shared.events import sse_frame
 from shared.jsonutil import dumps
 from shared.models.limits import parse_uint
 
@@ -118,9 +118,7 @@ class _Stream:
             )
             if not events:
                 return
-            await self.write_frames(
-                [event_frame(e.event_id, e.payload) for e in events]
-            )
+            await self.write_frames([sse_frame(e.event_id, e.payload) for e in events])
             self.last = events[-1].event_id
             if len(events) < limit:
                 return

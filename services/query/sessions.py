@@ -34,7 +34,7 @@ from shared.db import sessions as sessions_db
 from shared.db import workspaces as workspaces_db
 from shared.db.connect import Executor
 from shared.errors import BadRequest, DependencyDown, SessionNotFound
-from shared.events import gateway_update, publish_events
+from shared.events import encode_batch, gateway_update, publish, record, store
 from shared.jsonutil import dumps, loads
 
 logger = logging.getLogger(__name__)
@@ -172,15 +172,22 @@ async def _require_session(request: web.Request, sid: uuid.UUID) -> None:
         raise SessionNotFound(str(sid))
 
 
-async def _append_event(
+async def _record_event(
     request: web.Request, sid: uuid.UUID, params: dict[str, Any]
 ) -> None:
     """Store first (raises on Postgres failure), then publish within a deadline."""
     app = request.app
+    # Redis just failed: store only, subscribers catch up from the log
+    redis = app[REDIS] if app[LIST_CACHE].redis_reachable else None
     with _postgres():
-        async with app[PG_POOL].acquire() as conn:
-            events = await session_events.append(conn, sid, [params])
-    await _publish_stored(request, sid, events)
+        await record(
+            app[PG_POOL],
+            sid,
+            [params],
+            redis=redis,
+            channels=app[CHANNELS],
+            publish_within=REDIS_TIMEOUT * 2,
+        )
 
 
 async def _publish_stored(
@@ -192,7 +199,7 @@ async def _publish_stored(
         return  # Redis just failed: subscribers catch up from the log
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(REDIS_TIMEOUT * 2):
-            await publish_events(app[REDIS], app[CHANNELS], str(sid), events)
+            await publish(app[REDIS], app[CHANNELS], str(sid), events)
 
 
 async def _send_stop(
@@ -220,7 +227,7 @@ async def patch_session(request: web.Request) -> web.Response:
         workspace_id = await sessions_db.rename(request.app[PG_POOL], sid, name)
     if workspace_id is None:
         raise SessionNotFound(str(sid))
-    await _append_event(request, sid, gateway_update("session_renamed", name=name))
+    await _record_event(request, sid, gateway_update("session_renamed", name=name))
     await request.app[LIST_CACHE].session_changed(
         "session:updated", str(sid), workspace_id, {"name": name}
     )
@@ -252,8 +259,10 @@ async def disconnect_session(request: web.Request) -> web.Response:
             if closed is not None and not closed.was_closed:
                 # the gateway writes no event for a stop it was told about: we do, in
                 # the same transaction, so whoever sees closed on the row finds it
-                events = await session_events.append(
-                    conn, sid, [gateway_update("acp_status", status="closed")]
+                events = await store(
+                    conn,
+                    sid,
+                    *encode_batch([gateway_update("acp_status", status="closed")]),
                 )
     if closed is None:
         raise SessionNotFound(str(sid))

@@ -1,23 +1,19 @@
-"""SQL for `session_events`, the append-only per-session event log (api.md §3.2)."""
+"""SQL for `session_events`, the append-only per-session event log.
+
+The payload's byte layout is shared.events' (encode, store, record); this module only joins
+the parts it is given.
+"""
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import asyncpg
-import orjson
 
-from shared.db.connect import Connection, Executor
+from shared.db.connect import Executor
 from shared.errors import SessionNotFound
-
-BUMP_COUNTER = """
-UPDATE sessions SET last_event_id = last_event_id + $2, last_activity = now()
-WHERE session_id = $1 RETURNING last_event_id
-"""
 
 RANGE = """
 SELECT event_id, payload FROM session_events
@@ -102,110 +98,26 @@ class StoredEvent:
     payload: bytes  # the event object as JSON, exactly as published and streamed
 
 
-def build_payload(session_id: str, event_id: int, params: dict[str, Any]) -> bytes:
-    """The event object: the agent's params with our sessionId and the eventId (api.md §9.1)."""
-    body: dict[str, Any] = {"sessionId": session_id, "eventId": str(event_id)}
-    body.update((k, v) for k, v in params.items() if k not in ("sessionId", "eventId"))
-    return orjson.dumps(body)
-
-
-def kind_of(params: dict[str, Any]) -> str:
-    update = params.get("update")
-    if isinstance(update, dict):
-        kind = update.get("sessionUpdate")
-        if isinstance(kind, str):
-            return kind
-    return "unknown"
-
-
-async def append(
-    conn: Connection,
-    session_id: uuid.UUID,
-    params_list: Sequence[dict[str, Any]],
-) -> list[StoredEvent]:
-    """Store events with the session's next contiguous ids, in one transaction.
-
-    `params_list` holds `session/update` params (`{"update": {...}, ...}`); the counter on the
-    session row serialises writers, so any process may append.
-    """
-    if not params_list:
-        return []
-    sid = str(session_id)
-    async with conn.transaction():
-        last = await conn.fetchval(BUMP_COUNTER, session_id, len(params_list))
-        if last is None:
-            raise SessionNotFound(sid)
-        first = last - len(params_list) + 1
-        events = [
-            StoredEvent(first + i, build_payload(sid, first + i, params))
-            for i, params in enumerate(params_list)
-        ]
-        await conn.copy_records_to_table(
-            "session_events",
-            records=[
-                (session_id, ev.event_id, kind_of(params), ev.payload.decode())
-                for ev, params in zip(events, params_list, strict=True)
-            ],
-            columns=["session_id", "event_id", "kind", "payload"],
-        )
-    return events
-
-
-def encode_rest(params: dict[str, Any]) -> bytes:
-    """The payload after the eventId value: `"` then the params' other fields and `}`."""
-    fields = {k: v for k, v in params.items() if k not in ("sessionId", "eventId")}
-    try:
-        body = orjson.dumps(fields)
-    except orjson.JSONEncodeError:
-        # what orjson refuses (an integer over 64 bits from the SDK's parse) stays an event
-        body = json.dumps(fields, ensure_ascii=False, separators=(",", ":")).encode()
-    return b'"}' if body == b"{}" else b'",' + body[1:]
-
-
 async def append_batch(
     conn: Executor,
     session_id: uuid.UUID,
-    params_list: Sequence[dict[str, Any]],
-    *,
-    batch_id: uuid.UUID | None = None,
-    state: State | None = None,
-    generation: int | None = None,
-) -> list[StoredEvent]:
-    """`append` in one statement and one round trip; payloads byte-identical to it."""
-    return await append_encoded(
-        conn,
-        session_id,
-        [kind_of(p) for p in params_list],
-        [encode_rest(p) for p in params_list],
-        batch_id=batch_id,
-        state=state,
-        generation=generation,
-    )
-
-
-async def append_encoded(
-    conn: Executor,
-    session_id: uuid.UUID,
+    head: bytes,
     kinds: Sequence[str],
     rests: Sequence[bytes],
     *,
     batch_id: uuid.UUID | None = None,
     state: State | None = None,
     generation: int | None = None,
-) -> list[StoredEvent]:
-    """Store events given as their kinds and `encode_rest` bytes, in one statement.
+) -> int:
+    """Store events as `head || eventId || rest` in one statement; the first eventId.
 
-    The stored text and the returned (published) bytes are the same head + eventId +
-    rest. With a `batch_id` the write is idempotent: calling again with the same id and
-    events (a retry after a lost reply) stores nothing and returns the events as the
-    first call stored them. A `state` is set on the row in the same statement. With
-    `generation` (the lease's fencing token) nothing new is stored, and no state set,
-    unless it is current: LeaseLost.
+    With a `batch_id` the write is idempotent: calling again with the same id and events
+    (a retry after a lost reply) stores nothing and answers the first id the first call
+    got. A `state` is set on the row in the same statement. With `generation` (the
+    lease's fencing token) nothing new is stored, and no state set, unless it is current:
+    LeaseLost.
     """
-    if not rests:
-        return []
     sid = str(session_id)
-    head = b'{"sessionId":"%s","eventId":"' % sid.encode()
     count = len(rests)
     args = (
         APPEND_BATCH,
@@ -230,17 +142,12 @@ async def append_encoded(
         row = await conn.fetchrow(*args)
     assert row is not None  # the final SELECT always yields one row
     if row["first_done"] is not None:
-        first = int(row["first_done"])
-    elif row["last"] is not None:
-        first = int(row["last"]) - count + 1
-    elif generation is not None and await conn.fetchval(EXISTS, session_id):
+        return int(row["first_done"])
+    if row["last"] is not None:
+        return int(row["last"]) - count + 1
+    if generation is not None and await conn.fetchval(EXISTS, session_id):
         raise LeaseLost(sid)  # the row is there: our generation is not current
-    else:
-        raise SessionNotFound(sid)
-    return [
-        StoredEvent(first + i, b"%s%d%s" % (head, first + i, rest))
-        for i, rest in enumerate(rests)
-    ]
+    raise SessionNotFound(sid)
 
 
 async def after(

@@ -17,11 +17,11 @@ import pytest
 from services.gateway.app import create_app as create_gateway
 from services.gateway.eventlog import EventWriter
 from services.gateway.keys import SESSION_MANAGER
-from shared.db import session_events, sessions
+from shared.db import session_events
 from shared.db.connect import create_pool
-from shared.events import gateway_update
 from tests.faults.support import wait_gone
 from tests.gateway.rpcutil import call, ok, wait_ready
+from tests.gateway.test_agents_eventlog import _chunk, _session, _texts
 from tests.proxy import TcpProxy
 
 WAIT = 20.0  # hang guard only
@@ -39,32 +39,6 @@ def _rss() -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     raise AssertionError("no VmRSS")
-
-
-async def _session(pool, workspace_id) -> uuid.UUID:
-    sid = uuid.uuid4()
-    async with pool.acquire() as conn:
-        await sessions.insert(
-            conn,
-            sessions.NewSession(
-                session_id=sid, workspace_id=workspace_id, cwd="/tmp", provider="echo"
-            ),
-        )
-    return sid
-
-
-def _chunk(i: int) -> dict:
-    return gateway_update(
-        "agent_message_chunk", content={"type": "text", "text": str(i)}
-    )
-
-
-async def _texts(pool, sid) -> list[tuple[int, str]]:
-    stored = await session_events.after(pool, sid, 0)
-    return [
-        (e.event_id, orjson.loads(e.payload)["update"]["content"]["text"])
-        for e in stored
-    ]
 
 
 async def _wait_stored(pool, sid, count: int) -> None:
