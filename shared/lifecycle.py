@@ -15,7 +15,7 @@ from redis.exceptions import RedisError
 from shared.cache import invalidate_sessions, queue_invalidation
 from shared.channels import Channels
 from shared.db.session_events import StoredEvent
-from shared.events import publish_events
+from shared.events import publish
 from shared.jsonutil import dumps, now_iso
 from shared.redisconn import Redis, is_cluster
 
@@ -77,13 +77,13 @@ async def session_changed_with_events(
 ) -> bool:
     """Publish stored `events`, then `session_changed`, in ONE round trip (MULTI/EXEC).
 
-    Same messages in the same order as `publish_events` followed by `session_changed`
+    Same messages in the same order as `shared.events.publish` followed by `session_changed`
     (session/new: event 1, the invalidation, `session:created`); False when Redis is
     unreachable, like them. On a Redis Cluster the events go to their session's slot
     first (sharded or not), then the rest in one script: two round trips, same order.
     """
     if is_cluster(redis) or channels.sharded:
-        if not await publish_events(redis, channels, session_id, events):
+        if not await publish(redis, channels, session_id, events):
             return False
         return await session_changed(
             redis, channels, type_, session_id, workspace_id, changes

@@ -127,6 +127,9 @@ class Settings(BaseSettings):
     # outputByteLimit can only lower it), terminals held at once per session
     terminal_output_limit: int = 1024 * 1024
     max_terminals: int = 8
+    # bytes of agent events waiting for Postgres, per gateway process; beyond it the
+    # agents' stdout is not read (back-pressure) until stored events make room
+    event_buffer_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
     # --- webhooks ---
     # where webhook URLs may point: comma-separated host names, IPs and CIDRs, plus the
     # word `public` for every public address; unset = public addresses only

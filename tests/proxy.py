@@ -7,12 +7,15 @@ await proxy.cut()          # drop every open connection (new ones still forwarde
 await proxy.stop()         # stop listening too: connects are refused
 await proxy.start()        # listen again on the same port
 proxy.blackhole = True     # accept and swallow: the peer hangs (no reply, no error)
+proxy.drop_replies = True  # forward client→server, drop server→client: the server acts
+                           # (commits) but the client never hears back, until a cut()
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 from yarl import URL
@@ -27,6 +30,7 @@ class TcpProxy:
         self.host = host
         self.port = 0
         self.blackhole = False
+        self.drop_replies = False
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -87,7 +91,8 @@ class TcpProxy:
             )
             self._writers.add(upstream_writer)
             await asyncio.gather(
-                _pipe(reader, upstream_writer), _pipe(up_reader, writer)
+                _pipe(reader, upstream_writer),
+                _pipe(up_reader, writer, drop=lambda: self.drop_replies),
             )
         except (OSError, asyncio.IncompleteReadError):
             pass
@@ -99,9 +104,15 @@ class TcpProxy:
             self._tasks.discard(task)
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _pipe(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    drop: Callable[[], bool] = lambda: False,
+) -> None:
     try:
         while data := await reader.read(65536):
+            if drop():
+                continue
             writer.write(data)
             await writer.drain()
     finally:

@@ -69,6 +69,14 @@ class AgentTimeout(Exception):
     """A request to the agent got no answer in time."""
 
 
+class ReadGate(Protocol):
+    """Back-pressure on agents' stdout (eventlog.EventBuffer): no next line while full."""
+
+    def full(self) -> bool: ...
+
+    async def wait_room(self) -> None: ...
+
+
 class AgentCallbacks(Protocol):
     """What the session runtime does with what the agent sends."""
 
@@ -154,19 +162,53 @@ class _LineLimitedReader(asyncio.StreamReader):
         reader: asyncio.StreamReader,
         on_overflow: Any,
         intercept: Callable[[bytes], bool] | None = None,
+        gate: ReadGate | None = None,
     ) -> None:
         # a StreamReader for the SDK's isinstance check; only these two methods are used
         super().__init__()
         self._reader = reader
         self._on_overflow = on_overflow
         self._intercept = intercept
+        self._gate = gate
+        self._ungated = asyncio.Event()
         self._over = False
+
+    def ungate(self) -> None:
+        """Read without waiting for room from now on (the agent is being stopped)."""
+        self._ungated.set()
+
+    async def _room(self) -> None:
+        """Back-pressure: while the event buffer is full, read nothing more.
+
+        The pipe transport is paused too, or the StreamReader would keep reading ahead
+        (up to twice the line limit); the agent then blocks writing its stdout.
+        """
+        gate = self._gate
+        if gate is None or not gate.full() or self._ungated.is_set():
+            return
+        transport = getattr(self._reader, "_transport", None)
+        if not isinstance(transport, asyncio.ReadTransport):
+            transport = None
+        if transport is not None:
+            transport.pause_reading()
+        room = asyncio.ensure_future(gate.wait_room())
+        ungated = asyncio.ensure_future(self._ungated.wait())
+        try:
+            await asyncio.wait({room, ungated}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            room.cancel()
+            ungated.cancel()
+            # unless the StreamReader paused it itself (its buffer is over its limit)
+            if transport is not None and not getattr(self._reader, "_paused", False):
+                transport.resume_reading()
 
     async def readuntil(self, separator: bytes = b"\n") -> bytes:  # type: ignore[override]  # the SDK passes one separator
         if not self._over:
             try:
+                await self._room()
                 line = await self._reader.readuntil(separator)
                 while self._intercept is not None and self._intercept(line):
+                    await self._room()
                     line = await self._reader.readuntil(separator)
                 return line
             except asyncio.LimitOverrunError:
@@ -326,9 +368,13 @@ class _Client:
 class AgentProcess:
     """A running agent: spawn, raw requests with timeouts, death detection, the stop ladder."""
 
-    def __init__(self, spec: AgentSpec, callbacks: AgentCallbacks) -> None:
+    def __init__(
+        self, spec: AgentSpec, callbacks: AgentCallbacks, gate: ReadGate | None = None
+    ) -> None:
         self.spec = spec
         self.callbacks = callbacks
+        self.gate = gate
+        self._stdout: _LineLimitedReader | None = None
         self.proc: asyncio.subprocess.Process | None = None
         self.conn: ClientSideConnection | None = None
         self.exited: asyncio.Future[int] = asyncio.get_running_loop().create_future()
@@ -379,12 +425,13 @@ class AgentProcess:
         )
         assert self.proc.stdin is not None
         assert self.proc.stdout is not None
+        self._stdout = _LineLimitedReader(
+            self.proc.stdout, self._line_too_long, self._take_update, self.gate
+        )
         self.conn = acp.connect_to_agent(
             cast("acp.Client", _Client(self)),
             self.proc.stdin,
-            _LineLimitedReader(
-                self.proc.stdout, self._line_too_long, self._take_update
-            ),
+            self._stdout,
             observers=[self._observe],
             # elicitation/create is routed only with the unstable protocol
             use_unstable_protocol=True,
@@ -512,7 +559,10 @@ class AgentProcess:
                 now = time.monotonic()
                 if now - window_start >= 1.0:
                     window_start, emitted = now, 0
-                if emitted < STDERR_LINES_PER_SECOND:
+                # stderr is never held back: while the event buffer is full (Postgres
+                # down) its lines are dropped like those over the rate
+                full = self.gate is not None and self.gate.full()
+                if emitted < STDERR_LINES_PER_SECOND and not full:
                     emitted += 1
                     self.callbacks.on_stderr(line)
                 else:
@@ -627,6 +677,9 @@ class AgentProcess:
     async def stop(self) -> int | None:
         """close stdin → 2 s → SIGTERM the group → 2 s → SIGKILL the group; reap."""
         self._stopping = True
+        if self._stdout is not None:
+            # a paused pipe hides the agent's exit: read what it still writes
+            self._stdout.ungate()
         await self.terminals.close()  # terminals die with the session
         proc = self.proc
         if proc is None:

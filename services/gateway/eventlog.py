@@ -10,6 +10,10 @@ once (no timer delay).
 Each append carries the session's lease generation (the fencing token of its owner): once
 another instance has taken the session over, nothing more is stored and `on_fenced` tells
 the owner to stop its agent.
+
+Events are encoded when appended, so what waits holds bytes, counted in one EventBuffer
+per process (EVENT_BUFFER_BYTES). While it is full the agents' stdout readers stop
+reading (agents.py), so a Postgres outage makes agents wait instead of filling memory.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -24,12 +29,12 @@ from typing import Any
 
 import asyncpg
 
+from shared import events as event_bytes
 from shared.cache import try_invalidate_sessions
 from shared.channels import Channels
 from shared.db import session_events
 from shared.db.connect import Pool
 from shared.errors import SessionNotFound
-from shared.events import publish_batch
 from shared.redisconn import Redis
 from shared.retry import Backoff
 
@@ -37,6 +42,8 @@ logger = logging.getLogger(__name__)
 
 # lastActivity in the cached list may lag by up to this much
 ACTIVITY_INTERVAL = 1.0
+# what a queued event costs beyond its encoded bytes (the bytes and str objects, list slots)
+ENTRY_OVERHEAD = 128
 RETRY_BASE = 0.05
 RETRY_CAP = 2.0
 # Postgres errors worth retrying: the server or the connection, not the statement
@@ -51,6 +58,46 @@ _TRANSIENT = (
 )
 
 
+class EventBuffer:
+    """Bytes of events appended but not yet stored, across every writer of a process.
+
+    Appending never blocks (the gateway's own events, a turn's end, must not wait), so
+    the bound is kept by the readers: before each stdout line an agent reader waits for
+    room, and beyond the limit the agents wait on their pipes until stores free it.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self.readers_waiting = 0
+        self._room = asyncio.Event()
+        self._room.set()
+
+    def full(self) -> bool:
+        return self.used >= self.limit
+
+    def take(self, size: int) -> None:
+        self.used += size
+        if self.used >= self.limit:
+            self._room.clear()
+
+    def give(self, size: int) -> None:
+        self.used -= size
+        if self.used < self.limit:
+            self._room.set()
+
+    async def wait_room(self) -> None:
+        """Return once the buffer is below its limit."""
+        if self.used < self.limit:
+            return
+        self.readers_waiting += 1
+        try:
+            while self.used >= self.limit:
+                await self._room.wait()
+        finally:
+            self.readers_waiting -= 1
+
+
 class EventWriter:
     """Ordered, batched, never-dropping writer of one session's events."""
 
@@ -63,17 +110,26 @@ class EventWriter:
         *,
         on_batch: Callable[[int, float], None] | None = None,
         generation: int | None = None,
+        buffer: EventBuffer | None = None,
     ) -> None:
         self._on_batch = on_batch
         # the lease generation this instance holds (None: unfenced); set on every claim
         self.generation = generation
         self.on_fenced: Callable[[], None] | None = None
         self._fenced = False
+        self._buffer = buffer if buffer is not None else EventBuffer(sys.maxsize)
+        self._held = 0  # bytes of ours counted in the buffer
+        # set when the flush task ends: nothing appended after it is stored or counted
+        self._finished = False
         self._pool = pool
         self._redis = redis
         self._channels = channels
         self._session_id = session_id
-        self._queue: list[dict[str, Any]] = []
+        # queued events, encoded: kinds and shared.events.encode_rest bytes
+        self._kinds: list[str] = []
+        self._rests: list[bytes] = []
+        self._queued_bytes = 0
+        self._state: session_events.State | None = None
         self._appended = 0  # events handed to append() so far
         self._stored = 0  # events stored (or abandoned because the session is gone)
         self._wakeup = asyncio.Event()
@@ -96,14 +152,34 @@ class EventWriter:
         """True once a store found our lease generation stale: nothing more is stored."""
         return self._fenced
 
-    def append(self, params: dict[str, Any]) -> int:
-        """Queue one session/update params object; returns its position for `flush(upto)`."""
-        if self._gone or self._fenced:
+    def append(
+        self, params: dict[str, Any], state: session_events.State | None = None
+    ) -> int:
+        """Queue one session/update params object; returns its position for `flush(upto)`.
+
+        With a `state`, the session row takes it in the statement that stores this event
+        (a status change and its event are one write).
+        """
+        if self._gone or self._fenced or self._finished:
             return self._appended
-        self._queue.append(params)
+        if state is not None:
+            self._state = state  # a batch writes the last state queued in it
+        rest = event_bytes.encode_rest(params)
+        size = len(rest) + ENTRY_OVERHEAD
+        self._kinds.append(sys.intern(event_bytes.kind_of(params)))
+        self._rests.append(rest)
+        self._queued_bytes += size
+        self._held += size
+        self._buffer.take(size)
         self._appended += 1
         self._wakeup.set()
         return self._appended
+
+    def _release(self, size: int) -> None:
+        """Give `size` of our bytes back to the process buffer (never more than we hold)."""
+        size = min(size, self._held)
+        self._held -= size
+        self._buffer.give(size)
 
     async def flush(self, upto: int | None = None) -> None:
         """Wait until every event appended so far (or up to `upto`) is stored and published."""
@@ -139,7 +215,7 @@ class EventWriter:
     async def _run(self) -> None:
         try:
             while True:
-                if not self._queue:
+                if not self._rests:
                     self._wakeup.clear()
                     wait_for: float | None = None
                     if self._activity_dirty:
@@ -152,12 +228,14 @@ class EventWriter:
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(wait_for):
                             await self._wakeup.wait()
-                if self._queue:
-                    batch, self._queue = self._queue, []
-                    events = await self._store(batch)
+                if self._rests:
+                    kinds, rests, size = self._kinds, self._rests, self._queued_bytes
+                    state, self._state = self._state, None
+                    self._kinds, self._rests, self._queued_bytes = [], [], 0
+                    events = await self._store(kinds, rests, state)
                     # The next batch is stored while this one is published.
                     task = asyncio.create_task(
-                        self._publish(self._last_publish, events, len(batch))
+                        self._publish(self._last_publish, events, len(rests), size)
                     )
                     self._publishes.add(task)
                     task.add_done_callback(self._publishes.discard)
@@ -171,6 +249,10 @@ class EventWriter:
                     self._last_invalidate = time.monotonic()
                     await try_invalidate_sessions(self._redis, self._channels)
         finally:
+            # nothing more is stored: what we hold must not keep agents waiting (set
+            # before any await, so no append can take room that is never given back)
+            self._finished = True
+            self._release(self._held)
             async with self._progress:
                 self._progress.notify_all()
 
@@ -179,25 +261,33 @@ class EventWriter:
         previous: asyncio.Task[None] | None,
         events: list[session_events.StoredEvent],
         count: int,
+        size: int,
     ) -> None:
         """Publish after the previous batch's publish (order), then count the batch done."""
         if previous is not None and not previous.done():
             await asyncio.wait({previous})  # its failure is its own: never raises here
         if events:
-            await publish_batch(
+            await event_bytes.publish(
                 self._redis, self._channels, str(self._session_id), events
             )
+        self._release(size)
         async with self._progress:
             self._stored += count
             self._progress.notify_all()
 
     async def _store(
-        self, batch: list[dict[str, Any]]
+        self,
+        kinds: list[str],
+        rests: list[bytes],
+        state: session_events.State | None,
     ) -> list[session_events.StoredEvent]:
         """One statement for the batch; retry with backoff on Postgres failure, in order.
 
         Returns the stored events ([] when they could not be stored and were given up).
+        Every attempt carries the same batch id: when an attempt committed but its reply
+        was lost, the retry finds the batch stored and does not store it again.
         """
+        batch_id = uuid.uuid4()
         backoff = Backoff(RETRY_BASE, RETRY_CAP)
         events: list[session_events.StoredEvent] = []
         while True:
@@ -206,37 +296,43 @@ class EventWriter:
             try:
                 started = time.perf_counter()
                 async with self._pool.acquire() as conn:
-                    events = await session_events.append_batch(
-                        conn, self._session_id, batch, generation=self.generation
+                    events = await event_bytes.store(
+                        conn,
+                        self._session_id,
+                        kinds,
+                        rests,
+                        batch_id=batch_id,
+                        state=state,
+                        generation=self.generation,
                     )
                 if self._on_batch is not None:
-                    self._on_batch(len(batch), time.perf_counter() - started)
+                    self._on_batch(len(rests), time.perf_counter() - started)
                 break
             except SessionNotFound:
                 # deleted meanwhile: nothing can be stored for it any more
                 self._gone = True
                 return []
             except session_events.LeaseLost:
-                self._lease_lost(len(batch))
+                self._lease_lost(len(rests))
                 return []
             except asyncpg.PostgresError as err:
                 if not isinstance(err, _TRANSIENT):
                     # a statement that can never succeed: retrying would block the log
                     logger.error(
                         "dropping %d events of %s: %s",
-                        len(batch),
+                        len(rests),
                         self._session_id,
                         err,
                     )
                     return []
-                await self._backoff(err, backoff.delay(), len(batch))
+                await self._backoff(err, backoff.delay(), len(rests))
                 if self._closing and backoff.at_cap:
                     return []
             except (OSError, asyncpg.InterfaceError) as err:
                 if self._closing and backoff.at_cap:
                     logger.error(
                         "dropping %d events of %s after retries: %s",
-                        len(batch),
+                        len(rests),
                         self._session_id,
                         err,
                     )

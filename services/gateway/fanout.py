@@ -1,11 +1,12 @@
 """The gateway's side of the hub (services/common/hub.py): session events as SSE frames.
 
-Each published event (its JSON exactly as stored) is framed once, with its eventId, and
-the same bytes go to every stream of the session. A `session:deleted` on the workspace
-lifecycle pattern ends that session's streams. Pub/sub is at-most-once: the hub tells
-streams to catch up from the Postgres log (`Marker.RESYNC`) after every (re)subscription
-and while Redis is unreachable; the consumer (sse.py) drops eventIds it already delivered
-and backfills gaps, so an eventId is never delivered twice or out of order.
+Each published event (its bytes exactly as stored) is framed once, with its eventId, and
+the same bytes go to every stream of the session; the layout and the frame are
+shared/events.py's. A `session:deleted` on the workspace lifecycle pattern ends that
+session's streams. Pub/sub is at-most-once: the hub tells streams to catch up from the
+Postgres log (`Marker.RESYNC`) after every (re)subscription and while Redis is
+unreachable; the consumer (sse.py) drops eventIds it already delivered and backfills
+gaps, so an eventId is never delivered twice or out of order.
 """
 
 from __future__ import annotations
@@ -15,34 +16,7 @@ from collections.abc import Callable
 import orjson
 
 from services.common.hub import Hub
-
-_DATA_PREFIX = b'data: {"jsonrpc":"2.0","method":"session/update","params":'
-
-
-def event_frame(event_id: int, payload: bytes) -> bytes:
-    """The SSE frame of one stored event, encoded once for all streams."""
-    return b"id: %d\n%s%s}\n\n" % (event_id, _DATA_PREFIX, payload)
-
-
-_ID_MARK = b'"eventId":"'
-
-
-def event_id_of(payload: bytes) -> int | None:
-    """The eventId of a published event; read from the head our writer puts it in."""
-    # Fast path: `{"sessionId":"…","eventId":"N",…` (session_events.build_payload);
-    # a full parse per message cost more than the framing itself.
-    start = payload.find(_ID_MARK, 0, 80)
-    if start != -1:
-        start += len(_ID_MARK)
-        end = payload.find(b'"', start, start + 20)
-        digits = payload[start:end] if end != -1 else b""
-        if digits.isdigit():
-            return int(digits)
-    try:
-        value = orjson.loads(payload).get("eventId")
-        return int(value)
-    except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
-        return None
+from shared.events import event_id_of, sse_frame
 
 
 def encode_event(payload: bytes) -> tuple[int, bytes] | None:
@@ -50,7 +24,7 @@ def encode_event(payload: bytes) -> tuple[int, bytes] | None:
     event_id = event_id_of(payload)
     if event_id is None:
         return None
-    return (event_id, event_frame(event_id, payload))
+    return (event_id, sse_frame(event_id, payload))
 
 
 def on_lifecycle(hub: Hub) -> Callable[[str, bytes], None]:

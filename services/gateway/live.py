@@ -3,9 +3,9 @@
 A LiveSession starts its agent (spawn, initialize, new or load, mode and model, ready),
 runs prompt turns (exactly one end event each), cancels them, switches mode and
 model, answers permission requests, takes the agent's updates, and fails or stops. Every
-state change is written to Postgres (the read side computes effective status from it and
-the lease), announced with a lifecycle message, and recorded as an event through the
-session's EventWriter, in that order where the API's ordering rules need it.
+state change is written to Postgres together with its event, in one statement of the
+session's EventWriter (whoever reads the new state finds its event), then announced with a
+lifecycle message.
 
 It gets what it needs from its process through SessionDeps; the SessionManager
 (runtime.py) keeps the registry of live sessions and never sits between a call and its
@@ -38,7 +38,7 @@ from services.gateway.agents import (
 )
 from services.gateway.confine import AgentUser
 from services.gateway.elicitation import ElicitationBroker
-from services.gateway.eventlog import EventWriter
+from services.gateway.eventlog import EventBuffer, EventWriter
 from services.gateway.failures import (
     AGENT_FAILURES,
     agent_failure,
@@ -51,7 +51,7 @@ from services.gateway.permissions import PermissionBroker
 from services.gateway.spec import agent_spec, prepare_home
 from services.gateway.turn import Queued, Turn, consume
 from shared.channels import Channels
-from shared.db import queued_prompts, sessions
+from shared.db import queued_prompts, session_events, sessions
 from shared.db.connect import Pool
 from shared.errors import (
     AgentError,
@@ -75,6 +75,9 @@ IfBusy = Literal["reject", "enqueue", "interrupt"]
 
 # how long session/prompt waits to store its user_message before answering (Postgres down)
 USER_MESSAGE_STORE_WAIT = 5.0
+# how long a stop waits for its final state to be stored before tearing down (the
+# writer's close then tries a while longer)
+STOP_STORE_WAIT = 5.0
 # Postgres unreachable or failing: the lease checks fall back to their own clock
 PG_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
@@ -108,6 +111,8 @@ class SessionDeps:
     # what agents may be given (mcpServers) and who they run as (AGENT_USER)
     mcp: McpPolicy
     agent_user: AgentUser | None
+    # events waiting for Postgres, all sessions: when full, agents' stdout is not read
+    event_buffer: EventBuffer
     # metrics: an agent failed, after it was ready (True: a crash) or before
     on_agent_failure: Callable[[bool], None] | None = None
     # metrics: agents' token and cost counters (usage.py)
@@ -217,14 +222,22 @@ class LiveSession:
     async def wait_ready(self) -> None:
         await asyncio.shield(self.ready)
 
-    async def set_state(
+    def record_state(
         self,
         acp_status: str,
         status: str,
+        event: dict[str, Any],
+        *,
         error: str | None = None,
         extra: dict[str, Any] | None = None,
-    ) -> None:
-        """Persist acp_status/status (+ error), then announce the changed wire fields."""
+    ) -> tuple[int, dict[str, Any]]:
+        """Queue `event` with the new acp_status/status (+ error) as one write.
+
+        The writer stores both in one statement, after everything queued before, so
+        whoever reads the new state on the row finds its event in the log (and the other
+        way round). Returns the event's position for `flush` and the changed wire fields
+        for `announce`.
+        """
         changes: dict[str, Any] = dict(extra or {})
         if acp_status != self.acp_status or error:
             changes["acpStatus"] = acp_status
@@ -233,19 +246,58 @@ class LiveSession:
         if error:
             changes["acpError"] = error
         self.acp_status, self.status = acp_status, status
-        written = await sessions.set_state(
-            self._deps.pool,
-            self.uuid,
-            acp_status=acp_status,
-            status=status,
-            acp_error=error,
-            generation=self.writer.generation,
+        position = self.writer.append(
+            event, state=session_events.State(acp_status, status, error)
         )
-        if written is None:
-            # another instance took the session over (or it was deleted): not ours to say
-            self.lease_lost()
-            return
-        if changes:
+        return position, changes
+
+    async def set_state(
+        self,
+        acp_status: str,
+        status: str,
+        event: dict[str, Any],
+        *,
+        error: str | None = None,
+        extra: dict[str, Any] | None = None,
+        store_wait: float | None = None,
+    ) -> None:
+        """`record_state`, wait until it is stored, then announce the changed fields.
+
+        `store_wait` bounds the wait (a stop must end while Postgres is down).
+        """
+        position, changes = self.record_state(
+            acp_status, status, event, error=error, extra=extra
+        )
+        try:
+            async with asyncio.timeout(store_wait):
+                await self.writer.flush(position)
+        except TimeoutError:
+            logger.warning(
+                "acp_status %s of %s not stored yet (Postgres down?)",
+                acp_status,
+                self.session_id,
+            )
+        await self._announce_stored(changes)
+
+    async def release_slot(self) -> None:
+        """Give back a workspace turn slot no turn started on: status idle, and no event
+        (the claim took it without one). Written after everything queued, so no earlier
+        state lands over it; raises like Postgres while the writer cannot store."""
+        async with asyncio.timeout(USER_MESSAGE_STORE_WAIT):
+            await self.writer.flush()
+        if self.writer.fenced or self.turn is not None:
+            return  # not ours any more, or a turn runs on the slot
+        await sessions.release_turn_slot(
+            self._deps.pool, self.uuid, self.writer.generation
+        )
+        if self.status != "idle":
+            self.status = "idle"
+            await self._announce_stored({"status": "idle"})
+
+    async def _announce_stored(self, changes: dict[str, Any]) -> None:
+        """Announce a stored state change, unless another instance took the session over
+        (then it is not ours to say; the writer's on_fenced stops the agent here)."""
+        if changes and not self.writer.fenced:
             await self._deps.announce(self.workspace_id, self.session_id, changes)
 
     def mode_ids(self) -> list[str] | None:
@@ -354,7 +406,7 @@ class LiveSession:
         await asyncio.to_thread(
             prepare_home, spec.home, self.provider, deps.settings.opencode_config
         )
-        agent = AgentProcess(spec, self)
+        agent = AgentProcess(spec, self, deps.event_buffer)
         self.agent = agent
         await agent.start()
         init = await agent.initialize()
@@ -431,11 +483,16 @@ class LiveSession:
             extra["model"] = agent_model
         if self.stopping:
             raise AgentDied("stopped while starting")
-        await self.set_state("ready", "idle", extra=extra)
-        self.emit("acp_status", status="ready")
+        position, changes = self.record_state(
+            "ready", "idle", gateway_update("acp_status", status="ready"), extra=extra
+        )
+        # ready here before the row and the log say so: whoever reads ready there finds
+        # the session usable (idle for MAX_SESSIONS); its next events queue behind this one
         self.last_used = time.monotonic()
         if not self.ready.done():
             self.ready.set_result(None)
+        await self.writer.flush(position)
+        await self._announce_stored(changes)
         if self.queue:
             # queued before a restart or a crash: they run now, in order
             _ = self._deps.spawn(self.run_next())
@@ -501,7 +558,7 @@ class LiveSession:
             return await self._wait_queued(
                 await self._enqueue(blocks, text, meta, if_busy)
             )
-        await self._begin(turn, blocks, text, slot.cap is not None)
+        await self._begin(turn, blocks, text)
         try:
             async with asyncio.timeout(self._deps.settings.prompt_timeout):
                 return await asyncio.shield(turn.future)
@@ -519,17 +576,18 @@ class LiveSession:
                 "Postgres unavailable: the prompt could not be started"
             ) from err
 
-    async def _begin(
-        self, turn: Turn, blocks: list[dict[str, Any]], text: str, slot_claimed: bool
-    ) -> None:
+    async def _begin(self, turn: Turn, blocks: list[dict[str, Any]], text: str) -> None:
         """The user's message in the log, status active, then the agent's turn."""
         self.last_used = time.monotonic()
         try:
-            # the user's message is in the log before the agent sees it
+            # the user's message is in the log before the agent sees it, with status
+            # active in the same write
             content: dict[str, Any] = {"content": {"type": "text", "text": text}}
             if turn.queued_id is not None:
                 content["queuedPromptId"] = turn.queued_id
-            stored = self.writer.append(turn.traced("user_message", **content))
+            stored, changes = self.record_state(
+                self.acp_status, "active", turn.traced("user_message", **content)
+            )
             try:
                 async with asyncio.timeout(USER_MESSAGE_STORE_WAIT):
                     await self.writer.flush(stored)
@@ -543,17 +601,21 @@ class LiveSession:
                 raise SessionUnservable(
                     "Session taken over by another gateway instance"
                 )
-            await self.set_state(self.acp_status, "active")
+            await self._announce_stored(changes)
         except BaseException as err:
             if self.turn is turn:
                 self.turn = None
             # the user_message is (or will be) stored: its turn ends there too
             reason = getattr(err, "message", None) or err.__class__.__name__
-            self.emit("error", message=f"The prompt was not started: {reason}")
-            if slot_claimed and not self.stopping:
-                # the workspace slot is ours: give it back
-                with contextlib.suppress(*PG_ERRORS):
-                    await self.set_state(self.acp_status, "idle")
+            message = f"The prompt was not started: {reason}"
+            if self.stopping:
+                # the stop writes the final state after it
+                self.emit("error", message=message)
+            else:
+                # status idle with it (one write): the workspace slot is free again
+                self.record_state(
+                    self.acp_status, "idle", gateway_update("error", message=message)
+                )
             raise
         if turn.cancel_requested:
             # cancelled (or interrupted) before the agent saw it
@@ -654,7 +716,7 @@ class LiveSession:
             if not self._may_start_head():
                 # dropped, stopped or started meanwhile
                 if slot.cap is not None and not self.stopping:
-                    await self.set_state(self.acp_status, "idle")
+                    await self.release_slot()
                 return
             # the head now: an interrupt may have come first while we waited
             entry = self.queue.popleft()
@@ -673,7 +735,7 @@ class LiveSession:
                 # dropped meanwhile through another instance or a disconnect
                 self.turn = None
                 if slot.cap is not None:
-                    await self.set_state(self.acp_status, "idle")
+                    await self.release_slot()
                 self._answer(entry.id, {"stopReason": "cancelled"})
                 _ = self._deps.spawn(self.run_next())
                 return
@@ -687,7 +749,7 @@ class LiveSession:
         if waiter is not None:
             turn.future.add_done_callback(lambda fut: relay(fut, waiter))
         try:
-            await self._begin(turn, entry.blocks, entry.text, slot.cap is not None)
+            await self._begin(turn, entry.blocks, entry.text)
         except Exception as err:  # noqa: BLE001 - its caller gets it; the log has the end
             self._answer(entry.id, err)
 
@@ -805,10 +867,16 @@ class LiveSession:
         if turn.watchdog is not None and turn.watchdog is not asyncio.current_task():
             turn.watchdog.cancel()
         if error is not None:
-            self.emit("error", message=error)
+            event = gateway_update("error", message=error)
         else:
             assert result is not None
-            self.writer.append(turn.traced("turn_complete", **result))
+            event = turn.traced("turn_complete", **result)
+        changes: dict[str, Any] = {}
+        if self.stopping:
+            self.writer.append(event)  # the caller writes the final state after it
+        else:
+            # the turn's end and status idle: one write
+            _, changes = self.record_state(self.acp_status, "idle", event)
         self._cancel_requests()
         await self.writer.flush()
         if self.writer.fenced:
@@ -822,8 +890,7 @@ class LiveSession:
             self.turn = None
         self.permissions.turn_ended()
         self.last_used = time.monotonic()
-        if not self.stopping:
-            await self.set_state(self.acp_status, "idle")
+        await self._announce_stored(changes)
         turn.outcome = result if error is None else (exc or AgentError(error))
         if settle:
             turn.settle()
@@ -1126,19 +1193,23 @@ class LiveSession:
         error: str | None = None,
         stop_agent: bool,
     ) -> None:
-        """The one shutdown sequence: end the turn, (stop the agent,) the row, the event,
-        then the prompt's reply, then teardown. The row first: whoever sees the event and
-        reads the session finds the new state.
+        """The one shutdown sequence: end the turn, (stop the agent,) the row with its
+        event (one write: whoever sees either finds the other), then the prompt's reply,
+        then teardown.
         """
         turn = await self.end_turn(error=turn_error, settle=False)
         if stop_agent and self.agent is not None:
             await self.agent.stop()
-        await self.set_state(acp_status, "closed", error=error)
+        fields: dict[str, Any] = {"status": acp_status}
         if error is not None:
-            self.emit("acp_status", status=acp_status, error=error)
-        else:
-            self.emit("acp_status", status=acp_status)
-        await self.writer.flush()
+            fields["error"] = error
+        await self.set_state(
+            acp_status,
+            "closed",
+            gateway_update("acp_status", **fields),
+            error=error,
+            store_wait=STOP_STORE_WAIT,
+        )
         if turn is not None:
             turn.settle()
         await self._teardown()

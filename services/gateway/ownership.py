@@ -23,7 +23,7 @@ from services.gateway.live import (
     session_uuid,
 )
 from shared.db import session_events, sessions
-from shared.events import gateway_update, publish_events
+from shared.events import encode_batch, gateway_update, publish, store
 
 logger = logging.getLogger(__name__)
 
@@ -120,8 +120,8 @@ class Leases:
                 )
             if closed.acp_status != closed.previous_acp_status:
                 updates.append(gateway_update("acp_status", status=closed.acp_status))
-            stored = await session_events.append_batch(
-                conn, sid, updates, generation=closed.generation
+            stored = await store(
+                conn, sid, *encode_batch(updates), generation=closed.generation
             )
         logger.warning(
             "closed session %s: %s (%d events written)",
@@ -129,7 +129,7 @@ class Leases:
             reason,
             len(stored),
         )
-        await publish_events(deps.redis, deps.channels, lease.session_id, stored)
+        await publish(deps.redis, deps.channels, lease.session_id, stored)
         await deps.announce(
             closed.workspace_id,
             lease.session_id,

@@ -21,7 +21,7 @@ import asyncpg
 
 from services.gateway.capacity import Capacity
 from services.gateway.confine import agent_user, check_cwd, safe_segment
-from services.gateway.eventlog import EventWriter
+from services.gateway.eventlog import EventBuffer, EventWriter
 from services.gateway.live import (
     PG_ERRORS,
     LiveSession,
@@ -46,7 +46,7 @@ from shared.errors import (
     SessionUnservable,
     UnknownWorkspace,
 )
-from shared.events import gateway_update, publish_events
+from shared.events import encode, encode_batch, gateway_update, publish, store
 from shared.lifecycle import session_changed_with_events
 from shared.providers import get_provider
 from shared.redisconn import Redis
@@ -85,6 +85,7 @@ class SessionManager:
             # what agents may be given and who they run as (checked at start: app.preflight)
             mcp=McpPolicy.from_settings(settings),
             agent_user=agent_user(settings),
+            event_buffer=EventBuffer(settings.event_buffer_bytes),
         )
         self.capacity = Capacity(self.deps, self.live)
         self.leases = Leases(self.deps, self.live)
@@ -163,6 +164,7 @@ class SessionManager:
             uuid.UUID(row.session.session_id),
             on_batch=self.on_batch,
             generation=generation,
+            buffer=self.deps.event_buffer,
         )
         live = LiveSession(self.deps, row, writer)
         writer.on_fenced = live.lease_lost
@@ -267,10 +269,7 @@ class SessionManager:
         # Row, event 1 and the row as read back: one statement, one round trip. Only an
         # idempotency key needs a transaction (its lock and lookup come first).
         first = session_events.StoredEvent(
-            1,
-            session_events.build_payload(
-                sid, 1, gateway_update("acp_status", status="connecting")
-            ),
+            1, encode(sid, 1, gateway_update("acp_status", status="connecting"))
         )
         async with (
             self.pool.acquire() as conn,
@@ -415,8 +414,9 @@ class SessionManager:
                     else "the gateway instance running it was lost"
                 )
                 live.emit("error", message=f"Turn interrupted: {cause}")
-            await live.set_state("connecting", "idle")
-            live.emit("acp_status", status="connecting")
+            await live.set_state(
+                "connecting", "idle", gateway_update("acp_status", status="connecting")
+            )
             _ = self.spawn(live.start(StartRequest(resume=True)))
             await live.wait_ready()
             return live, live.resume_mode
@@ -484,12 +484,14 @@ class SessionManager:
         async with self.pool.acquire() as conn, conn.transaction():
             if not await queued_prompts.delete(conn, session_id, uuid.UUID(queued_id)):
                 return
-            stored = await session_events.append(
+            stored = await store(
                 conn,
                 session_id,
-                [gateway_update("prompt_dropped", queuedPromptId=queued_id)],
+                *encode_batch(
+                    [gateway_update("prompt_dropped", queuedPromptId=queued_id)]
+                ),
             )
-        await publish_events(self.redis, self.channels, sid, stored)
+        await publish(self.redis, self.channels, sid, stored)
         waiter = self.deps.waiters.get(queued_id)
         if waiter is not None and not waiter.done():
             waiter.set_result({"stopReason": "cancelled"})

@@ -4,7 +4,7 @@ Order on connect: subscribe (live events queue up) → replay from the Postgres 
 connected frame → live. The stream remembers the last eventId it wrote: live events at or
 below it are dropped and a jump is filled from the log first, so no event is missed or
 repeated at the replay/live seam, after a Redis outage or anywhere else. Frames are encoded
-once (fanout.event_frame) and written by the common SSE writer (services/common/sse.py),
+once (shared.events.sse_frame) and written by the common SSE writer (services/common/sse.py),
 fed by the process's hub (services/common/hub.py), which closes a stream whose client
 does not keep up (StreamLimits).
 """
@@ -27,11 +27,12 @@ from services.common.hub import Hub, Subscriber
 from services.common.keys import CHANNELS, HUB, PG_POOL, SETTINGS, STREAM_CONFIG
 from services.common.shares import REVOCATIONS
 from services.common.sse import SseWriter, pump, track
-from services.gateway.fanout import encode_event, event_frame, on_lifecycle
+from services.gateway.fanout import encode_event, on_lifecycle
 from shared.db import session_events, sessions
 from shared.db import shares as shares_db
 from shared.db.connect import Pool
 from shared.errors import BadRequest
+from shared.events import sse_frame
 from shared.jsonutil import dumps
 from shared.models.limits import parse_uint
 
@@ -81,7 +82,7 @@ class _Stream:
             if not events:
                 return
             await self.writer.write_frames(
-                [event_frame(e.event_id, e.payload) for e in events]
+                [sse_frame(e.event_id, e.payload) for e in events]
             )
             self.last = events[-1].event_id
             if len(events) < limit:

@@ -40,7 +40,7 @@ from shared.db import sessions as sessions_db
 from shared.db import workspaces as workspaces_db
 from shared.db.connect import Executor
 from shared.errors import BadRequest, SessionNotFound
-from shared.events import gateway_update, publish_events
+from shared.events import encode_batch, gateway_update, publish, record, store
 from shared.jsonutil import dumps, loads
 from shared.models.session import SESSION_STATUSES, Session
 
@@ -175,19 +175,36 @@ async def _require_session(request: web.Request, session_id: uuid.UUID) -> None:
         raise SessionNotFound(str(session_id))
 
 
-async def _append_event(
+async def _record_event(
     request: web.Request, session_id: uuid.UUID, params: dict[str, Any]
 ) -> None:
     """Store first (raises on Postgres failure), then publish within a deadline."""
     app = request.app
+    # Redis just failed: store only, subscribers catch up from the log
+    redis = app[REDIS] if app[LIST_CACHE].redis_reachable else None
     with postgres_calls():
-        async with app[PG_POOL].acquire() as conn:
-            events = await session_events.append(conn, session_id, [params])
+        await record(
+            app[PG_POOL],
+            session_id,
+            [params],
+            redis=redis,
+            channels=app[CHANNELS],
+            publish_within=REDIS_TIMEOUT * 2,
+        )
+
+
+async def _publish_stored(
+    request: web.Request,
+    session_id: uuid.UUID,
+    events: list[session_events.StoredEvent],
+) -> None:
+    """Publish stored events within a deadline; subscribers catch up from the log."""
+    app = request.app
     if not app[LIST_CACHE].redis_reachable:
         return  # Redis just failed: subscribers catch up from the log
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(REDIS_TIMEOUT * 2):
-            await publish_events(app[REDIS], app[CHANNELS], str(session_id), events)
+            await publish(app[REDIS], app[CHANNELS], str(session_id), events)
 
 
 async def _send_stop(
@@ -223,7 +240,7 @@ async def patch_session(request: web.Request) -> web.Response:
         workspace_id = await sessions_db.rename(request.app[PG_POOL], session_id, name)
     if workspace_id is None:
         raise SessionNotFound(str(session_id))
-    await _append_event(
+    await _record_event(
         request, session_id, gateway_update("session_renamed", name=name)
     )
     await request.app[LIST_CACHE].session_changed(
@@ -264,28 +281,30 @@ async def delete_session(request: web.Request) -> web.Response:
 async def disconnect_session(request: web.Request) -> web.Response:
     """Close the session and release its owner, then stop the agent; idempotent."""
     session_id = session_id_of(request)
-    # the queue goes with the close: no instance takes up a disconnected session's prompts
+    events: list[session_events.StoredEvent] = []
     with postgres_calls():
         async with request.app[PG_POOL].acquire() as conn, conn.transaction():
+            # the queue goes with the close: no instance takes up a disconnected
+            # session's prompts
             dropped = await queued_prompts.delete_all(conn, session_id)
             closed = await sessions_db.close_and_release(conn, session_id)
+            params = [
+                gateway_update("prompt_dropped", queuedPromptId=queued_id)
+                for queued_id in dropped
+            ]
+            if closed is not None and not closed.was_closed:
+                # the gateway writes no event for a stop it was told about: we do, in
+                # the same transaction, so whoever sees closed on the row finds it
+                params.append(gateway_update("acp_status", status="closed"))
+            if closed is not None:
+                events = await store(conn, session_id, *encode_batch(params))
     if closed is None:
         raise SessionNotFound(str(session_id))
-    for queued_id in dropped:
-        await _append_event(
-            request,
-            session_id,
-            gateway_update("prompt_dropped", queuedPromptId=queued_id),
-        )
     # closed (and the lease released) before the stop goes out: whatever the owner writes
     # while it stops, the session no longer counts as running on it
     if closed.owner_instance_id is not None:
         await _send_stop(request, closed.owner_instance_id, session_id, "disconnected")
-    if not closed.was_closed:
-        # the gateway writes no event for a stop it was told about: we do
-        await _append_event(
-            request, session_id, gateway_update("acp_status", status="closed")
-        )
+    await _publish_stored(request, session_id, events)
     if not closed.was_closed or closed.owner_instance_id is not None:
         await request.app[LIST_CACHE].session_changed(
             "session:updated",

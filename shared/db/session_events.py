@@ -1,21 +1,19 @@
-"""SQL for `session_events`, the append-only per-session event log."""
+"""SQL for `session_events`, the append-only per-session event log.
+
+The payload's byte layout is shared.events' (encode, store, record); this module only joins
+the parts it is given.
+"""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
-import orjson
+import asyncpg
 
-from shared.db.connect import Connection, Executor
+from shared.db.connect import Executor
 from shared.errors import SessionNotFound
-
-BUMP_COUNTER = """
-UPDATE sessions SET last_event_id = last_event_id + $2, last_activity = now()
-WHERE session_id = $1 RETURNING last_event_id
-"""
 
 RANGE = """
 SELECT event_id, payload FROM session_events
@@ -53,20 +51,45 @@ class LeaseLost(Exception):
 # One statement (one round trip, its own transaction): bump the counter and insert the
 # batch with the ids it reserved. $2 event count, $3 kinds, $4 each payload after its
 # eventId (`rest`), $5 the payload head up to the eventId; payload = head || id || rest.
-# $6 the writer's lease generation (None: unfenced): a stale one stores nothing.
+# $6 the batch id, kept on the batch's first event (unique): when an earlier attempt of
+# this batch committed (its reply lost), `done` finds it and nothing is stored again.
+# $7..$9 a state change (acp_status, status, acp_error) written with the events, so the
+# row never shows a state whose event is not in the log yet; $7 NULL leaves the state.
+# $10 the writer's lease generation (None: unfenced): a stale one stores nothing. A batch
+# already stored (`done`) is returned as stored, whatever the generation is now.
 APPEND_BATCH = """
-WITH bumped AS (
-    UPDATE sessions SET last_event_id = last_event_id + $2, last_activity = now()
-    WHERE session_id = $1 AND ($6::bigint IS NULL OR lease_generation = $6)
+WITH done AS (
+    SELECT event_id FROM session_events WHERE batch_id = $6 AND session_id = $1
+), bumped AS (
+    UPDATE sessions SET last_event_id = last_event_id + $2, last_activity = now(),
+        acp_status = coalesce($7::text, acp_status),
+        status = coalesce($8::text, status),
+        acp_error = CASE WHEN $7::text IS NULL THEN acp_error ELSE $9::text END,
+        updated_at = CASE WHEN $7::text IS NULL THEN updated_at ELSE now() END
+    WHERE session_id = $1 AND NOT EXISTS (SELECT FROM done)
+      AND ($10::bigint IS NULL OR lease_generation = $10)
     RETURNING last_event_id
 ), inserted AS (
-    INSERT INTO session_events (session_id, event_id, kind, payload)
+    INSERT INTO session_events (session_id, event_id, kind, payload, batch_id)
     SELECT $1, b.last_event_id - $2 + e.n, e.kind,
-           $5::text || (b.last_event_id - $2 + e.n) || e.rest
+           $5::text || (b.last_event_id - $2 + e.n) || e.rest,
+           CASE WHEN e.n = 1 THEN $6::uuid END
     FROM bumped b, unnest($3::text[], $4::text[]) WITH ORDINALITY AS e(kind, rest, n)
 )
-SELECT last_event_id FROM bumped
+SELECT (SELECT last_event_id FROM bumped) AS last,
+       (SELECT event_id FROM done) AS first_done
 """
+
+BATCH_ID_INDEX = "session_events_batch_id"
+
+
+@dataclass(frozen=True, slots=True)
+class State:
+    """A session's acp_status, status and acp_error, written together with an event."""
+
+    acp_status: str
+    status: str
+    acp_error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,100 +98,56 @@ class StoredEvent:
     payload: bytes  # the event object as JSON, exactly as published and streamed
 
 
-def build_payload(session_id: str, event_id: int, params: dict[str, Any]) -> bytes:
-    """The event object: the agent's params with our sessionId and the eventId."""
-    body: dict[str, Any] = {"sessionId": session_id, "eventId": str(event_id)}
-    body.update((k, v) for k, v in params.items() if k not in ("sessionId", "eventId"))
-    return orjson.dumps(body)
-
-
-def kind_of(params: dict[str, Any]) -> str:
-    update = params.get("update")
-    if isinstance(update, dict):
-        kind = update.get("sessionUpdate")
-        if isinstance(kind, str):
-            return kind
-    return "unknown"
-
-
-async def append(
-    conn: Connection,
-    session_id: uuid.UUID,
-    params_list: Sequence[dict[str, Any]],
-) -> list[StoredEvent]:
-    """Store events with the session's next contiguous ids, in one transaction.
-
-    `params_list` holds `session/update` params (`{"update": {...}, ...}`); the counter on the
-    session row serialises writers, so any process may append.
-    """
-    if not params_list:
-        return []
-    sid = str(session_id)
-    async with conn.transaction():
-        last = await conn.fetchval(BUMP_COUNTER, session_id, len(params_list))
-        if last is None:
-            raise SessionNotFound(sid)
-        first = last - len(params_list) + 1
-        events = [
-            StoredEvent(first + i, build_payload(sid, first + i, params))
-            for i, params in enumerate(params_list)
-        ]
-        await conn.copy_records_to_table(
-            "session_events",
-            records=[
-                (session_id, ev.event_id, kind_of(params), ev.payload.decode())
-                for ev, params in zip(events, params_list, strict=True)
-            ],
-            columns=["session_id", "event_id", "kind", "payload"],
-        )
-    return events
-
-
-def _rest(params: dict[str, Any]) -> bytes:
-    """The payload after the eventId value: `"` then the params' other fields and `}`."""
-    body = orjson.dumps(
-        {k: v for k, v in params.items() if k not in ("sessionId", "eventId")}
-    )
-    return b'"}' if body == b"{}" else b'",' + body[1:]
-
-
 async def append_batch(
     conn: Executor,
     session_id: uuid.UUID,
-    params_list: Sequence[dict[str, Any]],
+    head: bytes,
+    kinds: Sequence[str],
+    rests: Sequence[bytes],
     *,
+    batch_id: uuid.UUID | None = None,
+    state: State | None = None,
     generation: int | None = None,
-) -> list[StoredEvent]:
-    """`append` in one statement and one round trip; payloads byte-identical to it.
+) -> int:
+    """Store events as `head || eventId || rest` in one statement; the first eventId.
 
-    Each params object is encoded once; the stored text and the returned (published)
-    bytes are the same head + eventId + rest. With `generation` (the lease's fencing
-    token) nothing is stored unless it is current: LeaseLost.
+    With a `batch_id` the write is idempotent: calling again with the same id and events
+    (a retry after a lost reply) stores nothing and answers the first id the first call
+    got. A `state` is set on the row in the same statement. With `generation` (the
+    lease's fencing token) nothing new is stored, and no state set, unless it is current:
+    LeaseLost.
     """
-    if not params_list:
-        return []
     sid = str(session_id)
-    head = b'{"sessionId":"%s","eventId":"' % sid.encode()
-    rests = [_rest(p) for p in params_list]
     count = len(rests)
-    last = await conn.fetchval(
+    args = (
         APPEND_BATCH,
         session_id,
         count,
-        [kind_of(p) for p in params_list],
+        list(kinds),
         [r.decode() for r in rests],
         head.decode(),
+        batch_id,
+        state.acp_status if state else None,
+        state.status if state else None,
+        state.acp_error if state else None,
         generation,
     )
-    if last is None:
-        if generation is not None and await conn.fetchval(EXISTS, session_id):
-            raise LeaseLost(sid)
-        raise SessionNotFound(sid)
-    first = last - count + 1
-    return [
-        StoredEvent(first + i, b"%s%d%s" % (head, first + i, rest))
-        for i, rest in enumerate(rests)
-    ]
+    try:
+        row = await conn.fetchrow(*args)
+    except asyncpg.UniqueViolationError as err:
+        if err.constraint_name != BATCH_ID_INDEX:
+            raise
+        # an earlier attempt, still running when this one started, committed first:
+        # this statement's snapshot missed it, the next one finds it in `done`
+        row = await conn.fetchrow(*args)
+    assert row is not None  # the final SELECT always yields one row
+    if row["first_done"] is not None:
+        return int(row["first_done"])
+    if row["last"] is not None:
+        return int(row["last"]) - count + 1
+    if generation is not None and await conn.fetchval(EXISTS, session_id):
+        raise LeaseLost(sid)  # the row is there: our generation is not current
+    raise SessionNotFound(sid)
 
 
 async def after(

@@ -93,12 +93,10 @@ ORDER BY created_at DESC LIMIT 1
 
 RENAME = "UPDATE sessions SET name = $2, updated_at = now() WHERE session_id = $1 RETURNING workspace_id"
 
-# $5: the lease generation the writer holds (None: unfenced); a stale one changes nothing
-SET_STATE = """
-UPDATE sessions SET acp_status = $2, status = $3, acp_error = $4, updated_at = now()
-WHERE session_id = $1 AND ($5::bigint IS NULL OR lease_generation = $5)
-RETURNING workspace_id
-"""
+# acp_status/status change in the write that stores their event (whoever reads one
+# finds the other): session_events.APPEND_BATCH with a state, CLOSE_AND_RELEASE in the
+# transaction that appends acp_status closed, CLOSE_ORPHAN in the transaction that
+# appends the end events.
 
 SET_MODE = "UPDATE sessions SET mode_id = $2, updated_at = now() WHERE session_id = $1"
 SET_MODEL = "UPDATE sessions SET model = $2, updated_at = now() WHERE session_id = $1"
@@ -311,22 +309,6 @@ async def find_idempotent(
 async def rename(conn: Executor, session_id: uuid.UUID, name: str) -> str | None:
     """Returns the workspace id, or None when the session does not exist."""
     value = await conn.fetchval(RENAME, session_id, name)
-    return str(value) if value is not None else None
-
-
-async def set_state(
-    conn: Executor,
-    session_id: uuid.UUID,
-    *,
-    acp_status: str,
-    status: str,
-    acp_error: str | None = None,
-    generation: int | None = None,
-) -> str | None:
-    """The workspace id; None when the row is gone or `generation` is no longer current."""
-    value = await conn.fetchval(
-        SET_STATE, session_id, acp_status, status, acp_error, generation
-    )
     return str(value) if value is not None else None
 
 
@@ -575,6 +557,13 @@ WHERE s.session_id = $1 AND running.n < $3
 RETURNING s.session_id
 """
 
+# a claimed slot no turn started on: status idle again (no event, like the claim)
+RELEASE_TURN_SLOT = """
+UPDATE sessions SET status = 'idle', updated_at = now()
+WHERE session_id = $1 AND status = 'active'
+  AND ($2::bigint IS NULL OR lease_generation = $2)
+"""
+
 
 @dataclass(frozen=True, slots=True)
 class Claim:
@@ -702,3 +691,10 @@ async def claim_turn_slot(
             CLAIM_TURN_SLOT, session_id, workspace_id, cap, generation
         )
     return TurnSlot(granted is not None, int(cap))
+
+
+async def release_turn_slot(
+    pool: Pool, session_id: uuid.UUID, generation: int | None
+) -> None:
+    """Undo `claim_turn_slot` when the turn it was for never started."""
+    await pool.execute(RELEASE_TURN_SLOT, session_id, generation)

@@ -37,8 +37,8 @@ import redis.asyncio as aioredis
 from yarl import URL
 
 from services.query.retention import run_pass
+from shared import events
 from shared.channels import Channels
-from shared.db import session_events
 from shared.db.connect import create_pool
 from shared.db.migrate import migrate
 from tests.bench import suite
@@ -103,11 +103,13 @@ async def append_rate(db_url: str, sessions: list[uuid.UUID], seconds: float) ->
     stored = [0]
     batch = [_chunk(i) for i in range(APPEND_BATCH)]
 
+    kinds, rests = events.encode_batch(batch)
+
     async def writer(sid: uuid.UUID) -> None:
         conn = await asyncpg.connect(db_url)
         try:
             while time.monotonic() < stop_at:
-                await session_events.append_batch(conn, sid, batch)
+                await events.store(conn, sid, kinds, rests)
                 stored[0] += APPEND_BATCH
         finally:
             await conn.close()

@@ -29,10 +29,10 @@ from yarl import URL
 
 from services.query.app import create_app
 from shared.db import search as search_db
-from shared.db import session_events
 from shared.db import sessions as sessions_db
 from shared.db.connect import Pool, create_pool
 from shared.db.migrate import migrate
+from shared.events import record
 from shared.settings import Settings
 
 CHUNKS = 50
@@ -88,7 +88,7 @@ async def write_run(pool: Pool, events: int, with_index: bool) -> float:
     start = time.perf_counter()
     async with pool.acquire() as conn:
         for at in range(0, len(stream), BATCH):
-            await session_events.append_batch(conn, sid, stream[at : at + BATCH])
+            await record(conn, sid, stream[at : at + BATCH])
     return len(stream) / (time.perf_counter() - start)
 
 
@@ -176,7 +176,7 @@ async def export_peak(settings: Settings, pool: Pool, events: int) -> dict[str, 
     stream = [u for i in range(events // CHUNKS) for u in message(i)]
     async with pool.acquire() as conn:
         for at in range(0, len(stream), 1000):
-            await session_events.append_batch(conn, sid, stream[at : at + 1000])
+            await record(conn, sid, stream[at : at + 1000])
     client = TestClient(TestServer(create_app(settings)))
     await client.start_server()
     peaks: dict[str, float] = {}

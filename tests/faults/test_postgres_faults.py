@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 
+import orjson
 import pytest
 
 from services.gateway.app import create_app as create_gateway
 from services.query.app import create_app as create_query
-from tests.gateway.rpcutil import call, events, kinds, ok, wait_ready
+from tests.gateway.rpcutil import call, events, kinds, ok, wait_events, wait_ready
 from tests.proxy import TcpProxy
 
 HANG_GUARD = 20.0  # a request that "fails fast" must answer well within this
@@ -30,7 +31,8 @@ async def pg_proxy(database_url):
 
 
 @pytest.fixture
-async def stack(make_settings, aiohttp_client, pg_proxy, database_url, cwd_root):
+async def stack(pg_proxy, make_settings, aiohttp_client, database_url, cwd_root):
+    # pg_proxy first: it is torn down after the apps, which store their last states
     settings = make_settings(database_url=pg_proxy.rewrite(database_url))
     gw = await aiohttp_client(create_gateway(settings))
     q = await aiohttp_client(create_query(settings))
@@ -171,3 +173,70 @@ async def test_prompt_while_postgres_is_down_fails_fast(
         kinds(evs).count("turn_complete") + kinds(evs).count("error")
     )
     _check_answered_turns(evs, {"back": "echo: back"})
+
+
+async def test_lost_commit_reply_mid_turn_stores_each_event_once(
+    stack, pg_proxy, pool, workspace_id
+):
+    """Postgres commits a batch of a running turn but its reply is lost, then the
+    connection drops (issue 12 item 12): the log holds each event once, ids contiguous.
+
+    The turn waits on a permission request while the proxy starts dropping replies, so
+    the batch that commits unacknowledged is the agent's answer to it, on every run.
+    """
+    gw, _q = stack
+    sid = (await ok(gw, "session/new", {"workspaceId": workspace_id}))["sessionId"]
+    await wait_ready(pool, sid)
+    text = "/permission"
+    turn = asyncio.create_task(
+        call(gw, "session/prompt", {"sessionId": sid, "prompt": text})
+    )
+    evs = await wait_events(pool, sid, _waiting_permission)
+    tool_call_id = next(filter(None, map(_waiting_permission, evs)))
+    waiting = len(evs)  # the log does not change while the turn waits
+    pg_proxy.drop_replies = True
+    try:
+        # answered without Postgres: the session is live here
+        answer = await ok(
+            gw,
+            "session/respond_user_input",
+            {
+                "sessionId": sid,
+                "toolCallId": tool_call_id,
+                "response": {"decision": "approve"},
+            },
+        )
+        assert answer == {"ok": True}
+        # the next batch (the answer's events) is committed (read around the proxy);
+        # its reply is lost
+        await wait_events(pool, sid, lambda evs: len(evs) > waiting)
+        assert not turn.done()  # the writer still waits on the lost reply
+    finally:
+        pg_proxy.drop_replies = False
+    await pg_proxy.cut()  # the writer sees the connection fail and retries the batch
+    async with asyncio.timeout(HANG_GUARD):
+        reply = await turn
+    assert reply["result"]["stopReason"] == "end_turn", reply
+    evs = await events(pool, sid)
+    _check_answered_turns(evs, {text: "approved"})
+    assert _said(evs) == "approved"
+    after = [orjson.dumps(e["update"], option=orjson.OPT_SORT_KEYS) for e in evs]
+    assert len(set(after)) == len(after), "an event stored twice"
+
+
+def _waiting_permission(evs_or_event):
+    """The toolCallId of a permission request waiting for the user (an event or a log)."""
+    if isinstance(evs_or_event, list):
+        return any(map(_waiting_permission, evs_or_event))
+    update = evs_or_event["update"]
+    if update["sessionUpdate"] == "tool_call" and update.get("status") == "waiting":
+        return update["toolCallId"]
+    return None
+
+
+def _said(evs) -> str:
+    return "".join(
+        e["update"]["content"]["text"]
+        for e in evs
+        if e["update"]["sessionUpdate"] == "agent_message_chunk"
+    )

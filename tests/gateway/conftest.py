@@ -16,7 +16,7 @@ from services.common.hub import StreamConfig
 from services.common.keys import HUB, STREAM_CONFIG
 from services.gateway.app import create_app
 from shared.db import sessions
-from shared.events import gateway_update, record_events
+from shared.events import gateway_update, record
 from shared.settings import Settings
 
 
@@ -68,11 +68,11 @@ def new_session(pool, workspace_id) -> Callable[[], Awaitable[str]]:
 
 @pytest.fixture
 def append(pool, redis, channels) -> Callable[..., Awaitable[list[int]]]:
-    """Store then publish events (shared.events.record_events); returns their eventIds."""
+    """Store then publish events as production does (shared.events.record); their eventIds."""
 
     async def _append(session_id: str, *updates: dict[str, Any]) -> list[int]:
-        stored = await record_events(
-            pool, redis, channels, uuid.UUID(session_id), list(updates)
+        stored = await record(
+            pool, uuid.UUID(session_id), list(updates), redis=redis, channels=channels
         )
         return [e.event_id for e in stored]
 

@@ -15,7 +15,8 @@ import pytest
 from services.gateway import jsonrpc
 from services.gateway.app import create_app
 from services.gateway.keys import GATEWAY_LINK, SESSION_MANAGER
-from shared.db import session_events, sessions
+from shared.db import sessions
+from shared.events import record
 from tests.gateway.conftest import user_message
 from tests.gateway.rpcutil import (
     call,
@@ -135,7 +136,7 @@ async def test_two_instances_adopting_at_once_end_with_one_owner(
     await a.app[SESSION_MANAGER].stop_quiet(sid, "disconnected")
     # a dead owner that was in the middle of a turn: its user_message has no end yet
     async with pool.acquire() as conn:
-        await session_events.append(conn, uuid.UUID(sid), [user_message("two")])
+        await record(conn, uuid.UUID(sid), [user_message("two")])
     await _orphan(pool, sid, "ghost-gateway", status="active")
     loads = await asyncio.gather(
         ok(b, "session/load", {"sessionId": sid}),
@@ -237,7 +238,7 @@ async def test_restart_with_same_instance_id_releases_stale_leases(
             ),
         )
         # the previous run died in the middle of a turn
-        await session_events.append(conn, uuid.UUID(sid), [user_message("one")])
+        await record(conn, uuid.UUID(sid), [user_message("one")])
     await pool.execute(
         "UPDATE sessions SET acp_status = 'ready', status = 'active'"
         " WHERE session_id = $1",

@@ -17,8 +17,8 @@ from acp.exceptions import RequestError
 from services.gateway.agents import _Client
 from services.gateway.app import create_app
 from services.gateway.keys import GATEWAY_LINK, SESSION_MANAGER
-from shared.db import session_events, sessions
-from shared.events import gateway_update
+from shared.db import sessions
+from shared.events import gateway_update, record
 from tests.gateway.conftest import user_message
 from tests.gateway.rpcutil import (
     call,
@@ -63,7 +63,7 @@ async def _dead_owner_row(pool, workspace_id: str, log: list[dict]) -> str:
                 lease_ttl=60,
             ),
         )
-        await session_events.append(conn, sid, log)
+        await record(conn, sid, log)
         await conn.execute(
             "UPDATE sessions SET lease_expires_at = now() - interval '1 second'"
             " WHERE session_id = $1",

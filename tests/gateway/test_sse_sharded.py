@@ -8,7 +8,7 @@ import uuid
 from services.common.keys import HUB
 from services.gateway.app import create_app
 from shared.channels import Channels
-from shared.events import record_events
+from shared.events import record
 from tests.gateway.conftest import SseReader, chunk, wait_fanout_ready
 
 
@@ -31,9 +31,14 @@ async def test_sharded_pubsub_on_one_server(
         while (await redis.execute_command("PUBSUB", "SHARDNUMSUB", name))[1] != 1:
             await asyncio.sleep(0.02)
     assert (await redis.pubsub_numsub(name))[0][1] == 0  # not a plain subscription
-    stored = await record_events(
-        pool, redis, channels, uuid.UUID(sid), [chunk("a"), chunk("b")]
-    )
+    async with pool.acquire() as conn:
+        stored = await record(
+            conn,
+            uuid.UUID(sid),
+            [chunk("a"), chunk("b")],
+            redis=redis,
+            channels=channels,
+        )
     frames = await reader.events(2)
     assert [int(f.id or 0) for f in frames] == [e.event_id for e in stored]
     resp.close()

@@ -10,8 +10,8 @@ from typing import Any
 import orjson
 
 from services.query.app import create_app
-from shared.db import session_events
 from shared.db import sessions as sessions_db
+from shared.events import record
 
 ISO_MS = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 
@@ -36,7 +36,7 @@ async def make_session(pool, workspace_id: str, **fields: Any) -> str:
 async def add_events(pool, session_id: str, updates: list[dict[str, Any]]) -> list[int]:
     """Append `update` objects as events; returns their eventIds."""
     async with pool.acquire() as conn:
-        stored = await session_events.append(
+        stored = await record(
             conn, uuid.UUID(session_id), [{"update": u} for u in updates]
         )
     return [e.event_id for e in stored]

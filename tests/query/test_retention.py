@@ -16,11 +16,10 @@ from yarl import URL
 
 from services.query.app import create_app
 from services.query.retention import run_pass
-from shared.db import session_events
 from shared.db.connect import Pool, create_pool
 from shared.db.migrate import migrate
 from shared.db.retention import RETENTION_LOCK_ID
-from shared.events import gateway_update
+from shared.events import encode_batch, gateway_update, store
 
 pytestmark = pytest.mark.integration
 
@@ -88,7 +87,7 @@ async def make_session(
         while len(params) < events:
             params += turn(i)
             i += 1
-        await session_events.append_batch(conn, sid, params[:events])
+        await store(conn, sid, *encode_batch(params[:events]))
         at = datetime.now(UTC) - timedelta(days=age_days)
         await conn.execute(
             "UPDATE sessions SET status = $2, last_activity = $3, updated_at = $3 "
@@ -142,7 +141,7 @@ async def test_pass_deletes_old_closed_logs_in_bounded_batches(rpool: Pool) -> N
 
     # new events of a cleaned session continue after the old ids
     async with rpool.acquire() as conn:
-        stored = await session_events.append_batch(conn, old[0], turn(99)[:1])
+        stored = await store(conn, old[0], *encode_batch(turn(99)[:1]))
     assert stored[0].event_id == EVENTS + 1
 
 

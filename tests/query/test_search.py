@@ -21,9 +21,9 @@ from services.query import search as search_mod
 from services.query.app import create_app
 from services.query.session_views import consolidate
 from shared.db import migrate as migrate_mod
-from shared.db import session_events
 from shared.db.connect import create_pool
 from shared.db.migrate import migrate
+from shared.events import record
 from tests.gateway.conftest import wait_fanout_ready
 from tests.gateway.rpcutil import ok
 from tests.query.sessions_support import ISO_MS, add_events, chunk, make_session
@@ -151,7 +151,7 @@ async def test_messages_merge_like_consolidated_history(
     }
     async with pool.acquire() as conn:
         # the gateway's batched writer, as used on the live path
-        await session_events.append_batch(
+        await record(
             conn,
             uuid.UUID(sid),
             [
@@ -221,10 +221,7 @@ async def test_documents_do_not_depend_on_how_events_were_batched(
         bounds = [0, *cuts, len(events)]
         async with pool.acquire() as conn:
             for lo, hi in itertools.pairwise(bounds):
-                writer = (
-                    session_events.append_batch if lo % 2 else session_events.append
-                )
-                await writer(
+                await record(
                     conn, uuid.UUID(sid), [{"update": u} for u in events[lo:hi]]
                 )
         rows = await pool.fetch(

@@ -41,9 +41,8 @@ from services.query.webhook_targets import (
     TargetRefused,
     check_target,
 )
-from shared.db import session_events
 from shared.db import webhooks as webhooks_db
-from shared.events import gateway_update
+from shared.events import gateway_update, record
 from tests.gateway.conftest import wait_fanout_ready
 from tests.gateway.rpcutil import call, ok, wait_ready
 from tests.security.conftest import bearer, insert_session
@@ -655,7 +654,7 @@ async def test_triggers_enqueue_the_subscribed_events_only(pool, workspace_id) -
     elsewhere = await insert_session(pool, other_ws)
     async with pool.acquire() as conn:
         for target in (sid, elsewhere):
-            await session_events.append(
+            await record(
                 conn,
                 uuid.UUID(target),
                 [

@@ -28,7 +28,7 @@ from services.common.keys import HUB, STREAM_CONFIG
 from services.gateway.app import create_app
 from services.gateway.fanout import encode_event
 from shared.channels import Channels
-from shared.events import record_events
+from shared.events import record
 from tests.conftest import RUN_ID
 from tests.gateway.conftest import SseReader, chunk
 from tests.scaleout.support import Proc, free_port, start_service, stop, wait_ready
@@ -123,8 +123,8 @@ def make_gw(make_settings, aiohttp_client, cwd_root):
 @pytest.fixture
 def append(pool, redis, channels) -> Callable[..., Any]:
     async def _append(session_id: str, *updates: dict[str, Any]) -> list[int]:
-        stored = await record_events(
-            pool, redis, channels, uuid.UUID(session_id), list(updates)
+        stored = await record(
+            pool, uuid.UUID(session_id), list(updates), redis=redis, channels=channels
         )
         return [e.event_id for e in stored]
 
