@@ -176,15 +176,21 @@ async def test_prompt_while_postgres_is_down_fails_fast(
 
 
 async def test_lost_commit_reply_mid_turn_stores_each_event_once(
-    stack, pg_proxy, pool, workspace_id
+    pg_proxy, make_settings, aiohttp_client, database_url, cwd_root, pool, workspace_id
 ):
     """Postgres commits a batch of a running turn but its reply is lost, then the
     connection drops (issue 12 item 12): the log holds each event once, ids contiguous.
 
     The turn waits on a permission request while the proxy starts dropping replies, so
-    the batch that commits unacknowledged is the agent's answer to it, on every run.
+    the batch that commits unacknowledged is the agent's answer to it, on every run. The
+    pool's connections are all opened first: a new one could not finish its handshake
+    while replies are dropped (a lease sweep holding the only open one would leave the
+    writer nothing to send on).
     """
-    gw, _q = stack
+    settings = make_settings(
+        database_url=pg_proxy.rewrite(database_url), pg_pool_min=5, pg_pool_max=5
+    )
+    gw = await aiohttp_client(create_gateway(settings))
     sid = (await ok(gw, "session/new", {"workspaceId": workspace_id}))["sessionId"]
     await wait_ready(pool, sid)
     text = "/permission"
