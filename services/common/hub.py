@@ -52,6 +52,11 @@ from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
 
+# How long the listener waits for a message before it looks at `_stopping` again, and how
+# long stop() waits for the hub's tasks.
+LISTEN_POLL = 1.0
+STOP_WAIT = 5.0
+
 
 @dataclass(frozen=True, slots=True)
 class StreamConfig:
@@ -697,11 +702,17 @@ class Hub:
 
     async def stop(self) -> None:
         self.close_all()
-        for task in (self._task, self._ticker, self._watcher):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        tasks = {t for t in (self._task, self._ticker, self._watcher) if t is not None}
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            # Bounded: redis-py can swallow a cancellation that lands inside a read
+            # (redis/redis-py#2028); the listener then sees `_stopping` within a second.
+            _, stuck = await asyncio.wait(tasks, timeout=STOP_WAIT)
+            if stuck:
+                logger.error(
+                    "%s: %d tasks did not stop: %s", self.name, len(stuck), stuck
+                )
         if self._shards is not None:
             await self._shards.stop()
         await self._redis.aclose()
@@ -809,7 +820,7 @@ class Hub:
         # every attempt also tells the streams to catch up from their log.
         poll = self.config.poll_interval
         backoff = Backoff(poll, 2 * poll)
-        while True:
+        while not self._stopping:
             try:
                 await self._listen(backoff)
             except (RedisError, OSError) as err:
@@ -841,8 +852,10 @@ class Hub:
             names = [name for name in self._by_name if name not in self._patterns]
             if names:
                 await self._redis_subscribe(pubsub, names)
-            while True:
-                message = await pubsub.get_message(timeout=None)
+            while not self._stopping:
+                # a timeout, not None: a cancellation swallowed inside redis-py still
+                # ends the loop once stop() has set `_stopping`
+                message = await pubsub.get_message(timeout=LISTEN_POLL)
                 if message is not None:
                     self._on_message(message, backoff)
         finally:

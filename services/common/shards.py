@@ -67,6 +67,7 @@ class ShardLinks:
             socket_timeout=5.0,
         )
         self.name = name
+        self._stopping = False
         self._on_message = on_message
         self._on_confirmed = on_confirmed
         self._on_lost = on_lost
@@ -82,14 +83,16 @@ class ShardLinks:
         self._repairer = asyncio.create_task(self._repair(), name=f"{self.name}-shards")
 
     async def stop(self) -> None:
-        tasks = [self._repairer] + [link.task for link in self._links.values()]
-        for task in tasks:
-            if task is not None:
-                task.cancel()
-        for task in tasks:
-            if task is not None:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+        self._stopping = True
+        tasks = {self._repairer, *(link.task for link in self._links.values())}
+        running = {task for task in tasks if task is not None}
+        for task in running:
+            task.cancel()
+        if running:
+            # bounded: a cancellation swallowed inside redis-py must not hang shutdown
+            _, stuck = await asyncio.wait(running, timeout=5.0)
+            if stuck:
+                logger.error("%s: %d shard tasks did not stop", self.name, len(stuck))
         for link in list(self._links.values()):
             await self._close(link)
         self._links.clear()
@@ -170,14 +173,16 @@ class ShardLinks:
 
     async def _read(self, link: _Link) -> None:
         try:
-            while True:
-                message = await link.pubsub.get_message(timeout=None)
+            while not self._stopping:
+                message = await link.pubsub.get_message(timeout=1.0)
                 if message is not None:
                     self._handle(link, message)
         except (RedisError, OSError) as err:
             logger.warning("%s: lost shard node %s: %s", self.name, link.node, err)
         except Exception:  # a bug must not end live delivery of these channels
             logger.exception("%s: shard reader of %s failed", self.name, link.node)
+        if self._stopping:
+            return  # stop() closes the links
         lost = [name for name, node in self._at.items() if node == link.node]
         link.task = None
         await self._drop(link)
