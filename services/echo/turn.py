@@ -1,4 +1,4 @@
-"""One prompt turn: what echo says, and its slash commands (README, "The echo agent")."""
+"""One prompt turn: what echo says, and its slash commands (docs/agents.md, "The echo agent")."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 # ruff: noqa: T201
 """The benchmark suite: starts what it needs, runs each scenario next to its baseline in the
-same run, prints one table. `scripts/bench` runs it; see README "Benchmarks".
+same run, prints one table. `scripts/bench` runs it; see docs/benchmarks.md.
 
 Method (spec/perf-ceilings.md): servers on core 0, load generators and clients on core 1,
 Postgres/Redis unpinned, wrk -t1 -c64 --latency, uvloop everywhere.

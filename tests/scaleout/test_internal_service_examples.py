@@ -1,6 +1,6 @@
-"""The README's internal-service examples, run as written against a real gateway.
+"""The internal-service examples of docs/api.md, run as written against a real gateway.
 
-The Python blocks between the internal-services markers are extracted from README.md and
+The Python blocks between the internal-services markers are extracted from docs/api.md and
 run as scripts with this run's REDIS_URL / REDIS_PREFIX: the listener must see the session
 that the commands-stream example creates.
 """
@@ -24,15 +24,15 @@ ROOT = Path(__file__).resolve().parents[2]
 WAIT = 30.0
 
 
-def readme_examples() -> list[str]:
-    text = (ROOT / "README.md").read_text()
+def documented_examples() -> list[str]:
+    text = (ROOT / "docs" / "api.md").read_text()
     start = text.index("<!-- internal-services:start -->")
     end = text.index("<!-- internal-services:end -->")
     return re.findall(r"```python\n(.*?)```", text[start:end], re.S)
 
 
-def test_readme_has_both_examples() -> None:
-    blocks = readme_examples()
+def test_api_md_has_both_examples() -> None:
+    blocks = documented_examples()
     assert len(blocks) == 2
     assert "workspace_sessions" in blocks[0]
     assert "xadd" in blocks[1]
@@ -57,7 +57,7 @@ async def _readline(proc: asyncio.subprocess.Process) -> str:
 async def test_examples_run_against_a_gateway(
     gateway, settings, workspace_id, pool, tmp_path
 ):
-    listen_src, submit_src = readme_examples()
+    listen_src, submit_src = documented_examples()
     (tmp_path / "listen.py").write_text(listen_src)
     (tmp_path / "submit.py").write_text(submit_src)
     env = {
