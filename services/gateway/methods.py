@@ -320,7 +320,9 @@ async def manager_ctx(app: web.Application) -> AsyncIterator[None]:
     app[SESSION_MANAGER] = manager
     hub = app.get(HUB)
     if hub is not None:
-        manager.capacity.has_subscribers = lambda sid: hub.subscriber_count(sid) > 0
+        manager.capacity.has_subscribers = lambda session_id: (
+            hub.subscriber_count(session_id) > 0
+        )
     metrics = app.get(METRICS)
     if metrics is not None:
         manager.deps.metrics = metrics
