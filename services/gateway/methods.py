@@ -16,8 +16,7 @@ import structlog
 from aiohttp import web
 from pydantic import AliasChoices, BaseModel, Field, ValidationError
 
-from services.common.keys import CHANNELS, HUB, PG_POOL, REDIS, SETTINGS
-from services.common.metrics import METRICS
+from services.common.keys import CHANNELS, HUB, METRICS, PG_POOL, REDIS, SETTINGS
 from services.gateway import jsonrpc
 from services.gateway.elicitation import no_pending as no_pending_elicitation
 from services.gateway.forwarding import routed

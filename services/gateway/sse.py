@@ -21,11 +21,18 @@ import asyncpg
 from aiohttp import web
 
 from services.common.apidoc import SSE, Param, api
-from services.common.auth import AUTH, PRINCIPAL, Principal, share_of
+from services.common.auth import PRINCIPAL, Principal, share_of
 from services.common.http import error_response
 from services.common.hub import Hub, Subscriber
-from services.common.keys import CHANNELS, HUB, PG_POOL, SETTINGS, STREAM_CONFIG
-from services.common.shares import REVOCATIONS
+from services.common.keys import (
+    AUTH,
+    CHANNELS,
+    HUB,
+    PG_POOL,
+    REVOCATIONS,
+    SETTINGS,
+    STREAM_CONFIG,
+)
 from services.common.sse import SseWriter, pump, track
 from services.gateway.fanout import encode_event, on_lifecycle
 from shared.db import session_events, sessions
