@@ -36,7 +36,8 @@ PG_ERRORS = (OSError, ConnectionError, TimeoutError, asyncpg.PostgresError)
 
 
 class Unknown:
-    pass
+    """What a lookup answers for a token that is none of ours (a Scope of None is every
+    workspace, so it cannot say this)."""
 
 
 UNKNOWN = Unknown()
