@@ -33,7 +33,8 @@ from services.devtools.embedded import (
     postgres_problem,
     redis_problem,
 )
-from services.devtools.origin import Backend, Upstreams, create_origin_app
+from services.devtools.origin import create_origin_app
+from services.devtools.upstreams import Backend, Upstreams
 from shared import cli
 from shared.settings import load_settings
 

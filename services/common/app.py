@@ -10,13 +10,23 @@ from __future__ import annotations
 from aiohttp import web
 
 from services.common.auth import auth_ctx
-from services.common.health import HEALTH, Health, healthz, mark_draining, readyz
+from services.common.health import healthz, mark_draining, metrics_handler, readyz
 from services.common.http import MAX_BODY_BYTES
-from services.common.keys import CHANNELS, PG_POOL, REDIS, SETTINGS
-from services.common.metrics import METRICS, Metrics, metrics_handler
+from services.common.keys import (
+    CHANNELS,
+    HEALTH,
+    METRICS,
+    PG_POOL,
+    REDIS,
+    REVOCATIONS,
+    SETTINGS,
+)
+from services.common.metrics import Metrics
 from services.common.middleware import app_middleware
+from services.common.readiness import Health
 from services.common.resources import postgres_ctx, redis_ctx
-from services.common.shares import REVOCATIONS, Revocations, revocations_ctx
+from services.common.revocations import Revocations
+from services.common.shares import revocations_ctx
 from shared.channels import Channels
 from shared.settings import Settings
 

@@ -1,28 +1,15 @@
-"""/healthz and /readyz: liveness without dependencies, readiness with them."""
+"""/healthz, /readyz and /metrics: liveness without dependencies, readiness with them,
+and the Prometheus exposition."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 
 from aiohttp import web
 
 from services.common.apidoc import api
 from services.common.http import json_response
-
-
-@dataclass(slots=True)
-class Health:
-    """Readiness state of one process; `draining` flips on shutdown so balancers stop sending."""
-
-    service: str
-    instance_id: str
-    draining: bool = False
-    checks: dict[str, Callable[[], Awaitable[object]]] = field(default_factory=dict)
-
-
-HEALTH = web.AppKey("health", Health)
+from services.common.keys import HEALTH, METRICS
 
 
 @api("Liveness: the process is up (no dependency calls)", "ops", {"type": "object"})
@@ -59,3 +46,9 @@ async def readyz(request: web.Request) -> web.Response:
 async def mark_draining(app: web.Application) -> None:
     """on_shutdown, first: /readyz answers 503 so balancers stop sending new work."""
     app[HEALTH].draining = True
+
+
+@api("Prometheus metrics of this process", "ops", "text/plain")
+async def metrics_handler(request: web.Request) -> web.StreamResponse:
+    """`GET /metrics`: prometheus-client's own aiohttp handler on this app's registry."""
+    return await request.app[METRICS].exposition(request)

@@ -25,8 +25,6 @@ from prometheus_client import (
 )
 from prometheus_client.aiohttp import make_aiohttp_handler
 
-from services.common.apidoc import api
-
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
 _UNMATCHED = "<unmatched>"
@@ -208,28 +206,9 @@ class Metrics:
         return _end
 
 
-METRICS = web.AppKey("metrics", Metrics)
-
-
-def track_stream(app: web.Application, kind: str) -> Callable[[], None]:
-    """`Metrics.track_stream` of the app, or a no-op for an app without metrics."""
-    metrics = app.get(METRICS)
-    return metrics.track_stream(kind) if metrics is not None else _noop
-
-
-def _noop() -> None:
-    return None
-
-
 SKIP_PATHS = _SKIP
 
 
 def route_of(request: web.Request) -> str:
     resource = request.match_info.route.resource
     return resource.canonical if resource is not None else _UNMATCHED
-
-
-@api("Prometheus metrics of this process", "ops", "text/plain")
-async def metrics_handler(request: web.Request) -> web.StreamResponse:
-    """`GET /metrics`: prometheus-client's own aiohttp handler on this app's registry."""
-    return await request.app[METRICS].exposition(request)

@@ -14,7 +14,8 @@ from structlog.contextvars import bind_contextvars, clear_contextvars
 
 from services.common.auth import check_request
 from services.common.http import REQUEST_ID, Handler, error_to_response
-from services.common.metrics import METRICS, SKIP_PATHS, route_of
+from services.common.keys import METRICS
+from services.common.metrics import SKIP_PATHS, route_of
 
 
 @web.middleware

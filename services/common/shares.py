@@ -12,8 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -22,8 +21,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from services.common.auth import AUTH
-from services.common.keys import CHANNELS, REDIS, SETTINGS
+from services.common.keys import AUTH, CHANNELS, REDIS, REVOCATIONS, SETTINGS
 from shared.jsonutil import dumps, now_iso
 from shared.redisconn import Redis, create_subscriber, pubsub_of
 from shared.retry import Backoff
@@ -34,24 +32,6 @@ POLL = (
     1.0  # seconds a read waits for a message before looping (no blocking socket reads)
 )
 PUBLISH_TIMEOUT = 1.0
-
-RevokedHook = Callable[[str], None]
-ResyncHook = Callable[[], Awaitable[None]]
-
-
-@dataclass(eq=False, slots=True)
-class Revocations:
-    """Hooks the process registers at setup; `listening` is set while subscribed."""
-
-    on_revoked: list[RevokedHook] = field(default_factory=list)
-    on_resync: list[ResyncHook] = field(default_factory=list)
-    listening: asyncio.Event = field(default_factory=asyncio.Event)
-    subscriptions: int = 0  # confirmed subscriptions so far (one per connection)
-    # redis-py's get_message can swallow a task cancellation: the loops check this instead
-    stopping: bool = False
-
-
-REVOCATIONS = web.AppKey("share_revocations", Revocations)
 
 
 def revoked(app: web.Application, share_id: str) -> None:

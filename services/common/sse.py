@@ -16,7 +16,7 @@ from aiohttp import web
 
 from services.common.http import stamp_request_id
 from services.common.hub import Marker, Subscriber
-from services.common.metrics import METRICS, track_stream
+from services.common.keys import METRICS
 
 # bytes handed to the transport per write, at most (a single frame may be more)
 WRITE_SLICE = 64 * 1024
@@ -43,11 +43,12 @@ def data_event(payload: bytes) -> tuple[int, bytes]:
 def track(app: web.Application, kind: str, sub: Subscriber) -> Callable[[], None]:
     """Count one open stream of `kind`; the result, called once when it ends, also
     counts why the hub closed it (slow client, process budget)."""
-    untrack = track_stream(app, kind)
     metrics = app.get(METRICS)
+    untrack = metrics.track_stream(kind) if metrics is not None else None
 
     def end() -> None:
-        untrack()
+        if untrack is not None:
+            untrack()
         if metrics is not None:
             metrics.subscriber_closed(sub.closed_reason)
 

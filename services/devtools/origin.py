@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 from aiohttp import ClientError, ClientSession, ClientTimeout, TCPConnector, web
 from multidict import CIMultiDict
 from yarl import URL
 
 from services.common.http import json_response, stamp_request_id
+from services.devtools.keys import CLIENT, UPSTREAMS
+from services.devtools.upstreams import Backend, Upstreams
 
 # RFC 9110 §7.6.1 hop-by-hop headers, plus what the proxy rewrites itself.
 HOP_BY_HOP = frozenset(
@@ -31,30 +32,6 @@ HOP_BY_HOP = frozenset(
     }
 )
 
-
-@dataclass(frozen=True, slots=True)
-class Backend:
-    name: str
-    url: URL  # scheme://host:port, no path
-
-
-@dataclass(frozen=True, slots=True)
-class Upstreams:
-    gateway: Backend
-    query: Backend
-
-    def for_path(self, path: str) -> Backend:
-        """`/api/acp` and below go to the gateway; everything else to the query service."""
-        if path == "/api/acp" or path.startswith("/api/acp/"):
-            return self.gateway
-        return self.query
-
-    def all(self) -> tuple[Backend, Backend]:
-        return (self.gateway, self.query)
-
-
-UPSTREAMS = web.AppKey("upstreams", Upstreams)
-CLIENT = web.AppKey("client", ClientSession)
 
 HEALTH_TIMEOUT = 1.0
 

@@ -11,9 +11,9 @@ from aiohttp import web
 
 from services.common.app import base_app
 from services.common.auth import auth_ctx
-from services.common.health import HEALTH, mark_draining
+from services.common.health import mark_draining
 from services.common.hub import StreamConfig
-from services.common.keys import CHANNELS, REDIS, SETTINGS, STREAM_CONFIG
+from services.common.keys import CHANNELS, HEALTH, REDIS, SETTINGS, STREAM_CONFIG
 from services.common.resources import postgres_ctx, redis_ctx
 from services.common.shares import revocations_ctx
 from services.gateway import (

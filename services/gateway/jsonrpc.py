@@ -27,7 +27,7 @@ from services.common.http import (
     dependency_of,
     read_body_limited,
 )
-from services.common.metrics import METRICS
+from services.common.keys import METRICS
 from services.gateway.keys import METHODS
 from services.gateway.rpc import MethodRegistry, RpcCall
 from shared.errors import (

@@ -82,18 +82,20 @@ STOP_STORE_WAIT = 5.0
 PG_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
-def session_uuid(sid: str) -> uuid.UUID:
+def require_session_id(session_key: str) -> uuid.UUID:
     """A session id from a call as the database keys it; -32004 when it cannot be one."""
-    parsed = sessions.parse_session_id(sid)
+    parsed = sessions.parse_session_id(session_key)
     if parsed is None:
-        raise SessionNotFound(sid)
+        raise SessionNotFound(session_key)
     return parsed
 
 
-def check_allowed(workspace_id: str, sid: str, allowed: frozenset[str] | None) -> None:
+def check_allowed(
+    workspace_id: str, session_id: str, allowed: frozenset[str] | None
+) -> None:
     """A session outside the caller's workspaces does not exist for it (-32004)."""
     if allowed is not None and workspace_id not in allowed:
-        raise SessionNotFound(sid)
+        raise SessionNotFound(session_id)
 
 
 @dataclass(slots=True)
@@ -125,10 +127,15 @@ class SessionDeps:
     waiters: dict[str, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
 
     async def announce(
-        self, workspace_id: str, sid: str, changes: dict[str, Any]
+        self, workspace_id: str, session_id: str, changes: dict[str, Any]
     ) -> None:
         await session_changed(
-            self.redis, self.channels, "session:updated", sid, workspace_id, changes
+            self.redis,
+            self.channels,
+            "session:updated",
+            session_id,
+            workspace_id,
+            changes,
         )
 
 

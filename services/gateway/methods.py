@@ -16,8 +16,7 @@ import structlog
 from aiohttp import web
 from pydantic import AliasChoices, BaseModel, Field, ValidationError
 
-from services.common.keys import CHANNELS, HUB, PG_POOL, REDIS, SETTINGS
-from services.common.metrics import METRICS
+from services.common.keys import CHANNELS, HUB, METRICS, PG_POOL, REDIS, SETTINGS
 from services.gateway import jsonrpc
 from services.gateway.elicitation import no_pending as no_pending_elicitation
 from services.gateway.forwarding import routed
@@ -320,7 +319,9 @@ async def manager_ctx(app: web.Application) -> AsyncIterator[None]:
     app[SESSION_MANAGER] = manager
     hub = app.get(HUB)
     if hub is not None:
-        manager.capacity.has_subscribers = lambda sid: hub.subscriber_count(sid) > 0
+        manager.capacity.has_subscribers = lambda session_id: (
+            hub.subscriber_count(session_id) > 0
+        )
     metrics = app.get(METRICS)
     if metrics is not None:
         manager.deps.metrics = metrics

@@ -20,7 +20,7 @@ from services.gateway.live import (
     LiveSession,
     SessionDeps,
     check_allowed,
-    session_uuid,
+    require_session_id,
 )
 from shared.db import session_events, sessions
 from shared.events import encode_batch, gateway_update, publish, store
@@ -108,20 +108,20 @@ class Leases:
         generation fences the old owner, so its turn ends once (here) even if it comes back.
         """
         deps = self._deps
-        sid = uuid.UUID(lease.session_id)
+        session_id = uuid.UUID(lease.session_id)
         async with deps.pool.acquire() as conn, conn.transaction():
             closed = await sessions.close_orphan(conn, lease, expired_only=expired_only)
             if closed is None:
                 return False  # renewed, claimed or closed by someone else meanwhile
             updates = []
-            if await session_events.turn_open(conn, sid):
+            if await session_events.turn_open(conn, session_id):
                 updates.append(
                     gateway_update("error", message=f"Turn interrupted: {reason}")
                 )
             if closed.acp_status != closed.previous_acp_status:
                 updates.append(gateway_update("acp_status", status=closed.acp_status))
             stored = await store(
-                conn, sid, *encode_batch(updates), generation=closed.generation
+                conn, session_id, *encode_batch(updates), generation=closed.generation
             )
         logger.warning(
             "closed session %s: %s (%d events written)",
@@ -138,10 +138,10 @@ class Leases:
         return True
 
     async def remote_owner(
-        self, sid: str, allowed: frozenset[str] | None = None
+        self, session_key: str, allowed: frozenset[str] | None = None
     ) -> str | None:
-        """The other instance holding a live lease on `sid`, else None (unknown: None)."""
-        session_id = sessions.parse_session_id(sid)
+        """The other instance holding a live lease on the session, else None (unknown: None)."""
+        session_id = sessions.parse_session_id(session_key)
         session = (
             await sessions.get(self._deps.pool, session_id)
             if session_id is not None
@@ -149,11 +149,11 @@ class Leases:
         )
         if session is None:
             return None
-        check_allowed(session.workspace_id, sid, allowed)
+        check_allowed(session.workspace_id, session_key, allowed)
         owner = session.owner_instance_id
         return owner if owner and owner != self._deps.settings.instance_id else None
 
-    async def adopt(self, sid: str, dead_owner: str) -> bool:
+    async def adopt(self, session_id: str, dead_owner: str) -> bool:
         """Compare-and-swap the lease from an owner found dead; True when it is ours now."""
         deps = self._deps
         if deps.draining or deps.closed:
@@ -162,7 +162,7 @@ class Leases:
         # claim then succeeds, ends the turn it interrupted.
         claim = await sessions.claim_owner_from(
             deps.pool,
-            session_uuid(sid),
+            require_session_id(session_id),
             deps.settings.instance_id,
             deps.settings.lease_ttl,
             dead_owner,

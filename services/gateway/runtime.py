@@ -29,7 +29,7 @@ from services.gateway.live import (
     SessionDeps,
     StartRequest,
     check_allowed,
-    session_uuid,
+    require_session_id,
 )
 from services.gateway.mcp import McpPolicy
 from services.gateway.ownership import Leases
@@ -176,40 +176,40 @@ class SessionManager:
         if self.live.get(live.session_id) is live:
             del self.live[live.session_id]
 
-    def is_live_here(self, sid: str) -> bool:
-        live = self.live.get(sid)
+    def is_live_here(self, session_id: str) -> bool:
+        live = self.live.get(session_id)
         return live is not None and not live.stopping
 
     async def find(
-        self, sid: str, allowed: frozenset[str] | None = None
+        self, session_id: str, allowed: frozenset[str] | None = None
     ) -> LiveSession | None:
         """The session's live agent here, else None; -32004 when there is no session."""
-        live = self.live.get(sid)
+        live = self.live.get(session_id)
         if live is None:
-            await self.get_session_or_404(sid, allowed)
+            await self.get_session_or_404(session_id, allowed)
             return None
         live.check_allowed(allowed)
         return live
 
     async def session(
-        self, sid: str, allowed: frozenset[str] | None = None
+        self, session_id: str, allowed: frozenset[str] | None = None
     ) -> LiveSession:
         """The live session, resumed here first when its agent is not running."""
-        live, _ = await self.ensure_live(sid, allowed)
+        live, _ = await self.ensure_live(session_id, allowed)
         return live
 
     async def get_session_or_404(
-        self, sid: str, allowed: frozenset[str] | None = None
+        self, session_id: str, allowed: frozenset[str] | None = None
     ) -> sessions.SessionRow:
-        row = await sessions.get_row(self.pool, session_uuid(sid))
+        row = await sessions.get_row(self.pool, require_session_id(session_id))
         if row is None:
-            raise SessionNotFound(sid)
-        check_allowed(row.session.workspace_id, sid, allowed)
+            raise SessionNotFound(session_id)
+        check_allowed(row.session.workspace_id, session_id, allowed)
         return row
 
-    async def stop_quiet(self, sid: str, reason: str) -> bool:
+    async def stop_quiet(self, session_id: str, reason: str) -> bool:
         """Stop an agent whose state the query service wrote (control message)."""
-        live = self.live.get(sid)
+        live = self.live.get(session_id)
         if live is None:
             return False
         await live.stop(reason=reason, quiet=True)
@@ -232,11 +232,11 @@ class SessionManager:
             self.settings, provider, args.custom_command, args.custom_args or []
         )
         session_id = uuid.uuid4()
-        sid = str(session_id)
+        session_key = str(session_id)
         if args.cwd is not None:
             cwd = await self.check_cwd(args.workspace_id, args.cwd)
         else:
-            cwd = self.settings.cwd_root / safe_segment(args.workspace_id) / sid
+            cwd = self.settings.cwd_root / safe_segment(args.workspace_id) / session_key
 
         parent = args.parent()
         if parent is not None:
@@ -269,7 +269,7 @@ class SessionManager:
         # Row, event 1 and the row as read back: one statement, one round trip. Only an
         # idempotency key needs a transaction (its lock and lookup come first).
         first = session_events.StoredEvent(
-            1, encode(sid, 1, gateway_update("acp_status", status="connecting"))
+            1, encode(session_key, 1, gateway_update("acp_status", status="connecting"))
         )
         async with (
             self.pool.acquire() as conn,
@@ -293,7 +293,7 @@ class SessionManager:
             self.redis,
             self.channels,
             "session:created",
-            sid,
+            session_key,
             args.workspace_id,
             row.session.wire(),
             [first],
@@ -308,7 +308,7 @@ class SessionManager:
             )
         )
         return {
-            "sessionId": sid,
+            "sessionId": session_key,
             "provider": provider.id,
             "role": role,
             "acpStatus": "connecting",
@@ -358,24 +358,24 @@ class SessionManager:
 
     # --- resume -----------------------------------------------------------------------
     async def ensure_live(
-        self, sid: str, allowed: frozenset[str] | None = None
+        self, session_id: str, allowed: frozenset[str] | None = None
     ) -> tuple[LiveSession, ResumeMode]:
         """The live session, resuming it here first when its agent is not running."""
-        live = self.live.get(sid)
+        live = self.live.get(session_id)
         if live is not None and not live.stopping:
             live.check_allowed(allowed)
             await live.wait_ready()
             return live, "attached"
-        lock = self._resume_locks.setdefault(sid, asyncio.Lock())
+        lock = self._resume_locks.setdefault(session_id, asyncio.Lock())
         async with lock:
-            live = self.live.get(sid)
+            live = self.live.get(session_id)
             if live is not None and not live.stopping:
                 await live.wait_ready()
                 return live, "attached"
             if live is not None:
                 # let the old agent finish stopping so its lease release cannot race our claim
                 await live.closed.wait()
-            row = await self.get_session_or_404(sid, allowed)
+            row = await self.get_session_or_404(session_id, allowed)
             if self.closed:
                 raise AgentError("Gateway is shutting down")
             if self.draining:
@@ -384,12 +384,12 @@ class SessionManager:
             claimed_at = time.monotonic()
             claim = await sessions.claim_owner_from(
                 self.pool,
-                session_uuid(sid),
+                require_session_id(session_id),
                 self.settings.instance_id,
                 self.settings.lease_ttl,
             )
             if claim is None:
-                fresh = await sessions.get(self.pool, session_uuid(sid))
+                fresh = await sessions.get(self.pool, require_session_id(session_id))
                 owner = fresh.owner_instance_id if fresh else None
                 raise SessionUnservable(
                     f"Session owned by {owner or 'another instance'}"
@@ -422,17 +422,20 @@ class SessionManager:
             return live, live.resume_mode
 
     async def load(
-        self, sid: str, allowed: frozenset[str] | None = None, cwd: str | None = None
+        self,
+        session_id: str,
+        allowed: frozenset[str] | None = None,
+        cwd: str | None = None,
     ) -> dict[str, Any]:
         """session/load: the session live here, and how it came to be."""
         if cwd is not None:
             # checked by the session/new rule, then the stored cwd is used
-            row = await self.get_session_or_404(sid, allowed)
+            row = await self.get_session_or_404(session_id, allowed)
             await self.check_cwd(row.session.workspace_id, cwd)
-        live, mode = await self.ensure_live(sid, allowed)
+        live, mode = await self.ensure_live(session_id, allowed)
         live.last_used = time.monotonic()
         return {
-            "sessionId": sid,
+            "sessionId": session_id,
             "provider": live.provider,
             "role": live.role,
             "acpStatus": live.acp_status,
@@ -457,30 +460,30 @@ class SessionManager:
             except PG_ERRORS as err:
                 logger.warning("queued prompts not looked up: %s", err)
                 continue
-            for sid in orphans:
-                retry = self._orphan_retry.get(sid)
-                if sid in self.live or (retry is not None and retry[0] > now):
+            for session_id in orphans:
+                retry = self._orphan_retry.get(session_id)
+                if session_id in self.live or (retry is not None and retry[0] > now):
                     continue
-                _ = self.spawn(self._take_up(sid))
+                _ = self.spawn(self._take_up(session_id))
 
-    async def _take_up(self, sid: str) -> None:
+    async def _take_up(self, session_id: str) -> None:
         """Resume a session whose queued prompts no live owner runs (they run at ready)."""
         try:
-            await self.ensure_live(sid)
+            await self.ensure_live(session_id)
         except (SessionUnservable, SessionNotFound):
             return  # another instance took it, or it is gone
         except (AgentError, *PG_ERRORS) as err:
-            _, wait = self._orphan_retry.get(sid, (0.0, ORPHAN_RETRY / 2))
+            _, wait = self._orphan_retry.get(session_id, (0.0, ORPHAN_RETRY / 2))
             wait = min(wait * 2, ORPHAN_RETRY_MAX)
-            self._orphan_retry[sid] = (time.monotonic() + wait, wait)
-            logger.warning("queued session %s not resumed: %s", sid, err)
+            self._orphan_retry[session_id] = (time.monotonic() + wait, wait)
+            logger.warning("queued session %s not resumed: %s", session_id, err)
             return
-        self._orphan_retry.pop(sid, None)
-        logger.info("took up the queued prompts of %s", sid)
+        self._orphan_retry.pop(session_id, None)
+        logger.info("took up the queued prompts of %s", session_id)
 
-    async def drop_stored_prompt(self, sid: str, queued_id: str) -> None:
+    async def drop_stored_prompt(self, session_key: str, queued_id: str) -> None:
         """Drop a queued prompt of a session not live here (its owner is gone)."""
-        session_id = session_uuid(sid)
+        session_id = require_session_id(session_key)
         async with self.pool.acquire() as conn, conn.transaction():
             if not await queued_prompts.delete(conn, session_id, uuid.UUID(queued_id)):
                 return
@@ -491,7 +494,7 @@ class SessionManager:
                     [gateway_update("prompt_dropped", queuedPromptId=queued_id)]
                 ),
             )
-        await publish(self.redis, self.channels, sid, stored)
+        await publish(self.redis, self.channels, session_key, stored)
         waiter = self.deps.waiters.get(queued_id)
         if waiter is not None and not waiter.done():
             waiter.set_result({"stopReason": "cancelled"})

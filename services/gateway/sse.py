@@ -21,11 +21,18 @@ import asyncpg
 from aiohttp import web
 
 from services.common.apidoc import SSE, Param, api
-from services.common.auth import AUTH, PRINCIPAL, Principal, share_of
+from services.common.auth import PRINCIPAL, Principal, share_of
 from services.common.http import error_response
 from services.common.hub import Hub, Subscriber
-from services.common.keys import CHANNELS, HUB, PG_POOL, SETTINGS, STREAM_CONFIG
-from services.common.shares import REVOCATIONS
+from services.common.keys import (
+    AUTH,
+    CHANNELS,
+    HUB,
+    PG_POOL,
+    REVOCATIONS,
+    SETTINGS,
+    STREAM_CONFIG,
+)
 from services.common.sse import SseWriter, pump, track
 from services.gateway.fanout import encode_event, on_lifecycle
 from shared.db import session_events, sessions
@@ -64,12 +71,12 @@ class _Stream:
         self,
         writer: SseWriter,
         pool: Pool,
-        session_uuid: uuid.UUID,
+        session_id: uuid.UUID,
         last: int,
     ) -> None:
         self.writer = writer
         self.pool = pool
-        self.session_uuid = session_uuid
+        self.session_id = session_id
         self.last = last
 
     async def catch_up(self, upto: int | None = None) -> None:
@@ -77,7 +84,7 @@ class _Stream:
         while upto is None or self.last < upto:
             limit = PAGE if upto is None else min(PAGE, upto - self.last)
             events = await session_events.after(
-                self.pool, self.session_uuid, self.last, limit
+                self.pool, self.session_id, self.last, limit
             )
             if not events:
                 return
@@ -148,15 +155,13 @@ def _last_event_id(request: web.Request) -> str | None:
 async def handle_stream(request: web.Request) -> web.StreamResponse:
     """Checks first (parameters, auth, session), then subscribe → replay → connected → live."""
     app = request.app
-    session_id = request.query.get("sessionId")
-    if not session_id:
+    session_key = request.query.get("sessionId")
+    if not session_key:
         return error_response(400, "Missing sessionId query param")
     pool = app[PG_POOL]
-    session_uuid = sessions.parse_session_id(session_id)
-    session = (
-        await sessions.get(pool, session_uuid) if session_uuid is not None else None
-    )
-    if session is None or session_uuid is None:
+    session_id = sessions.parse_session_id(session_key)
+    session = await sessions.get(pool, session_id) if session_id is not None else None
+    if session is None or session_id is None:
         return error_response(404, "Session not found")
     raw_last = _last_event_id(request)
     if raw_last is not None:
@@ -190,8 +195,8 @@ async def handle_stream(request: web.Request) -> web.StreamResponse:
     writer = SseWriter(sub)
     try:
         await writer.prepare(request)
-        start = await _replay_start(pool, session_uuid, raw_last, replay)
-        stream = _Stream(writer, pool, session_uuid, start)
+        start = await _replay_start(pool, session_id, raw_last, replay)
+        stream = _Stream(writer, pool, session_id, start)
         await stream.catch_up()
         await writer.write(connected_frame(session.session_id))
         await pump(writer, stream.deliver, stream.catch_up)
@@ -200,7 +205,7 @@ async def handle_stream(request: web.Request) -> web.StreamResponse:
     except (OSError, asyncpg.PostgresError) as err:
         # Headers are out, so no error body: end the stream, the client reconnects.
         if not sub.closed:  # else the fan-out dropped the connection and logged it
-            logger.warning("event stream of %s ended: %s", session_id, err)
+            logger.warning("event stream of %s ended: %s", session_key, err)
     finally:
         if expiry is not None:
             expiry.cancel()
@@ -237,17 +242,17 @@ def _watch_share(
 
 
 async def _replay_start(
-    pool: Pool, session_uuid: uuid.UUID, raw_last: str | None, replay: str | None
+    pool: Pool, session_id: uuid.UUID, raw_last: str | None, replay: str | None
 ) -> int:
     """The eventId after which replay starts."""
     if raw_last is not None:
         # Beyond the last stored id: nothing to replay, and live starts right after the
         # head (read after subscribing, so nothing newer can slip by).
-        row = await sessions.get_row(pool, session_uuid)
+        row = await sessions.get_row(pool, session_id)
         return min(int(raw_last), row.last_event_id if row is not None else 0)
     if replay == "all":
         return 0
-    turn = await session_events.latest_turn_start(pool, session_uuid)
+    turn = await session_events.latest_turn_start(pool, session_id)
     return turn - 1 if turn is not None else 0
 
 

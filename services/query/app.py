@@ -17,8 +17,7 @@ from aiohttp import web
 from services.common.app import base_app
 from services.common.auth import auth_ctx
 from services.common.health import mark_draining
-from services.common.keys import CHANNELS, PG_POOL, REDIS, SETTINGS
-from services.common.metrics import METRICS
+from services.common.keys import CHANNELS, METRICS, PG_POOL, REDIS, SETTINGS
 from services.common.resources import postgres_ctx, redis_ctx
 from services.common.shares import revocations_ctx
 from services.query import live, openapi, retention, routes

@@ -1,8 +1,4 @@
-"""Typed AppKeys of the query service, set by create_app (app.py).
-
-The keys of the two stream hubs (live.py, lifecycle_sse.py) are still defined beside
-their hub classes, which read them; they move here with the one hub of services/common.
-"""
+"""Typed AppKeys of the query service, set by create_app (app.py): all of them."""
 
 from __future__ import annotations
 

@@ -61,21 +61,23 @@ async def run_pass(
         try:
             after = uuid.UUID(int=0)
             while window := await db.expired_window(conn, after, cutoff, PAGE):
-                for sid, holds_rows in window:
+                for session_id, holds_rows in window:
                     if not holds_rows:
                         continue
                     events = await _drain(
-                        conn, sid, cutoff, batch, pause, result, db.delete_events
+                        conn, session_id, cutoff, batch, pause, result, db.delete_events
                     )
                     docs = await _drain(
-                        conn, sid, cutoff, batch, pause, result, db.delete_search
+                        conn, session_id, cutoff, batch, pause, result, db.delete_search
                     )
                     result.events += events
                     result.search_documents += docs
                     if events or docs:
                         result.sessions += 1
                         logger.info(
-                            "retention: deleted %d events of session %s", events, sid
+                            "retention: deleted %d events of session %s",
+                            events,
+                            session_id,
                         )
                 after = window[-1][0]
         finally:
@@ -85,7 +87,7 @@ async def run_pass(
 
 async def _drain(
     conn: Connection,
-    sid: uuid.UUID,
+    session_id: uuid.UUID,
     cutoff: datetime,
     batch: int,
     pause: float,
@@ -96,7 +98,7 @@ async def _drain(
     total = 0
     while True:
         began = time.monotonic()
-        n = await delete(conn, sid, cutoff, batch)
+        n = await delete(conn, session_id, cutoff, batch)
         result.longest_statement = max(
             result.longest_statement, time.monotonic() - began
         )

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from services.common.health import healthz, readyz
-from services.common.metrics import metrics_handler
+from services.common.health import healthz, metrics_handler, readyz
 from services.query import (
     dashboard,
     explorer,

@@ -316,17 +316,17 @@ async def disconnect_session(request: web.Request) -> web.Response:
 
 
 async def check_session_ref(
-    conn: Executor, workspace_id: str, session_id: str | None
+    conn: Executor, workspace_id: str, session_key: str | None
 ) -> None:
     """A note's or task's `sessionId` may be any string (filters match nothing for an
     unknown one), but one naming a session of another workspace is refused as unknown: 404."""
-    sid = sessions_db.parse_session_id(session_id)
-    if sid is None:
+    session_id = sessions_db.parse_session_id(session_key)
+    if session_id is None:
         return
-    owner = await sessions_db.workspace_of(conn, sid)
+    owner = await sessions_db.workspace_of(conn, session_id)
     if owner is not None and owner != workspace_id:
         raise SessionNotFound(
-            str(session_id), rest_message=f"Session not found: {session_id}"
+            str(session_key), rest_message=f"Session not found: {session_key}"
         )
 
 

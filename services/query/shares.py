@@ -16,14 +16,13 @@ from urllib.parse import quote
 from aiohttp import web
 
 from services.common.apidoc import Param, api, deleted, list_of
-from services.common.auth import AUTH
 from services.common.http import (
     error_response,
     json_response,
     postgres_calls,
     read_json_body,
 )
-from services.common.keys import PG_POOL, SETTINGS
+from services.common.keys import AUTH, PG_POOL, SETTINGS
 from services.common.shares import publish_revocation
 from services.query.apiparams import SID
 from services.query.keys import SHARE_PAGE_HTML

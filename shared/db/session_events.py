@@ -117,7 +117,7 @@ async def append_batch(
     lease's fencing token) nothing new is stored, and no state set, unless it is current:
     LeaseLost.
     """
-    sid = str(session_id)
+    session_key = str(session_id)
     count = len(rests)
     args = (
         APPEND_BATCH,
@@ -146,8 +146,8 @@ async def append_batch(
     if row["last"] is not None:
         return int(row["last"]) - count + 1
     if generation is not None and await conn.fetchval(EXISTS, session_id):
-        raise LeaseLost(sid)  # the row is there: our generation is not current
-    raise SessionNotFound(sid)
+        raise LeaseLost(session_key)  # the row is there: our generation is not current
+    raise SessionNotFound(session_key)
 
 
 async def after(

@@ -129,6 +129,10 @@ FROM sessions WHERE session_id = $1 AND ($2::text IS NULL OR workspace_id = $2)
 WORKSPACE_OF = "SELECT workspace_id FROM sessions WHERE session_id = $1"
 
 
+# Naming rule for session ids, everywhere: the variable is `session_id`, whatever its form;
+# the annotation says which (text as a request or the live registry has it, or the UUID
+# the SQL here takes). Where one scope holds both forms of the same session, the UUID is
+# `session_id` and the text is `session_key`. JSON keeps `sessionId`.
 def parse_session_id(value: str | None) -> uuid.UUID | None:
     """A UUID, or None for anything that cannot be one of our ids (which then is unknown)."""
     if not value:
@@ -617,7 +621,7 @@ async def renew_leases_owned(
         RENEW_LEASES_OWNED,
         instance_id,
         ttl,
-        [sid for sid, _ in held],
+        [session_id for session_id, _ in held],
         [generation for _, generation in held],
     )
     return {r["session_id"] for r in rows}

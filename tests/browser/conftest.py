@@ -19,7 +19,8 @@ import pytest
 from aiohttp import web
 from yarl import URL
 
-from services.devtools.origin import Backend, Upstreams, create_origin_app
+from services.devtools.origin import create_origin_app
+from services.devtools.upstreams import Backend, Upstreams
 from services.gateway.app import create_app as create_gateway_app
 from services.query.app import create_app as create_query_app
 from shared.settings import Settings

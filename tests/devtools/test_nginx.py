@@ -8,7 +8,7 @@ import pytest
 from yarl import URL
 
 from services.devtools import nginx
-from services.devtools.origin import Backend, Upstreams
+from services.devtools.upstreams import Backend, Upstreams
 
 UPSTREAMS = Upstreams(
     Backend("gateway", URL("http://127.0.0.1:8001")),

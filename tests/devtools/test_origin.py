@@ -10,7 +10,8 @@ from aiohttp import web
 from yarl import URL
 
 from services.devtools.embedded import free_port
-from services.devtools.origin import Backend, Upstreams, create_origin_app
+from services.devtools.origin import create_origin_app
+from services.devtools.upstreams import Backend, Upstreams
 
 SSE_RELEASE = web.AppKey("sse_release", asyncio.Queue)
 

@@ -21,8 +21,7 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 
-from services.common.keys import HUB
-from services.common.shares import REVOCATIONS
+from services.common.keys import HUB, REVOCATIONS
 from services.gateway.app import create_app as create_gateway
 from services.query.app import create_app as create_query
 from shared.db import shares as shares_db
