@@ -846,7 +846,14 @@ async def test_failed_state_is_visible_between_attempts(
         query,
         workspace_id,
         hook_id,
-        lambda ds: ds and ds[0]["status"] == "failed" and ds[0]["attempts"] >= 2,
+        # the second request has reached the receiver (and got its 503): `attempts` may
+        # count an attempt still in flight, which must not meet the recovered receiver
+        lambda ds: (
+            ds
+            and ds[0]["status"] == "failed"
+            and ds[0]["attempts"] >= 2
+            and len(receiver.requests) >= 2
+        ),
     )
     assert failed["lastStatusCode"] == 503
     assert failed["lastError"] == "HTTP 503"
