@@ -18,47 +18,69 @@ from shared.db.connect import Connection, Executor
 # Arbitrary constant, distinct from the migration lock: one pass at a time per database.
 RETENTION_LOCK_ID = 0x524F555452  # "ROUTR"
 
+# The one definition of "expired" at cutoff $2, over sessions aliased `s`.
+_EXPIRED = "s.status = 'closed' AND s.last_activity < $2 AND s.updated_at < $2"
+
+# The re-check each delete makes in its own statement: session $1 is still expired.
+_STILL_EXPIRED = (
+    "EXISTS (SELECT 1 FROM sessions s WHERE s.session_id = $1 AND "  # noqa: S608 - constant fragments
+    + _EXPIRED
+    + ")"
+)
+
 # The next expired sessions after a cursor, each with whether it still holds rows. Each
 # test is a scalar subquery ordered by the primary key with LIMIT 1: one index probe per
 # session. As EXISTS the planner may pick a scan of the whole log (a semi-join in WHERE; or,
 # when one session holds most rows, a sequential scan it expects to match at once, which
 # reads the whole table for every session without events).
-EXPIRED_WINDOW = """
-SELECT s.session_id,
+EXPIRED_WINDOW = (
+    "SELECT s.session_id,"  # noqa: S608 - constant fragments, values are $n parameters
+    + """
        (SELECT e.event_id FROM session_events e
         WHERE e.session_id = s.session_id ORDER BY e.event_id LIMIT 1) IS NOT NULL
        OR (SELECT d.first_event_id FROM search_documents d
            WHERE d.session_id = s.session_id ORDER BY d.first_event_id LIMIT 1) IS NOT NULL
            AS holds_rows
 FROM sessions s
-WHERE s.session_id > $1 AND s.status = 'closed' AND s.last_activity < $2 AND s.updated_at < $2
+WHERE s.session_id > $1 AND """
+    + _EXPIRED
+    + """
 ORDER BY s.session_id
 LIMIT $3
 """
+)
 
-DELETE_EVENTS = """
-DELETE FROM session_events e
+DELETE_EVENTS = (
+    "DELETE FROM session_events e"  # noqa: S608 - constant fragments, values are $n parameters
+    + """
 USING (
     SELECT x.event_id FROM session_events x
     WHERE x.session_id = $1
-      AND EXISTS (SELECT 1 FROM sessions s WHERE s.session_id = $1 AND s.status = 'closed' AND s.last_activity < $2 AND s.updated_at < $2)
+      AND """
+    + _STILL_EXPIRED
+    + """
     ORDER BY x.event_id
     LIMIT $3
 ) doomed
 WHERE e.session_id = $1 AND e.event_id = doomed.event_id
 """
+)
 
-DELETE_SEARCH = """
-DELETE FROM search_documents d
+DELETE_SEARCH = (
+    "DELETE FROM search_documents d"  # noqa: S608 - constant fragments, values are $n parameters
+    + """
 USING (
     SELECT x.first_event_id FROM search_documents x
     WHERE x.session_id = $1
-      AND EXISTS (SELECT 1 FROM sessions s WHERE s.session_id = $1 AND s.status = 'closed' AND s.last_activity < $2 AND s.updated_at < $2)
+      AND """
+    + _STILL_EXPIRED
+    + """
     ORDER BY x.first_event_id
     LIMIT $3
 ) doomed
 WHERE d.session_id = $1 AND d.first_event_id = doomed.first_event_id
 """
+)
 
 
 async def try_lock(conn: Connection) -> bool:
