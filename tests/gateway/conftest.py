@@ -15,9 +15,11 @@ from aiohttp import ClientResponse, web
 from services.common.hub import StreamConfig
 from services.common.keys import HUB, STREAM_CONFIG
 from services.gateway.app import create_app
+from services.gateway.keys import GATEWAY_LINK
 from shared.db import sessions
 from shared.events import gateway_update, record
 from shared.settings import Settings
+from tests.gateway.rpcutil import ok, wait_ready, wait_until
 
 
 @pytest.fixture
@@ -43,6 +45,36 @@ async def gateway(make_gateway, aiohttp_client):
 async def wait_fanout_ready(app: web.Application) -> None:
     async with asyncio.timeout(10):
         await app[HUB].connected.wait()
+
+
+@pytest.fixture
+def new_gw(
+    make_settings: Callable[..., Settings], aiohttp_client: Any, cwd_root: Any
+) -> Callable[..., Awaitable[Any]]:
+    """One more gateway instance on the shared Postgres/Redis, as a test client.
+
+    Its INSTANCE_ID is `name` plus a random suffix; keyword overrides take the Settings
+    field names. Returned once its gateway link listens, so calls can be forwarded to it.
+    """
+
+    async def _make(name: str = "gw", **overrides: Any) -> Any:
+        settings = make_settings(
+            instance_id=f"{name}-{uuid.uuid4().hex[:6]}", **overrides
+        )
+        client = await aiohttp_client(create_app(settings))
+        await wait_until(lambda: client.app[GATEWAY_LINK].subscribed)
+        return client
+
+    return _make
+
+
+async def new_ready_session(client: Any, pool: Any, workspace_id: str) -> str:
+    """session/new (an echo agent) on `client`; its id once the agent is ready."""
+    sid = str(
+        (await ok(client, "session/new", {"workspaceId": workspace_id}))["sessionId"]
+    )
+    await wait_ready(pool, sid)
+    return sid
 
 
 @pytest.fixture

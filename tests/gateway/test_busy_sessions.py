@@ -12,10 +12,9 @@ from typing import Any
 
 import pytest
 
-from services.gateway.app import create_app
-from services.gateway.keys import GATEWAY_LINK
 from services.query.app import create_app as create_query
 from shared.db import queued_prompts, sessions
+from tests.gateway.conftest import new_ready_session
 from tests.gateway.rpcutil import (
     call,
     err,
@@ -23,33 +22,12 @@ from tests.gateway.rpcutil import (
     kinds,
     ok,
     wait_events,
-    wait_ready,
-    wait_until,
 )
 
 
 @pytest.fixture
-def make_gw(make_settings, aiohttp_client, cwd_root):
-    async def _make(name: str = "gw", **overrides: Any):
-        settings = make_settings(
-            instance_id=f"{name}-{uuid.uuid4().hex[:6]}", **overrides
-        )
-        client = await aiohttp_client(create_app(settings))
-        await wait_until(lambda: client.app[GATEWAY_LINK].subscribed)
-        return client
-
-    return _make
-
-
-@pytest.fixture
-async def gw(make_gw):
-    return await make_gw()
-
-
-async def ready_echo(gw, pool, workspace_id) -> str:
-    sid = (await ok(gw, "session/new", {"workspaceId": workspace_id}))["sessionId"]
-    await wait_ready(pool, sid)
-    return sid
+async def gw(new_gw):
+    return await new_gw()
 
 
 def prompt(gw, sid: str, text: str, **extra: Any) -> asyncio.Task[dict[str, Any]]:
@@ -90,7 +68,7 @@ def queued_count(n: int) -> Callable[[list[dict[str, Any]]], bool]:
 
 
 async def test_reject_is_the_default_and_if_busy_is_checked(gw, pool, workspace_id):
-    sid = await ready_echo(gw, pool, workspace_id)
+    sid = await new_ready_session(gw, pool, workspace_id)
     for bad in ("later", 1, None, ""):
         e = await err(
             gw, "session/prompt", {"sessionId": sid, "prompt": "x", "ifBusy": bad}
@@ -115,7 +93,7 @@ async def test_reject_is_the_default_and_if_busy_is_checked(gw, pool, workspace_
 
 
 async def test_enqueue_runs_in_order_after_the_running_turn(gw, pool, workspace_id):
-    sid = await ready_echo(gw, pool, workspace_id)
+    sid = await new_ready_session(gw, pool, workspace_id)
     running = await slow_turn(gw, pool, sid)
     first = prompt(gw, sid, "first one", ifBusy="enqueue")
     await wait_events(pool, sid, lambda evs: len(queued_ids(evs)) == 1)
@@ -152,7 +130,7 @@ async def test_enqueue_runs_in_order_after_the_running_turn(gw, pool, workspace_
 
 
 async def test_interrupt_cancels_the_turn_and_goes_first(gw, pool, workspace_id):
-    sid = await ready_echo(gw, pool, workspace_id)
+    sid = await new_ready_session(gw, pool, workspace_id)
     running = await slow_turn(gw, pool, sid)
     queued = prompt(gw, sid, "waiting", ifBusy="enqueue")
     await wait_events(pool, sid, lambda evs: len(queued_ids(evs)) == 1)
@@ -167,7 +145,7 @@ async def test_interrupt_cancels_the_turn_and_goes_first(gw, pool, workspace_id)
 
 
 async def test_cancel_drops_one_queued_prompt(gw, pool, workspace_id):
-    sid = await ready_echo(gw, pool, workspace_id)
+    sid = await new_ready_session(gw, pool, workspace_id)
     running = await slow_turn(gw, pool, sid)
     dropped = prompt(gw, sid, "drop me", ifBusy="enqueue")
     await wait_events(pool, sid, lambda evs: len(queued_ids(evs)) == 1)
@@ -202,9 +180,9 @@ async def test_cancel_drops_one_queued_prompt(gw, pool, workspace_id):
     assert len(of_kind(evs, "prompt_dropped")) == 1
 
 
-async def test_queue_survives_a_gateway_restart(make_gw, pool, workspace_id):
-    first_gw = await make_gw("first", drain_grace=0.2)
-    sid = await ready_echo(first_gw, pool, workspace_id)
+async def test_queue_survives_a_gateway_restart(new_gw, pool, workspace_id):
+    first_gw = await new_gw("first", drain_grace=0.2)
+    sid = await new_ready_session(first_gw, pool, workspace_id)
     running = await slow_turn(first_gw, pool, sid)
     queued = prompt(first_gw, sid, "after the restart", ifBusy="enqueue")
     await wait_events(pool, sid, lambda evs: len(queued_ids(evs)) == 1)
@@ -214,7 +192,7 @@ async def test_queue_survives_a_gateway_restart(make_gw, pool, workspace_id):
     await asyncio.gather(running, queued, return_exceptions=True)
     assert len(await queued_prompts.for_session(pool, uuid.UUID(sid))) == 1
     # another instance takes the queue up without being asked, and runs the prompt
-    await make_gw("second")
+    await new_gw("second")
     evs = await wait_events(
         pool,
         sid,
@@ -229,13 +207,13 @@ async def test_queue_survives_a_gateway_restart(make_gw, pool, workspace_id):
     assert text.endswith("echo: after the restart")
 
 
-async def test_workspace_cap_across_two_instances(make_gw, pool, workspace_id):
+async def test_workspace_cap_across_two_instances(new_gw, pool, workspace_id):
     await pool.execute(
         "UPDATE workspaces SET max_concurrent_turns = 1 WHERE id = $1", workspace_id
     )
-    a, b = await make_gw("a"), await make_gw("b")
-    on_a = await ready_echo(a, pool, workspace_id)
-    on_b = await ready_echo(b, pool, workspace_id)
+    a, b = await new_gw("a"), await new_gw("b")
+    on_a = await new_ready_session(a, pool, workspace_id)
+    on_b = await new_ready_session(b, pool, workspace_id)
     running = await slow_turn(a, pool, on_a)
     # over the cap on the other instance: refused by default, naming the limit
     e = await err(b, "session/prompt", {"sessionId": on_b, "prompt": "no room"})
@@ -269,7 +247,7 @@ async def test_workspace_cap_across_two_instances(make_gw, pool, workspace_id):
     assert [r["result"] for r in replies] == [{"stopReason": "end_turn"}] * 2
 
 
-async def test_cap_counts_only_its_own_workspace(make_gw, pool, workspace_id):
+async def test_cap_counts_only_its_own_workspace(new_gw, pool, workspace_id):
     other = f"ws-{uuid.uuid4().hex[:12]}"
     await pool.execute(
         "INSERT INTO workspaces (id, title, max_concurrent_turns) VALUES ($1, 'o', 1)",
@@ -278,9 +256,9 @@ async def test_cap_counts_only_its_own_workspace(make_gw, pool, workspace_id):
     await pool.execute(
         "UPDATE workspaces SET max_concurrent_turns = 1 WHERE id = $1", workspace_id
     )
-    gw = await make_gw()
-    mine = await ready_echo(gw, pool, workspace_id)
-    theirs = await ready_echo(gw, pool, other)
+    gw = await new_gw()
+    mine = await new_ready_session(gw, pool, workspace_id)
+    theirs = await new_ready_session(gw, pool, other)
     running = await slow_turn(gw, pool, mine)
     reply = await prompt(gw, theirs, "other workspace")
     assert reply["result"] == {"stopReason": "end_turn"}
@@ -292,7 +270,7 @@ async def test_disconnect_drops_the_queue(
     gw, pool, workspace_id, aiohttp_client, make_settings
 ):
     query = await aiohttp_client(create_query(make_settings()))
-    sid = await ready_echo(gw, pool, workspace_id)
+    sid = await new_ready_session(gw, pool, workspace_id)
     running = await slow_turn(gw, pool, sid)
     queued = []
     for i in range(2):
@@ -322,8 +300,8 @@ async def test_a_queued_prompt_is_dropped_only_through_its_own_session(
     await pool.execute(
         "INSERT INTO workspaces (id, title) VALUES ($1, 'other')", other_ws
     )
-    mine = await ready_echo(gw, pool, workspace_id)
-    theirs = await ready_echo(gw, pool, other_ws)
+    mine = await new_ready_session(gw, pool, workspace_id)
+    theirs = await new_ready_session(gw, pool, other_ws)
     running = await slow_turn(gw, pool, theirs)
     queued = prompt(gw, theirs, "theirs", ifBusy="enqueue")
     evs = await wait_events(pool, theirs, lambda evs: len(queued_ids(evs)) == 1)

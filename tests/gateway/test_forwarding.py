@@ -10,14 +10,12 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-import pytest
-
 from services.gateway import jsonrpc
 from services.gateway.app import create_app
-from services.gateway.keys import GATEWAY_LINK, SESSION_MANAGER
+from services.gateway.keys import SESSION_MANAGER
 from shared.db import sessions
 from shared.events import record
-from tests.gateway.conftest import user_message
+from tests.gateway.conftest import new_ready_session, user_message
 from tests.gateway.rpcutil import (
     call,
     err,
@@ -25,39 +23,19 @@ from tests.gateway.rpcutil import (
     kinds,
     ok,
     wait_events,
-    wait_ready,
     wait_until,
 )
 
 WAIT = 30.0
 
 
-@pytest.fixture
-def make_gw(make_settings, aiohttp_client, cwd_root):
-    async def _make(name: str, **overrides):
-        settings = make_settings(
-            instance_id=f"{name}-{uuid.uuid4().hex[:6]}", **overrides
-        )
-        client = await aiohttp_client(create_app(settings))
-        await wait_until(lambda: client.app[GATEWAY_LINK].subscribed)
-        return client
-
-    return _make
-
-
 def instance(client) -> str:
     return client.app[SESSION_MANAGER].settings.instance_id
 
 
-async def new_ready(gw, pool, workspace_id) -> str:
-    sid = (await ok(gw, "session/new", {"workspaceId": workspace_id}))["sessionId"]
-    await wait_ready(pool, sid)
-    return sid
-
-
-async def test_prompt_on_non_owner_runs_on_owner(make_gw, pool, workspace_id):
-    a, b = await make_gw("a"), await make_gw("b")
-    sid = await new_ready(a, pool, workspace_id)
+async def test_prompt_on_non_owner_runs_on_owner(new_gw, pool, workspace_id):
+    a, b = await new_gw("a"), await new_gw("b")
+    sid = await new_ready_session(a, pool, workspace_id)
     body = await call(b, "session/prompt", {"sessionId": sid, "prompt": "hi there"})
     assert body["result"] == {"stopReason": "end_turn"}
     assert sid in a.app[SESSION_MANAGER].live
@@ -72,9 +50,9 @@ async def test_prompt_on_non_owner_runs_on_owner(make_gw, pool, workspace_id):
     assert loaded["resumeMode"] == "attached"
 
 
-async def test_errors_pass_through_unchanged(make_gw, pool, workspace_id):
-    a, b = await make_gw("a"), await make_gw("b")
-    sid = await new_ready(a, pool, workspace_id)
+async def test_errors_pass_through_unchanged(new_gw, pool, workspace_id):
+    a, b = await new_gw("a"), await new_gw("b")
+    sid = await new_ready_session(a, pool, workspace_id)
     params = {"sessionId": sid, "model": "no-such-model"}
     direct = await err(a, "session/set_model", params)
     forwarded = await err(b, "session/set_model", params)
@@ -86,9 +64,9 @@ async def test_errors_pass_through_unchanged(make_gw, pool, workspace_id):
     assert sid not in b.app[SESSION_MANAGER].live
 
 
-async def test_cancel_while_prompt_waits_on_other_instance(make_gw, pool, workspace_id):
-    a, b, c = await make_gw("a"), await make_gw("b"), await make_gw("c")
-    sid = await new_ready(a, pool, workspace_id)
+async def test_cancel_while_prompt_waits_on_other_instance(new_gw, pool, workspace_id):
+    a, b, c = await new_gw("a"), await new_gw("b"), await new_gw("c")
+    sid = await new_ready_session(a, pool, workspace_id)
     prompt = asyncio.create_task(
         call(b, "session/prompt", {"sessionId": sid, "prompt": "/slow 20"})
     )
@@ -101,9 +79,9 @@ async def test_cancel_while_prompt_waits_on_other_instance(make_gw, pool, worksp
     assert not c.app[SESSION_MANAGER].live
 
 
-async def test_forwarded_call_is_never_forwarded_again(make_gw, pool, workspace_id):
-    a, b = await make_gw("a"), await make_gw("b")
-    sid = await new_ready(a, pool, workspace_id)
+async def test_forwarded_call_is_never_forwarded_again(new_gw, pool, workspace_id):
+    a, b = await new_gw("a"), await new_gw("b")
+    sid = await new_ready_session(a, pool, workspace_id)
     request = {
         "jsonrpc": "2.0",
         "id": 7,
@@ -128,10 +106,10 @@ async def _orphan(pool, sid: str, ghost: str, status: str = "idle") -> None:
 
 
 async def test_two_instances_adopting_at_once_end_with_one_owner(
-    make_gw, pool, workspace_id
+    new_gw, pool, workspace_id
 ):
-    a, b, c = await make_gw("a"), await make_gw("b"), await make_gw("c")
-    sid = await new_ready(a, pool, workspace_id)
+    a, b, c = await new_gw("a"), await new_gw("b"), await new_gw("c")
+    sid = await new_ready_session(a, pool, workspace_id)
     assert await ok(a, "session/prompt", {"sessionId": sid, "prompt": "one"})
     await a.app[SESSION_MANAGER].stop_quiet(sid, "disconnected")
     # a dead owner that was in the middle of a turn: its user_message has no end yet
@@ -160,9 +138,9 @@ async def test_two_instances_adopting_at_once_end_with_one_owner(
     assert sid not in a.app[SESSION_MANAGER].live
 
 
-async def test_prompt_adopts_from_dead_owner(make_gw, pool, workspace_id):
-    a, b = await make_gw("a"), await make_gw("b")
-    sid = await new_ready(a, pool, workspace_id)
+async def test_prompt_adopts_from_dead_owner(new_gw, pool, workspace_id):
+    a, b = await new_gw("a"), await new_gw("b")
+    sid = await new_ready_session(a, pool, workspace_id)
     await a.app[SESSION_MANAGER].stop_quiet(sid, "disconnected")
     await _orphan(pool, sid, "ghost-gateway")
     out = await ok(b, "session/prompt", {"sessionId": sid, "prompt": "back again"})
@@ -172,10 +150,10 @@ async def test_prompt_adopts_from_dead_owner(make_gw, pool, workspace_id):
     assert "error" not in kinds(await events(pool, sid))
 
 
-async def test_sigterm_drain_finishes_turn_and_releases(make_gw, pool, workspace_id):
-    a, b = await make_gw("a"), await make_gw("b")
-    busy = await new_ready(a, pool, workspace_id)
-    idle = await new_ready(a, pool, workspace_id)
+async def test_sigterm_drain_finishes_turn_and_releases(new_gw, pool, workspace_id):
+    a, b = await new_gw("a"), await new_gw("b")
+    busy = await new_ready_session(a, pool, workspace_id)
+    idle = await new_ready_session(a, pool, workspace_id)
     prompt = asyncio.create_task(
         call(a, "session/prompt", {"sessionId": busy, "prompt": "/slow 1"})
     )
@@ -210,9 +188,9 @@ async def test_sigterm_drain_finishes_turn_and_releases(make_gw, pool, workspace
     assert out == {"stopReason": "end_turn"}
 
 
-async def test_renewal_notices_a_lease_adopted_elsewhere(make_gw, pool, workspace_id):
-    a = await make_gw("a", lease_ttl=0.6)
-    sid = await new_ready(a, pool, workspace_id)
+async def test_renewal_notices_a_lease_adopted_elsewhere(new_gw, pool, workspace_id):
+    a = await new_gw("a", lease_ttl=0.6)
+    sid = await new_ready_session(a, pool, workspace_id)
     # as if another instance adopted it while this one was stalled
     await _orphan(pool, sid, "adopter")
     await wait_until(lambda: sid not in a.app[SESSION_MANAGER].live)
