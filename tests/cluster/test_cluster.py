@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +27,12 @@ from shared.redisconn import create_redis, pubsub_of
 from tests.cluster.harness import RedisClusterServers
 from tests.gateway.rpcutil import events, kinds, wait_ready
 from tests.scaleout.support import (
-    Proc,
+    Services,
     Subscriber,
-    free_port,
     rpc,
-    start_service,
-    stop,
+    running_services,
+    service_env,
 )
-from tests.scaleout.support import wait_ready as wait_http
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -48,17 +46,11 @@ def cluster() -> Iterator[RedisClusterServers]:
 
 
 @dataclass
-class Deployment:
-    http: aiohttp.ClientSession
+class Deployment(Services):
+    """Two gateways (gw1, gw2) and a query service (query) on the cluster."""
+
     cluster: RedisClusterServers
     prefix: str
-    procs: dict[str, Proc] = field(default_factory=dict)
-
-    def url(self, name: str) -> str:
-        return self.procs[name].url
-
-    def logs(self) -> str:
-        return "\n".join(f"--- {p.name}\n{p.tail()}" for p in self.procs.values())
 
     async def new_session(self, gateway: str, workspace_id: str, pool: Any) -> str:
         reply, via = await rpc(
@@ -92,35 +84,14 @@ class Deployment:
 async def deployment(
     cluster: RedisClusterServers, settings: Any, tmp_path: Path
 ) -> AsyncIterator[Deployment]:
-    logdir = tmp_path / "logs"
-    logdir.mkdir()
-    prefix = f"{settings.redis_prefix}-cluster-{uuid.uuid4().hex[:6]}"
-    env = {
-        "DATABASE_URL": settings.database_url,
-        "REDIS_URL": cluster.url,
-        "REDIS_PREFIX": prefix,
-        "DATA_DIR": str(tmp_path / "data"),
-        "SHUTDOWN_TIMEOUT": "3",
-        "LOG_LEVEL": "INFO",
+    env = service_env(settings, tmp_path, "cluster", REDIS_URL=cluster.url)
+    modules = {
+        "gw1": "services.gateway",
+        "gw2": "services.gateway",
+        "query": "services.query",
     }
-    d = Deployment(aiohttp.ClientSession(), cluster, prefix)
-    try:
-        for name, module in (
-            ("gw1", "services.gateway"),
-            ("gw2", "services.gateway"),
-            ("query", "services.query"),
-        ):
-            d.procs[name] = start_service(module, name, free_port(), env, logdir)
-        for proc in d.procs.values():
-            await wait_http(d.http, proc.url, "/readyz")
-        yield d
-    except BaseException:
-        print(d.logs())  # noqa: T201 - shown by pytest when the test fails
-        raise
-    finally:
-        await d.http.close()
-        for proc in d.procs.values():
-            stop(proc)
+    async with running_services(modules, env, tmp_path / "logs") as services:
+        yield Deployment(services.http, services.procs, cluster, env["REDIS_PREFIX"])
 
 
 async def _until(predicate: Any) -> None:

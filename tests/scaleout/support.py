@@ -10,12 +10,16 @@ import signal
 import socket
 import subprocess
 import sys
+import uuid
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
+
+from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 PROD_CONF = ROOT / "deploy" / "nginx" / "prod.conf"
@@ -135,6 +139,65 @@ def stop(proc: Proc) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.popen.pid, signal.SIGKILL)
             proc.popen.wait(timeout=5)
+
+
+def service_env(
+    settings: Settings, tmp_path: Path, tag: str, **extra: str
+) -> dict[str, str]:
+    """What the processes of one test share: this run's Postgres and Redis under a Redis
+    prefix of their own (`tag` names the test in it), one data directory, a short
+    shutdown and INFO logs. `extra` adds or overrides variables."""
+    return {
+        "DATABASE_URL": settings.database_url,
+        "REDIS_URL": settings.redis_url,
+        "REDIS_PREFIX": f"{settings.redis_prefix}-{tag}-{uuid.uuid4().hex[:6]}",
+        "DATA_DIR": str(tmp_path / "data"),
+        "SHUTDOWN_TIMEOUT": "3",
+        "LOG_LEVEL": "INFO",
+        **extra,
+    }
+
+
+@dataclass
+class Services:
+    """Named service processes of one test and the HTTP client that calls them."""
+
+    http: aiohttp.ClientSession
+    procs: dict[str, Proc]
+
+    def url(self, name: str) -> str:
+        return self.procs[name].url
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.tail()}" for p in self.procs.values())
+
+
+@contextlib.asynccontextmanager
+async def running_services(
+    modules: Mapping[str, str], env: dict[str, str], logdir: Path
+) -> AsyncIterator[Services]:
+    """`modules` ({name: module}) each on a free port, yielded once all are ready.
+
+    When they fail to start, their logs are printed for pytest to show with the error.
+    On exit each is continued first (a test may have paused one with SIGSTOP, and a
+    stopped process cannot act on SIGTERM), then stopped.
+    """
+    logdir.mkdir(parents=True, exist_ok=True)
+    services = Services(aiohttp.ClientSession(), {})
+    try:
+        for name, module in modules.items():
+            services.procs[name] = start_service(module, name, free_port(), env, logdir)
+        for proc in services.procs.values():
+            await wait_ready(services.http, proc.url, "/readyz")
+        yield services
+    except BaseException:
+        print(services.logs())  # noqa: T201 - shown by pytest when the test fails
+        raise
+    finally:
+        await services.http.close()
+        for proc in services.procs.values():
+            proc.signal(signal.SIGCONT)
+            stop(proc)
 
 
 async def wait_ready(http: aiohttp.ClientSession, url: str, path: str) -> None:

@@ -26,6 +26,7 @@ from tests.scaleout.support import (
     free_port,
     render_nginx,
     rpc,
+    service_env,
     start_nginx,
     start_service,
     stop,
@@ -86,16 +87,7 @@ class Cluster:
 async def cluster(settings, tmp_path) -> AsyncIterator[Cluster]:
     logdir = tmp_path / "logs"
     logdir.mkdir()
-    env = {
-        "DATABASE_URL": settings.database_url,
-        "REDIS_URL": settings.redis_url,
-        "REDIS_PREFIX": f"{settings.redis_prefix}-e2e-{uuid.uuid4().hex[:6]}",
-        "DATA_DIR": str(tmp_path / "data"),
-        "LEASE_TTL": "3",
-        "DRAIN_GRACE": "20",
-        "SHUTDOWN_TIMEOUT": "3",
-        "LOG_LEVEL": "INFO",
-    }
+    env = service_env(settings, tmp_path, "e2e", LEASE_TTL="3", DRAIN_GRACE="20")
     gw_ports = [free_port(), free_port()]
     q_ports = [free_port(), free_port()]
     listen = free_port()

@@ -12,8 +12,6 @@ import contextlib
 import signal
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -21,14 +19,12 @@ import pytest
 
 from tests.gateway.rpcutil import events, kinds, wait_ready
 from tests.scaleout.support import (
-    Proc,
+    Services,
     Subscriber,
-    free_port,
     rpc,
-    start_service,
-    stop,
+    running_services,
+    service_env,
 )
-from tests.scaleout.support import wait_ready as wait_http
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -39,51 +35,18 @@ END_EVENT_BOUND = 30.0
 ENDS = ("turn_complete", "error")
 
 
-@dataclass
-class Pair:
-    http: aiohttp.ClientSession
-    logdir: Path
-    gateways: dict[str, Proc] = field(default_factory=dict)
-
-    def logs(self) -> str:
-        return "\n".join(f"--- {p.name}\n{p.tail()}" for p in self.gateways.values())
-
-
 @pytest.fixture
-async def pair(settings, tmp_path) -> AsyncIterator[Pair]:
-    logdir = tmp_path / "logs"
-    logdir.mkdir()
-    env = {
-        "DATABASE_URL": settings.database_url,
-        "REDIS_URL": settings.redis_url,
-        "REDIS_PREFIX": f"{settings.redis_prefix}-lease-{uuid.uuid4().hex[:6]}",
-        "DATA_DIR": str(tmp_path / "data"),
-        "LEASE_TTL": str(LEASE_TTL),
-        "SHUTDOWN_TIMEOUT": "3",
-        "LOG_LEVEL": "INFO",
-    }
-    p = Pair(aiohttp.ClientSession(), logdir)
-    try:
-        for name in ("gw1", "gw2"):
-            p.gateways[name] = start_service(
-                "services.gateway", name, free_port(), env, logdir
-            )
-        for proc in p.gateways.values():
-            await wait_http(p.http, proc.url, "/readyz")
-        yield p
-    except BaseException:
-        print(p.logs())  # noqa: T201 - shown by pytest when the test fails
-        raise
-    finally:
-        await p.http.close()
-        for proc in p.gateways.values():
-            proc.signal(signal.SIGCONT)
-            stop(proc)
+async def pair(settings, tmp_path) -> AsyncIterator[Services]:
+    """Two gateways, gw1 and gw2, with a short lease."""
+    env = service_env(settings, tmp_path, "lease", LEASE_TTL=str(LEASE_TTL))
+    modules = {"gw1": "services.gateway", "gw2": "services.gateway"}
+    async with running_services(modules, env, tmp_path / "logs") as services:
+        yield services
 
 
-async def _new_on(p: Pair, name: str, pool: Any, workspace_id: str) -> str:
+async def _new_on(p: Services, name: str, pool: Any, workspace_id: str) -> str:
     reply, via = await rpc(
-        p.http, p.gateways[name].url, "session/new", {"workspaceId": workspace_id}
+        p.http, p.url(name), "session/new", {"workspaceId": workspace_id}
     )
     assert via == name
     sid = str(reply["result"]["sessionId"])
@@ -91,12 +54,12 @@ async def _new_on(p: Pair, name: str, pool: Any, workspace_id: str) -> str:
     return sid
 
 
-def _start_turn(p: Pair, name: str, sid: str, text: str) -> asyncio.Task[Any]:
+def _start_turn(p: Services, name: str, sid: str, text: str) -> asyncio.Task[Any]:
     async def _post() -> None:
         with contextlib.suppress(aiohttp.ClientError, OSError):
             await rpc(
                 p.http,
-                p.gateways[name].url,
+                p.url(name),
                 "session/prompt",
                 {"sessionId": sid, "prompt": text},
             )
@@ -119,17 +82,19 @@ async def _live_agents(http: aiohttp.ClientSession, url: str) -> float:
     return float(line.split()[1])
 
 
-async def test_killed_owner_turn_ends_without_any_call(pair: Pair, pool, workspace_id):
+async def test_killed_owner_turn_ends_without_any_call(
+    pair: Services, pool, workspace_id
+):
     p = pair
     sid = await _new_on(p, "gw1", pool, workspace_id)
-    sub = Subscriber(p.http, p.gateways["gw2"].url, sid)
+    sub = Subscriber(p.http, p.url("gw2"), sid)
     sub.start()
     await sub.wait_for(lambda s: s.connects >= 1)
     prompt = _start_turn(p, "gw1", sid, "/slow 30")
     await sub.wait_for(lambda s: s.kinds()[-1:] == ["agent_message_chunk"])
 
-    p.gateways["gw1"].signal(signal.SIGKILL)
-    assert await p.gateways["gw1"].wait_exit() == -signal.SIGKILL
+    p.procs["gw1"].signal(signal.SIGKILL)
+    assert await p.procs["gw1"].wait_exit() == -signal.SIGKILL
     await prompt  # its connection broke; no further call is made below until the end
     async with asyncio.timeout(END_EVENT_BOUND):
         await sub.wait_for(
@@ -152,7 +117,7 @@ async def test_killed_owner_turn_ends_without_any_call(pair: Pair, pool, workspa
     # resumable on the survivor; the interrupted turn never gets a second end
     reply, via = await rpc(
         p.http,
-        p.gateways["gw2"].url,
+        p.url("gw2"),
         "session/prompt",
         {"sessionId": sid, "prompt": "on"},
     )
@@ -166,10 +131,10 @@ async def test_killed_owner_turn_ends_without_any_call(pair: Pair, pool, workspa
 
 
 async def test_paused_owner_writes_nothing_after_takeover(
-    pair: Pair, pool, workspace_id
+    pair: Services, pool, workspace_id
 ):
     p = pair
-    gw1, gw2 = p.gateways["gw1"], p.gateways["gw2"]
+    gw1, gw2 = p.procs["gw1"], p.procs["gw2"]
     sid = await _new_on(p, "gw1", pool, workspace_id)
     prompt = _start_turn(p, "gw1", sid, "/slow 30")
     await _wait_log(pool, sid, lambda evs: kinds(evs)[-1:] == ["agent_message_chunk"])
