@@ -27,7 +27,6 @@ import aiohttp
 
 from tests.bench import suite
 from tests.bench.eventlog_scale import (
-    Database,
     cleanup,
     eventlog_run,
     list_curve,
@@ -119,7 +118,7 @@ async def _product_point(
 
 async def fanout_curve(subscribers: list[int], rate: int) -> list[dict[str, Any]]:
     rows = []
-    async with Database() as db:
+    async with suite.Database() as db:
         ctx = new_ctx(db.url)
         try:
             await suite.seed_sessions(ctx)

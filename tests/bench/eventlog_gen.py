@@ -39,6 +39,35 @@ _TEXT = (
 _WORDS = tuple(_TEXT.split())
 
 
+# A seeded session is a closed echo session: these columns first, the caller's after.
+SESSION_COLUMNS = (
+    "session_id",
+    "workspace_id",
+    "name",
+    "cwd",
+    "provider",
+    "role",
+    "acp_status",
+    "status",
+)
+
+
+def closed_session(
+    session_id: uuid.UUID, workspace: str, name: str, cwd: str
+) -> tuple[object, ...]:
+    """The SESSION_COLUMNS values of one seeded session."""
+    return (session_id, workspace, name, cwd, "echo", "CRAFTER", "closed", "closed")
+
+
+async def copy_workspaces(conn: asyncpg.Connection, ids: list[str], title: str) -> None:
+    """The workspaces `ids`, each titled `title` and its id."""
+    await conn.copy_records_to_table(
+        "workspaces",
+        records=[(w, f"{title} {w}") for w in ids],
+        columns=["id", "title"],
+    )
+
+
 def _text(rng: random.Random, words: int) -> str:
     return " ".join(rng.choice(_WORDS) for _ in range(words))
 
@@ -164,45 +193,25 @@ async def load(
         if not triggers:
             await conn.execute("ALTER TABLE sessions DISABLE TRIGGER USER")
             await conn.execute("ALTER TABLE session_events DISABLE TRIGGER USER")
-        await conn.copy_records_to_table(
-            "workspaces",
-            records=[(w, f"Scale {w}") for w in workspaces],
-            columns=["id", "title"],
-        )
+        await copy_workspaces(conn, workspaces, "Scale")
         now = dt.datetime.now(dt.UTC)
         t0 = time.monotonic()
         for start in range(0, sessions, BATCH):
             recs = []
             for i, sid in enumerate(ids[start : start + BATCH], start):
                 at = now - dt.timedelta(seconds=sessions - i)
-                recs.append(
-                    (
-                        sid,
-                        workspaces[i % len(workspaces)],
-                        f"session {i}",
-                        "/work/project",
-                        "echo",
-                        "CRAFTER",
-                        "closed",
-                        "closed",
-                        per_session[sid],
-                        at,
-                        at,
-                        at,
-                    )
+                seeded = closed_session(
+                    sid,
+                    workspaces[i % len(workspaces)],
+                    f"session {i}",
+                    "/work/project",
                 )
+                recs.append((*seeded, per_session[sid], at, at, at))
             await conn.copy_records_to_table(
                 "sessions",
                 records=recs,
                 columns=[
-                    "session_id",
-                    "workspace_id",
-                    "name",
-                    "cwd",
-                    "provider",
-                    "role",
-                    "acp_status",
-                    "status",
+                    *SESSION_COLUMNS,
                     "last_event_id",
                     "created_at",
                     "last_activity",

@@ -34,15 +34,14 @@ import aiohttp
 import asyncpg
 import orjson
 import redis.asyncio as aioredis
-from yarl import URL
 
 from services.query.retention import run_pass
 from shared import events
 from shared.channels import Channels
 from shared.db.connect import create_pool
-from shared.db.migrate import migrate
 from tests.bench import suite
 from tests.bench.eventlog_gen import Loaded, load
+from tests.bench.suite import Database
 
 APPEND_WRITERS = 8
 APPEND_BATCH = 10  # events per append_batch call: a flush of a streaming turn
@@ -53,31 +52,6 @@ def parse_size(text: str) -> int:
     text = text.strip().lower().replace("_", "").replace(",", "")
     mult = {"k": 1_000, "m": 1_000_000, "g": 1_000_000_000}.get(text[-1:], 1)
     return int(float(text[:-1] if mult > 1 else text) * mult)
-
-
-class Database:
-    """A fresh database for one load, dropped afterwards (unless kept)."""
-
-    def __init__(self, keep: bool = False) -> None:
-        self.server = os.environ.get(
-            "TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-        )
-        self.name = f"routa_scale_{uuid.uuid4().hex[:8]}"
-        self.url = str(URL(self.server).with_path(f"/{self.name}"))
-        self.keep = keep
-
-    async def __aenter__(self) -> Database:
-        await migrate(self.url)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self.keep:
-            suite.progress(f"kept database {self.name}")
-            return
-        with contextlib.suppress(Exception):
-            conn = await asyncpg.connect(self.server)
-            await conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
-            await conn.close()
 
 
 # --- writes ----------------------------------------------------------------------------

@@ -40,6 +40,7 @@ from yarl import URL
 
 from shared.channels import Channels
 from shared.db.migrate import migrate
+from tests.bench.eventlog_gen import SESSION_COLUMNS, closed_session, copy_workspaces
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -68,6 +69,39 @@ class Ctx:
     rows: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+
+class Database:
+    """A fresh, migrated database on TEST_DATABASE_URL's server for one run, dropped
+    afterwards (unless kept). Named `routa_<kind>_<run_id>`."""
+
+    def __init__(self, keep: bool = False, *, kind: str = "scale") -> None:
+        self.server = os.environ.get(
+            "TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+        )
+        self.run_id = uuid.uuid4().hex[:8]
+        self.name = f"routa_{kind}_{self.run_id}"
+        self.url = str(URL(self.server).with_path(f"/{self.name}"))
+        self.keep = keep
+
+    async def create(self) -> None:
+        await migrate(self.url)
+
+    async def drop(self) -> None:
+        if self.keep:
+            progress(f"kept database {self.name}")
+            return
+        with contextlib.suppress(Exception):
+            conn = await asyncpg.connect(self.server)
+            await conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+            await conn.close()
+
+    async def __aenter__(self) -> Database:
+        await self.create()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.drop()
 
 
 def pct(values: Sequence[float], p: float) -> float:
@@ -218,42 +252,15 @@ async def seed_sessions(ctx: Ctx) -> list[str]:
     conn = await asyncpg.connect(ctx.db_url)
     try:
         workspaces = [f"bench-ws-{i:03d}" for i in range(100)]
-        await conn.copy_records_to_table(
-            "workspaces",
-            records=[(w, f"Bench {w}") for w in workspaces],
-            columns=["id", "title"],
-        )
+        await copy_workspaces(conn, workspaces, "Bench")
         now = dt.datetime.now(dt.UTC)
         records = []
         for i in range(10_000):
             w = workspaces[i % 100]
-            records.append(
-                (
-                    uuid.uuid4(),
-                    w,
-                    f"session {i}",
-                    f"/tmp/bench/{w}",
-                    "echo",
-                    "CRAFTER",
-                    "closed",
-                    "closed",
-                    now - dt.timedelta(seconds=i),
-                )
-            )
+            seeded = closed_session(uuid.uuid4(), w, f"session {i}", f"/tmp/bench/{w}")
+            records.append((*seeded, now - dt.timedelta(seconds=i)))
         await conn.copy_records_to_table(
-            "sessions",
-            records=records,
-            columns=[
-                "session_id",
-                "workspace_id",
-                "name",
-                "cwd",
-                "provider",
-                "role",
-                "acp_status",
-                "status",
-                "created_at",
-            ],
+            "sessions", records=records, columns=[*SESSION_COLUMNS, "created_at"]
         )
         await conn.execute("ANALYZE sessions")
         return workspaces
@@ -884,19 +891,15 @@ async def run(only: set[str] | None = None) -> Ctx:
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     os.sched_setaffinity(0, {int(CLIENT_CORE)})
-    server = os.environ.get(
-        "TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-    )
-    run_id = uuid.uuid4().hex[:8]
-    db_url = str(URL(server).with_path(f"/routa_bench_{run_id}"))
+    db = Database(kind="bench")
     ctx = Ctx(
-        db_url,
+        db.url,
         os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0"),
-        f"bench-{run_id}",
+        f"bench-{db.run_id}",
         Path(tempfile.mkdtemp(prefix="routa-bench-")),
     )
-    progress(f"database {db_url.rsplit('/', 1)[-1]}: creating and migrating")
-    await migrate(db_url)
+    progress(f"database {db.name}: creating and migrating")
+    await db.create()
     want = sorted(only or {"1", "2", "3", "4", "5", "6"})
     if SOAK <= 0:
         want = [n for n in want if n != "5"]
@@ -947,12 +950,7 @@ async def run(only: set[str] | None = None) -> Ctx:
     finally:
         for p in list(ctx.procs):
             stop(ctx, p)
-        with contextlib.suppress(Exception):
-            conn = await asyncpg.connect(server)
-            await conn.execute(
-                f'DROP DATABASE IF EXISTS "routa_bench_{run_id}" WITH (FORCE)'
-            )
-            await conn.close()
+        await db.drop()
         with contextlib.suppress(Exception):
             r = aioredis.from_url(ctx.redis_url)
             keys = [k async for k in r.scan_iter(f"{Channels(ctx.prefix).base}:*")]
