@@ -140,7 +140,10 @@ class LeaseRenewer:
 
     # --- the thread's side ------------------------------------------------------------
     def _run(self) -> None:
-        asyncio.run(self._main())
+        try:
+            asyncio.run(self._main())
+        except Exception:  # said loudly: without this thread every lease lapses
+            logger.exception("lease renewal thread died")
 
     async def _main(self) -> None:
         wake = asyncio.Event()

@@ -2,9 +2,9 @@
 
 The loop is blocked on purpose (time.sleep in tasks on the test's own loop, which the
 gateways share): each loop iteration then takes longer than LEASE_TTL. A renewal on that
-loop needs several iterations, so it let the lease run out and the idle second gateway
-closed the session. The renewal thread keeps the lease; a witness thread with its own
-connection samples the row while the loop is blocked (the loop cannot watch itself).
+loop needs several iterations, so the lease ran out (and the idle second gateway's sweeper
+could close the session). The renewal thread keeps the lease; a witness thread with its
+own connection samples the row while the loop is blocked (the loop cannot watch itself).
 """
 
 from __future__ import annotations
