@@ -1,5 +1,8 @@
 """Leases: renewal, the owner of a session, adoption, stale release, draining.
 
+Renewal runs in a thread of its own (renewal.py says why), so a saturated event loop
+cannot starve it; what it finds is applied here, on the main loop.
+
 A lease has a generation, bumped by every claim and every forced release: the fencing
 token. The owner stores events and state only at the generation it claimed, and checks it
 before a side effect outside the log (a file write), so an instance that lost its lease
@@ -12,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 import uuid
 
 from services.gateway.live import (
@@ -22,6 +24,7 @@ from services.gateway.live import (
     check_allowed,
     require_session_id,
 )
+from services.gateway.renewal import Held, LeaseRenewer
 from shared.db import session_events, sessions
 from shared.events import encode_batch, gateway_update, publish, store
 
@@ -39,38 +42,44 @@ class Leases:
     def __init__(self, deps: SessionDeps, registry: dict[str, LiveSession]) -> None:
         self._deps = deps
         self._live = registry
+        # the running renewal thread's handle (set by renew_loop)
+        self.renewer: LeaseRenewer | None = None
 
     async def renew_loop(self) -> None:
+        """Own the renewal thread (renewal.py: why a thread): start it, beat its
+        heartbeat until cancelled, then stop it (bounded). Cancelled by the manager's
+        close, so app cleanup stops the thread."""
         deps = self._deps
-        ttl = deps.settings.lease_ttl
-        interval = max(ttl / 3, 0.05)
-        while True:
-            await asyncio.sleep(interval)
-            lives = [
-                lv
-                for lv in self._live.values()
-                if not lv.stopping and lv.writer.generation is not None
-            ]
-            if not lives:
-                continue
-            started = time.monotonic()
-            try:
-                owned = await sessions.renew_leases_owned(
-                    deps.pool,
-                    deps.settings.instance_id,
-                    ttl,
-                    [(lv.uuid, lv.writer.generation or 0) for lv in lives],
-                )
-            except PG_ERRORS as err:
-                logger.warning("lease renewal failed: %s", err)
-                continue
-            for live in lives:
-                if live.uuid in owned:
-                    live.lease_until = started + ttl
-                else:
-                    # Another instance took it (our lease ran out): two agents must not
-                    # write one session, so ours stops without touching the row.
-                    live.lease_lost()
+        renewer = LeaseRenewer(
+            database_url=deps.settings.database_url,
+            instance_id=deps.settings.instance_id,
+            ttl=deps.settings.lease_ttl,
+            registry=self._live,
+            loop=asyncio.get_running_loop(),
+            apply=self._renewed,
+        )
+        self.renewer = renewer
+        renewer.start()
+        try:
+            while True:
+                renewer.beat()
+                await asyncio.sleep(renewer.interval)
+        finally:
+            await renewer.stop()
+
+    def _renewed(self, held: list[Held], owned: set[uuid.UUID], started: float) -> None:
+        """On the main loop: what a renewal pass (in the thread) found."""
+        ttl = self._deps.settings.lease_ttl
+        for lease in held:
+            live = lease.live
+            if live.writer.generation != lease.generation:
+                continue  # claimed again since the pass read it: not this pass's news
+            if lease.session_id in owned:
+                live.lease_until = max(live.lease_until, started + ttl)
+            else:
+                # Another instance took it (our lease ran out): two agents must not
+                # write one session, so ours stops without touching the row.
+                live.lease_lost()
 
     async def sweep_loop(self) -> None:
         """Close the sessions of owners whose lease ran out, without waiting for a call."""
