@@ -152,3 +152,58 @@ def test_plots_draw_every_curve_from_the_json(tmp_path):
     text = curves.tables(SMALL_CURVES)
     assert "sessions streaming" in text
     assert "max deliveries/s at p99 <= 100 ms" in text
+
+
+async def test_curves_measure_every_curve_and_plot_it(monkeypatch, tmp_path):
+    """`scripts/bench --curves` at tiny sizes: every curve has its points and its same-run
+    baseline in the JSON, and the plotting step draws one PNG per curve from that JSON."""
+    try:
+        from tests.bench import plots
+    except ImportError as e:
+        pytest.fail(f"matplotlib is missing ({e}): pip install -e .[bench]")
+    from tests.bench import curves
+
+    monkeypatch.setattr(suite, "DURATION", float(os.environ.get("BENCH_DURATION", "2")))
+    for name, value in {
+        "BENCH_CURVE_SESSIONS": "1k,2k",
+        "BENCH_EVENTS": "20k",
+        "BENCH_LONG": "1k",
+        "BENCH_CURVE_SUBSCRIBERS": "20,40",
+        "BENCH_CURVE_STREAMS": "1,3",
+        "BENCH_STREAM_EVENTS": "600",
+        "BENCH_SEARCH_SUBSCRIBERS": "20",
+        "BENCH_SEARCH_START": "100",
+        "BENCH_SEARCH_STEPS": "1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    path = tmp_path / "curves.json"
+    result = await curves.run(set(curves.PARTS), path)
+    assert json.loads(path.read_text()).keys() == result.keys()
+    assert [r["sessions"] for r in result["list"]] == [1_000, 2_000]
+    assert all(r["list_warm"]["bare_rps"] > 0 for r in result["list"])
+    (log,) = result["replay"]
+    assert [p["replayed"] for p in log["points"]] == [100, 1_000]
+    assert all(p["pg_bytes"] > 0 and p["bytes"] > p["pg_bytes"] for p in log["points"])
+    assert [r["subscribers"] for r in result["fanout"]] == [20, 40]
+    streams = result["streams"]
+    assert streams["copy_baseline_per_s"] > 0
+    assert [p["sessions"] for p in streams["points"]] == [1, 3]
+    for p in streams["points"]:
+        assert p["received"] == 600, p  # 600 / 1 and 200 x 3: every chunk came through
+        assert p["stored"] >= 600, p
+        assert p["memory"]["agents"] >= p["sessions"], p
+    search = result["search"]
+    assert search["bare_probes"]
+    assert search["product_probes"]
+    # whether a rate is held is timing, never asserted; what was held decides what follows
+    held = search["bare_ceiling_rate"] > 0
+    assert ("half_product" in search) == held, search
+    assert len(curves.search_rows(search)) == (3 if held else 1)
+    written = plots.plot_all(result, tmp_path)
+    assert {p.stem for p in written} == {
+        "list",
+        "replay",
+        "fanout",
+        "streams",
+        "fanout_search",
+    }
