@@ -504,7 +504,7 @@ async def streams_curve(counts: list[int], total: int) -> dict[str, Any]:
                     return await suite.new_pace_session(s, port, "bench-ws-003")
 
             for n in sorted(counts):
-                suite.progress(f"streams curve: {n} sessions streaming at once")
+                suite.progress(f"streams curve: {n:,} session(s) streaming at once")
                 async with aiohttp.ClientSession(
                     connector=aiohttp.TCPConnector(limit=0)
                 ) as s:
@@ -650,7 +650,7 @@ def tables(result: dict[str, Any]) -> str:
                 suite.Ctx("", "", "", Path(), rows=search_rows(result["search"]))
             )
         )
-    return "\n".join(out)
+    return "\n".join(out).strip("\n")
 
 
 def plot_or_say(json_path: Path) -> None:
