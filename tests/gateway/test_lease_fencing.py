@@ -15,8 +15,7 @@ import pytest
 from acp.exceptions import RequestError
 
 from services.gateway.agents import _Client
-from services.gateway.app import create_app
-from services.gateway.keys import GATEWAY_LINK, SESSION_MANAGER
+from services.gateway.keys import SESSION_MANAGER
 from shared.db import sessions
 from shared.events import gateway_update, record
 from tests.gateway.conftest import user_message
@@ -31,19 +30,6 @@ from tests.gateway.rpcutil import (
 )
 
 WAIT = 30.0  # hang guard only
-
-
-@pytest.fixture
-def make_gw(make_settings, aiohttp_client, cwd_root):
-    async def _make(name: str, **overrides):
-        settings = make_settings(
-            instance_id=f"{name}-{uuid.uuid4().hex[:6]}", **overrides
-        )
-        client = await aiohttp_client(create_app(settings))
-        await wait_until(lambda: client.app[GATEWAY_LINK].subscribed)
-        return client
-
-    return _make
 
 
 async def _dead_owner_row(pool, workspace_id: str, log: list[dict]) -> str:
@@ -87,10 +73,10 @@ async def _wait_released(pool, sid: str) -> None:
 
 
 async def test_sweeper_ends_a_dead_owners_turn_once_without_a_call(
-    make_gw, pool, workspace_id
+    new_gw, pool, workspace_id
 ):
     # two survivors sweep: exactly one of them closes the session
-    b, c = await make_gw("b"), await make_gw("c")
+    b, c = await new_gw("b"), await new_gw("c")
     sid = await _dead_owner_row(
         pool,
         workspace_id,
@@ -108,9 +94,9 @@ async def test_sweeper_ends_a_dead_owners_turn_once_without_a_call(
     assert kinds(await events(pool, sid)) == kinds(evs)
 
 
-async def test_sweeper_writes_no_second_end_event(make_gw, pool, workspace_id):
+async def test_sweeper_writes_no_second_end_event(new_gw, pool, workspace_id):
     """The owner stored the turn's end, then died before writing its status."""
-    await make_gw("b")
+    await new_gw("b")
     sid = await _dead_owner_row(
         pool,
         workspace_id,
@@ -128,9 +114,9 @@ async def test_sweeper_writes_no_second_end_event(make_gw, pool, workspace_id):
 
 
 async def test_a_stale_owner_stores_nothing_and_stops_its_agent(
-    make_gw, pool, workspace_id
+    new_gw, pool, workspace_id
 ):
-    a = await make_gw("a")
+    a = await new_gw("a")
     manager = a.app[SESSION_MANAGER]
     sid = (await ok(a, "session/new", {"workspaceId": workspace_id}))["sessionId"]
     await wait_ready(pool, sid)
@@ -157,8 +143,8 @@ async def test_a_stale_owner_stores_nothing_and_stops_its_agent(
     assert tuple(row) == ("adopter", "idle", "ready")  # the stale owner wrote no state
 
 
-async def test_a_stale_owner_writes_no_file(make_gw, pool, workspace_id, cwd_root):
-    a = await make_gw("a")
+async def test_a_stale_owner_writes_no_file(new_gw, pool, workspace_id, cwd_root):
+    a = await new_gw("a")
     manager = a.app[SESSION_MANAGER]
     sid = (await ok(a, "session/new", {"workspaceId": workspace_id}))["sessionId"]
     await wait_ready(pool, sid)
