@@ -69,12 +69,16 @@ async def _eventually(
     read: Callable[[], Awaitable[Any]], done: Callable[[Any], bool]
 ) -> Any:
     """Read until `done` holds (stored in the background); the last value read."""
-    async with asyncio.timeout(WAIT):
-        while True:
-            value = await read()
-            if done(value):
-                return value
-            await asyncio.sleep(0.2)
+    value = None
+    try:
+        async with asyncio.timeout(WAIT):
+            while True:
+                value = await read()
+                if done(value):
+                    return value
+                await asyncio.sleep(0.2)
+    except TimeoutError:
+        pytest.fail(f"not reached in {WAIT:.0f}s; last read: {value!r}")
 
 
 def _option(config_options: list[dict[str, Any]], option_id: str) -> dict[str, Any]:
@@ -302,15 +306,19 @@ async def _closed_and_answered(
             and (m.get("params") or {}).get("sessionId") == agent_id
         ]
 
-    async with asyncio.timeout(WAIT):
-        while len(closes()) < n:
-            await asyncio.sleep(0.2)
-        request_id = closes()[n - 1]["id"]
-        while True:
-            for m in _lines(answered):
-                if m.get("id") == request_id and "method" not in m:
-                    return m
-            await asyncio.sleep(0.2)
+    try:
+        async with asyncio.timeout(WAIT):
+            while len(closes()) < n:
+                await asyncio.sleep(0.2)
+            request_id = closes()[n - 1]["id"]
+            while True:
+                for m in _lines(answered):
+                    if m.get("id") == request_id and "method" not in m:
+                        return m
+                await asyncio.sleep(0.2)
+    except TimeoutError:
+        methods = [m.get("method") for m in _lines(sent)]
+        pytest.fail(f"session/close #{n} not sent and answered; sent: {methods}")
 
 
 async def test_session_close_on_idle_stop_and_disconnect(
