@@ -473,7 +473,9 @@ class LiveSession:
             extra["routaAgentId"] = self.routa_agent_id
         # The user's (or the stored) mode and model win; else take the agent's.
         want_mode = req.user_mode or self.mode_id
-        agent_mode = (self.modes or {}).get("currentModeId")
+        agent_mode = (options.mode_option(self.config_options) or {}).get(
+            "currentValue"
+        ) or (self.modes or {}).get("currentModeId")
         if want_mode and want_mode != agent_mode:
             await self._agent_set_mode(want_mode)
         elif not want_mode and isinstance(agent_mode, str):

@@ -88,7 +88,13 @@ def opencode_config() -> dict[str, Any]:
                         "tool_call": True,
                         # a context size makes opencode send usage_update
                         "limit": {"context": 200000, "output": 8192},
-                    }
+                    },
+                    # a second model to switch to (session/set_config_option)
+                    "scripted-large": {
+                        "name": "Scripted Large",
+                        "tool_call": True,
+                        "limit": {"context": 400000, "output": 8192},
+                    },
                 },
             }
         },

@@ -41,6 +41,8 @@ class ModelRequest:
     headers: dict[str, str]
     body: dict[str, Any]
     main: bool  # carries tools: a step of the agent's loop (else a side request)
+    # the token counts the answer reported: {"input": n, "output": n} (empty when refused)
+    reported: dict[str, int] = field(default_factory=dict)
 
     def text(self) -> str:
         """Every text in the messages (system, user, assistant, tool results), joined."""
@@ -244,6 +246,7 @@ class ModelServer:
             block = {"type": "text", "text": text}
             stop = "end_turn"
         out_tokens = max(1, len(orjson.dumps(block)) // 4)
+        entry.reported = {"input": usage["input_tokens"], "output": out_tokens}
         if not body.get("stream"):
             return web.json_response(
                 {
@@ -375,6 +378,7 @@ class ModelServer:
             "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens,
         }
+        entry.reported = {"input": prompt_tokens, "output": completion_tokens}
         if not body.get("stream"):
             return web.json_response(
                 {
