@@ -26,6 +26,7 @@ const state = {
   rpcId: 0,
   sideTimer: null,        // debounced notes/tasks refresh
   sideSeq: 0,             // number of the latest notes/tasks read
+  sideDeferred: false,    // a refresh left a list alone for its open form: read again when it closes
 };
 
 // ---------- small DOM helpers ----------
@@ -320,7 +321,7 @@ function closeSession() {
   clearTimeout(state.streamRetry);
   Object.assign(state, {
     stream: null, streamRetry: null, selectedId: null, lastEventId: 0, lastItem: null,
-    planNode: null, pendingJump: null, promptsRunning: 0, turnOpen: false,
+    planNode: null, pendingJump: null, promptsRunning: 0, turnOpen: false, sideDeferred: false,
   });
   state.toolCalls.clear();
   state.queued.clear();
@@ -741,13 +742,19 @@ async function loadSidePanel() {
   const [{ notes }, { tasks }] = await Promise.all([getJson("/api/notes", params), getJson("/api/tasks", params)]);
   // only the latest read is shown: an older one answering late would undo a save
   if (sessionId !== state.selectedId || seq !== state.sideSeq) return;
-  // a list with an edit form open is left as it is: a refresh must not throw away typing
-  if (!$("notes").querySelector("form")) {
-    $("notes").replaceChildren(...(notes.length ? notes.map(noteItem) : [el("li", { class: "muted" }, "No notes")]));
+  // a list with an edit form open is left as it is (a refresh must not throw away typing);
+  // it is read again when the form closes, so what changed meanwhile is not lost either
+  state.sideDeferred = false;
+  renderSideList($("notes"), notes, noteItem, "No notes");
+  renderSideList($("tasks"), tasks, taskItem, "No tasks");
+}
+
+function renderSideList(list, rows, item, empty) {
+  if (list.querySelector("form")) {
+    state.sideDeferred = true;
+    return;
   }
-  if (!$("tasks").querySelector("form")) {
-    $("tasks").replaceChildren(...(tasks.length ? tasks.map(taskItem) : [el("li", { class: "muted" }, "No tasks")]));
-  }
+  list.replaceChildren(...(rows.length ? rows.map(item) : [el("li", { class: "muted" }, empty)]));
 }
 
 function scheduleSidePanel() {
@@ -761,7 +768,7 @@ function noteItem(note) {
     el("div", { class: "row" },
       el("strong", { testid: "note-title" }, note.title), " ", type ? pill(type) : null,
       el("button", { type: "button", class: "link", testid: "note-edit", "aria-label": `Edit note ${note.title}`,
-        onclick: () => item.replaceWith(noteForm(note, item)) }, "edit")),
+        onclick: () => openForm(noteForm(note, item), (form) => item.replaceWith(form)) }, "edit")),
     el("div", { class: "content", testid: "note-content" }, note.content || ""));
   return item;
 }
@@ -773,27 +780,42 @@ function taskItem(task) {
       el("strong", { testid: "task-title" }, task.title),
       el("span", {}, pill(status, "task-status"), " ",
         el("button", { type: "button", class: "link", testid: "task-edit", "aria-label": `Edit task ${task.title}`,
-          onclick: () => item.replaceWith(taskForm(task, item)) }, "edit"))),
+          onclick: () => openForm(taskForm(task, item), (form) => item.replaceWith(form)) }, "edit"))),
     el("div", { class: "small muted", testid: "task-objective" }, task.objective || ""));
   return item;
 }
 
 const TASK_STATUSES = ["PENDING", "IN_PROGRESS", "REVIEW_REQUIRED", "COMPLETED", "NEEDS_FIX", "BLOCKED", "CANCELLED"];
 
+/**
+ * Put a form on the page and focus its first field at once, in the same task as the click
+ * that opened it: a focus deferred to a timer could land after the user (or a test) already
+ * moved to another field, and the rest of the typing would go into the wrong one.
+ */
+function openForm(form, place) {
+  place(form);
+  const first = form.querySelector("input, textarea, select");
+  if (first) first.focus();
+}
+
 /** An inline form; `save` gets the form's values and throws to keep the form open with the error. */
-function sideForm(testid, fields, save, onCancel) {
+function sideForm(testid, fields, save, onClose) {
   const error = el("div", { class: "small form-error", testid: `${testid}-error`, role: "alert" });
+  const cancel = () => {
+    onClose();
+    if (state.sideDeferred) attempt(loadSidePanel); // a refresh waited for this form
+  };
   const form = el("form", { class: "side-form", testid },
     fields, error,
     el("div", { class: "row" },
       el("button", { type: "submit", testid: `${testid}-save` }, "Save"),
-      el("button", { type: "button", testid: `${testid}-cancel`, onclick: onCancel }, "Cancel")));
+      el("button", { type: "button", testid: `${testid}-cancel`, onclick: cancel }, "Cancel")));
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
     for (const b of form.querySelectorAll("button")) b.disabled = true;
     try {
       await save(form);
-      onCancel(); // the lists below show the saved version
+      onClose(); // the lists below show the saved version
       await loadSidePanel();
     } catch (err) {
       error.textContent = err.message || String(err);
@@ -822,7 +844,6 @@ function noteForm(note, replaced) {
       else payload.sessionId = state.selectedId;
       await sendJson("POST", "/api/notes", payload);
     }, close);
-  setTimeout(() => title.focus(), 0);
   return form;
 }
 
@@ -849,14 +870,13 @@ function taskForm(task, replaced) {
       await sendJson("POST", "/api/tasks", { ...payload, workspaceId: state.workspaceId, sessionId: state.selectedId });
     }
   }, close);
-  setTimeout(() => title.focus(), 0);
   return form;
 }
 
 function openNewForm(slotId, makeForm) {
   if (!state.selectedId) return;
   const slot = $(slotId);
-  if (!slot.firstChild) slot.append(makeForm());
+  if (!slot.firstChild) openForm(makeForm(), (form) => slot.append(form));
 }
 
 // ---------- search ----------
