@@ -27,6 +27,8 @@ const state = {
   sideTimer: null,        // debounced notes/tasks refresh
   sideSeq: 0,             // number of the latest notes/tasks read
   sideDeferred: false,    // a refresh left a list alone for its open form: read again when it closes
+  configTimer: null,      // debounced config options read
+  configSeq: 0,           // number of the latest config options read (or change)
 };
 
 // ---------- small DOM helpers ----------
@@ -215,6 +217,10 @@ function applyLifecycle(message) {
   } else if (message.type === "session:updated") {
     if (!current) return void attempt(reloadSessions);
     state.sessions.set(message.sessionId, { ...current, ...message.changes });
+    const changes = message.changes || {};
+    if (message.sessionId === state.selectedId && ("model" in changes || "modeId" in changes)) {
+      scheduleConfigOptions(); // e.g. set_config_option sent by another client
+    }
   } else if (message.type === "session:deleted") {
     state.sessions.delete(message.sessionId);
     if (message.sessionId === state.selectedId) closeSession();
@@ -302,6 +308,7 @@ function selectSession(sessionId) {
   history.replaceState(null, "", `#${new URLSearchParams({ ws: state.workspaceId, session: sessionId })}`);
   attempt(openStream);
   attempt(loadSidePanel);
+  attempt(loadConfigOptions);
 }
 
 /** The export links of the selected session (a plain download; the token rides along as for EventSource). */
@@ -319,9 +326,11 @@ function updateExportLinks() {
 function closeSession() {
   if (state.stream) state.stream.close();
   clearTimeout(state.streamRetry);
+  clearTimeout(state.configTimer);
   Object.assign(state, {
     stream: null, streamRetry: null, selectedId: null, lastEventId: 0, lastItem: null,
     planNode: null, pendingJump: null, promptsRunning: 0, turnOpen: false, sideDeferred: false,
+    configTimer: null, configSeq: state.configSeq + 1,
   });
   state.toolCalls.clear();
   state.queued.clear();
@@ -337,6 +346,7 @@ function closeSession() {
   $("tasks").replaceChildren();
   $("note-form-slot").replaceChildren();
   $("task-form-slot").replaceChildren();
+  $("config-options").replaceChildren();
   $("new-note").hidden = $("new-task").hidden = true; // a note or task is written for the open session
 }
 
@@ -411,7 +421,10 @@ const RENDERERS = {
     endTurn();
     addMarker(`error: ${u.message || "turn failed"}`, "turn-error", "error");
   },
-  acp_status: (u) => addAcpStatus(u),
+  acp_status: (u) => {
+    addAcpStatus(u);
+    scheduleConfigOptions(); // a (re)started agent reports its options again
+  },
   current_mode_update: (u) => {
     setMode(u.currentModeId || u.modeId);
     addMarker(`mode: ${u.currentModeId || u.modeId}`, "mode-changed");
@@ -420,7 +433,7 @@ const RENDERERS = {
   process_output: () => {}, // stderr of the agent: too noisy for the conversation
   terminal_output: (u) => addTerminalOutput(u),
   available_commands_update: () => {},
-  config_option_update: () => {},
+  config_option_update: () => scheduleConfigOptions(),
   usage_update: () => {},
   session_info_update: () => {},
 };
@@ -730,6 +743,70 @@ async function shareSession() {
 async function changeMode() {
   const modeId = $("mode-select").value;
   if (state.selectedId) await attempt(() => rpc("session/set_mode", { sessionId: state.selectedId, modeId }));
+}
+
+// ---------- config options (what the agent lets a client set: model, …) ----------
+
+/** The agent's option list as the session last stored it (the context's `configOptions`). */
+async function loadConfigOptions() {
+  const sessionId = state.selectedId;
+  if (!sessionId || state.shared) return; // a share token reads the conversation only
+  const seq = ++state.configSeq;
+  const context = await getJson(`/api/sessions/${encodeURIComponent(sessionId)}/context`);
+  // only the latest read (or change) is shown: an older one answering late would undo it
+  if (sessionId !== state.selectedId || seq !== state.configSeq) return;
+  renderConfigOptions(context.configOptions);
+}
+
+/** Replayed events come in bursts: one read after the burst is enough. */
+function scheduleConfigOptions() {
+  if (state.shared || !state.selectedId) return;
+  clearTimeout(state.configTimer);
+  state.configTimer = setTimeout(() => attempt(loadConfigOptions), 300);
+}
+
+function renderConfigOptions(options) {
+  const list = Array.isArray(options) ? options.filter((o) => o && typeof o.id === "string") : [];
+  $("config-options").replaceChildren(...list.map(configControl));
+}
+
+/** One labelled control per option: a select, a checkbox for a boolean, else its value as text. */
+function configControl(option) {
+  const attrs = { testid: "config-option", "data-config-id": option.id, title: option.description };
+  let control;
+  if (option.type === "boolean") {
+    control = el("input", { ...attrs, type: "checkbox", checked: option.currentValue === true });
+    control.addEventListener("change", () => setConfigOption(option.id, control.checked, control));
+  } else if (Array.isArray(option.options)) {
+    control = el("select", attrs, selectChoices(option.options));
+    const current = String(option.currentValue ?? "");
+    if (![...control.options].some((o) => o.value === current)) control.append(el("option", { value: current }, current));
+    control.value = current;
+    control.addEventListener("change", () => setConfigOption(option.id, control.value, control));
+  } else {
+    control = el("span", attrs, String(option.currentValue ?? "—"));
+  }
+  return el("label", { class: "field", testid: "config-field" }, String(option.name || option.id), control);
+}
+
+/** A select's choices: plain values, or groups of them (`{group, name, options}`). */
+function selectChoices(choices) {
+  return choices.filter(Boolean).map((c) => (Array.isArray(c.options)
+    ? el("optgroup", { label: c.name || c.group || "" }, selectChoices(c.options))
+    : el("option", { value: c.value, title: c.description }, c.name || c.value)));
+}
+
+/** session/set_config_option; the answer is the agent's complete list, shown as it is. */
+async function setConfigOption(configId, value, control) {
+  const sessionId = state.selectedId;
+  if (!sessionId) return;
+  control.disabled = true;
+  const seq = ++state.configSeq;
+  const result = await attempt(() => rpc("session/set_config_option", { sessionId, configId, value }));
+  control.disabled = false;
+  if (sessionId !== state.selectedId || seq !== state.configSeq) return;
+  if (result && Array.isArray(result.configOptions)) renderConfigOptions(result.configOptions);
+  else await attempt(loadConfigOptions); // refused: show what the agent still has
 }
 
 // ---------- notes and tasks ----------
