@@ -26,6 +26,9 @@ const state = {
   rpcId: 0,
   sideTimer: null,        // debounced notes/tasks refresh
   sideSeq: 0,             // number of the latest notes/tasks read
+  sideDeferred: false,    // a refresh left a list alone for its open form: read again when it closes
+  configTimer: null,      // debounced config options read
+  configSeq: 0,           // number of the latest config options read (or change)
 };
 
 // ---------- small DOM helpers ----------
@@ -214,6 +217,10 @@ function applyLifecycle(message) {
   } else if (message.type === "session:updated") {
     if (!current) return void attempt(reloadSessions);
     state.sessions.set(message.sessionId, { ...current, ...message.changes });
+    const changes = message.changes || {};
+    if (message.sessionId === state.selectedId && ("model" in changes || "modeId" in changes)) {
+      scheduleConfigOptions(); // e.g. set_config_option sent by another client
+    }
   } else if (message.type === "session:deleted") {
     state.sessions.delete(message.sessionId);
     if (message.sessionId === state.selectedId) closeSession();
@@ -301,6 +308,7 @@ function selectSession(sessionId) {
   history.replaceState(null, "", `#${new URLSearchParams({ ws: state.workspaceId, session: sessionId })}`);
   attempt(openStream);
   attempt(loadSidePanel);
+  attempt(loadConfigOptions);
 }
 
 /** The export links of the selected session (a plain download; the token rides along as for EventSource). */
@@ -318,9 +326,11 @@ function updateExportLinks() {
 function closeSession() {
   if (state.stream) state.stream.close();
   clearTimeout(state.streamRetry);
+  clearTimeout(state.configTimer);
   Object.assign(state, {
     stream: null, streamRetry: null, selectedId: null, lastEventId: 0, lastItem: null,
-    planNode: null, pendingJump: null, promptsRunning: 0, turnOpen: false,
+    planNode: null, pendingJump: null, promptsRunning: 0, turnOpen: false, sideDeferred: false,
+    configTimer: null, configSeq: state.configSeq + 1,
   });
   state.toolCalls.clear();
   state.queued.clear();
@@ -336,6 +346,7 @@ function closeSession() {
   $("tasks").replaceChildren();
   $("note-form-slot").replaceChildren();
   $("task-form-slot").replaceChildren();
+  $("config-options").replaceChildren();
   $("new-note").hidden = $("new-task").hidden = true; // a note or task is written for the open session
 }
 
@@ -410,7 +421,10 @@ const RENDERERS = {
     endTurn();
     addMarker(`error: ${u.message || "turn failed"}`, "turn-error", "error");
   },
-  acp_status: (u) => addAcpStatus(u),
+  acp_status: (u) => {
+    addAcpStatus(u);
+    scheduleConfigOptions(); // a (re)started agent reports its options again
+  },
   current_mode_update: (u) => {
     setMode(u.currentModeId || u.modeId);
     addMarker(`mode: ${u.currentModeId || u.modeId}`, "mode-changed");
@@ -419,7 +433,7 @@ const RENDERERS = {
   process_output: () => {}, // stderr of the agent: too noisy for the conversation
   terminal_output: (u) => addTerminalOutput(u),
   available_commands_update: () => {},
-  config_option_update: () => {},
+  config_option_update: () => scheduleConfigOptions(),
   usage_update: () => {},
   session_info_update: () => {},
 };
@@ -731,6 +745,70 @@ async function changeMode() {
   if (state.selectedId) await attempt(() => rpc("session/set_mode", { sessionId: state.selectedId, modeId }));
 }
 
+// ---------- config options (what the agent lets a client set: model, …) ----------
+
+/** The agent's option list as the session last stored it (the context's `configOptions`). */
+async function loadConfigOptions() {
+  const sessionId = state.selectedId;
+  if (!sessionId || state.shared) return; // a share token reads the conversation only
+  const seq = ++state.configSeq;
+  const context = await getJson(`/api/sessions/${encodeURIComponent(sessionId)}/context`);
+  // only the latest read (or change) is shown: an older one answering late would undo it
+  if (sessionId !== state.selectedId || seq !== state.configSeq) return;
+  renderConfigOptions(context.configOptions);
+}
+
+/** Replayed events come in bursts: one read after the burst is enough. */
+function scheduleConfigOptions() {
+  if (state.shared || !state.selectedId) return;
+  clearTimeout(state.configTimer);
+  state.configTimer = setTimeout(() => attempt(loadConfigOptions), 300);
+}
+
+function renderConfigOptions(options) {
+  const list = Array.isArray(options) ? options.filter((o) => o && typeof o.id === "string") : [];
+  $("config-options").replaceChildren(...list.map(configControl));
+}
+
+/** One labelled control per option: a select, a checkbox for a boolean, else its value as text. */
+function configControl(option) {
+  const attrs = { testid: "config-option", "data-config-id": option.id, title: option.description };
+  let control;
+  if (option.type === "boolean") {
+    control = el("input", { ...attrs, type: "checkbox", checked: option.currentValue === true });
+    control.addEventListener("change", () => setConfigOption(option.id, control.checked, control));
+  } else if (Array.isArray(option.options)) {
+    control = el("select", attrs, selectChoices(option.options));
+    const current = String(option.currentValue ?? "");
+    if (![...control.options].some((o) => o.value === current)) control.append(el("option", { value: current }, current));
+    control.value = current;
+    control.addEventListener("change", () => setConfigOption(option.id, control.value, control));
+  } else {
+    control = el("span", attrs, String(option.currentValue ?? "—"));
+  }
+  return el("label", { class: "field", testid: "config-field" }, String(option.name || option.id), control);
+}
+
+/** A select's choices: plain values, or groups of them (`{group, name, options}`). */
+function selectChoices(choices) {
+  return choices.filter(Boolean).map((c) => (Array.isArray(c.options)
+    ? el("optgroup", { label: c.name || c.group || "" }, selectChoices(c.options))
+    : el("option", { value: c.value, title: c.description }, c.name || c.value)));
+}
+
+/** session/set_config_option; the answer is the agent's complete list, shown as it is. */
+async function setConfigOption(configId, value, control) {
+  const sessionId = state.selectedId;
+  if (!sessionId) return;
+  control.disabled = true;
+  const seq = ++state.configSeq;
+  const result = await attempt(() => rpc("session/set_config_option", { sessionId, configId, value }));
+  control.disabled = false;
+  if (sessionId !== state.selectedId || seq !== state.configSeq) return;
+  if (result && Array.isArray(result.configOptions)) renderConfigOptions(result.configOptions);
+  else await attempt(loadConfigOptions); // refused: show what the agent still has
+}
+
 // ---------- notes and tasks ----------
 
 async function loadSidePanel() {
@@ -741,13 +819,19 @@ async function loadSidePanel() {
   const [{ notes }, { tasks }] = await Promise.all([getJson("/api/notes", params), getJson("/api/tasks", params)]);
   // only the latest read is shown: an older one answering late would undo a save
   if (sessionId !== state.selectedId || seq !== state.sideSeq) return;
-  // a list with an edit form open is left as it is: a refresh must not throw away typing
-  if (!$("notes").querySelector("form")) {
-    $("notes").replaceChildren(...(notes.length ? notes.map(noteItem) : [el("li", { class: "muted" }, "No notes")]));
+  // a list with an edit form open is left as it is (a refresh must not throw away typing);
+  // it is read again when the form closes, so what changed meanwhile is not lost either
+  state.sideDeferred = false;
+  renderSideList($("notes"), notes, noteItem, "No notes");
+  renderSideList($("tasks"), tasks, taskItem, "No tasks");
+}
+
+function renderSideList(list, rows, item, empty) {
+  if (list.querySelector("form")) {
+    state.sideDeferred = true;
+    return;
   }
-  if (!$("tasks").querySelector("form")) {
-    $("tasks").replaceChildren(...(tasks.length ? tasks.map(taskItem) : [el("li", { class: "muted" }, "No tasks")]));
-  }
+  list.replaceChildren(...(rows.length ? rows.map(item) : [el("li", { class: "muted" }, empty)]));
 }
 
 function scheduleSidePanel() {
@@ -761,7 +845,7 @@ function noteItem(note) {
     el("div", { class: "row" },
       el("strong", { testid: "note-title" }, note.title), " ", type ? pill(type) : null,
       el("button", { type: "button", class: "link", testid: "note-edit", "aria-label": `Edit note ${note.title}`,
-        onclick: () => item.replaceWith(noteForm(note, item)) }, "edit")),
+        onclick: () => openForm(noteForm(note, item), (form) => item.replaceWith(form)) }, "edit")),
     el("div", { class: "content", testid: "note-content" }, note.content || ""));
   return item;
 }
@@ -773,27 +857,42 @@ function taskItem(task) {
       el("strong", { testid: "task-title" }, task.title),
       el("span", {}, pill(status, "task-status"), " ",
         el("button", { type: "button", class: "link", testid: "task-edit", "aria-label": `Edit task ${task.title}`,
-          onclick: () => item.replaceWith(taskForm(task, item)) }, "edit"))),
+          onclick: () => openForm(taskForm(task, item), (form) => item.replaceWith(form)) }, "edit"))),
     el("div", { class: "small muted", testid: "task-objective" }, task.objective || ""));
   return item;
 }
 
 const TASK_STATUSES = ["PENDING", "IN_PROGRESS", "REVIEW_REQUIRED", "COMPLETED", "NEEDS_FIX", "BLOCKED", "CANCELLED"];
 
+/**
+ * Put a form on the page and focus its first field at once, in the same task as the click
+ * that opened it: a focus deferred to a timer could land after the user (or a test) already
+ * moved to another field, and the rest of the typing would go into the wrong one.
+ */
+function openForm(form, place) {
+  place(form);
+  const first = form.querySelector("input, textarea, select");
+  if (first) first.focus();
+}
+
 /** An inline form; `save` gets the form's values and throws to keep the form open with the error. */
-function sideForm(testid, fields, save, onCancel) {
+function sideForm(testid, fields, save, onClose) {
   const error = el("div", { class: "small form-error", testid: `${testid}-error`, role: "alert" });
+  const cancel = () => {
+    onClose();
+    if (state.sideDeferred) attempt(loadSidePanel); // a refresh waited for this form
+  };
   const form = el("form", { class: "side-form", testid },
     fields, error,
     el("div", { class: "row" },
       el("button", { type: "submit", testid: `${testid}-save` }, "Save"),
-      el("button", { type: "button", testid: `${testid}-cancel`, onclick: onCancel }, "Cancel")));
+      el("button", { type: "button", testid: `${testid}-cancel`, onclick: cancel }, "Cancel")));
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
     for (const b of form.querySelectorAll("button")) b.disabled = true;
     try {
       await save(form);
-      onCancel(); // the lists below show the saved version
+      onClose(); // the lists below show the saved version
       await loadSidePanel();
     } catch (err) {
       error.textContent = err.message || String(err);
@@ -822,7 +921,6 @@ function noteForm(note, replaced) {
       else payload.sessionId = state.selectedId;
       await sendJson("POST", "/api/notes", payload);
     }, close);
-  setTimeout(() => title.focus(), 0);
   return form;
 }
 
@@ -849,14 +947,13 @@ function taskForm(task, replaced) {
       await sendJson("POST", "/api/tasks", { ...payload, workspaceId: state.workspaceId, sessionId: state.selectedId });
     }
   }, close);
-  setTimeout(() => title.focus(), 0);
   return form;
 }
 
 function openNewForm(slotId, makeForm) {
   if (!state.selectedId) return;
   const slot = $(slotId);
-  if (!slot.firstChild) slot.append(makeForm());
+  if (!slot.firstChild) openForm(makeForm(), (form) => slot.append(form));
 }
 
 // ---------- search ----------
