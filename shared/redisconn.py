@@ -16,6 +16,7 @@ from urllib.parse import unquote
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import BlockingConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import EqualJitterBackoff
 
@@ -69,6 +70,10 @@ def parse_cluster_url(redis_url: str) -> ClusterUrl:
     )
 
 
+# connections per process (per node on a cluster), and how long a command waits for one
+MAX_CONNECTIONS = 64
+POOL_WAIT = 2.0
+
 _TIMEOUTS: dict[str, Any] = {
     "socket_connect_timeout": 1.0,
     "socket_timeout": 2.0,
@@ -81,8 +86,18 @@ def create_redis(redis_url: str) -> Redis:
     # redis-py's own one retry of a command, jittered like shared/retry.py
     retry = Retry(EqualJitterBackoff(cap=0.5, base=0.05), retries=1)
     if is_cluster_url(redis_url):
-        return create_cluster(redis_url, retry=retry, max_connections=64)
-    return aioredis.from_url(redis_url, retry=retry, max_connections=64, **_TIMEOUTS)
+        return create_cluster(redis_url, retry=retry, max_connections=MAX_CONNECTIONS)
+    # A burst beyond the pool's size (a drain stopping hundreds of sessions at once, a
+    # storm of session/new) waits up to POOL_WAIT for a connection; redis-py's default
+    # pool would fail those commands at once with "Too many connections".
+    pool = BlockingConnectionPool.from_url(
+        redis_url,
+        retry=retry,
+        max_connections=MAX_CONNECTIONS,
+        timeout=POOL_WAIT,
+        **_TIMEOUTS,
+    )
+    return aioredis.Redis.from_pool(pool)
 
 
 def create_cluster(redis_url: str, **options: Any) -> RedisCluster:

@@ -187,7 +187,8 @@ class Subscriber:
     # bytes handed to the transport so far, and (when, `written` after it) for the
     # writes the client may not have received yet, oldest first
     written: int = 0
-    marks: deque[tuple[float, int]] = field(default_factory=deque)
+    # (None while nothing is unsent: a deque and its block are ~1 KiB per idle stream)
+    marks: deque[tuple[float, int]] | None = None
     # the share link the stream was opened with: revoking it ends the stream
     share_id: str | None = None
 
@@ -282,7 +283,9 @@ class Subscriber:
         self.written += size
         now = time.monotonic()
         marks = self.marks
-        if marks and now - marks[-1][0] < MARK_RESOLUTION:
+        if marks is None:
+            self.marks = deque(((now, self.written),))
+        elif marks and now - marks[-1][0] < MARK_RESOLUTION:
             marks[-1] = (marks[-1][0], self.written)
         else:
             marks.append((now, self.written))
@@ -316,12 +319,13 @@ class Subscriber:
         self.unacked = unacked
         unsent = pending + unacked
         marks = self.marks
-        if not unsent:
-            marks.clear()
-        else:
-            written = self.written
-            while marks and unsent <= written - marks[0][1]:
-                marks.popleft()
+        if marks is not None:
+            if not unsent:
+                self.marks = None
+            else:
+                written = self.written
+                while marks and unsent <= written - marks[0][1]:
+                    marks.popleft()
         if not pending and self.flushed is not None:
             self._wake_if_flushed()
         return unsent + self.queued_bytes if self.stalled else unsent

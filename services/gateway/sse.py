@@ -67,6 +67,8 @@ def connected_frame(session_id: str) -> bytes:
 class _Stream:
     """One open stream: writes frames in eventId order, each at most once."""
 
+    __slots__ = ("last", "pool", "session_id", "writer")
+
     def __init__(
         self,
         writer: SseWriter,
