@@ -452,12 +452,16 @@ RETURNING prev.workspace_id, prev.acp_status, prev.status, prev.owner_instance_i
 """  # noqa: S608 - built from the constants above, no input
 
 # Seconds until the first live lease runs out (a session's effective status flips to closed
-# then without anyone writing), and whether any turn is running (lastActivity moves).
+# then without anyone writing), and whether any turn is running (lastActivity moves). Every
+# cold list runs it. A lease is only ever set with an owner (INSERT, CLAIM_OWNER_FROM) and
+# cleared with it, so `owner_instance_id IS NOT NULL` selects nothing more or less; it lets
+# Postgres read the owned sessions through their partial indexes instead of scanning the
+# whole table (18 ms at 200k sessions, linear in the table).
 LIST_FRESHNESS = """
 SELECT extract(epoch FROM min(lease_expires_at) - now())::float8 AS lease_left,
        bool_or(status = 'active') AS any_active
 FROM sessions
-WHERE status <> 'closed' AND lease_expires_at >= now()
+WHERE owner_instance_id IS NOT NULL AND status <> 'closed' AND lease_expires_at >= now()
 """
 
 

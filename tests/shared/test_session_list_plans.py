@@ -7,7 +7,8 @@ every cache miss. Here, in a database of its own with enough sessions that a seq
 scan costs more than an index scan, each statement form the list route can send is
 prepared, and the plan Postgres keeps under `plan_cache_mode = force_generic_plan` must
 read `sessions` through an index, with no sequential scan. Each form's answer is checked
-against the same filters applied in Python.
+against the same filters applied in Python. The freshness query every cold list runs
+after it must read only the owned sessions, through an index.
 """
 
 from __future__ import annotations
@@ -57,10 +58,11 @@ async def loaded_db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
                                   lease_expires_at, created_at, last_activity)
             SELECT gen_random_uuid(), 'plan-ws-' || (i % $2), 's' || i, '/w', 'echo',
                    'ready',
-                   CASE i % 7 WHEN 0 THEN 'active' WHEN 1 THEN 'idle' ELSE 'closed' END,
-                   CASE WHEN i % 7 < 2 THEN 'plan-owner' END,
-                   CASE WHEN i % 7 >= 2 THEN NULL
-                        WHEN (i / 7) % 2 = 0 THEN now() + interval '1 hour'
+                   CASE i % 70 WHEN 0 THEN 'active' WHEN 7 THEN 'idle'
+                        ELSE 'closed' END,
+                   CASE WHEN i % 70 IN (0, 7) THEN 'plan-owner' END,
+                   CASE WHEN i % 70 NOT IN (0, 7) THEN NULL
+                        WHEN (i / 70) % 2 = 0 THEN now() + interval '1 hour'
                         ELSE now() - interval '1 hour' END,
                    now() - make_interval(secs => $1 - i),
                    now() - make_interval(secs => $1 - i)
@@ -158,6 +160,28 @@ async def test_every_list_form_has_an_index_plan_when_generic(
     finally:
         await conn.execute("RESET plan_cache_mode")
     assert not failures, f"forms without an index plan: {failures}"
+
+
+async def test_list_freshness_reads_only_owned_sessions(
+    loaded_db: asyncpg.Connection,
+) -> None:
+    """Every cold list also asks when the first live lease runs out: an index read of the
+    few owned sessions, not a scan of all of them."""
+    explained = await loaded_db.fetchval(
+        f"EXPLAIN (FORMAT JSON) {sessions_db.LIST_FRESHNESS}"
+    )
+    nodes = list(_nodes(json.loads(explained)[0]["Plan"]))
+    assert not [n for n in nodes if n["Node Type"] == "Seq Scan"], nodes
+    assert {n["Index Name"] for n in nodes if "Index Name" in n}, nodes
+    live = await loaded_db.fetchrow(
+        "SELECT min(lease_expires_at) AS first, bool_or(status = 'active') AS active"
+        " FROM sessions WHERE status <> 'closed' AND lease_expires_at >= now()"
+    )
+    lease_left, any_active = await sessions_db.list_freshness(loaded_db)
+    assert lease_left is not None
+    assert 3000 < lease_left <= 3600
+    assert live["first"] is not None
+    assert any_active is live["active"] is True
 
 
 async def test_every_list_form_answers_its_filters(
