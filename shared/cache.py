@@ -58,14 +58,21 @@ async def invalidate_sessions(
         args: list[str | bytes] = [channels.cache_invalidations, b"sessions"]
         for channel, message in announce:
             args += [channel, message]
-        await redis.eval(
-            _INVALIDATE,
-            3,
-            channels.cache_sessions_generation(),
-            channels.cache_sessions_lists(),
-            channels.cache_invalidations_sharded,
-            *args,
-        )
+        # A GET in the same packet before the script: this connection then has a reply
+        # queued before the SPUBLISH queues the subscribers' message, and Redis writes the
+        # clients it queued later first, so the subscribers get theirs before our reply
+        # (as the MULTI's early replies do below). The script alone loses that race.
+        async with redis.pipeline(transaction=False) as pipe:
+            _ = pipe.get(channels.cache_sessions_generation())
+            _ = pipe.eval(
+                _INVALIDATE,
+                3,
+                channels.cache_sessions_generation(),
+                channels.cache_sessions_lists(),
+                channels.cache_invalidations_sharded,
+                *args,
+            )
+            await pipe.execute()
         return
     async with redis.pipeline(transaction=True) as pipe:
         queue_invalidation(pipe, channels)

@@ -37,7 +37,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from yarl import URL
 
 from shared import cache, lifecycle
@@ -115,6 +115,7 @@ class _InvalidationProtocol(asyncio.Protocol):
             window = self._tail + data
             self._tail = window[-32:]
             if _SUNSUBSCRIBED in window:
+                self._tail = b""
                 logger.info("cache invalidation slot moved; subscribing again")
                 self._end()
                 return
@@ -266,7 +267,7 @@ class ListCache:
         while True:
             try:
                 await listen()
-            except (OSError, TimeoutError, RedisError) as err:
+            except (OSError, TimeoutError, RedisError, RedisClusterException) as err:
                 logger.debug("cache invalidation subscriber: %r", err)
             finally:
                 if self._listener is not None:
