@@ -32,7 +32,7 @@ from tests.query.sessions_support import (
     wait_for,
 )
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
 WAIT = 60.0  # hang guard only: a failover takes the node timeout (2 s) and more
 
