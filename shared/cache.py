@@ -31,13 +31,17 @@ def queue_invalidation(pipe: Pipeline | ClusterPipeline, channels: Channels) -> 
 
 
 # On a Redis Cluster a MULTI cannot carry PUBLISH (it has no key to route by), so the same
-# commands run as one script on the node of the `{sessions}` slot: KEYS[1] generation,
-# KEYS[2] lists hash; ARGV channel/message pairs published in order, the invalidation
-# first. Publishing there matters: the in-process caches listen on that node, so they see
-# the invalidation before the writer sees the script's reply (listcache.py).
+# commands run as one script on the master of the `{sessions}` slot: KEYS[1] generation,
+# KEYS[2] lists hash, KEYS[3] the sharded invalidation channel (same slot); ARGV
+# channel/message pairs published in order after it. The SPUBLISH is what the in-process
+# caches listen to (SSUBSCRIBE on that master, listcache.py): it is written to their
+# sockets while this script runs, before its reply, whereas a plain PUBLISH reaches
+# subscribers on other nodes over the cluster bus, possibly after the reply. The plain
+# PUBLISH stays for any other listener of `cache_invalidations`.
 _INVALIDATE = """
 redis.call('INCR', KEYS[1])
 redis.call('DEL', KEYS[2])
+redis.call('SPUBLISH', KEYS[3], 'sessions')
 for i = 1, #ARGV, 2 do redis.call('PUBLISH', ARGV[i], ARGV[i + 1]) end
 return 1
 """
@@ -54,13 +58,21 @@ async def invalidate_sessions(
         args: list[str | bytes] = [channels.cache_invalidations, b"sessions"]
         for channel, message in announce:
             args += [channel, message]
-        await redis.eval(
-            _INVALIDATE,
-            2,
-            channels.cache_sessions_generation(),
-            channels.cache_sessions_lists(),
-            *args,
-        )
+        # A GET in the same packet before the script: this connection then has a reply
+        # queued before the SPUBLISH queues the subscribers' message, and Redis writes the
+        # clients it queued later first, so the subscribers get theirs before our reply
+        # (as the MULTI's early replies do below). The script alone loses that race.
+        async with redis.pipeline(transaction=False) as pipe:
+            _ = pipe.get(channels.cache_sessions_generation())
+            _ = pipe.eval(
+                _INVALIDATE,
+                3,
+                channels.cache_sessions_generation(),
+                channels.cache_sessions_lists(),
+                channels.cache_invalidations_sharded,
+                *args,
+            )
+            await pipe.execute()
         return
     async with redis.pipeline(transaction=True) as pipe:
         queue_invalidation(pipe, channels)

@@ -95,5 +95,12 @@ class Channels:
         """Pub/sub: a process that changed cached data says so here, so in-process copies drop."""
         return f"{self.cache_base}:invalidations"
 
+    @property
+    def cache_invalidations_sharded(self) -> str:
+        """Sharded pub/sub on a Redis Cluster: the same message, in the slot of the keys it
+        invalidates (`{sessions}`), so it is published on the node that runs the
+        invalidation, where the in-process caches listen."""
+        return f"{self.cache_base}:{{sessions}}:invalidations"
+
     def idempotency(self, workspace_id: str, key: str) -> str:
         return f"{self.base}:idem:{workspace_id}:{key}"

@@ -16,6 +16,15 @@ invalidation travelling Redis→here no slower than Redis→writer→client→he
 guarded by an epoch so a read that raced an invalidation is never kept. While the
 subscription is not confirmed, silent for longer than `L1_LIVENESS`, or this process has an
 invalidation pending, the L1 is empty and unused.
+
+On a Redis Cluster the invalidation runs as a script on the master of the `{sessions}` slot
+and SPUBLISHes on a channel of that slot; the subscriber here SSUBSCRIBEs on that master
+(found from the slot map), so the message again reaches this socket while the writer's
+command runs. When the slot moves (a failover, a resharding) the master sends
+`sunsubscribe`; a refused SSUBSCRIBE (MOVED: the slot map was stale), a lost connection or a
+silent node end the subscription too. Each drops the L1, and the slot map is read again
+before subscribing on the slot's current master. Not noticed: a master cut off from the rest
+of the cluster that keeps answering this process (until it rejoins and sends `sunsubscribe`).
 """
 
 from __future__ import annotations
@@ -24,17 +33,17 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from yarl import URL
 
 from shared import cache, lifecycle
 from shared.channels import Channels
 from shared.lifecycle import LifecycleType
-from shared.redisconn import Redis, is_cluster_url
+from shared.redisconn import Redis, create_cluster, is_cluster_url, parse_cluster_url
 from shared.retry import Backoff
 
 logger = logging.getLogger(__name__)
@@ -51,6 +60,8 @@ L1_PING_INTERVAL = 0.5  # the subscriber pings this often ...
 L1_LIVENESS = 1.5  # ... and the L1 is unused once it heard nothing for this long
 _PONG = b"*2\r\n$4\r\npong\r\n$0\r\n\r\n"
 _SUBSCRIBED = b"\r\n$9\r\nsubscribe\r\n"
+_SSUBSCRIBED = b"\r\n$10\r\nssubscribe\r\n"
+_SUNSUBSCRIBED = b"\r\n$12\r\nsunsubscribe\r\n"
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,29 +83,59 @@ def _resp(*parts: str) -> bytes:
 
 
 class _InvalidationProtocol(asyncio.Protocol):
-    """The subscription socket; drops the L1 in `data_received`, never later."""
+    """The subscription socket; drops the L1 in `data_received`, never later.
 
-    def __init__(self, owner: ListCache) -> None:
+    `sharded`: an SSUBSCRIBE on a cluster master. Its `sunsubscribe` (the slot moved) or a
+    refusal (MOVED) closes the connection, so that the caller subscribes again where the
+    slot is now.
+    """
+
+    def __init__(self, owner: ListCache, *, sharded: bool = False) -> None:
         self._owner = owner
-        self.subscribed = False
+        self._sharded = sharded
+        self._marker = _SSUBSCRIBED if sharded else _SUBSCRIBED
+        self.confirmed = False  # the server confirmed the subscription
+        self.subscribed = False  # ... and the L1 may rely on it
         self.was_subscribed = False  # for the reconnect backoff: it worked once
         self.last_heard = time.monotonic()
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._head = b""
+        self._tail = b""  # the end of the last read: a marker may span two reads
+        self._transport: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
 
     def data_received(self, data: bytes) -> None:
         self.last_heard = time.monotonic()
         if data.count(_PONG) * len(_PONG) == len(data):
             return  # only PING replies: nothing changed
         self._owner.drop_l1()
+        if self._sharded:
+            window = self._tail + data
+            self._tail = window[-32:]
+            if _SUNSUBSCRIBED in window:
+                self._tail = b""
+                logger.info("cache invalidation slot moved; subscribing again")
+                self._end()
+                return
         if not self.subscribed:
             self._head = (self._head + data)[-4096:]
             if b"-" in self._head[:1] or b"\r\n-" in self._head:
                 logger.warning("cache invalidation subscribe refused: %r", self._head)
+                if self._sharded:
+                    self._end()
                 return
-            if _SUBSCRIBED in self._head:
-                self.subscribed = self.was_subscribed = True
+            if self._marker in self._head:
+                self.confirmed = True
                 self._head = b""
+                if not self._sharded:
+                    self.subscribed = self.was_subscribed = True
+
+    def _end(self) -> None:
+        self.subscribed = False
+        if self._transport is not None:
+            self._transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.subscribed = False
@@ -162,19 +203,71 @@ class ListCache:
         if self._redis_url is None:
             return
         if is_cluster_url(self._redis_url):
-            # its raw subscriber would listen on one node, not necessarily the one that
-            # runs the invalidation, and so could hear it after the writer's reply
-            logger.info("no in-process list cache on a Redis Cluster")
+            await self._run_cluster_invalidations(self._redis_url)
             return
         url = URL(self._redis_url)
         if url.scheme != "redis" or url.host is None:
             logger.info("no in-process list cache for %s URLs", url.scheme)
             return
+        channel = self._channels.cache_invalidations
+        await self._keep_subscribed(
+            lambda: self._listen(
+                url.host or "127.0.0.1",
+                url.port or 6379,
+                url.user,
+                url.password,
+                _resp("SUBSCRIBE", channel),
+            )
+        )
+
+    async def _run_cluster_invalidations(self, redis_url: str) -> None:
+        """SSUBSCRIBE on the master of the `{sessions}` slot, found again on every attempt."""
+        parsed = parse_cluster_url(redis_url)
+        if parsed.tls:
+            logger.info("no in-process list cache for TLS cluster URLs")
+            return
+        channel = self._channels.cache_invalidations_sharded
+        cluster = create_cluster(redis_url)
+
+        async def listen() -> None:
+            async with asyncio.timeout(REDIS_OP_TIMEOUT * 4):
+                # the slot map as it is now: after a failover the slot has a new master
+                await cluster.nodes_manager.initialize()
+            node = cluster.get_node_from_key(channel)
+            if node is None:
+                raise OSError(f"no node serves the slot of {channel}")
+
+            async def is_master() -> bool:
+                # asked after the subscription is confirmed: a replica accepts an
+                # SSUBSCRIBE too (from a slot map read mid-failover) but hears the message
+                # only through replication, maybe after the writer's reply; a master that
+                # is demoted later sends `sunsubscribe`
+                async with asyncio.timeout(REDIS_OP_TIMEOUT * 2):
+                    role = await cluster.execute_command("ROLE", target_nodes=node)
+                first = role[0] if isinstance(role, list | tuple) and role else role
+                return first in (b"master", "master")
+
+            await self._listen(
+                node.host,
+                int(node.port),
+                parsed.username,
+                parsed.password,
+                _resp("SSUBSCRIBE", channel),
+                verify=is_master,
+            )
+
+        try:
+            await self._keep_subscribed(listen)
+        finally:
+            with contextlib.suppress(Exception):
+                await cluster.aclose()
+
+    async def _keep_subscribed(self, listen: Callable[[], Awaitable[None]]) -> None:
         backoff = Backoff()
         while True:
             try:
-                await self._listen(url)
-            except (OSError, TimeoutError) as err:
+                await listen()
+            except (OSError, TimeoutError, RedisError, RedisClusterException) as err:
                 logger.debug("cache invalidation subscriber: %r", err)
             finally:
                 if self._listener is not None:
@@ -185,25 +278,47 @@ class ListCache:
                 self.drop_l1()
             await backoff.wait()
 
-    async def _listen(self, url: URL) -> None:
+    async def _listen(
+        self,
+        host: str,
+        port: int,
+        user: str | None,
+        password: str | None,
+        subscribe: bytes,
+        *,
+        verify: Callable[[], Awaitable[bool]] | None = None,
+    ) -> None:
+        """One subscription until it ends; `verify` (sharded): whether the confirmed
+        subscription may be relied on (the L1 stays unused until it says so)."""
         loop = asyncio.get_running_loop()
-        host = url.host or "127.0.0.1"
+        sharded = verify is not None
         async with asyncio.timeout(REDIS_OP_TIMEOUT * 2):
             transport, proto = await loop.create_connection(
-                lambda: _InvalidationProtocol(self), host, url.port or 6379
+                lambda: _InvalidationProtocol(self, sharded=sharded), host, port
             )
         self._listener = proto
         try:
-            if url.password is not None:
-                if url.user:
-                    transport.write(_resp("AUTH", url.user, url.password))
+            if password is not None:
+                if user:
+                    transport.write(_resp("AUTH", user, password))
                 else:
-                    transport.write(_resp("AUTH", url.password))
-            transport.write(_resp("SUBSCRIBE", self._channels.cache_invalidations))
+                    transport.write(_resp("AUTH", password))
+            transport.write(subscribe)
+            if verify is not None:
+                async with asyncio.timeout(REDIS_OP_TIMEOUT * 2):
+                    while not proto.confirmed:
+                        if proto.closed.done():
+                            return
+                        await asyncio.sleep(0.01)
+                if not await verify():
+                    raise OSError(f"{host}:{port} does not serve the slot as master")
+                proto.subscribed = proto.was_subscribed = not proto.closed.done()
             while not proto.closed.done():
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(L1_PING_INTERVAL):
                         await asyncio.shield(proto.closed)
+                if transport.is_closing():
+                    break  # ended by the protocol (the slot moved): subscribe again
                 if time.monotonic() - proto.last_heard >= L1_LIVENESS:
                     raise TimeoutError("cache invalidation subscriber silent")
                 transport.write(_resp("PING"))

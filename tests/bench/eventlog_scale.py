@@ -33,12 +33,12 @@ from typing import Any
 import aiohttp
 import asyncpg
 import orjson
-import redis.asyncio as aioredis
 
 from services.query.retention import run_pass
 from shared import events
 from shared.channels import Channels
 from shared.db.connect import create_pool
+from shared.redisconn import create_redis
 from tests.bench import suite
 from tests.bench.eventlog_gen import Loaded, load
 from tests.bench.suite import Database
@@ -377,8 +377,8 @@ async def cleanup(ctx: suite.Ctx) -> None:
     for p in list(ctx.procs):
         suite.stop(ctx, p)
     with contextlib.suppress(Exception):
-        r = aioredis.from_url(ctx.redis_url)
-        keys = [k async for k in r.scan_iter(f"{Channels(ctx.prefix).base}:*")]
+        r = create_redis(ctx.redis_url)
+        keys = await suite.prefixed_keys(r, f"{Channels(ctx.prefix).base}:*")
         if keys:
             await r.delete(*keys)
         await r.aclose()

@@ -36,10 +36,12 @@ import aiohttp
 import asyncpg
 import orjson
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from yarl import URL
 
 from shared.channels import Channels
 from shared.db.migrate import migrate
+from shared.redisconn import Redis, create_redis
 from tests.bench.eventlog_gen import SESSION_COLUMNS, closed_session, copy_workspaces
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -952,12 +954,19 @@ async def run(only: set[str] | None = None) -> Ctx:
             stop(ctx, p)
         await db.drop()
         with contextlib.suppress(Exception):
-            r = aioredis.from_url(ctx.redis_url)
-            keys = [k async for k in r.scan_iter(f"{Channels(ctx.prefix).base}:*")]
+            r = create_redis(ctx.redis_url)
+            keys = await prefixed_keys(r, f"{Channels(ctx.prefix).base}:*")
             if keys:
                 await r.delete(*keys)
             await r.aclose()
     return ctx
+
+
+async def prefixed_keys(r: Redis, match: str) -> list[bytes]:
+    """The keys matching `match`; on a Redis Cluster those of every master."""
+    if isinstance(r, RedisCluster):
+        return [k async for k in r.scan_iter(match, target_nodes=r.PRIMARIES)]
+    return [k async for k in r.scan_iter(match)]
 
 
 def main() -> None:

@@ -313,3 +313,72 @@ async def test_commands_stream_and_lifecycle_channel_on_a_cluster(
         await pubsub.aclose()
     finally:
         await client.aclose()
+
+
+async def _list_cache_hits(d: Deployment) -> float:
+    """The query service's in-process (L1) list cache hits so far."""
+    async with d.http.get(d.url("query") + "/metrics") as resp:
+        text = await resp.text()
+    for line in text.splitlines():
+        if line.startswith('routa_cache_requests_total{result="hit_local"}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
+async def _listed(d: Deployment, workspace_id: str) -> dict[str, str]:
+    sessions = (await d.get("/api/sessions", workspaceId=workspace_id))["sessions"]
+    return {s["sessionId"]: s.get("name") or "" for s in sessions}
+
+
+async def _until_l1_serves(d: Deployment, workspace_id: str) -> None:
+    """Lists until one is answered from the L1 (it is used only while subscribed)."""
+
+    async def served_locally() -> bool:
+        before = await _list_cache_hits(d)
+        await _listed(d, workspace_id)
+        return await _list_cache_hits(d) > before
+
+    await _until(served_locally)
+
+
+async def test_in_process_list_cache_on_a_cluster_keeps_read_your_writes(
+    deployment: Deployment, pool: Any, workspace_id: str
+) -> None:
+    """The L1 listens with SSUBSCRIBE on the master of the invalidations' slot: a write
+    through a gateway or the query service is in the very next list, and a failover of
+    that slot drops the L1, which comes back on the new master."""
+    d = deployment
+    first = await d.new_session("gw1", workspace_id, pool)
+    await _until_l1_serves(d, workspace_id)
+
+    second = await d.new_session("gw2", workspace_id, pool)
+    assert set(await _listed(d, workspace_id)) == {first, second}
+    async with d.http.patch(
+        f"{d.url('query')}/api/sessions/{first}", json={"name": "renamed"}
+    ) as resp:
+        assert resp.status == 200, await resp.text()
+    assert (await _listed(d, workspace_id))[first] == "renamed"
+
+    # the L1 holds the list again, then the slot's master fails over
+    await _until_l1_serves(d, workspace_id)
+    channel = Channels(d.prefix).cache_invalidations_sharded
+    slot = key_slot(channel.encode())
+    old, new = await asyncio.to_thread(d.cluster.failover, slot)
+    hits = await _list_cache_hits(d)
+    assert set(await _listed(d, workspace_id)) == {first, second}
+    assert await _list_cache_hits(d) == hits, "the L1 outlived the failover"
+
+    # subscribed again on the new master only (a replica would hear it too late)
+    def subscribers(node: Any) -> int:
+        return int(node.cli("PUBSUB", "SHARDNUMSUB", channel).split()[-1])
+
+    await _until(lambda: _true(subscribers(new) == 1 and subscribers(old) == 0))
+    await _until_l1_serves(d, workspace_id)
+    third = await d.new_session("gw1", workspace_id, pool)
+    assert set(await _listed(d, workspace_id)) == {first, second, third}
+    async with d.http.patch(
+        f"{d.url('query')}/api/sessions/{third}", json={"name": "after failover"}
+    ) as resp:
+        assert resp.status == 200, await resp.text()
+    assert (await _listed(d, workspace_id))[third] == "after failover"
+    assert await _list_cache_hits(d) > hits
