@@ -6,7 +6,8 @@ stderr drained) and talk ACP through the SDK's `connect_to_agent`. Incoming
 wire order and sees every kind, including ones the SDK's typed callback would drop.
 Requests to the agent go out raw too, so replies keep fields the typed models drop
 (legacy `models`, unknown keys); one whose caller goes away (cancelled, timed out, the
-session stopping) is withdrawn with `$/cancel_request`. The owner (live.LiveSession) supplies callbacks.
+session stopping) is withdrawn with `$/cancel_request`. The owner (live.LiveSession)
+supplies callbacks.
 """
 
 from __future__ import annotations
@@ -643,7 +644,8 @@ class AgentProcess:
                 f"agent did not answer {method} within {timeout:g}s"
             ) from err
         except asyncio.CancelledError:
-            # the caller went away (its client disconnected, its handler was cancelled)
+            # the caller went away: its task was cancelled (a handler cancelled with its
+            # connection, a shutdown)
             self._withdraw(method, sent)
             raise
         finally:
