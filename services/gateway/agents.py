@@ -5,7 +5,9 @@ stderr drained) and talk ACP through the SDK's `connect_to_agent`. Incoming
 `session/update` notifications are taken from a raw, synchronous observer: it runs in
 wire order and sees every kind, including ones the SDK's typed callback would drop.
 Requests to the agent go out raw too, so replies keep fields the typed models drop
-(legacy `models`, unknown keys). The owner (live.LiveSession) supplies callbacks.
+(legacy `models`, unknown keys); one whose caller goes away (cancelled, timed out, the
+session stopping) is withdrawn with `$/cancel_request`. The owner (live.LiveSession)
+supplies callbacks.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import contextvars
 import logging
 import os
 import signal
@@ -43,6 +46,16 @@ STDERR_LINES_PER_SECOND = 50
 STDERR_MAX_LINE = 8192
 STREAM_LIMIT = 50 * 1024 * 1024  # agents send long lines (files, images)
 CLIENT_INFO = {"name": "routa-gateway", "title": "Routa", "version": "0.1.0"}
+# a prompt is withdrawn with session/cancel, never with $/cancel_request
+NOT_WITHDRAWN = frozenset({"session/prompt"})
+
+# The id the SDK gave the request being sent in this task. The SDK's send_request
+# neither returns the id nor sends `$/cancel_request` when its caller goes away; its
+# observers run in the sending task right after the request is written, so `_observe`
+# hands the id to `AgentProcess.request` through this.
+_SENT_ID: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar(
+    "agent_request_id", default=None
+)
 
 
 class AgentDied(Exception):
@@ -389,6 +402,7 @@ class AgentProcess:
         self._elicitation_requests: dict[Any, str] = {}  # agent request id → our id
         self._elicitation_ids: collections.deque[str] = collections.deque()
         self._withdrawn: set[str] = set()  # cancelled before their handler ran
+        self._in_flight: dict[Any, str] = {}  # our request id → method, until answered
         self._stopping = False
         self._drain: asyncio.Task[None] | None = None
         # the environment the agent is spawned with; its terminals get the same
@@ -488,7 +502,13 @@ class AgentProcess:
     def _observe(self, event: StreamEvent) -> None:
         """Synchronous, in wire order: the source of truth for the event log."""
         if event.direction is not StreamDirection.INCOMING:
-            if "method" not in event.message:
+            if "method" in event.message and "id" in event.message:
+                # our request, written by the SDK in request()'s task
+                sent = _SENT_ID.get()
+                if sent is not None:
+                    sent.append(event.message["id"])
+                    self._in_flight[event.message["id"]] = event.message["method"]
+            elif "method" not in event.message:
                 # our answer to an agent request: it can no longer be cancelled
                 answered = event.message.get("id")
                 self._permission_requests.pop(answered, None)
@@ -604,6 +624,8 @@ class AgentProcess:
             raise AgentDied("agent process is not running")
         call = self.conn._conn.send_request(method, params)
         started = time.monotonic()
+        sent: list[Any] = []
+        token = _SENT_ID.set(sent)
         try:
             if timeout is None:
                 return await call
@@ -617,9 +639,32 @@ class AgentProcess:
             raise AgentDied("agent process exited") from err
         except TimeoutError as err:
             self._warn(method, None, "timed out", started)
+            self._withdraw(method, sent)
             raise AgentTimeout(
                 f"agent did not answer {method} within {timeout:g}s"
             ) from err
+        except asyncio.CancelledError:
+            # the caller went away: its task was cancelled (a handler cancelled with its
+            # connection, a shutdown)
+            self._withdraw(method, sent)
+            raise
+        finally:
+            _SENT_ID.reset(token)
+            for request_id in sent:
+                self._in_flight.pop(request_id, None)
+
+    def _withdraw(self, method: str, sent: list[Any]) -> None:
+        """Nobody waits for this request any more: ask the agent to drop it.
+
+        The SDK has forgotten the request by now, so the agent's answer (a result, or
+        -32800 request cancelled) is dropped when it comes. Not sent when the caller left
+        before the request was written (`sent` is empty): rare, and then the answer is
+        dropped all the same.
+        """
+        if method in NOT_WITHDRAWN:
+            return
+        for request_id in sent:
+            _ = self._spawn(self.notify("$/cancel_request", {"requestId": request_id}))
 
     def _warn(
         self, method: str, code: int | None, message: str, started: float
@@ -674,6 +719,26 @@ class AgentProcess:
             )
         return result
 
+    async def _withdraw_all(self) -> None:
+        """The session stops: withdraw our requests still in flight before stdin closes.
+
+        Their callers then get the agent's answer (often -32800) or AgentDied at its exit.
+        Bounded: an agent that does not read its stdin must not hold the stop up.
+        """
+        pending = [
+            request_id
+            for request_id, method in self._in_flight.items()
+            if method not in NOT_WITHDRAWN
+        ]
+        if not pending:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(STOP_STEP):
+                for request_id in pending:
+                    # once: stop runs again in the teardown
+                    self._in_flight.pop(request_id, None)
+                    await self.notify("$/cancel_request", {"requestId": request_id})
+
     async def stop(self) -> int | None:
         """close stdin → 2 s → SIGTERM the group → 2 s → SIGKILL the group; reap."""
         self._stopping = True
@@ -685,6 +750,7 @@ class AgentProcess:
         if proc is None:
             return None
         if proc.returncode is None:
+            await self._withdraw_all()
             if proc.stdin is not None:
                 with contextlib.suppress(OSError, RuntimeError):
                     proc.stdin.close()

@@ -24,7 +24,7 @@ from services.query.app import create_app as create_query_app
 from shared import providers
 from shared.db import sessions as sessions_db
 from tests.gateway.conftest import wait_fanout_ready
-from tests.gateway.rpcutil import WAIT, err, events, kinds, ok, wait_events
+from tests.gateway.rpcutil import WAIT, call, err, events, kinds, ok, wait_events
 from tests.gateway.test_terminals_e2e import REPO_ROOT, new_echo, updates_of
 
 V1_AGENT = Path(__file__).parent / "agents" / "v1_agent.py"
@@ -483,3 +483,127 @@ async def test_agent_withdraws_its_elicitation_with_cancel_request(
         )
     )
     assert said["result"] == {"action": "cancel"}
+
+
+# -- $/cancel_request for the gateway's own requests -------------------------------------------
+
+
+async def post_then_hang_up(gateway: Any, method: str, params: dict[str, Any]) -> Any:
+    """POST one call on a raw connection; returns the writer, to close it mid-call."""
+    body = json.dumps(
+        {"jsonrpc": "2.0", "id": 1, "method": method, "params": params}
+    ).encode()
+    _, writer = await asyncio.open_connection(gateway.server.host, gateway.server.port)
+    writer.write(
+        b"POST /api/acp HTTP/1.1\r\nHost: gateway\r\n"
+        b"Content-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body) + body
+    )
+    await writer.drain()
+    return writer
+
+
+def sent_errors(log: Path) -> list[dict[str, Any]]:
+    """The agent's own error answers (it logs them as `{"sent": …}`)."""
+    if not log.exists():
+        return []
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line]
+    return [m["sent"] for m in lines if "sent" in m and "error" in m["sent"]]
+
+
+async def wait_sent_error(log: Path) -> dict[str, Any]:
+    async with asyncio.timeout(WAIT):
+        while not (found := sent_errors(log)):
+            await asyncio.sleep(0.02)
+    return found[0]
+
+
+async def still_serves(gateway: Any, pool: Any, sid: str) -> None:
+    """After a withdrawn request the session is ready and works as before."""
+    out = await ok(gateway, "session/prompt", {"sessionId": sid, "prompt": "hi"})
+    assert out["stopReason"] == "end_turn"
+    out = await ok(
+        gateway,
+        "session/set_config_option",
+        {"sessionId": sid, "configId": "effort", "value": "high"},
+    )
+    assert current(out["configOptions"], "effort") == "high"
+    statuses = [
+        e["update"]["status"]
+        for e in await events(pool, sid)
+        if e["update"]["sessionUpdate"] == "acp_status"
+    ]
+    assert statuses[-1] == "ready", statuses
+    assert "error" not in statuses, statuses
+    assert gateway.app[SESSION_MANAGER].is_live_here(sid)
+
+
+async def test_a_call_whose_client_hangs_up_is_withdrawn_from_the_agent(
+    clients, pool, workspace_id, tmp_path
+):
+    """The test server cancels the handler of a connection that closes
+    (aiohttp's handler_cancellation); the agent request it waited on is withdrawn."""
+    gateway, _, _ = clients
+    log = tmp_path / "v1.log"
+    sid = await new_v1(gateway, pool, workspace_id, log, "")
+    writer = await post_then_hang_up(
+        gateway,
+        "session/set_config_option",
+        {"sessionId": sid, "configId": "effort", "value": "slow"},
+    )
+    (request,) = await wait_received(log, "session/set_config_option")
+    writer.close()  # the client goes away while the agent works on it
+    await writer.wait_closed()
+    cancels = await wait_received(log, "$/cancel_request")
+    assert [c["params"] for c in cancels] == [{"requestId": request["id"]}]
+    # the agent answers the withdrawn request -32800: no crash, no error state
+    assert (await wait_sent_error(log))["error"]["code"] == -32800
+    await still_serves(gateway, pool, sid)
+
+
+async def test_a_call_the_agent_did_not_answer_in_time_is_withdrawn(
+    make_settings, aiohttp_client, cwd_root, pool, workspace_id, tmp_path
+):
+    # generous for start-up on a loaded machine; only the held request runs into it
+    gateway = await aiohttp_client(
+        create_app(make_settings(allow_custom_commands=True, agent_request_timeout=5.0))
+    )
+    await wait_fanout_ready(gateway.app)
+    log = tmp_path / "v1.log"
+    sid = await new_v1(gateway, pool, workspace_id, log, "")
+    e = await err(
+        gateway,
+        "session/set_config_option",
+        {"sessionId": sid, "configId": "effort", "value": "slow"},
+    )
+    assert "did not answer session/set_config_option" in e["message"]
+    (request,) = received(log, "session/set_config_option")
+    cancels = await wait_received(log, "$/cancel_request")
+    assert [c["params"] for c in cancels] == [{"requestId": request["id"]}]
+    # the late -32800 finds nobody waiting and fails nothing
+    assert (await wait_sent_error(log))["id"] == request["id"]
+    await still_serves(gateway, pool, sid)
+
+
+async def test_a_call_in_flight_when_the_session_stops_is_withdrawn(
+    clients, pool, workspace_id, tmp_path
+):
+    gateway, query, _ = clients
+    log = tmp_path / "v1.log"
+    sid = await new_v1(gateway, pool, workspace_id, log, "")
+    pending = asyncio.create_task(
+        call(
+            gateway,
+            "session/set_config_option",
+            {"sessionId": sid, "configId": "effort", "value": "slow"},
+        )
+    )
+    (request,) = await wait_received(log, "session/set_config_option")
+    resp = await query.post(f"/api/sessions/{sid}/disconnect")
+    assert resp.status == 200
+    cancels = await wait_received(log, "$/cancel_request")
+    assert [c["params"] for c in cancels] == [{"requestId": request["id"]}]
+    async with asyncio.timeout(WAIT):
+        reply = await pending
+    assert "error" in reply, reply  # the call ends with the session, as an error
+    await wait_until_stopped(gateway, sid)

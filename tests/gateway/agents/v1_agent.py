@@ -5,6 +5,9 @@ resume,close,delete (what it advertises under sessionCapabilities).
 Prompts: `meta` says the prompt's `_meta` as JSON; `withdraw` sends elicitation/create,
 withdraws it with `$/cancel_request`, and says the answer it got as JSON; anything else
 ends the turn.
+Config option `effort` (low/high/slow): `slow` is answered only when the client withdraws
+the request with `$/cancel_request`, with error -32800; that answer is logged as
+`{"sent": <message>}`.
 """
 
 from __future__ import annotations
@@ -24,6 +27,12 @@ class V1Agent:
         self.writer: asyncio.StreamWriter | None = None
         self.pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self.next_id = 0
+        # the client's requests held until it withdraws them
+        self.held: dict[Any, asyncio.Future[None]] = {}
+
+    def record(self, message: dict[str, Any]) -> None:
+        with open(self.log, "a", encoding="utf-8") as f:
+            f.write(json.dumps(message) + "\n")
 
     def send(self, message: dict[str, Any]) -> None:
         assert self.writer is not None
@@ -77,6 +86,34 @@ class V1Agent:
         )
         return await future
 
+    def options(self, effort: str) -> list[dict[str, Any]]:
+        return [
+            {
+                "id": "effort",
+                "name": "Effort",
+                "type": "select",
+                "currentValue": effort,
+                "options": [
+                    {"value": v, "name": v.title()} for v in ("low", "high", "slow")
+                ],
+            }
+        ]
+
+    async def set_option(self, rid: Any, value: str) -> None:
+        if value != "slow":
+            self.answer(rid, {"configOptions": self.options(value)})
+            return
+        held = asyncio.get_running_loop().create_future()
+        self.held[rid] = held
+        await held
+        answer = {
+            "jsonrpc": "2.0",
+            "id": rid,
+            "error": {"code": -32800, "message": "Request cancelled"},
+        }
+        self.send(answer)
+        self.record({"sent": answer})
+
     async def handle(self, msg: dict[str, Any]) -> None:
         method = msg.get("method")
         rid = msg.get("id")
@@ -94,7 +131,19 @@ class V1Agent:
                 },
             )
         elif method == "session/new":
-            self.answer(rid, {"sessionId": f"v1-{uuid.uuid4().hex[:8]}"})
+            self.answer(
+                rid,
+                {
+                    "sessionId": f"v1-{uuid.uuid4().hex[:8]}",
+                    "configOptions": self.options("low"),
+                },
+            )
+        elif method == "session/set_config_option":
+            await self.set_option(rid, str(params.get("value")))
+        elif method == "$/cancel_request":
+            held = self.held.pop(params.get("requestId"), None)
+            if held is not None:
+                held.set_result(None)
         elif method in ("session/resume", "session/close", "session/delete"):
             self.answer(rid, {})
         elif method == "session/prompt":
@@ -131,8 +180,7 @@ class V1Agent:
         tasks: set[asyncio.Task[None]] = set()
         while line := await reader.readline():
             msg = json.loads(line)
-            with open(self.log, "a", encoding="utf-8") as f:
-                f.write(json.dumps(msg) + "\n")
+            self.record(msg)
             if "method" not in msg and msg.get("id") in self.pending:
                 self.pending.pop(msg["id"]).set_result(msg)
                 continue
