@@ -55,6 +55,11 @@ async def serve(
         access_log=ACCESS_LOGGER,
         access_log_class=AccessLogger,
         keepalive_timeout=KEEPALIVE_TIMEOUT,
+        # A client that hangs up cancels its handler (aiohttp's test server does the same,
+        # so most tests run this way): a call forwarded to the agent is then withdrawn
+        # with $/cancel_request, a stream stops at once. A prompt's turn goes on (it is
+        # shielded in LiveSession), and database writes are transactions.
+        handler_cancellation=True,
         # Long ids in a URL must reach our handlers (and get a JSON 404/400), not
         # aiohttp's 400 for an 8 KiB request line.
         max_line_size=MAX_LINE_SIZE,
