@@ -149,6 +149,15 @@ class RedisClusterServers:
                 f"cluster create failed: {created.stdout}{created.stderr}"
             )
         self.wait_ok()
+        # cluster_state:ok says every slot is served; a replica joins its master a moment
+        # later (and node 0 hears of it by gossip): tests that pick a replica wait for it
+        self._wait(self._replicas_attached, "every replica attached")
+
+    def _replicas_attached(self) -> bool:
+        lines = self.nodes[0].cli("CLUSTER", "NODES").splitlines()
+        flags = [line.split()[2] for line in lines if len(line.split()) >= 8]
+        replicas = [f for f in flags if "slave" in f and "fail" not in f]
+        return len(replicas) == self.masters * self.replicas_per_master
 
     def wait_ok(self) -> None:
         """Every live node sees a healthy cluster of all its nodes."""
@@ -172,7 +181,18 @@ class RedisClusterServers:
         return self._node_of_slot(slot, master=True)
 
     def replica_of_slot(self, slot: int) -> Node:
-        return self._node_of_slot(slot, master=False)
+        """A replica of the slot's master that is not marked failing (waits for one)."""
+        found: list[Node] = []
+
+        def attached() -> bool:
+            try:
+                found.append(self._node_of_slot(slot, master=False))
+            except StopIteration:
+                return False
+            return True
+
+        self._wait(attached, f"a replica of slot {slot}")
+        return found[-1]
 
     def _node_of_slot(self, slot: int, *, master: bool) -> Node:
         """From CLUSTER SHARDS-like CLUSTER NODES: the master (or a replica) serving `slot`."""
