@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import sys
@@ -66,6 +67,10 @@ async def serve(
         max_field_size=MAX_LINE_SIZE,
     )
     await runner.setup()
+    # Everything made while starting (modules, pydantic schemas, the app) lives as long as
+    # the process: out of the collector's sight, a full collection walks only what serving
+    # made (in a fan-out to 1,000 streams they took 50-100 ms and set the p99).
+    gc.freeze()
     try:
         assert runner.server is not None
         shape_parse_errors(runner.server)
