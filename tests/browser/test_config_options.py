@@ -14,20 +14,13 @@ import aiohttp
 import pytest
 
 from tests.browser.conftest import Stack
+from tests.browser.rpc import rpc
 
 # generous: a 2-core machine shared with other suites
 EXPECT_TIMEOUT_MS = 30_000
 WAIT_SECONDS = 30.0
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.timeout(180)]
-
-
-async def _rpc(http: aiohttp.ClientSession, method: str, params: dict[str, Any]) -> Any:
-    body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": params}
-    async with http.post("/api/acp", json=body) as resp:
-        reply = await resp.json()
-    assert "result" in reply, reply
-    return reply["result"]
 
 
 async def _model_option(http: aiohttp.ClientSession, session_id: str) -> dict[str, Any]:
@@ -59,7 +52,7 @@ async def test_the_model_option_shows_and_changes_both_ways(
         async with http.post("/api/workspaces", json={"title": "Options"}) as resp:
             assert resp.status == 201, await resp.text()
             workspace_id = (await resp.json())["workspace"]["id"]
-        created = await _rpc(
+        created = await rpc(
             http,
             "session/new",
             {"workspaceId": workspace_id, "name": "Options", "provider": "echo"},
@@ -95,7 +88,7 @@ async def test_the_model_option_shows_and_changes_both_ways(
                 assert (await resp.json())["model"] == "echo-large"
 
             # changed by another client: the page follows
-            await _rpc(
+            await rpc(
                 http,
                 "session/set_config_option",
                 {"sessionId": session_id, "configId": "model", "value": "echo-small"},

@@ -17,6 +17,7 @@ import aiohttp
 import pytest
 
 from tests.browser.conftest import Stack
+from tests.browser.rpc import rpc
 
 # generous: these pages run long conversations on a 2-core machine shared with other suites
 EXPECT_TIMEOUT_MS = 30_000
@@ -60,14 +61,6 @@ async def _open(browser: Any, stack: Stack, width: int, url: str = "/") -> Page:
 async def http(stack: Stack) -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession(stack.origin) as session:
         yield session
-
-
-async def _rpc(http: aiohttp.ClientSession, method: str, params: dict[str, Any]) -> Any:
-    body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": params}
-    async with http.post("/api/acp", json=body) as resp:
-        reply = await resp.json()
-    assert "result" in reply, reply
-    return reply["result"]
 
 
 async def _prompt(page: Any, text: str) -> None:
@@ -266,23 +259,21 @@ async def _seed(http: aiohttp.ClientSession) -> tuple[str, str, str]:
     async with http.post("/api/workspaces", json={"title": "Search"}) as resp:
         assert resp.status == 201, await resp.text()
         ws = (await resp.json())["workspace"]["id"]
-    first = await _rpc(http, "session/new", {"workspaceId": ws, "name": "Zoo"})
-    second = await _rpc(http, "session/new", {"workspaceId": ws, "name": "Farm"})
-    await _rpc(
-        http, "session/prompt", {"sessionId": first["sessionId"], "prompt": "hi"}
-    )
+    first = await rpc(http, "session/new", {"workspaceId": ws, "name": "Zoo"})
+    second = await rpc(http, "session/new", {"workspaceId": ws, "name": "Farm"})
+    await rpc(http, "session/prompt", {"sessionId": first["sessionId"], "prompt": "hi"})
     for i in range(12):
-        await _rpc(
+        await rpc(
             http,
             "session/prompt",
             {"sessionId": first["sessionId"], "prompt": f"filler line {i}"},
         )
-    await _rpc(
+    await rpc(
         http,
         "session/prompt",
         {"sessionId": first["sessionId"], "prompt": "the zebra & stripes"},
     )
-    await _rpc(
+    await rpc(
         http, "session/prompt", {"sessionId": second["sessionId"], "prompt": "a zebra"}
     )
     return ws, first["sessionId"], second["sessionId"]

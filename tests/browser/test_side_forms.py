@@ -15,6 +15,7 @@ import aiohttp
 import pytest
 
 from tests.browser.conftest import Stack
+from tests.browser.rpc import rpc
 
 # generous: a 2-core machine shared with other suites
 EXPECT_TIMEOUT_MS = 30_000
@@ -27,14 +28,6 @@ class Seeded:
     workspace_id: str
     session_id: str
     task_id: str
-
-
-async def _rpc(http: aiohttp.ClientSession, method: str, params: dict[str, Any]) -> Any:
-    body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": params}
-    async with http.post("/api/acp", json=body) as resp:
-        reply = await resp.json()
-    assert "result" in reply, reply
-    return reply["result"]
 
 
 async def _send(
@@ -56,7 +49,7 @@ async def _seed(http: aiohttp.ClientSession) -> Seeded:
     """A workspace of its own, an echo session in it and one task of that session."""
     created = await _send(http, "POST", "/api/workspaces", {"title": "Side forms"})
     workspace_id = created["workspace"]["id"]
-    session = await _rpc(
+    session = await rpc(
         http,
         "session/new",
         {"workspaceId": workspace_id, "name": "Forms", "provider": "echo"},
@@ -125,7 +118,7 @@ async def test_a_refresh_keeps_the_open_task_form_and_the_list_catches_up_after(
                 "content": "from another client",
             },
         )
-        await _rpc(
+        await rpc(
             http, "session/prompt", {"sessionId": seeded.session_id, "prompt": "hi"}
         )
         # the note shows: a refresh ran, with the form open
