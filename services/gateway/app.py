@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import io
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -45,6 +48,12 @@ from shared.settings import Settings
 
 DEFAULT_PORT = 8001
 _log = structlog.stdlib.get_logger("routa.drain")
+
+# What the drain may take beyond DRAIN_GRACE: the idle sessions' stops and the last
+# turns' ends (each step of a stop is bounded; this bounds their sum).
+DRAIN_MARGIN = 20.0
+# Stacks of the tasks a drain that overran was waiting on, at most this many.
+STUCK_TASKS_SHOWN = 50
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -163,7 +172,19 @@ async def drain(app: web.Application) -> None:
     if consumer is not None:
         await consumer.stop_reading()
     if manager is not None:
-        await manager.drain(grace)
+        stopping = asyncio.create_task(manager.drain(grace), name="drain")
+        done, _ = await asyncio.wait({stopping}, timeout=grace + DRAIN_MARGIN)
+        if not done:
+            # A stop must end: cleanup (next) stops what is left. Say what it waits on,
+            # before the cancel unwinds it.
+            _log.error(
+                "drain overran; cleanup stops the rest",
+                seconds=round(time.monotonic() - started, 3),
+                waiting_on=_pending_stacks(),
+            )
+            stopping.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await stopping
     finished = sum(1 for t in turns if isinstance(t.outcome, dict))
     _log.info(
         "drain finished",
@@ -171,3 +192,13 @@ async def drain(app: web.Application) -> None:
         turns_finished=finished,
         turns_cut_short=len(turns) - finished,
     )
+
+
+def _pending_stacks() -> str:
+    """The stacks of the tasks still pending (for the log of a drain that overran)."""
+    out = io.StringIO()
+    current = asyncio.current_task()
+    pending = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
+    for task in pending[:STUCK_TASKS_SHOWN]:
+        task.print_stack(limit=12, file=out)
+    return out.getvalue()
