@@ -4,22 +4,27 @@
 for TLS) and one or more seed nodes: `redis+cluster://user:pass@10.0.0.1:6379,10.0.0.2:6379`.
 The client then is redis-py's cluster client, which learns the slot map from the seeds and
 follows MOVED/ASK and failovers on its own.
+
+A TLS URL (`rediss://`, `rediss+cluster://`) may carry redis-py's `ssl_*` options in its
+query (`?ssl_ca_certs=/etc/redis/ca.pem&ssl_cert_reqs=required`); every client made here,
+and the raw subscriber of the query service's L1 (`ssl_context`), uses the same ones.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import AsyncIterator
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
-from redis.asyncio.connection import BlockingConnectionPool
+from redis.asyncio.connection import BlockingConnectionPool, SSLConnection, parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import EqualJitterBackoff
 from redis.exceptions import MaxConnectionsError, RedisClusterException
@@ -37,6 +42,7 @@ class ClusterUrl:
     username: str | None
     password: str | None
     tls: bool
+    tls_options: dict[str, Any] = field(default_factory=dict)  # ssl_* of the query
 
 
 def is_cluster_url(redis_url: str) -> bool:
@@ -48,7 +54,7 @@ def parse_cluster_url(redis_url: str) -> ClusterUrl:
     scheme, sep, rest = redis_url.partition("://")
     if not sep or scheme.lower() not in CLUSTER_SCHEMES:
         raise ValueError("not a redis+cluster:// URL")
-    rest = rest.split("?", 1)[0]
+    rest, _, query = rest.partition("?")
     rest, _, path = rest.partition("/")
     if path not in ("", "0"):
         raise ValueError("a Redis Cluster has only database 0")
@@ -69,9 +75,61 @@ def parse_cluster_url(redis_url: str) -> ClusterUrl:
         if not host or not port.isdigit():
             raise ValueError(f"bad cluster node {item!r}")
         nodes.append((host, int(port)))
-    return ClusterUrl(
-        tuple(nodes), username, password, scheme.lower().startswith("rediss")
-    )
+    tls = scheme.lower().startswith("rediss")
+    options = _ssl_query(query) if tls else {}
+    unsupported = sorted(set(options) - _CLUSTER_TLS_OPTIONS)
+    if unsupported:
+        raise ValueError(f"{', '.join(unsupported)} not supported on a Redis Cluster")
+    return ClusterUrl(tuple(nodes), username, password, tls, options)
+
+
+# the ssl_* options redis-py's cluster client takes (its single-server one takes more)
+_CLUSTER_TLS_OPTIONS = frozenset(
+    {
+        "ssl_ca_certs",
+        "ssl_ca_data",
+        "ssl_cert_reqs",
+        "ssl_include_verify_flags",
+        "ssl_exclude_verify_flags",
+        "ssl_certfile",
+        "ssl_check_hostname",
+        "ssl_keyfile",
+        "ssl_min_version",
+        "ssl_ciphers",
+    }
+)
+
+
+def _ssl_query(query: str) -> dict[str, Any]:
+    """The `ssl_*` options of a URL query, parsed as redis-py parses a `rediss://` URL's."""
+    if not query:
+        return {}
+    parsed: dict[str, Any] = dict(parse_url(f"rediss://localhost/?{query}"))
+    return {k: v for k, v in parsed.items() if k.startswith("ssl_")}
+
+
+def is_tls_url(redis_url: str) -> bool:
+    return redis_url.split("://", 1)[0].lower() in ("rediss", "rediss+cluster")
+
+
+def tls_options(redis_url: str) -> dict[str, Any]:
+    """The `ssl_*` options the clients of a TLS URL use; {} for a plain one."""
+    if not is_tls_url(redis_url):
+        return {}
+    if is_cluster_url(redis_url):
+        return dict(parse_cluster_url(redis_url).tls_options)
+    return _ssl_query(redis_url.partition("?")[2])
+
+
+def ssl_context(redis_url: str) -> ssl.SSLContext | None:
+    """For a TLS URL, the SSL context redis-py's own connections to it use; else None.
+
+    Built by redis-py's SSLConnection from the URL's options (no I/O), so CA, client
+    certificate, verification and hostname checking match the client's exactly.
+    """
+    if not is_tls_url(redis_url):
+        return None
+    return SSLConnection(**tls_options(redis_url)).ssl_context.get()
 
 
 # connections per process (per node on a cluster), and how long a command waits for one
@@ -120,6 +178,7 @@ def create_cluster(
         "username": parsed.username,
         "password": parsed.password,
         "ssl": parsed.tls,
+        **parsed.tls_options,
         **_TIMEOUTS,
         **options,
     }
