@@ -132,7 +132,8 @@ def ssl_context(redis_url: str) -> ssl.SSLContext | None:
     return SSLConnection(**tls_options(redis_url)).ssl_context.get()
 
 
-# connections per process (per node on a cluster), and how long a command waits for one
+# connections per process (on a cluster: commands in flight, each node's pool a little
+# larger), and how long a command waits for one
 MAX_CONNECTIONS = 64
 POOL_WAIT = 2.0
 
