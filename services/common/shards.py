@@ -65,6 +65,7 @@ class ShardLinks:
             ssl=parsed.tls,
             socket_connect_timeout=1.0,
             socket_timeout=5.0,
+            **parsed.tls_options,  # CA, client certificate: as the app's client
         )
         self.name = name
         self._stopping = False
@@ -162,6 +163,7 @@ class ShardLinks:
                 username=self._auth.username,
                 password=self._auth.password,
                 ssl=self._auth.tls,
+                **self._auth.tls_options,
                 socket_connect_timeout=1.0,
                 socket_keepalive=True,
                 retry=Retry(NoBackoff(), 0),

@@ -25,6 +25,11 @@ command runs. When the slot moves (a failover, a resharding) the master sends
 silent node end the subscription too. Each drops the L1, and the slot map is read again
 before subscribing on the slot's current master. Not noticed: a master cut off from the rest
 of the cluster that keeps answering this process (until it rejoins and sends `sunsubscribe`).
+
+With a TLS URL (`rediss://`, `rediss+cluster://`) the subscriber speaks TLS with the SSL
+context the Redis client itself uses (the URL's `ssl_*` options). asyncio decrypts in the
+same I/O callback that reads the socket, so `data_received` still runs before any request
+read in the same or a later loop iteration. Only a `unix://` URL gets no L1.
 """
 
 from __future__ import annotations
@@ -32,18 +37,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from redis.asyncio.connection import UnixDomainSocketConnection, parse_url
 from redis.exceptions import RedisClusterException, RedisError
-from yarl import URL
 
 from shared import cache, lifecycle
 from shared.channels import Channels
 from shared.lifecycle import LifecycleType
-from shared.redisconn import Redis, create_cluster, is_cluster_url, parse_cluster_url
+from shared.redisconn import (
+    Redis,
+    create_cluster,
+    is_cluster_url,
+    parse_cluster_url,
+    ssl_context,
+)
 from shared.retry import Backoff
 
 logger = logging.getLogger(__name__)
@@ -205,26 +217,31 @@ class ListCache:
         if is_cluster_url(self._redis_url):
             await self._run_cluster_invalidations(self._redis_url)
             return
-        url = URL(self._redis_url)
-        if url.scheme != "redis" or url.host is None:
-            logger.info("no in-process list cache for %s URLs", url.scheme)
+        # read as redis-py reads it for the client, so both reach the same server
+        server = parse_url(self._redis_url)
+        if server.get("connection_class") is UnixDomainSocketConnection:
+            logger.info("no in-process list cache for unix:// URLs")
+            return
+        usable, tls = _client_tls(self._redis_url)
+        if not usable:
             return
         channel = self._channels.cache_invalidations
         await self._keep_subscribed(
             lambda: self._listen(
-                url.host or "127.0.0.1",
-                url.port or 6379,
-                url.user,
-                url.password,
+                server.get("host", "localhost"),
+                server.get("port", 6379),
+                server.get("username"),
+                server.get("password"),
                 _resp("SUBSCRIBE", channel),
+                tls=tls,
             )
         )
 
     async def _run_cluster_invalidations(self, redis_url: str) -> None:
         """SSUBSCRIBE on the master of the `{sessions}` slot, found again on every attempt."""
         parsed = parse_cluster_url(redis_url)
-        if parsed.tls:
-            logger.info("no in-process list cache for TLS cluster URLs")
+        usable, tls = _client_tls(redis_url)
+        if not usable:
             return
         channel = self._channels.cache_invalidations_sharded
         cluster = create_cluster(redis_url)
@@ -253,6 +270,7 @@ class ListCache:
                 parsed.username,
                 parsed.password,
                 _resp("SSUBSCRIBE", channel),
+                tls=tls,
                 verify=is_master,
             )
 
@@ -286,15 +304,20 @@ class ListCache:
         password: str | None,
         subscribe: bytes,
         *,
+        tls: ssl.SSLContext | None = None,
         verify: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
-        """One subscription until it ends; `verify` (sharded): whether the confirmed
-        subscription may be relied on (the L1 stays unused until it says so)."""
+        """One subscription until it ends; `tls`: the client's SSL context for a TLS URL;
+        `verify` (sharded): whether the confirmed subscription may be relied on (the L1
+        stays unused until it says so)."""
         loop = asyncio.get_running_loop()
         sharded = verify is not None
         async with asyncio.timeout(REDIS_OP_TIMEOUT * 2):
             transport, proto = await loop.create_connection(
-                lambda: _InvalidationProtocol(self, sharded=sharded), host, port
+                lambda: _InvalidationProtocol(self, sharded=sharded),
+                host,
+                port,
+                ssl=tls,
             )
         self._listener = proto
         try:
@@ -462,6 +485,16 @@ class ListCache:
                 else:
                     self.pending_invalidation = False
                     self._down_until = 0.0
+
+
+def _client_tls(redis_url: str) -> tuple[bool, ssl.SSLContext | None]:
+    """The client's SSL context for a TLS URL (None: plain TCP); not usable when its
+    options are not (a missing CA file: the Redis client fails too), logged."""
+    try:
+        return True, ssl_context(redis_url)
+    except (OSError, ValueError, RedisError) as err:
+        logger.warning("no in-process list cache: TLS options unusable: %r", err)
+        return False, None
 
 
 def _now_ms() -> int:

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import ssl
 import uuid
 
 import pytest
 from redis.asyncio.cluster import RedisCluster
 
 from shared.channels import Channels
-from shared.redisconn import create_redis, is_cluster_url, parse_cluster_url
+from shared.redisconn import (
+    create_redis,
+    is_cluster_url,
+    parse_cluster_url,
+    ssl_context,
+    tls_options,
+)
 from shared.settings import Settings, load_settings
 
 
@@ -27,6 +34,32 @@ def test_cluster_url_parts() -> None:
         parse_cluster_url("redis+cluster://h:1,h:x")
     assert is_cluster_url("REDIS+CLUSTER://h:1")
     assert not is_cluster_url("redis://h:1/0")
+
+
+def test_tls_options_of_a_url_are_the_clients() -> None:
+    url = "rediss+cluster://h:1,h:2?ssl_ca_certs=/ca.pem&ssl_check_hostname=false"
+    parsed = parse_cluster_url(url)
+    assert parsed.tls_options == {
+        "ssl_ca_certs": "/ca.pem",
+        "ssl_check_hostname": False,
+    }
+    assert tls_options(url) == parsed.tls_options
+    # a plain URL carries none, whatever its query says
+    assert parse_cluster_url("redis+cluster://h:1?ssl_ca_certs=/x").tls_options == {}
+    assert tls_options("redis://h:1/0?ssl_ca_certs=/x") == {}
+    assert tls_options("rediss://h:1/0?ssl_cert_reqs=none&socket_timeout=3") == {
+        "ssl_cert_reqs": "none"
+    }
+    with pytest.raises(ValueError, match="ssl_ca_path not supported"):
+        parse_cluster_url("rediss+cluster://h:1?ssl_ca_path=/etc/ssl")
+    assert ssl_context("redis://h:1/0") is None
+    unverified = ssl_context("rediss://h:1/0?ssl_cert_reqs=none")
+    assert unverified is not None
+    assert unverified.verify_mode == ssl.CERT_NONE
+    verified = ssl_context("rediss+cluster://h:1")
+    assert verified is not None
+    assert verified.verify_mode == ssl.CERT_REQUIRED
+    assert verified.check_hostname
 
 
 async def test_cluster_url_makes_a_cluster_client_and_sharded_channels() -> None:
