@@ -18,6 +18,7 @@ import pytest
 import pytest_asyncio
 from redis.crc import key_slot
 
+from services.query import listcache
 from services.query.keys import LIST_CACHE
 from services.query.session_views import parse_list_query
 from shared import cache
@@ -171,6 +172,9 @@ async def test_a_write_keeps_the_lists_of_other_workspaces_in_every_l1(
         return None, False  # other tests' live sessions must not bound B's entry
 
     monkeypatch.setattr(sessions_db, "list_freshness", unbounded)
+    # nor may a Redis call slowed by a loaded box turn the L1 off for a moment
+    monkeypatch.setattr(listcache, "REDIS_OP_TIMEOUT", 30.0)
+    monkeypatch.setattr(listcache, "L1_LIVENESS", 30.0)
     a, b, channels = await _clients(aiohttp_client, make_settings, cluster)
     other = f"ws-{uuid.uuid4().hex[:12]}"
     await pool.execute("INSERT INTO workspaces (id, title) VALUES ($1, $1)", other)

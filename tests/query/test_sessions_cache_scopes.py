@@ -10,6 +10,7 @@ from typing import Any, cast
 
 import pytest
 
+from services.query import listcache
 from services.query.keys import LIST_CACHE
 from services.query.listcache import (
     L1_MAX_ENTRIES,
@@ -29,14 +30,17 @@ from tests.query.sessions_support import (
 
 
 @pytest.fixture(autouse=True)
-def _no_freshness_bound(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Other tests' live sessions in the same database would bound every entry to a second
-    (tested elsewhere); here only invalidations may end an entry."""
+def _only_invalidations_end_entries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Other tests' live sessions in the same database would bound every entry to a second,
+    and a Redis call slowed by a loaded box would turn the L1 off for a moment (both tested
+    elsewhere); here only invalidations may end an entry."""
 
     async def unbounded(_conn: Any) -> tuple[float | None, bool]:
         return None, False
 
     monkeypatch.setattr(sessions_db, "list_freshness", unbounded)
+    monkeypatch.setattr(listcache, "REDIS_OP_TIMEOUT", 30.0)
+    monkeypatch.setattr(listcache, "L1_LIVENESS", 30.0)
 
 
 async def _workspace(pool) -> str:
