@@ -1,15 +1,19 @@
 """The warm session-list cache: Redis-backed, never the source of truth.
 
-Lists are cached as the exact response bytes under a hash keyed by the query. Every writer
-of session data calls `invalidate_sessions`, which bumps a generation counter, drops the
-hash and announces it on the invalidations channel (for in-process copies). A reader that
-missed stores its Postgres result only if the generation did not move while it read, so a
-write that races a fill can never leave a stale list behind.
+Lists are cached as the exact response bytes under a hash keyed by the query, one hash per
+scope: a workspace (lists with `workspaceId`), or every workspace (lists without it). Every
+writer of session data calls `invalidate_sessions` with the session's workspace, which bumps
+the generation counters of that workspace and of the unscoped lists, drops their hashes and
+announces the workspace on the invalidations channel (for in-process copies). Lists of other
+workspaces stay cached. A reader that missed stores its Postgres result only if its scope's
+generation did not move while it read, so a write that races a fill can never leave a stale
+list behind.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Set
 
 from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterPipeline
@@ -21,41 +25,89 @@ from shared.redisconn import Redis, is_cluster
 logger = logging.getLogger(__name__)
 
 LIST_TTL_SECONDS = 300
+# A workspace's generation outlives its last write by this much, so that the counters of
+# workspaces nobody writes do not pile up. A fill compares the generation it read with the
+# current one; it could only be fooled by a counter that expired and climbed back to the same
+# value while it ran, and no fill runs for a day.
+GENERATION_TTL_SECONDS = 86_400
 
 
-def queue_invalidation(pipe: Pipeline | ClusterPipeline, channels: Channels) -> None:
+def _scopes(workspace_ids: Set[str]) -> list[str | None]:
+    """What a write to sessions of `workspace_ids` changes: each of them and the unscoped."""
+    if not workspace_ids:
+        raise ValueError("an invalidation names at least one workspace")
+    return [*sorted(workspace_ids), None]
+
+
+def queue_invalidation(
+    pipe: Pipeline | ClusterPipeline, channels: Channels, workspace_ids: Set[str]
+) -> None:
     """The commands of `invalidate_sessions`, added to a caller's pipeline."""
-    _ = pipe.incr(channels.cache_sessions_generation())
-    _ = pipe.delete(channels.cache_sessions_lists())
-    _ = pipe.publish(channels.cache_invalidations, b"sessions")
+    for scope in _scopes(workspace_ids):
+        generation = channels.cache_sessions_generation(scope)
+        _ = pipe.incr(generation)
+        _ = pipe.expire(generation, GENERATION_TTL_SECONDS)
+        _ = pipe.delete(channels.cache_sessions_lists(scope))
+    for workspace_id in sorted(workspace_ids):
+        _ = pipe.publish(
+            channels.cache_invalidations,
+            channels.cache_sessions_invalidation(workspace_id),
+        )
 
 
 # On a Redis Cluster a MULTI cannot carry PUBLISH (it has no key to route by), so the same
-# commands run as one script on the master of the `{sessions}` slot: KEYS[1] generation,
-# KEYS[2] lists hash, KEYS[3] the sharded invalidation channel (same slot); ARGV
-# channel/message pairs published in order after it. The SPUBLISH is what the in-process
-# caches listen to (SSUBSCRIBE on that master, listcache.py): it is written to their
-# sockets while this script runs, before its reply, whereas a plain PUBLISH reaches
+# commands run as one script on the master of the `{sessions}` slot. Every generation, every
+# lists hash and the sharded invalidation channel carry that hash tag, so the script touches
+# one slot whatever the workspaces: KEYS pairs (generation, lists hash) per scope, the last
+# KEY the sharded invalidation channel; ARGV[1] the generations' ttl, ARGV[2] the plain
+# invalidation channel, ARGV[3] the number m of invalidation messages, ARGV[4 .. 3+m] those
+# messages, then channel/message pairs published in order after them. The SPUBLISH is what
+# the in-process caches listen to (SSUBSCRIBE on that master, listcache.py): it is written to
+# their sockets while this script runs, before its reply, whereas a plain PUBLISH reaches
 # subscribers on other nodes over the cluster bus, possibly after the reply. The plain
 # PUBLISH stays for any other listener of `cache_invalidations`.
 _INVALIDATE = """
-redis.call('INCR', KEYS[1])
-redis.call('DEL', KEYS[2])
-redis.call('SPUBLISH', KEYS[3], 'sessions')
-for i = 1, #ARGV, 2 do redis.call('PUBLISH', ARGV[i], ARGV[i + 1]) end
+for i = 1, #KEYS - 1, 2 do
+  redis.call('INCR', KEYS[i])
+  redis.call('EXPIRE', KEYS[i], tonumber(ARGV[1]))
+  redis.call('DEL', KEYS[i + 1])
+end
+local m = tonumber(ARGV[3])
+for i = 4, 3 + m do redis.call('SPUBLISH', KEYS[#KEYS], ARGV[i]) end
+for i = 4, 3 + m do redis.call('PUBLISH', ARGV[2], ARGV[i]) end
+for i = 4 + m, #ARGV, 2 do redis.call('PUBLISH', ARGV[i], ARGV[i + 1]) end
 return 1
 """
 
 
 async def invalidate_sessions(
-    redis: Redis, channels: Channels, *announce: tuple[str, bytes]
+    redis: Redis,
+    channels: Channels,
+    workspace_ids: Set[str],
+    *announce: tuple[str, bytes],
 ) -> None:
-    """Drop every cached list, then publish `announce` (channel, message) pairs.
+    """Drop the cached lists of `workspace_ids` and the unscoped ones, then publish
+    `announce` (channel, message) pairs.
 
     Raises RedisError when Redis is unreachable.
     """
+    scopes = _scopes(workspace_ids)
     if is_cluster(redis):
-        args: list[str | bytes] = [channels.cache_invalidations, b"sessions"]
+        keys: list[str] = []
+        for scope in scopes:
+            keys += [
+                channels.cache_sessions_generation(scope),
+                channels.cache_sessions_lists(scope),
+            ]
+        messages = [
+            channels.cache_sessions_invalidation(w) for w in sorted(workspace_ids)
+        ]
+        args: list[str | bytes | int] = [
+            GENERATION_TTL_SECONDS,
+            channels.cache_invalidations,
+            len(messages),
+            *messages,
+        ]
         for channel, message in announce:
             args += [channel, message]
         # A GET in the same packet before the script: this connection then has a reply
@@ -63,27 +115,29 @@ async def invalidate_sessions(
         # clients it queued later first, so the subscribers get theirs before our reply
         # (as the MULTI's early replies do below). The script alone loses that race.
         async with redis.pipeline(transaction=False) as pipe:
-            _ = pipe.get(channels.cache_sessions_generation())
+            _ = pipe.get(keys[0])
             _ = pipe.eval(
                 _INVALIDATE,
-                3,
-                channels.cache_sessions_generation(),
-                channels.cache_sessions_lists(),
+                len(keys) + 1,
+                *keys,
                 channels.cache_invalidations_sharded,
                 *args,
             )
             await pipe.execute()
         return
     async with redis.pipeline(transaction=True) as pipe:
-        queue_invalidation(pipe, channels)
+        queue_invalidation(pipe, channels, workspace_ids)
         for channel, message in announce:
             _ = pipe.publish(channel, message)
         await pipe.execute()
 
 
-async def try_invalidate_sessions(redis: Redis, channels: Channels) -> bool:
+async def try_invalidate_sessions(
+    redis: Redis, channels: Channels, workspace_id: str
+) -> bool:
+    """`invalidate_sessions` for one workspace that logs instead of raising."""
     try:
-        await invalidate_sessions(redis, channels)
+        await invalidate_sessions(redis, channels, {workspace_id})
     except (RedisError, OSError) as err:
         logger.warning("cache invalidation failed: %s", err)
         return False
@@ -108,14 +162,16 @@ return 0
 
 
 async def read_list_entry(
-    redis: Redis, channels: Channels, query_key: str
+    redis: Redis, channels: Channels, workspace_id: str | None, query_key: str
 ) -> tuple[bytes | None, int | None, str]:
-    """(body, until epoch ms, current generation) in one round trip."""
+    """(body, until epoch ms, current generation) of a list scoped to `workspace_id`
+    (None: every workspace) in one round trip."""
     async with redis.pipeline(transaction=False) as pipe:
         _ = pipe.hmget(
-            channels.cache_sessions_lists(), [query_key, f"{query_key}#until"]
+            channels.cache_sessions_lists(workspace_id),
+            [query_key, f"{query_key}#until"],
         )
-        _ = pipe.get(channels.cache_sessions_generation())
+        _ = pipe.get(channels.cache_sessions_generation(workspace_id))
         (body, until), gen = await pipe.execute()
     body_bytes = body if isinstance(body, bytes) else None
     until_ms = int(until) if until is not None else None
@@ -129,17 +185,19 @@ async def read_list_entry(
 async def store_list_until(
     redis: Redis,
     channels: Channels,
+    workspace_id: str | None,
     query_key: str,
     seen_generation: str,
     body: bytes,
     until_ms: int,
 ) -> bool:
-    """Store a list body with a freshness bound, only if the generation is unchanged."""
+    """Store a list body with a freshness bound, only if its scope's generation is
+    unchanged."""
     stored = await redis.eval(
         _STORE_IF_CURRENT_UNTIL,
         2,
-        channels.cache_sessions_generation(),
-        channels.cache_sessions_lists(),
+        channels.cache_sessions_generation(workspace_id),
+        channels.cache_sessions_lists(workspace_id),
         seen_generation,
         query_key,
         body,

@@ -82,13 +82,15 @@ class Channels:
     def cache_base(self) -> str:
         return f"{self.base}:cache"
 
-    # The generation and the lists hash are changed together (MULTI, Lua), so they share
-    # the hash tag `{sessions}`: one slot on a Redis Cluster.
-    def cache_sessions_generation(self) -> str:
-        return f"{self.cache_base}:{{sessions}}:gen"
+    # Each list scope (one workspace, or every workspace: a list without `workspaceId`) has
+    # its generation and its lists hash. A write bumps its workspace's and the unscoped ones
+    # together (MULTI, Lua), so every one of them keeps the hash tag `{sessions}`: one slot
+    # on a Redis Cluster. Spreading them over slots would split that script.
+    def cache_sessions_generation(self, workspace_id: str | None) -> str:
+        return f"{self.cache_base}:{{sessions}}:gen:{_list_scope(workspace_id)}"
 
-    def cache_sessions_lists(self) -> str:
-        return f"{self.cache_base}:{{sessions}}:lists"
+    def cache_sessions_lists(self, workspace_id: str | None) -> str:
+        return f"{self.cache_base}:{{sessions}}:lists:{_list_scope(workspace_id)}"
 
     @property
     def cache_invalidations(self) -> str:
@@ -102,5 +104,26 @@ class Channels:
         invalidation, where the in-process caches listen."""
         return f"{self.cache_base}:{{sessions}}:invalidations"
 
+    @staticmethod
+    def cache_sessions_invalidation(workspace_id: str) -> bytes:
+        """The message on the invalidation channels: the lists of this workspace (and the
+        unscoped ones) changed. Anything else heard there drops every in-process list."""
+        return b"ws:" + workspace_id.encode()
+
+    @staticmethod
+    def cache_sessions_invalidated(message: bytes) -> str | None:
+        """The workspace a `cache_sessions_invalidation` message names; None: not one."""
+        if not message.startswith(b"ws:"):
+            return None
+        try:
+            return message[3:].decode()
+        except UnicodeDecodeError:
+            return None
+
     def idempotency(self, workspace_id: str, key: str) -> str:
         return f"{self.base}:idem:{workspace_id}:{key}"
+
+
+def _list_scope(workspace_id: str | None) -> str:
+    """`ws:<id>` for one workspace, `all` for lists of every workspace (never a clash)."""
+    return "all" if workspace_id is None else f"ws:{workspace_id}"

@@ -46,7 +46,8 @@ async def session_changed(
     workspace_id: str,
     changes: dict[str, Any],
 ) -> bool:
-    """Invalidate the list cache and publish the lifecycle message.
+    """Invalidate the cached lists of the session's workspace (and the unscoped ones) and
+    publish the lifecycle message.
 
     Returns False (and logs) when Redis is unreachable: Postgres already holds the change and
     readers fall back to it, so a Redis outage never fails the write.
@@ -55,6 +56,7 @@ async def session_changed(
         await invalidate_sessions(
             redis,
             channels,
+            {workspace_id},
             (
                 channels.workspace_sessions(workspace_id),
                 lifecycle_message(type_, session_id, workspace_id, changes),
@@ -93,7 +95,7 @@ async def session_changed_with_events(
             events_channel = channels.session_events(session_id)
             for event in events:
                 _ = pipe.publish(events_channel, event.payload)
-            queue_invalidation(pipe, channels)
+            queue_invalidation(pipe, channels, {workspace_id})
             _ = pipe.publish(
                 channels.workspace_sessions(workspace_id),
                 lifecycle_message(type_, session_id, workspace_id, changes),

@@ -108,6 +108,7 @@ class EventWriter:
         channels: Channels,
         session_id: uuid.UUID,
         *,
+        workspace_id: str,
         on_batch: Callable[[int, float], None] | None = None,
         generation: int | None = None,
         buffer: EventBuffer | None = None,
@@ -125,6 +126,8 @@ class EventWriter:
         self._redis = redis
         self._channels = channels
         self._session_id = session_id
+        # lastActivity moves the lists of this workspace (and the unscoped ones) only
+        self._workspace_id = workspace_id
         # queued events, encoded: kinds and shared.events.encode_rest bytes
         self._kinds: list[str] = []
         self._rests: list[bytes] = []
@@ -210,7 +213,9 @@ class EventWriter:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         if self._activity_dirty:
-            await try_invalidate_sessions(self._redis, self._channels)
+            await try_invalidate_sessions(
+                self._redis, self._channels, self._workspace_id
+            )
 
     async def _run(self) -> None:
         try:
@@ -247,7 +252,9 @@ class EventWriter:
                 ):
                     self._activity_dirty = False
                     self._last_invalidate = time.monotonic()
-                    await try_invalidate_sessions(self._redis, self._channels)
+                    await try_invalidate_sessions(
+                        self._redis, self._channels, self._workspace_id
+                    )
         finally:
             # nothing more is stored: what we hold must not keep agents waiting (set
             # before any await, so no append can take room that is never given back)

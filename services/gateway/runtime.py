@@ -162,6 +162,7 @@ class SessionManager:
             self.redis,
             self.channels,
             uuid.UUID(row.session.session_id),
+            workspace_id=row.session.workspace_id,
             on_batch=self.on_batch,
             generation=generation,
             buffer=self.deps.event_buffer,

@@ -5,11 +5,14 @@ reach Redis.
 Redis is never required: a slow or absent Redis turns every read into a Postgres read and
 every write into a logged warning, never into an error or a hang.
 
-The L1 keeps read-your-writes across query instances because every writer
-publishes on `cache_invalidations` inside the same MULTI that bumps the generation, before it
-replies. The subscriber here is a raw protocol: any byte it reads (other than a PING reply)
-drops the L1 synchronously in `data_received`, i.e. in the event loop's I/O phase, before any
-request handler that was read in the same or a later loop iteration runs. Redis writes the
+The L1 is kept per list scope, like the Redis entries: one workspace, or every workspace (a
+list without `workspaceId`). It keeps read-your-writes across query instances because every
+writer publishes the session's workspace on `cache_invalidations` inside the same MULTI that
+bumps the generations, before it replies. The subscriber here is a raw protocol: a message
+naming workspace W drops W's and the unscoped lists, anything else it reads (other than a PING
+reply), including a message cut off at the end of a read, drops the whole L1, synchronously in
+`data_received`, i.e. in the event loop's I/O phase, before any request handler that was read
+in the same or a later loop iteration runs. Redis writes the
 message to this socket before the writer even reads its EXEC reply, so a request caused by the
 writer's answer finds the L1 already dropped (same host; across hosts this relies on the
 invalidation travelling Redis→here no slower than Redis→writer→client→here). Fills are
@@ -43,6 +46,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import hiredis
 from redis.asyncio.connection import UnixDomainSocketConnection, parse_url
 from redis.exceptions import RedisClusterException, RedisError
 
@@ -70,10 +74,6 @@ L1_MAX_ENTRIES = (
 )
 L1_PING_INTERVAL = 0.5  # the subscriber pings this often ...
 L1_LIVENESS = 1.5  # ... and the L1 is unused once it heard nothing for this long
-_PONG = b"*2\r\n$4\r\npong\r\n$0\r\n\r\n"
-_SUBSCRIBED = b"\r\n$9\r\nsubscribe\r\n"
-_SSUBSCRIBED = b"\r\n$10\r\nssubscribe\r\n"
-_SUNSUBSCRIBED = b"\r\n$12\r\nsunsubscribe\r\n"
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +95,7 @@ def _resp(*parts: str) -> bytes:
 
 
 class _InvalidationProtocol(asyncio.Protocol):
-    """The subscription socket; drops the L1 in `data_received`, never later.
+    """The subscription socket; drops (part of) the L1 in `data_received`, never later.
 
     `sharded`: an SSUBSCRIBE on a cluster master. Its `sunsubscribe` (the slot moved) or a
     refusal (MOVED) closes the connection, so that the caller subscribes again where the
@@ -105,14 +105,13 @@ class _InvalidationProtocol(asyncio.Protocol):
     def __init__(self, owner: ListCache, *, sharded: bool = False) -> None:
         self._owner = owner
         self._sharded = sharded
-        self._marker = _SSUBSCRIBED if sharded else _SUBSCRIBED
+        self._subscribe_kind = b"ssubscribe" if sharded else b"subscribe"
+        self._reader = hiredis.Reader()
         self.confirmed = False  # the server confirmed the subscription
         self.subscribed = False  # ... and the L1 may rely on it
         self.was_subscribed = False  # for the reconnect backoff: it worked once
         self.last_heard = time.monotonic()
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._head = b""
-        self._tail = b""  # the end of the last read: a marker may span two reads
         self._transport: asyncio.BaseTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -120,29 +119,48 @@ class _InvalidationProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_heard = time.monotonic()
-        if data.count(_PONG) * len(_PONG) == len(data):
-            return  # only PING replies: nothing changed
+        frames: list[Any] = []
+        try:
+            self._reader.feed(data)
+            while (frame := self._reader.gets()) is not False:
+                frames.append(frame)
+        except hiredis.ProtocolError as err:
+            logger.warning("cache invalidation subscriber: %r", err)
+            self._owner.drop_l1()
+            self._end()
+            return
+        if self._reader.has_data():
+            # a frame cut off by this read: whatever it says, it says it now
+            self._owner.drop_l1()
+        for frame in frames:
+            if self._frame(frame):
+                return
+
+    def _frame(self, frame: Any) -> bool:
+        """Act on one reply or message; True once the subscription is ended."""
+        kind = frame[0] if isinstance(frame, list) and frame else None
+        if kind == b"pong":
+            return False  # a PING reply: nothing changed
+        if kind in (b"message", b"smessage") and len(frame) == 3:
+            workspace_id = Channels.cache_sessions_invalidated(frame[2])
+            if workspace_id is not None:
+                self._owner.drop_workspace(workspace_id)
+                return False
         self._owner.drop_l1()
-        if self._sharded:
-            window = self._tail + data
-            self._tail = window[-32:]
-            if _SUNSUBSCRIBED in window:
-                self._tail = b""
-                logger.info("cache invalidation slot moved; subscribing again")
+        if isinstance(frame, hiredis.ReplyError):
+            logger.warning("cache invalidation subscribe refused: %s", frame)
+            if self._sharded:
                 self._end()
-                return
-        if not self.subscribed:
-            self._head = (self._head + data)[-4096:]
-            if b"-" in self._head[:1] or b"\r\n-" in self._head:
-                logger.warning("cache invalidation subscribe refused: %r", self._head)
-                if self._sharded:
-                    self._end()
-                return
-            if self._marker in self._head:
-                self.confirmed = True
-                self._head = b""
-                if not self._sharded:
-                    self.subscribed = self.was_subscribed = True
+                return True
+        elif kind == b"sunsubscribe" and self._sharded:
+            logger.info("cache invalidation slot moved; subscribing again")
+            self._end()
+            return True
+        elif kind == self._subscribe_kind and not self.subscribed:
+            self.confirmed = True
+            if not self._sharded:
+                self.subscribed = self.was_subscribed = True
+        return False
 
     def _end(self) -> None:
         self.subscribed = False
@@ -166,10 +184,17 @@ class ListCache:
         self._channels = channels
         self._redis_url = redis_url  # None: no L1
         self._down_until = 0.0
-        self.pending_invalidation = False
         self._wake = asyncio.Event()
-        self._l1: dict[str, tuple[bytes, int]] = {}  # key -> (body, until epoch ms)
+        self.pending_workspaces: set[str] = set()  # invalidations Redis has not taken
+        # scope (workspace id, None: every workspace) -> query key -> (body, until epoch ms)
+        self._l1: dict[str | None, dict[str, tuple[bytes, int]]] = {}
+        self._l1_size = 0
+        # Fills are kept only if their scope was not dropped since they began: `_epoch`
+        # counts drops; a fill that began at a count below `_dropped_all` (everything
+        # dropped) or `_dropped[scope]` (its scope dropped) is void.
         self._epoch = 0
+        self._dropped_all = 0
+        self._dropped: dict[str | None, int] = {}
         self._listener: _InvalidationProtocol | None = None
         self.l1_hits = 0
 
@@ -178,7 +203,27 @@ class ListCache:
     def drop_l1(self) -> None:
         """Forget every in-process entry and make fills that started before void."""
         self._epoch += 1
+        self._dropped_all = self._epoch
+        self._dropped.clear()
         self._l1.clear()
+        self._l1_size = 0
+
+    def drop_workspace(self, workspace_id: str) -> None:
+        """Forget the lists a write to `workspace_id` changes: its own and the unscoped."""
+        self._epoch += 1
+        if len(self._dropped) >= L1_MAX_ENTRIES:
+            # a bounded record: forget when each scope was dropped and void every fill
+            # that began before now instead (the entries kept stay)
+            self._dropped_all = self._epoch
+            self._dropped.clear()
+        for scope in (workspace_id, None):
+            self._dropped[scope] = self._epoch
+            self._l1_size -= len(self._l1.pop(scope, {}))
+
+    @property
+    def pending_invalidation(self) -> bool:
+        """A write of ours whose invalidation Redis has not taken yet."""
+        return bool(self.pending_workspaces)
 
     @property
     def l1_active(self) -> bool:
@@ -192,23 +237,41 @@ class ListCache:
             and self.redis_reachable
         )
 
-    def local(self, query_key: str) -> bytes | None:
-        """The L1 body for a query, if fresh and the L1 can be trusted; synchronous."""
-        entry = self._l1.get(query_key)
-        if entry is None:
+    def local(self, workspace_id: str | None, query_key: str) -> bytes | None:
+        """The L1 body for a query of scope `workspace_id` (None: every workspace), if fresh
+        and the L1 can be trusted; synchronous."""
+        entries = self._l1.get(workspace_id)
+        entry = entries.get(query_key) if entries is not None else None
+        if entries is None or entry is None:
             return None
         if entry[1] > _now_ms() and self.l1_active:
             self.l1_hits += 1
             return entry[0]
-        self._l1.pop(query_key, None)
+        del entries[query_key]
+        self._l1_size -= 1
         return None
 
-    def _keep(self, query_key: str, epoch: int, body: bytes, until_ms: int) -> None:
-        if epoch != self._epoch or not self.l1_active:
+    def _keep(
+        self,
+        workspace_id: str | None,
+        query_key: str,
+        epoch: int,
+        body: bytes,
+        until_ms: int,
+    ) -> None:
+        if (
+            epoch < self._dropped_all
+            or epoch < self._dropped.get(workspace_id, 0)
+            or not self.l1_active
+        ):
             return
-        if len(self._l1) >= L1_MAX_ENTRIES:
+        if self._l1_size >= L1_MAX_ENTRIES:
             self._l1.clear()
-        self._l1[query_key] = (body, until_ms)
+            self._l1_size = 0
+        entries = self._l1.setdefault(workspace_id, {})
+        if query_key not in entries:
+            self._l1_size += 1
+        entries[query_key] = (body, until_ms)
 
     async def run_invalidations(self) -> None:
         """Owned by the app: keeps the subscription that lets the L1 be used at all."""
@@ -368,16 +431,16 @@ class ListCache:
         if self.on_lookup is not None:
             self.on_lookup(result)
 
-    def hit(self, query_key: str) -> bytes | None:
+    def hit(self, workspace_id: str | None, query_key: str) -> bytes | None:
         """The L1 body, counted as `hit_local`; synchronous, so a hit costs no await."""
-        body = self.local(query_key)
+        body = self.local(workspace_id, query_key)
         if body is not None:
             self._count("hit_local")
         return body
 
-    async def lookup(self, query_key: str) -> Lookup:
+    async def lookup(self, workspace_id: str | None, query_key: str) -> Lookup:
         """Never raises; a Redis problem is a miss that must not be stored."""
-        body = self.hit(query_key)
+        body = self.hit(workspace_id, query_key)
         if body is not None:
             return Lookup(body, True, None)
         if not self._usable():
@@ -387,7 +450,7 @@ class ListCache:
         try:
             async with asyncio.timeout(REDIS_OP_TIMEOUT):
                 body, until_ms, gen = await cache.read_list_entry(
-                    self._redis, self._channels, query_key
+                    self._redis, self._channels, workspace_id, query_key
                 )
         except _REDIS_ERRORS as err:
             self._failed("cache read", err)
@@ -398,11 +461,14 @@ class ListCache:
         self._count("hit_redis" if fresh else "miss")
         if fresh and body is not None:
             bound = now + cache.LIST_TTL_SECONDS * 1000
-            self._keep(query_key, epoch, body, min(until_ms or bound, bound))
+            self._keep(
+                workspace_id, query_key, epoch, body, min(until_ms or bound, bound)
+            )
         return Lookup(body, fresh, gen, epoch)
 
     async def store(
         self,
+        workspace_id: str | None,
         query_key: str,
         generation: str,
         body: bytes,
@@ -417,11 +483,17 @@ class ListCache:
         if not self._usable():
             return
         until_ms = _now_ms() + int(ttl * 1000)
-        self._keep(query_key, epoch, body, until_ms)
+        self._keep(workspace_id, query_key, epoch, body, until_ms)
         try:
             async with asyncio.timeout(REDIS_OP_TIMEOUT):
                 await cache.store_list_until(
-                    self._redis, self._channels, query_key, generation, body, until_ms
+                    self._redis,
+                    self._channels,
+                    workspace_id,
+                    query_key,
+                    generation,
+                    body,
+                    until_ms,
                 )
         except _REDIS_ERRORS as err:
             self._failed("cache store", err)
@@ -436,14 +508,15 @@ class ListCache:
         """Invalidate and announce a change, bounded in time; called before answering a write.
 
         When Redis cannot be reached, cached lists may be stale once it is back: this process
-        stops reading them and keeps retrying the invalidation until it succeeds.
+        stops reading them and keeps retrying the invalidation (of every workspace it could
+        not invalidate) until it succeeds.
         """
-        self.drop_l1()
+        self.drop_workspace(workspace_id)
         if self.redis_reachable and await self._announce(
             type_, session_id, workspace_id, changes
         ):
             return
-        self.pending_invalidation = True
+        self.pending_workspaces.add(workspace_id)
         self._wake.set()
 
     async def _announce(
@@ -476,14 +549,18 @@ class ListCache:
             await self._wake.wait()
             self._wake.clear()
             backoff = Backoff()
-            while self.pending_invalidation:
+            while self.pending_workspaces:
+                workspace_ids = frozenset(self.pending_workspaces)
                 try:
                     async with asyncio.timeout(REDIS_OP_TIMEOUT):
-                        await cache.invalidate_sessions(self._redis, self._channels)
+                        await cache.invalidate_sessions(
+                            self._redis, self._channels, workspace_ids
+                        )
                 except _REDIS_ERRORS:
                     await backoff.wait()
                 else:
-                    self.pending_invalidation = False
+                    # writes that failed meanwhile stay pending
+                    self.pending_workspaces -= workspace_ids
                     self._down_until = 0.0
 
 

@@ -92,10 +92,10 @@ async def list_sessions(request: web.Request) -> web.Response:
             return await _scoped_list(request, query, allowed)
         query = dataclasses.replace(query, workspace_id=next(iter(allowed)))
     list_cache = request.app[LIST_CACHE]
-    body = list_cache.hit(query.cache_key)
+    body = list_cache.hit(query.workspace_id, query.cache_key)
     if body is not None:
         return _json_bytes(body)
-    hit = await list_cache.lookup(query.cache_key)
+    hit = await list_cache.lookup(query.workspace_id, query.cache_key)
     if hit.fresh and hit.body is not None:
         return _json_bytes(hit.body)
     try:
@@ -123,7 +123,12 @@ async def list_sessions(request: web.Request) -> web.Response:
             ttl = min(ttl, ACTIVE_LIST_TTL)
         if ttl > 0:
             await list_cache.store(
-                query.cache_key, hit.generation, body, ttl, epoch=hit.epoch
+                query.workspace_id,
+                query.cache_key,
+                hit.generation,
+                body,
+                ttl,
+                epoch=hit.epoch,
             )
     return _json_bytes(body)
 

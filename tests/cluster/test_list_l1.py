@@ -18,10 +18,12 @@ import pytest
 import pytest_asyncio
 from redis.crc import key_slot
 
+from services.query import listcache
 from services.query.keys import LIST_CACHE
 from services.query.session_views import parse_list_query
 from shared import cache
 from shared.channels import Channels
+from shared.db import sessions as sessions_db
 from shared.redisconn import Redis, create_redis
 from shared.settings import Settings
 from tests.cluster.harness import RedisClusterServers
@@ -94,15 +96,17 @@ async def _rounds(
     for round_ in range(1, rounds + 1):
         for client in (a, b):
             assert (await names_in(client, workspace_id))[sid] == f"v{round_ - 1}"
-            assert client.app[LIST_CACHE].local(key) is not None, "L1 not in use"
+            assert client.app[LIST_CACHE].local(workspace_id, key) is not None, (
+                "L1 not in use"
+            )
         await pool.execute(
             "UPDATE sessions SET name = $2 WHERE session_id = $1",
             uuid.UUID(sid),
             f"v{round_}",
         )
-        await cache.invalidate_sessions(redis, channels)
-        assert a.app[LIST_CACHE].local(key) is None, ("a", round_)
-        assert b.app[LIST_CACHE].local(key) is None, ("b", round_)
+        await cache.invalidate_sessions(redis, channels, {workspace_id})
+        assert a.app[LIST_CACHE].local(workspace_id, key) is None, ("a", round_)
+        assert b.app[LIST_CACHE].local(workspace_id, key) is None, ("b", round_)
 
 
 async def test_an_invalidation_empties_every_l1_before_the_writer_resumes(
@@ -150,3 +154,44 @@ async def test_l1_off_while_its_master_is_dead_and_back_on_the_new_one(
     shard_subscribers = replica.cli("PUBSUB", "SHARDNUMSUB", channel).split()
     assert int(shard_subscribers[-1]) == 2
     await _rounds(a, b, pool, cluster_redis, channels, workspace_id, 10)
+
+
+async def test_a_write_keeps_the_lists_of_other_workspaces_in_every_l1(
+    aiohttp_client: Any,
+    make_settings: Callable[..., Settings],
+    cluster: RedisClusterServers,
+    cluster_redis: Redis,
+    pool: Any,
+    workspace_id: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One script on the `{sessions}` slot bumps A's and the unscoped generation and
+    SPUBLISHes A: at the writer's reply both L1s have dropped A's list, not B's."""
+
+    async def unbounded(_conn: Any) -> tuple[float | None, bool]:
+        return None, False  # other tests' live sessions must not bound B's entry
+
+    monkeypatch.setattr(sessions_db, "list_freshness", unbounded)
+    # nor may a Redis call slowed by a loaded box turn the L1 off for a moment
+    monkeypatch.setattr(listcache, "REDIS_OP_TIMEOUT", 30.0)
+    monkeypatch.setattr(listcache, "L1_LIVENESS", 30.0)
+    a, b, channels = await _clients(aiohttp_client, make_settings, cluster)
+    other = f"ws-{uuid.uuid4().hex[:12]}"
+    await pool.execute("INSERT INTO workspaces (id, title) VALUES ($1, $1)", other)
+    sid = await make_session(pool, workspace_id, name="v0")
+    kept = await make_session(pool, other, name="kept")
+    for client in (a, b):
+        assert (await names_in(client, workspace_id))[sid] == "v0"
+        assert (await names_in(client, other))[kept] == "kept"
+    generation_b = await cluster_redis.get(channels.cache_sessions_generation(other))
+    resp = await a.patch(f"/api/sessions/{sid}", json={"name": "v1"})
+    assert resp.status == 200, await resp.text()
+    for client in (a, b):
+        assert client.app[LIST_CACHE].local(workspace_id, _key(workspace_id)) is None
+        assert client.app[LIST_CACHE].local(other, _key(other)) is not None
+    assert (
+        await cluster_redis.get(channels.cache_sessions_generation(other))
+        == generation_b
+    )
+    for client in (b, a):
+        assert (await names_in(client, workspace_id))[sid] == "v1"

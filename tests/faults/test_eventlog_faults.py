@@ -54,7 +54,7 @@ async def test_batch_committed_but_not_acknowledged_is_stored_once(
     proxy = TcpProxy.for_url(database_url)
     await proxy.start()
     proxied = await create_pool(proxy.rewrite(database_url), min_size=1, max_size=2)
-    writer = EventWriter(proxied, redis, channels, sid)
+    writer = EventWriter(proxied, redis, channels, sid, workspace_id=workspace_id)
     try:
         for round_ in range(3):
             base = round_ * 10

@@ -46,7 +46,12 @@ async def test_batches_in_order_and_publishes(pool, redis, channels, workspace_i
     await pubsub.subscribe(channels.session_events(str(sid)))
     batches: list[int] = []
     writer = EventWriter(
-        pool, redis, channels, sid, on_batch=lambda n, _s: batches.append(n)
+        pool,
+        redis,
+        channels,
+        sid,
+        workspace_id=workspace_id,
+        on_batch=lambda n, _s: batches.append(n),
     )
     try:
         for i in range(300):
@@ -76,7 +81,7 @@ async def test_postgres_outage_retries_without_loss(
     proxy = TcpProxy.for_url(database_url)
     await proxy.start()
     proxied = await create_pool(proxy.rewrite(database_url), min_size=1, max_size=2)
-    writer = EventWriter(proxied, redis, channels, sid)
+    writer = EventWriter(proxied, redis, channels, sid, workspace_id=workspace_id)
     try:
         writer.append(_chunk(0))
         await writer.flush()
@@ -94,3 +99,32 @@ async def test_postgres_outage_retries_without_loss(
         await writer.close()
         await proxied.close()
         await proxy.stop()
+
+
+async def test_activity_invalidates_only_its_workspaces_lists(
+    pool, redis, channels, workspace_id
+):
+    """lastActivity moves the lists of the session's workspace and the unscoped ones; a
+    list cached for another workspace stays."""
+    sid = await _session(pool, workspace_id)
+    other = f"ws-other-{uuid.uuid4().hex[:8]}"
+    await redis.hset(channels.cache_sessions_lists(other), "q", b"[]")
+    await redis.hset(channels.cache_sessions_lists(None), "q", b"[]")
+    await redis.hset(channels.cache_sessions_lists(workspace_id), "q", b"[]")
+    writer = EventWriter(pool, redis, channels, sid, workspace_id=workspace_id)
+    try:
+        writer.append(_chunk(0))
+        await writer.flush()
+        async with asyncio.timeout(30):
+            while (
+                await redis.get(channels.cache_sessions_generation(workspace_id))
+                is None
+            ):
+                await asyncio.sleep(0.05)
+    finally:
+        await writer.close()
+    assert not await redis.exists(channels.cache_sessions_lists(workspace_id))
+    assert not await redis.exists(channels.cache_sessions_lists(None))
+    assert await redis.get(channels.cache_sessions_generation(None)) is not None
+    assert await redis.hget(channels.cache_sessions_lists(other), "q") == b"[]"
+    assert await redis.get(channels.cache_sessions_generation(other)) is None

@@ -18,7 +18,14 @@ NAME = 'Same name ü \u2028 "quoted"'
 
 
 async def test_gateway_and_query_service_frame_identical_bytes(
-    gateway, make_settings, aiohttp_client, new_session, pool, redis, channels
+    gateway,
+    make_settings,
+    aiohttp_client,
+    new_session,
+    pool,
+    redis,
+    channels,
+    workspace_id,
 ) -> None:
     query = await aiohttp_client(create_query(make_settings()))
     sid = await new_session()
@@ -30,7 +37,9 @@ async def test_gateway_and_query_service_frame_identical_bytes(
     patched = await query.patch(f"/api/sessions/{sid}", json={"name": NAME})
     assert patched.status == 200, await patched.text()
     # event 2: the same event through the gateway's writer (as when an agent renames)
-    writer = EventWriter(pool, redis, channels, uuid.UUID(sid))
+    writer = EventWriter(
+        pool, redis, channels, uuid.UUID(sid), workspace_id=workspace_id
+    )
     writer.append(params)
     await writer.flush()
     await writer.close()

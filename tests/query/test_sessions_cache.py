@@ -222,7 +222,7 @@ async def test_postgres_down_and_cache_flushed_is_500(
         await client.get("/api/sessions", params={"workspaceId": workspace_id})
     ).status == 200
     await pg_proxy.stop()
-    await cache.invalidate_sessions(redis, channels)
+    await cache.invalidate_sessions(redis, channels, {workspace_id})
     resp = await client.get("/api/sessions", params={"workspaceId": workspace_id})
     assert resp.status == 500
     assert await resp.json() == {"error": "Failed to load sessions from database"}

@@ -36,7 +36,7 @@ async def test_warm_lists_come_from_the_l1(
     sid = await make_session(pool, workspace_id, name="kept")
     assert (await names_in(client, workspace_id))[sid] == "kept"
     list_cache = client.app[LIST_CACHE]
-    assert list_cache.local(_key(workspace_id)) is not None
+    assert list_cache.local(workspace_id, _key(workspace_id)) is not None
     hits = list_cache.l1_hits
     assert (await names_in(client, workspace_id))[sid] == "kept"
     assert list_cache.l1_hits == hits + 1
@@ -56,16 +56,16 @@ async def test_an_invalidation_empties_every_l1_before_the_writer_resumes(
     for round_ in range(1, 51):
         assert (await names_in(a, workspace_id))[sid] == f"v{round_ - 1}"
         assert (await names_in(b, workspace_id))[sid] == f"v{round_ - 1}"
-        assert a.app[LIST_CACHE].local(key) is not None
-        assert b.app[LIST_CACHE].local(key) is not None
+        assert a.app[LIST_CACHE].local(workspace_id, key) is not None
+        assert b.app[LIST_CACHE].local(workspace_id, key) is not None
         await pool.execute(
             "UPDATE sessions SET name = $2 WHERE session_id = $1",
             uuid.UUID(sid),
             f"v{round_}",
         )
-        await cache.invalidate_sessions(redis, channels)
-        assert a.app[LIST_CACHE].local(key) is None
-        assert b.app[LIST_CACHE].local(key) is None
+        await cache.invalidate_sessions(redis, channels, {workspace_id})
+        assert a.app[LIST_CACHE].local(workspace_id, key) is None
+        assert b.app[LIST_CACHE].local(workspace_id, key) is None
 
 
 async def test_rename_on_one_instance_is_read_at_once_on_the_other(
@@ -96,13 +96,15 @@ async def test_l1_is_dropped_and_unused_while_the_subscription_is_down(
         await _l1_on(client)
         sid = await make_session(pool, workspace_id, name="old")
         assert (await names_in(client, workspace_id))[sid] == "old"
-        assert client.app[LIST_CACHE].local(_key(workspace_id)) is not None
+        assert (
+            client.app[LIST_CACHE].local(workspace_id, _key(workspace_id)) is not None
+        )
 
         await proxy.stop()  # this instance hears no invalidation from now on
         await pool.execute(
             "UPDATE sessions SET name = 'new' WHERE session_id = $1", uuid.UUID(sid)
         )
-        await cache.invalidate_sessions(redis, channels)
+        await cache.invalidate_sessions(redis, channels, {workspace_id})
         assert (await names_in(client, workspace_id))[sid] == "new"
         assert not client.app[LIST_CACHE].l1_active
 
@@ -120,17 +122,19 @@ async def test_a_fill_that_raced_an_invalidation_is_not_kept(
     await _l1_on(client)
     list_cache = client.app[LIST_CACHE]
     key = _key(workspace_id)
-    hit = await list_cache.lookup(key)
+    hit = await list_cache.lookup(workspace_id, key)
     assert not hit.fresh
     assert hit.generation is not None
     list_cache.drop_l1()  # an invalidation arrives while the fill reads Postgres
-    await list_cache.store(key, hit.generation, b'{"sessions":[]}', 60, epoch=hit.epoch)
-    assert list_cache.local(key) is None
-    fresh = await list_cache.lookup(key)
     await list_cache.store(
-        key, fresh.generation, b'{"sessions":[]}', 60, epoch=fresh.epoch
+        workspace_id, key, hit.generation, b'{"sessions":[]}', 60, epoch=hit.epoch
     )
-    assert list_cache.local(key) == b'{"sessions":[]}'
+    assert list_cache.local(workspace_id, key) is None
+    fresh = await list_cache.lookup(workspace_id, key)
+    await list_cache.store(
+        workspace_id, key, fresh.generation, b'{"sessions":[]}', 60, epoch=fresh.epoch
+    )
+    assert list_cache.local(workspace_id, key) == b'{"sessions":[]}'
 
 
 async def test_no_l1_without_a_subscription(
@@ -140,5 +144,5 @@ async def test_no_l1_without_a_subscription(
     client = await session_client(aiohttp_client, make_settings, redis_url=dead)
     sid = await make_session(pool, workspace_id, name="a")
     assert (await names_in(client, workspace_id))[sid] == "a"
-    assert client.app[LIST_CACHE].local(_key(workspace_id)) is None
+    assert client.app[LIST_CACHE].local(workspace_id, _key(workspace_id)) is None
     assert client.app[LIST_CACHE].l1_hits == 0

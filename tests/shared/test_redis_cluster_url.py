@@ -88,7 +88,17 @@ def test_a_malformed_cluster_url_is_one_line_naming_it(monkeypatch, capsys) -> N
 
 def test_keys_changed_together_share_a_slot() -> None:
     names = Channels("p")
-    assert names.cache_sessions_generation().split("{")[1].split("}")[0] == "sessions"
-    assert names.cache_sessions_lists().split("{")[1].split("}")[0] == "sessions"
+    for scope in ("w1", "w{2}", None):
+        # every scope's keys in one slot: one script bumps a workspace's and the unscoped
+        for key in (
+            names.cache_sessions_generation(scope),
+            names.cache_sessions_lists(scope),
+        ):
+            assert key.split("{")[1].split("}")[0] == "sessions"
+    assert names.cache_sessions_lists("w1") != names.cache_sessions_lists(None)
+    assert names.cache_sessions_lists("all") != names.cache_sessions_lists(None)
+    invalidation = names.cache_sessions_invalidation("w:1")
+    assert Channels.cache_sessions_invalidated(invalidation) == "w:1"
+    assert Channels.cache_sessions_invalidated(b"sessions") is None
     sid = str(uuid.uuid4())
     assert f"{{{sid}}}" in names.session_events(sid)
