@@ -32,7 +32,7 @@ async def _warm(client: Any, workspace_id: str) -> None:
 
     async def cached() -> bool:
         _ = await names_in(client, other)
-        return client.app[LIST_CACHE].local(_key(other)) is not None
+        return client.app[LIST_CACHE].local(other, _key(other)) is not None
 
     await wait_for(cached, timeout=WAIT)
 
