@@ -107,7 +107,9 @@ async def list_sessions(request: web.Request) -> web.Response:
                 status=query.status,
                 limit=query.limit,
             )
-            lease_left, any_active = await sessions_db.list_freshness(conn)
+            lease_left, any_active = await sessions_db.list_freshness(
+                conn, query.workspace_id
+            )
     except (*POSTGRES_ERRORS, asyncpg.PostgresError) as err:
         if hit.body is not None:
             # an entry past its freshness bound still beats no answer while Postgres is down

@@ -463,6 +463,15 @@ SELECT extract(epoch FROM min(lease_expires_at) - now())::float8 AS lease_left,
 FROM sessions
 WHERE owner_instance_id IS NOT NULL AND status <> 'closed' AND lease_expires_at >= now()
 """
+# The same for a list of one workspace ($1): only its sessions decide how long its list
+# may be cached (sessions_workspace_lease_idx), so a turn in another workspace does not.
+LIST_FRESHNESS_WORKSPACE = """
+SELECT extract(epoch FROM min(lease_expires_at) - now())::float8 AS lease_left,
+       bool_or(status = 'active') AS any_active
+FROM sessions
+WHERE owner_instance_id IS NOT NULL AND workspace_id = $1 AND status <> 'closed'
+  AND lease_expires_at >= now()
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -507,9 +516,15 @@ async def close_and_release(
     )
 
 
-async def list_freshness(conn: Executor) -> tuple[float | None, bool]:
-    """(seconds until the earliest live lease expires or None, whether a turn is running)."""
-    row = await conn.fetchrow(LIST_FRESHNESS)
+async def list_freshness(
+    conn: Executor, workspace_id: str | None = None
+) -> tuple[float | None, bool]:
+    """(seconds until the earliest live lease expires or None, whether a turn is running),
+    over the sessions of `workspace_id`, or of every workspace when None."""
+    if workspace_id is None:
+        row = await conn.fetchrow(LIST_FRESHNESS)
+    else:
+        row = await conn.fetchrow(LIST_FRESHNESS_WORKSPACE, workspace_id)
     if row is None:
         return None, False
     return row["lease_left"], bool(row["any_active"])

@@ -168,7 +168,9 @@ async def test_a_write_keeps_the_lists_of_other_workspaces_in_every_l1(
     """One script on the `{sessions}` slot bumps A's and the unscoped generation and
     SPUBLISHes A: at the writer's reply both L1s have dropped A's list, not B's."""
 
-    async def unbounded(_conn: Any) -> tuple[float | None, bool]:
+    async def unbounded(
+        _conn: Any, _workspace_id: str | None = None
+    ) -> tuple[float | None, bool]:
         return None, False  # other tests' live sessions must not bound B's entry
 
     monkeypatch.setattr(sessions_db, "list_freshness", unbounded)

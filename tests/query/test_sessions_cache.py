@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
@@ -97,6 +98,36 @@ async def test_a_lapsing_lease_is_not_hidden_by_the_cache(
         return sessions[0]["sessionId"] == sid and sessions[0]["status"] == "closed"
 
     await wait_for(closed, timeout=10)
+
+
+async def test_a_turn_in_another_workspace_does_not_shorten_a_cached_list(
+    aiohttp_client, make_settings, pool, redis, channels, workspace_id
+):
+    """A running turn bounds the cached list of its own workspace to about a second
+    (lastActivity moves without a write); another workspace's list keeps its full life."""
+    client = await session_client(aiohttp_client, make_settings)
+    busy = f"ws-{uuid.uuid4().hex[:12]}"
+    await pool.execute("INSERT INTO workspaces (id, title) VALUES ($1, $1)", busy)
+    await make_session(
+        pool,
+        busy,
+        acp_status="ready",
+        status="active",
+        owner_instance_id="gw-busy",
+        lease_ttl=600.0,
+    )
+    await make_session(pool, workspace_id, name="quiet")
+
+    async def stored_for(ws: str) -> float:
+        """Seconds the cached list of `ws` stays fresh, as the cache stored it."""
+        await list_json(client, workspaceId=ws)
+        fields = await redis.hgetall(channels.cache_sessions_lists(ws))
+        until = [int(v) for k, v in fields.items() if k.endswith(b"#until")]
+        assert len(until) == 1, fields
+        return (until[0] - time.time() * 1000) / 1000
+
+    assert await stored_for(busy) <= cache.LIST_TTL_SECONDS / 10  # bounded by the turn
+    assert await stored_for(workspace_id) > cache.LIST_TTL_SECONDS / 2
 
 
 async def test_redis_unreachable_lists_and_writes_from_postgres(

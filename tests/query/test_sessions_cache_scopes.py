@@ -35,7 +35,9 @@ def _only_invalidations_end_entries(monkeypatch: pytest.MonkeyPatch) -> None:
     and a Redis call slowed by a loaded box would turn the L1 off for a moment (both tested
     elsewhere); here only invalidations may end an entry."""
 
-    async def unbounded(_conn: Any) -> tuple[float | None, bool]:
+    async def unbounded(
+        _conn: Any, _workspace_id: str | None = None
+    ) -> tuple[float | None, bool]:
         return None, False
 
     monkeypatch.setattr(sessions_db, "list_freshness", unbounded)

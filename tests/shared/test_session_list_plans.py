@@ -184,6 +184,44 @@ async def test_list_freshness_reads_only_owned_sessions(
     assert any_active is live["active"] is True
 
 
+async def test_a_workspace_list_freshness_reads_only_its_owned_sessions(
+    loaded_db: asyncpg.Connection,
+) -> None:
+    """A list of one workspace is bounded by that workspace's leases and turns only (a turn
+    elsewhere must not end its cache entry within a second), through the index on
+    (workspace, lease) of owned sessions."""
+    explained = await loaded_db.fetchval(
+        f"EXPLAIN (FORMAT JSON) {sessions_db.LIST_FRESHNESS_WORKSPACE}", WORKSPACE
+    )
+    nodes = list(_nodes(json.loads(explained)[0]["Plan"]))
+    assert not [n for n in nodes if n["Node Type"] == "Seq Scan"], nodes
+    assert "sessions_workspace_lease_idx" in {
+        n["Index Name"] for n in nodes if "Index Name" in n
+    }, nodes
+    for workspace_id in (WORKSPACE, "plan-ws-0", "plan-ws-unknown"):
+        live = await loaded_db.fetchrow(
+            "SELECT extract(epoch FROM min(lease_expires_at) - now())::float8 AS first,"
+            " bool_or(status = 'active') AS active FROM sessions"
+            " WHERE workspace_id = $1 AND status <> 'closed' AND lease_expires_at >= now()",
+            workspace_id,
+        )
+        lease_left, any_active = await sessions_db.list_freshness(
+            loaded_db, workspace_id
+        )
+        if live["first"] is None:
+            assert lease_left is None, workspace_id
+        else:
+            assert lease_left is not None
+            assert abs(lease_left - live["first"]) < 60, workspace_id
+        assert any_active is bool(live["active"]), workspace_id
+    # the data holds both cases: a workspace with a turn and one without
+    answers = {
+        (await sessions_db.list_freshness(loaded_db, f"plan-ws-{i}"))[1]
+        for i in range(WORKSPACES)
+    }
+    assert answers == {True, False}
+
+
 async def test_every_list_form_answers_its_filters(
     loaded_db: asyncpg.Connection,
 ) -> None:
