@@ -7,6 +7,13 @@ and insert, contiguous ids from the session row counter), then publishes it; whi
 accumulates, so a burst of chunks costs a few transactions, and an idle writer flushes at
 once (no timer delay).
 
+Search indexing runs outside the append transaction: when a store leaves nothing queued
+(an idle writer, or the end of a burst), the flush task runs one index pass over the
+session (shared.db.search.index_session), unless nothing stored since the last pass can
+change a document (no prompt or message chunk, no message left open). So a flood is
+indexed once at its end, not per batch, and `indexed()` lets the turn's reply wait until
+its prompt and messages are searchable.
+
 Each append carries the session's lease generation (the fencing token of its owner): once
 another instance has taken the session over, nothing more is stored and `on_fenced` tells
 the owner to stop its agent.
@@ -32,7 +39,7 @@ import asyncpg
 from shared import events as event_bytes
 from shared.cache import try_invalidate_sessions
 from shared.channels import Channels
-from shared.db import session_events
+from shared.db import search, session_events
 from shared.db.connect import Pool
 from shared.errors import SessionNotFound
 from shared.redisconn import Redis
@@ -46,6 +53,8 @@ ACTIVITY_INTERVAL = 1.0
 ENTRY_OVERHEAD = 128
 RETRY_BASE = 0.05
 RETRY_CAP = 2.0
+# kinds that make or extend a search document (any other kind may close an open message)
+TEXT_KINDS = frozenset({"user_message", "agent_message_chunk"})
 # Postgres errors worth retrying: the server or the connection, not the statement
 _TRANSIENT = (
     asyncpg.PostgresConnectionError,
@@ -132,6 +141,16 @@ class EventWriter:
         self._state: session_events.State | None = None
         self._appended = 0  # events handed to append() so far
         self._stored = 0  # events stored (or abandoned because the session is gone)
+        self._handled = 0  # like _stored, counted when the store ends (before publish)
+        self._indexed = (
+            0  # events known searchable: a pass covered them, or none needed
+        )
+        # a pass is due: text stored since the last pass, a message it left open was
+        # followed by more events, or a claim (an earlier owner's tail may be unindexed)
+        self._index_due = False
+        self._index_open = False  # the last pass left an agent message open
+        self._index_retry_at = 0.0
+        self._index_backoff = Backoff(RETRY_BASE, RETRY_CAP)
         self._wakeup = asyncio.Event()
         self._progress = asyncio.Condition()
         self._closing = False
@@ -189,18 +208,35 @@ class EventWriter:
                 lambda: self._stored >= target or self._task.done()
             )
 
+    async def indexed(self) -> None:
+        """Wait until every event appended so far is stored, published and searchable."""
+        target = self._appended
+        await self.flush(target)
+        async with self._progress:
+            self._wakeup.set()
+            await self._progress.wait_for(
+                lambda: self._indexed >= target or self._task.done()
+            )
+
+    def request_index(self) -> None:
+        """Run a pass once idle even if nothing we store needs one (a claimed session)."""
+        self._index_due = True
+        self._wakeup.set()
+
     async def close(self, *, timeout: float = 5.0) -> None:
-        """Store what is queued (bounded wait), then stop the flush task."""
+        """Store and index what is queued (bounded wait), then stop the flush task."""
         self._closing = True
         self._wakeup.set()
         try:
             async with asyncio.timeout(timeout):
                 await self.flush()
+                await self.indexed()
         except TimeoutError:
             logger.warning(
-                "event writer for %s closed with %d events unstored",
+                "event writer for %s closed with %d events unstored, %d not indexed",
                 self._session_id,
                 self._appended - self._stored,
+                self._appended - self._indexed,
             )
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -215,7 +251,7 @@ class EventWriter:
     async def _run(self) -> None:
         try:
             while True:
-                if not self._rests:
+                if not self._rests and not self._index_ready():
                     self._wakeup.clear()
                     wait_for: float | None = None
                     if self._activity_dirty:
@@ -225,6 +261,9 @@ class EventWriter:
                             + ACTIVITY_INTERVAL
                             - time.monotonic(),
                         )
+                    if self._index_due and self._index_possible():
+                        retry = max(0.0, self._index_retry_at - time.monotonic())
+                        wait_for = retry if wait_for is None else min(wait_for, retry)
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(wait_for):
                             await self._wakeup.wait()
@@ -233,6 +272,7 @@ class EventWriter:
                     state, self._state = self._state, None
                     self._kinds, self._rests, self._queued_bytes = [], [], 0
                     events = await self._store(kinds, rests, state)
+                    self._stored_batch(kinds, bool(events))
                     # The next batch is stored while this one is published.
                     task = asyncio.create_task(
                         self._publish(self._last_publish, events, len(rests), size)
@@ -241,6 +281,9 @@ class EventWriter:
                     task.add_done_callback(self._publishes.discard)
                     self._last_publish = task
                     self._activity_dirty = True
+                elif self._index_ready():
+                    # nothing queued: index now (appends meanwhile wait for the pass)
+                    await self._index()
                 if (
                     self._activity_dirty
                     and time.monotonic() - self._last_invalidate >= ACTIVITY_INTERVAL
@@ -255,6 +298,51 @@ class EventWriter:
             self._release(self._held)
             async with self._progress:
                 self._progress.notify_all()
+
+    def _stored_batch(self, kinds: list[str], stored: bool) -> None:
+        """Count a batch handled; note whether it needs an index pass."""
+        self._handled += len(kinds)
+        if not self._index_possible():
+            self._index_due = False  # gone or fenced: the session's next owner indexes
+        elif stored and (self._index_open or not TEXT_KINDS.isdisjoint(kinds)):
+            self._index_due = True
+        if not self._index_due:
+            self._indexed = (
+                self._handled
+            )  # waiters re-check when the batch is published
+
+    def _index_possible(self) -> bool:
+        return not (self._gone or self._fenced)
+
+    def _index_ready(self) -> bool:
+        return (
+            self._index_due
+            and self._index_possible()
+            and time.monotonic() >= self._index_retry_at
+        )
+
+    async def _index(self) -> None:
+        """One index pass over everything stored; on failure retry later (backoff)."""
+        covers = self._handled
+        try:
+            async with self._pool.acquire() as conn:
+                self._index_open = await search.index_session(conn, self._session_id)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as err:
+            delay = self._index_backoff.delay()
+            self._index_retry_at = time.monotonic() + delay
+            logger.warning(
+                "search index pass of %s failed (%s); retrying in %.2fs",
+                self._session_id,
+                err,
+                delay,
+            )
+            return
+        self._index_backoff.reset()
+        self._index_retry_at = 0.0
+        self._index_due = False  # nothing was stored meanwhile: this task stores
+        self._indexed = covers
+        async with self._progress:
+            self._progress.notify_all()
 
     async def _publish(
         self,
