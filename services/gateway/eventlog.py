@@ -7,12 +7,13 @@ and insert, contiguous ids from the session row counter), then publishes it; whi
 accumulates, so a burst of chunks costs a few transactions, and an idle writer flushes at
 once (no timer delay).
 
-Search indexing runs outside the append transaction: when a store leaves nothing queued
-(an idle writer, or the end of a burst), the flush task runs one index pass over the
-session (shared.db.search.index_session), unless nothing stored since the last pass can
-change a document (no prompt or message chunk, no message left open). So a flood is
-indexed once at its end, not per batch, and `indexed()` lets the turn's reply wait until
-its prompt and messages are searchable.
+Search indexing runs outside the append transaction, in a pass task beside the flush
+task (shared.db.search.index_session, its own connection): started when a store leaves
+nothing queued and what was stored can make a document searchable (a prompt, or another
+kind after message chunks: the end of a message), or when a long message has piled up
+INDEX_BACKLOG chunks. So a flood is not indexed per batch, an idle writer indexes within
+milliseconds, and `indexed()` lets the turn's reply wait until its prompt and messages are
+searchable (the turn's end event closes its last message).
 
 Each append carries the session's lease generation (the fencing token of its owner): once
 another instance has taken the session over, nothing more is stored and `on_fenced` tells
@@ -53,8 +54,10 @@ ACTIVITY_INTERVAL = 1.0
 ENTRY_OVERHEAD = 128
 RETRY_BASE = 0.05
 RETRY_CAP = 2.0
-# kinds that make or extend a search document (any other kind may close an open message)
-TEXT_KINDS = frozenset({"user_message", "agent_message_chunk"})
+# Message chunks stored but not indexed after which a long message is indexed while it
+# goes on (a pass beside the stores), so that its end is not one long pass that the turn's
+# reply waits for: a 50,000-chunk flood takes about ten passes.
+INDEX_BACKLOG = 5000
 # Postgres errors worth retrying: the server or the connection, not the statement
 _TRANSIENT = (
     asyncpg.PostgresConnectionError,
@@ -142,15 +145,17 @@ class EventWriter:
         self._appended = 0  # events handed to append() so far
         self._stored = 0  # events stored (or abandoned because the session is gone)
         self._handled = 0  # like _stored, counted when the store ends (before publish)
-        self._indexed = (
-            0  # events known searchable: a pass covered them, or none needed
-        )
-        # a pass is due: text stored since the last pass, a message it left open was
-        # followed by more events, or a claim (an earlier owner's tail may be unindexed)
+        # events indexed as far as they can be: a pass covered them, or none was needed
+        self._indexed = 0
+        # a pass is due: a prompt stored since the last pass began, a message that may be
+        # open followed by another kind, or a claim (an earlier owner's tail)
         self._index_due = False
         self._index_open = False  # the last pass left an agent message open
+        self._chunks_stored = False  # message chunks stored since the last pass began
+        self._backlog = 0  # how many chunks (a long message is indexed as it goes)
         self._index_retry_at = 0.0
         self._index_backoff = Backoff(RETRY_BASE, RETRY_CAP)
+        self._pass: asyncio.Task[None] | None = None  # the running pass, at most one
         self._wakeup = asyncio.Event()
         self._progress = asyncio.Condition()
         self._closing = False
@@ -221,7 +226,7 @@ class EventWriter:
     def request_index(self) -> None:
         """Run a pass once idle even if nothing we store needs one (a claimed session)."""
         self._index_due = True
-        self._wakeup.set()
+        self._wakeup.set()  # the flush task starts it
 
     async def close(self, *, timeout: float = 5.0) -> None:
         """Store and index what is queued (bounded wait), then stop the flush task."""
@@ -241,6 +246,10 @@ class EventWriter:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
+        if self._pass is not None:
+            self._pass.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pass
         for task in list(self._publishes):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -251,7 +260,8 @@ class EventWriter:
     async def _run(self) -> None:
         try:
             while True:
-                if not self._rests and not self._index_ready():
+                self._maybe_index()
+                if not self._rests:
                     self._wakeup.clear()
                     wait_for: float | None = None
                     if self._activity_dirty:
@@ -261,7 +271,7 @@ class EventWriter:
                             + ACTIVITY_INTERVAL
                             - time.monotonic(),
                         )
-                    if self._index_due and self._index_possible():
+                    if self._index_due and self._pass is None:
                         retry = max(0.0, self._index_retry_at - time.monotonic())
                         wait_for = retry if wait_for is None else min(wait_for, retry)
                     with contextlib.suppress(TimeoutError):
@@ -281,9 +291,6 @@ class EventWriter:
                     task.add_done_callback(self._publishes.discard)
                     self._last_publish = task
                     self._activity_dirty = True
-                elif self._index_ready():
-                    # nothing queued: index now (appends meanwhile wait for the pass)
-                    await self._index()
                 if (
                     self._activity_dirty
                     and time.monotonic() - self._last_invalidate >= ACTIVITY_INTERVAL
@@ -300,34 +307,56 @@ class EventWriter:
                 self._progress.notify_all()
 
     def _stored_batch(self, kinds: list[str], stored: bool) -> None:
-        """Count a batch handled; note whether it needs an index pass."""
+        """Count a batch handled; note whether it needs an index pass.
+
+        Chunks alone need none: a message is searchable once it ends, and it ends with
+        another kind (a turn always ends with turn_complete or error). A chunk with a new
+        messageId ends the previous message too: that one is found after the next pass.
+        """
         self._handled += len(kinds)
-        if not self._index_possible():
-            self._index_due = False  # gone or fenced: the session's next owner indexes
-        elif stored and (self._index_open or not TEXT_KINDS.isdisjoint(kinds)):
-            self._index_due = True
-        if not self._index_due:
-            self._indexed = (
-                self._handled
-            )  # waiters re-check when the batch is published
+        if self._gone or self._fenced:
+            self._index_due = False  # nothing more here: the next owner's claim indexes
+        elif stored:
+            chunks = kinds.count("agent_message_chunk")
+            if chunks:
+                self._chunks_stored = True
+                self._backlog += chunks
+            if "user_message" in kinds or (
+                chunks < len(kinds) and (self._chunks_stored or self._index_open)
+            ):
+                self._index_due = True
+        if not self._index_due and self._pass is None:
+            # nothing to index (waiters re-check when the batch is published)
+            self._indexed = self._handled
 
-    def _index_possible(self) -> bool:
-        return not (self._gone or self._fenced)
-
-    def _index_ready(self) -> bool:
-        return (
-            self._index_due
-            and self._index_possible()
-            and time.monotonic() >= self._index_retry_at
+    def _maybe_index(self) -> None:
+        """Start a pass when one is due and nothing is queued (an idle writer), or when a
+        long message has INDEX_BACKLOG chunks unindexed; never two at once."""
+        if self._pass is not None or self._gone or self._fenced:
+            return
+        if time.monotonic() < self._index_retry_at:
+            return
+        idle_due = self._index_due and not self._rests
+        if not idle_due and self._backlog < INDEX_BACKLOG:
+            return
+        self._pass = asyncio.create_task(
+            self._index(), name=f"search-index:{self._session_id}"
         )
 
     async def _index(self) -> None:
-        """One index pass over everything stored; on failure retry later (backoff)."""
-        covers = self._handled
+        """One index pass over what is stored; on failure, retried later (backoff).
+
+        It runs beside the flush task (its own connection), so stores go on meanwhile.
+        """
+        covers, chunks_stored = self._handled, self._chunks_stored
+        # batches stored from now on set these again
+        self._index_due, self._chunks_stored, self._backlog = False, False, 0
         try:
             async with self._pool.acquire() as conn:
-                self._index_open = await search.index_session(conn, self._session_id)
+                is_open = await search.index_session(conn, self._session_id)
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as err:
+            self._index_due = True
+            self._chunks_stored = self._chunks_stored or chunks_stored
             delay = self._index_backoff.delay()
             self._index_retry_at = time.monotonic() + delay
             logger.warning(
@@ -337,10 +366,17 @@ class EventWriter:
                 delay,
             )
             return
+        finally:
+            self._pass = None
+            self._wakeup.set()  # the flush task starts the next pass if one is due
         self._index_backoff.reset()
         self._index_retry_at = 0.0
-        self._index_due = False  # nothing was stored meanwhile: this task stores
-        self._indexed = covers
+        self._index_open = is_open
+        if is_open and self._handled > covers:
+            self._index_due = True  # stored meanwhile after a message left open
+        self._indexed = max(self._indexed, covers)
+        if not self._index_due:
+            self._indexed = self._handled
         async with self._progress:
             self._progress.notify_all()
 

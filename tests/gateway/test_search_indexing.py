@@ -12,6 +12,7 @@ import asyncio
 import uuid
 from typing import Any
 
+from services.gateway import eventlog
 from services.gateway.eventlog import EventWriter
 from shared.db import search as search_db
 from shared.db import sessions
@@ -65,7 +66,7 @@ async def test_the_writer_indexes_only_batches_that_can_change_a_document(
         writer.append(chunk("sea "))
         writer.append(chunk("cow"))
         await writer.indexed()
-        assert passes == [True]  # the message is open until the session moves on
+        assert passes == [True]  # for the prompt; the message is open until it ends
         assert await docs(pool, sid) == [
             ("user_message", "dugong grazing"),
             ("agent_message", None),
@@ -80,6 +81,16 @@ async def test_the_writer_indexes_only_batches_that_can_change_a_document(
         writer.append(gateway_update("acp_status", status="closed"))
         await writer.indexed()
         assert passes == [True, False]
+        # chunks alone: their message is searchable once it ends, not before
+        writer.append(chunk("manatee "))
+        await writer.indexed()
+        writer.append(chunk("too"))
+        await writer.indexed()
+        assert passes == [True, False]
+        writer.append(gateway_update("turn_complete", stopReason="end_turn"))
+        await writer.indexed()
+        assert passes == [True, False, False]
+        assert (await docs(pool, sid))[-1] == ("agent_message", "manatee too")
     finally:
         await writer.close()
 
@@ -158,4 +169,38 @@ async def test_closing_a_dead_owners_session_indexes_its_tail(
     assert await wait_docs(pool, str(sid), 2) == [
         ("user_message", "quokka smiles"),
         ("agent_message", "happy quokka"),
+    ]
+
+
+async def test_a_long_message_is_indexed_as_it_goes(
+    pool, redis, channels, new_session, monkeypatch
+) -> None:
+    """Past INDEX_BACKLOG chunks a pass runs without waiting for the message's end, so
+    the end's pass is short; the text kept so far makes the whole body."""
+    passes: list[bool] = []
+    real = search_db.index_session
+
+    async def counted(conn, session_id: uuid.UUID) -> bool:
+        passes.append(await real(conn, session_id))
+        return passes[-1]
+
+    monkeypatch.setattr(search_db, "index_session", counted)
+    monkeypatch.setattr(eventlog, "INDEX_BACKLOG", 4)
+    sid = await new_session()
+    writer = EventWriter(pool, redis, channels, uuid.UUID(sid))
+    try:
+        for i in range(10):
+            writer.append(chunk(f"m{i} "))
+            await writer.flush()
+        async with asyncio.timeout(WAIT):
+            while len(passes) < 2:
+                await asyncio.sleep(0.02)
+        assert all(passes)  # each one leaves the message open
+        writer.append(gateway_update("turn_complete", stopReason="end_turn"))
+        await writer.indexed()
+        assert passes[-1] is False
+    finally:
+        await writer.close()
+    assert await docs(pool, sid) == [
+        ("agent_message", "".join(f"m{i} " for i in range(10)))
     ]

@@ -22,6 +22,23 @@ CREATE TABLE search_watermarks (
     indexed_upto bigint NOT NULL
 ) WITH (fillfactor = 50);
 
+-- The text so far of an open message, so that closing it does not read its chunks from the
+-- log again (the trigger re-parsed every chunk of a message when it ended: for a long
+-- message, most of a pass). Capped like `body`; NULL once the message is closed.
+ALTER TABLE search_documents ADD COLUMN pending text;
+UPDATE search_documents d
+SET pending = coalesce((
+    SELECT left(string_agg(search_text_of(x.upd), '' ORDER BY x.event_id), 100000)
+    FROM (
+        SELECT e.event_id, search_update_of(e.payload) AS upd
+        FROM session_events e
+        WHERE e.session_id = d.session_id
+          AND e.event_id BETWEEN d.first_event_id AND d.event_id
+        OFFSET 0
+    ) x
+), '')
+WHERE d.body IS NULL;
+
 -- The trigger indexed everything stored so far (the DROP above waited for every writer's
 -- transaction, so this statement sees all that the trigger saw). Sessions made from now
 -- on get their row from their first pass.
@@ -111,34 +128,30 @@ BEGIN
             WHERE r.is_chunk
             GROUP BY r.run
         ), continued AS (
-            -- the open message: moved on, and when it ended, its text once, from the log
+            -- the open message: moved on, its text so far extended (until the cap), and
+            -- when it ended, that text is its body
             UPDATE search_documents d
             SET event_id = m.last_id,
                 at = coalesce(m.at, d.at),
-                body = CASE WHEN m.closed THEN coalesce((
-                    SELECT left(string_agg(search_text_of(x.upd), '' ORDER BY x.event_id),
-                                100000)
-                    FROM (
-                        SELECT e.event_id, search_update_of(e.payload) AS upd
-                        FROM session_events e
-                        WHERE e.session_id = sid
-                          AND e.event_id BETWEEN m.open_first AND m.last_id
-                        OFFSET 0
-                    ) x
-                ), '') END
+                body = CASE WHEN m.closed
+                            THEN left(coalesce(d.pending, '') || m.body_text, 100000) END,
+                pending = CASE WHEN NOT m.closed
+                               THEN left(coalesce(d.pending, '') || m.body_text, 100000) END
             FROM messages m
             WHERE m.open_first IS NOT NULL
               AND d.session_id = sid AND d.first_event_id = m.open_first
         )
         INSERT INTO search_documents
-            (session_id, first_event_id, event_id, workspace_id, kind, message_id, at, body)
+            (session_id, first_event_id, event_id, workspace_id, kind, message_id, at, body,
+             pending)
         SELECT sid, m.first_id, m.last_id, ws, 'agent_message', m.message, m.at,
-               CASE WHEN m.closed THEN left(m.body_text, 100000) END
+               CASE WHEN m.closed THEN left(m.body_text, 100000) END,
+               CASE WHEN NOT m.closed THEN left(m.body_text, 100000) END
         FROM messages m
         WHERE m.open_first IS NULL
         UNION ALL
         SELECT sid, e.event_id, e.event_id, ws, 'user_message', NULL, e.created_at,
-               left(e.body_text, 100000)
+               left(e.body_text, 100000), NULL
         FROM ev e
         WHERE e.kind = 'user_message' AND e.body_text IS NOT NULL;
 
