@@ -5,8 +5,9 @@
 -- gateway's event write rate). Now the index is built by passes: `search_index_session`
 -- indexes one session's events after its watermark, under a lock on the watermark row (one
 -- pass per session at a time, so nothing is indexed twice). The gateway's event writer runs
--- a pass when it has nothing left to store; shared.events.record runs one after storing.
--- The documents themselves are unchanged: one per user_message with text, one per run of
+-- passes beside its stores (when a prompt is stored or a message ends, and every few
+-- thousand chunks of a long message); shared.events.record runs one after storing; a claim
+-- of a session runs one. The documents themselves are unchanged: one per user_message with text, one per run of
 -- adjacent text agent_message_chunk events with the same messageId (or both without), the
 -- last message of a pass left open (body NULL) for the next pass to continue or close.
 
