@@ -332,7 +332,12 @@ class EventWriter:
     def _maybe_index(self) -> None:
         """Start a pass when one is due and nothing is queued (an idle writer), or when a
         long message has INDEX_BACKLOG chunks unindexed; never two at once."""
-        if self._pass is not None or self._gone or self._fenced:
+        if self._pass is not None:
+            return
+        if self._gone or self._fenced:
+            # a pass that failed before: the session's next owner (or nobody) indexes
+            self._index_due = False
+            self._indexed = self._handled
             return
         if time.monotonic() < self._index_retry_at:
             return
