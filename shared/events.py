@@ -5,10 +5,11 @@ in front: `{"sessionId":"<id>","eventId":"<n>",<the params' other fields>}`. It 
 once, when it is queued: Postgres stores these bytes (as text), Redis carries them, and
 every SSE stream wraps them in the same frame without parsing them again.
 
-`record` stores events (one statement: the session's counter and the insert) and then
+`record` stores events (one statement: the session's counter and the insert), runs a
+search index pass over the session (its own statement, after the store) and then
 publishes them on the session's channel (one Lua call per chunk). The gateway's event
-writer calls its two halves, `store` and `publish`, itself: it retries the store with a
-batch id and publishes one batch while storing the next. The query service (rename,
+writer calls `store` and `publish` itself: it retries the store with a batch id, publishes
+one batch while storing the next, and indexes when it has nothing left to store. The query service (rename,
 disconnect) and the tests write through the same functions.
 """
 
@@ -23,11 +24,12 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+import asyncpg
 import orjson
 from redis.exceptions import NoScriptError, RedisError
 
 from shared.channels import Channels
-from shared.db import session_events
+from shared.db import search, session_events
 from shared.db.connect import Executor
 from shared.db.session_events import State, StoredEvent
 from shared.redisconn import Redis
@@ -198,13 +200,19 @@ async def record(
     channels: Channels | None = None,
     publish_within: float | None = None,
 ) -> list[StoredEvent]:
-    """Store events (raises on Postgres failure), then publish them (never raises).
+    """Store events (raises on Postgres failure), index, then publish them (never raises).
 
-    Without `redis` and `channels` it only stores (Redis is known to be down, or nobody
+    The index pass is best effort: when it fails the session's next pass covers these
+    events. Without `redis` and `channels` it only stores (Redis is known to be down, or nobody
     listens). `publish_within` bounds the publish; past it subscribers catch up from the
     log, as after any lost publish.
     """
     events = await store(conn, session_id, *encode_batch(params_list))
+    if events:
+        try:
+            await search.index_session(conn, session_id)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as err:
+            logger.warning("search index pass of %s failed: %s", session_id, err)
     if redis is not None and channels is not None:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(publish_within):

@@ -7,6 +7,14 @@ and insert, contiguous ids from the session row counter), then publishes it; whi
 accumulates, so a burst of chunks costs a few transactions, and an idle writer flushes at
 once (no timer delay).
 
+Search indexing runs outside the append transaction, in a pass task beside the flush
+task (shared.db.search.index_session, its own connection): started when a store leaves
+nothing queued and what was stored can make a document searchable (a prompt, or another
+kind after message chunks: the end of a message), or when a long message has piled up
+INDEX_BACKLOG chunks. So a flood is not indexed per batch, an idle writer indexes within
+milliseconds, and `indexed()` lets the turn's reply wait until its prompt and messages are
+searchable (the turn's end event closes its last message).
+
 Each append carries the session's lease generation (the fencing token of its owner): once
 another instance has taken the session over, nothing more is stored and `on_fenced` tells
 the owner to stop its agent.
@@ -32,7 +40,7 @@ import asyncpg
 from shared import events as event_bytes
 from shared.cache import try_invalidate_sessions
 from shared.channels import Channels
-from shared.db import session_events
+from shared.db import search, session_events
 from shared.db.connect import Pool
 from shared.errors import SessionNotFound
 from shared.redisconn import Redis
@@ -46,6 +54,10 @@ ACTIVITY_INTERVAL = 1.0
 ENTRY_OVERHEAD = 128
 RETRY_BASE = 0.05
 RETRY_CAP = 2.0
+# Message chunks stored but not indexed after which a long message is indexed while it
+# goes on (a pass beside the stores), so that its end is not one long pass that the turn's
+# reply waits for: a 50,000-chunk flood takes about ten passes.
+INDEX_BACKLOG = 5000
 # Postgres errors worth retrying: the server or the connection, not the statement
 _TRANSIENT = (
     asyncpg.PostgresConnectionError,
@@ -135,6 +147,18 @@ class EventWriter:
         self._state: session_events.State | None = None
         self._appended = 0  # events handed to append() so far
         self._stored = 0  # events stored (or abandoned because the session is gone)
+        self._handled = 0  # like _stored, counted when the store ends (before publish)
+        # events indexed as far as they can be: a pass covered them, or none was needed
+        self._indexed = 0
+        # a pass is due: a prompt stored since the last pass began, a message that may be
+        # open followed by another kind, or a claim (an earlier owner's tail)
+        self._index_due = False
+        self._index_open = False  # the last pass left an agent message open
+        self._chunks_stored = False  # message chunks stored since the last pass began
+        self._backlog = 0  # how many chunks (a long message is indexed as it goes)
+        self._index_retry_at = 0.0
+        self._index_backoff = Backoff(RETRY_BASE, RETRY_CAP)
+        self._pass: asyncio.Task[None] | None = None  # the running pass, at most one
         self._wakeup = asyncio.Event()
         self._progress = asyncio.Condition()
         self._closing = False
@@ -192,22 +216,43 @@ class EventWriter:
                 lambda: self._stored >= target or self._task.done()
             )
 
+    async def indexed(self) -> None:
+        """Wait until every event appended so far is stored, published and searchable."""
+        target = self._appended
+        await self.flush(target)
+        async with self._progress:
+            self._wakeup.set()
+            await self._progress.wait_for(
+                lambda: self._indexed >= target or self._task.done()
+            )
+
+    def request_index(self) -> None:
+        """Run a pass once idle even if nothing we store needs one (a claimed session)."""
+        self._index_due = True
+        self._wakeup.set()  # the flush task starts it
+
     async def close(self, *, timeout: float = 5.0) -> None:
-        """Store what is queued (bounded wait), then stop the flush task."""
+        """Store and index what is queued (bounded wait), then stop the flush task."""
         self._closing = True
         self._wakeup.set()
         try:
             async with asyncio.timeout(timeout):
                 await self.flush()
+                await self.indexed()
         except TimeoutError:
             logger.warning(
-                "event writer for %s closed with %d events unstored",
+                "event writer for %s closed with %d events unstored, %d not indexed",
                 self._session_id,
                 self._appended - self._stored,
+                self._appended - self._indexed,
             )
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
+        if self._pass is not None:
+            self._pass.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pass
         for task in list(self._publishes):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -220,6 +265,7 @@ class EventWriter:
     async def _run(self) -> None:
         try:
             while True:
+                self._maybe_index()
                 if not self._rests:
                     self._wakeup.clear()
                     wait_for: float | None = None
@@ -230,6 +276,9 @@ class EventWriter:
                             + ACTIVITY_INTERVAL
                             - time.monotonic(),
                         )
+                    if self._index_due and self._pass is None:
+                        retry = max(0.0, self._index_retry_at - time.monotonic())
+                        wait_for = retry if wait_for is None else min(wait_for, retry)
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(wait_for):
                             await self._wakeup.wait()
@@ -238,6 +287,7 @@ class EventWriter:
                     state, self._state = self._state, None
                     self._kinds, self._rests, self._queued_bytes = [], [], 0
                     events = await self._store(kinds, rests, state)
+                    self._stored_batch(kinds, bool(events))
                     # The next batch is stored while this one is published.
                     task = asyncio.create_task(
                         self._publish(self._last_publish, events, len(rests), size)
@@ -262,6 +312,85 @@ class EventWriter:
             self._release(self._held)
             async with self._progress:
                 self._progress.notify_all()
+
+    def _stored_batch(self, kinds: list[str], stored: bool) -> None:
+        """Count a batch handled; note whether it needs an index pass.
+
+        Chunks alone need none: a message is searchable once it ends, and it ends with
+        another kind (a turn always ends with turn_complete or error). A chunk with a new
+        messageId ends the previous message too: that one is found after the next pass.
+        """
+        self._handled += len(kinds)
+        if self._gone or self._fenced:
+            self._index_due = False  # nothing more here: the next owner's claim indexes
+        elif stored:
+            chunks = kinds.count("agent_message_chunk")
+            if chunks:
+                self._chunks_stored = True
+                self._backlog += chunks
+            if "user_message" in kinds or (
+                chunks < len(kinds) and (self._chunks_stored or self._index_open)
+            ):
+                self._index_due = True
+        if not self._index_due and self._pass is None:
+            # nothing to index (waiters re-check when the batch is published)
+            self._indexed = self._handled
+
+    def _maybe_index(self) -> None:
+        """Start a pass when one is due and nothing is queued (an idle writer), or when a
+        long message has INDEX_BACKLOG chunks unindexed; never two at once."""
+        if self._pass is not None:
+            return
+        if self._gone or self._fenced:
+            # a pass that failed before: the session's next owner (or nobody) indexes
+            self._index_due = False
+            self._indexed = self._handled
+            return
+        if time.monotonic() < self._index_retry_at:
+            return
+        idle_due = self._index_due and not self._rests
+        if not idle_due and self._backlog < INDEX_BACKLOG:
+            return
+        self._pass = asyncio.create_task(
+            self._index(), name=f"search-index:{self._session_id}"
+        )
+
+    async def _index(self) -> None:
+        """One index pass over what is stored; on failure, retried later (backoff).
+
+        It runs beside the flush task (its own connection), so stores go on meanwhile.
+        """
+        covers, chunks_stored = self._handled, self._chunks_stored
+        # batches stored from now on set these again
+        self._index_due, self._chunks_stored, self._backlog = False, False, 0
+        try:
+            async with self._pool.acquire() as conn:
+                is_open = await search.index_session(conn, self._session_id)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as err:
+            self._index_due = True
+            self._chunks_stored = self._chunks_stored or chunks_stored
+            delay = self._index_backoff.delay()
+            self._index_retry_at = time.monotonic() + delay
+            logger.warning(
+                "search index pass of %s failed (%s); retrying in %.2fs",
+                self._session_id,
+                err,
+                delay,
+            )
+            return
+        finally:
+            self._pass = None
+            self._wakeup.set()  # the flush task starts the next pass if one is due
+        self._index_backoff.reset()
+        self._index_retry_at = 0.0
+        self._index_open = is_open
+        if is_open and self._handled > covers:
+            self._index_due = True  # stored meanwhile after a message left open
+        self._indexed = max(self._indexed, covers)
+        if not self._index_due:
+            self._indexed = self._handled
+        async with self._progress:
+            self._progress.notify_all()
 
     async def _publish(
         self,

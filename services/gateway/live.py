@@ -78,6 +78,10 @@ USER_MESSAGE_STORE_WAIT = 5.0
 # how long a stop waits for its final state to be stored before tearing down (the
 # writer's close then tries a while longer)
 STOP_STORE_WAIT = 5.0
+# How long a turn's reply waits for the search index pass over its events (only a failing
+# pass takes long: a 50,000-chunk turn is indexed in well under a second). Past it the reply
+# goes; the writer keeps retrying, so the turn becomes searchable a little later.
+INDEX_WAIT = 30.0
 # Postgres unreachable or failing: the lease checks fall back to their own clock
 PG_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
@@ -900,12 +904,24 @@ class LiveSession:
         self.permissions.turn_ended()
         self.last_used = time.monotonic()
         await self._announce_stored(changes)
+        await self._wait_indexed()
         turn.outcome = result if error is None else (exc or AgentError(error))
         if settle:
             turn.settle()
         if self.queue and not self.stopping:
             _ = self._deps.spawn(self.run_next())
         return turn
+
+    async def _wait_indexed(self) -> None:
+        """The reply of a prompt comes once its prompt and messages are searchable."""
+        try:
+            async with asyncio.timeout(INDEX_WAIT):
+                await self.writer.indexed()
+        except TimeoutError:
+            logger.warning(
+                "turn of %s answered before its search index pass ended",
+                self.session_id,
+            )
 
     async def cancel(self) -> None:
         """session/cancel: ask the agent; the watchdog ends the turn if it does not."""

@@ -25,7 +25,7 @@ from services.gateway.live import (
     require_session_id,
 )
 from services.gateway.renewal import Held, LeaseRenewer
-from shared.db import session_events, sessions
+from shared.db import search, session_events, sessions
 from shared.events import encode_batch, gateway_update, publish, store
 
 logger = logging.getLogger(__name__)
@@ -138,6 +138,11 @@ class Leases:
             reason,
             len(stored),
         )
+        # the dead owner may not have indexed its last events; ours end its open message
+        try:
+            await search.index_session(deps.pool, session_id)
+        except PG_ERRORS as err:
+            logger.warning("search index pass of %s failed: %s", session_id, err)
         await publish(deps.redis, deps.channels, lease.session_id, stored)
         await deps.announce(
             closed.workspace_id,

@@ -396,6 +396,8 @@ class SessionManager:
                     f"Session owned by {owner or 'another instance'}"
                 )
             live = self._register(row, claim.generation, claimed_at)
+            # what an earlier owner stored but did not index (it died before its pass)
+            live.writer.request_index()
             live.acp_status = row.session.acp_status
             live.status = "closed"
             # prompts queued before the restart run once the agent is ready

@@ -1,8 +1,10 @@
 """SQL for `search_documents`, the full-text index of user prompts and agent messages.
 
-The table is kept by a trigger on session_events (migration 0007_search); this module only
-reads it. Ranking is `ts_rank_cd` (divided by 1 + log of the length) over an English `tsvector`; the query is Postgres's
-`websearch_to_tsquery` (words ANDed, "phrases", -exclusions, OR).
+Documents are built by index passes (`index_session`, the SQL function of migration
+0010_search_index_passes), run outside the transactions that append events: by the
+gateway's event writer when it has nothing left to store, and by `shared.events.record`.
+Ranking is `ts_rank_cd` (divided by 1 + log of the length) over an English `tsvector`; the
+query is Postgres's `websearch_to_tsquery` (words ANDed, "phrases", -exclusions, OR).
 """
 
 from __future__ import annotations
@@ -48,6 +50,9 @@ JOIN sessions s ON s.session_id = p.session_id AND s.workspace_id = $1
 CROSS JOIN q
 ORDER BY p.rank DESC, p.at DESC, p.session_id, p.first_event_id
 """
+
+# One pass over a session's events after its watermark (under the watermark's row lock)
+INDEX_SESSION = "SELECT search_index_session($1)"
 
 CURSOR_KEY = "SELECT key FROM server_keys WHERE name = 'search_cursor'"
 
@@ -118,3 +123,12 @@ async def cursor_key(conn: Executor) -> bytes:
     """The database's key for signing cursors (made by the migration), shared by instances."""
     key: bytes = await conn.fetchval(CURSOR_KEY)
     return key
+
+
+async def index_session(conn: Executor, session_id: uuid.UUID) -> bool:
+    """Index what the session stored since its last pass; True when a message is left open.
+
+    Safe from any process at any time: passes of one session wait for each other, and each
+    event is indexed once. An open message needs the next stored event and a pass to close.
+    """
+    return bool(await conn.fetchval(INDEX_SESSION, session_id))

@@ -3,16 +3,17 @@
 Each event row is what `shared.db.session_events.append_batch` writes: payload =
 `{"sessionId":"<id>","eventId":"` + id + `",` + the rest of the params, byte for byte. The
 events come in turns (a prompt, thoughts, a tool call and its update, agent message chunks
-with a messageId, a usage report, turn_complete with usage), so the search and usage
-triggers see the same mix of kinds as a live gateway gives them.
+with a messageId, a usage report, turn_complete with usage), so the usage trigger and a
+search index pass see the same mix of kinds as a live gateway gives them. The load runs no
+index pass: search documents of loaded sessions are built by their first pass.
 
 One session (`long_id`) holds `long_events` events for the paging and replay probes; the
 rest are spread over the other sessions. Sessions are COPYed in uuid order, so each session's
 rows land at the right edge of the primary key while loading (a live log interleaves
 sessions, so its index pages are less full: see docs/benchmarks.md).
 
-`triggers=False` disables the user triggers of both tables for the load (search documents
-and usage sums are then not built) and enables them again afterwards; the timing of both
+`triggers=False` disables the user triggers of both tables for the load (usage sums are
+then not built) and enables them again afterwards; the timing of both
 is what docs/benchmarks.md compares.
 """
 

@@ -3,9 +3,10 @@
 1. Search over SEARCH_DOCS stored messages (100 workspaces; generated in SQL, indexed by the
    same generated column and GIN index): p50/p99 of `shared.db.search.search` for four query
    shapes, against the same searches with the indexes switched off (3 runs each: slow).
-2. Event writes into that database with the search trigger against the same writes with it
-   disabled, alternated in one run: agent messages of CHUNKS chunks stored through
-   `append_batch` (the gateway's writer) in batches of BATCH, each closed by `turn_complete`.
+2. Event writes into that database, each batch followed by a search index pass, against the
+   same writes without passes, alternated in one run: agent messages of CHUNKS chunks stored
+   through `append_batch` (the gateway's writer) in batches of BATCH, each closed by
+   `turn_complete` (so every pass ends a message, as the gateway's pass at a message's end).
 3. Export memory: tracemalloc's peak while a 10k- and a 100k-event session are exported as
    markdown and jsonl through the real query app, the body read and dropped as it streams.
 
@@ -32,7 +33,7 @@ from shared.db import search as search_db
 from shared.db import sessions as sessions_db
 from shared.db.connect import Pool, create_pool
 from shared.db.migrate import migrate
-from shared.events import record
+from shared.events import encode_batch, record, store
 from shared.settings import Settings
 
 CHUNKS = 50
@@ -78,17 +79,16 @@ def message(i: int) -> list[dict[str, Any]]:
 
 
 async def write_run(pool: Pool, events: int, with_index: bool) -> float:
-    """Events per second stored by append_batch, one session, batches of BATCH."""
-    state = "ENABLE" if with_index else "DISABLE"
-    await pool.execute(
-        f"ALTER TABLE session_events {state} TRIGGER session_events_search"
-    )
+    """Events per second stored by append_batch (then indexed), one session, batches of
+    BATCH."""
     sid = await new_session(pool, "default")
     stream = [u for i in range(events // CHUNKS) for u in message(i)]
     start = time.perf_counter()
     async with pool.acquire() as conn:
         for at in range(0, len(stream), BATCH):
-            await record(conn, sid, stream[at : at + BATCH])
+            await store(conn, sid, *encode_batch(stream[at : at + BATCH]))
+            if with_index:
+                await search_db.index_session(conn, sid)
     return len(stream) / (time.perf_counter() - start)
 
 
@@ -97,9 +97,6 @@ async def writes(pool: Pool, events: int) -> dict[str, float]:
     for _ in range(3):
         for with_index in (False, True):
             runs[with_index].append(await write_run(pool, events // 3, with_index))
-    await pool.execute(
-        "ALTER TABLE session_events ENABLE TRIGGER session_events_search"
-    )
     return {
         "without": statistics.median(runs[False]),
         "with": statistics.median(runs[True]),

@@ -16,6 +16,7 @@ from yarl import URL
 
 from services.query.app import create_app
 from services.query.retention import run_pass
+from shared.db import search as search_db
 from shared.db.connect import Pool, create_pool
 from shared.db.migrate import migrate
 from shared.db.retention import RETENTION_LOCK_ID
@@ -57,7 +58,7 @@ async def rpool(retention_db: str) -> AsyncIterator[Pool]:
 
 
 def turn(i: int) -> list[dict[str, object]]:
-    """A prompt and a reply: the search trigger makes two documents of them."""
+    """A prompt and a reply: an index pass makes two documents of them."""
     return [
         gateway_update("user_message", content={"type": "text", "text": f"prompt {i}"}),
         gateway_update(
@@ -88,6 +89,7 @@ async def make_session(
             params += turn(i)
             i += 1
         await store(conn, sid, *encode_batch(params[:events]))
+        await search_db.index_session(conn, sid)
         at = datetime.now(UTC) - timedelta(days=age_days)
         await conn.execute(
             "UPDATE sessions SET status = $2, last_activity = $3, updated_at = $3 "
@@ -120,7 +122,7 @@ async def test_pass_deletes_old_closed_logs_in_bounded_batches(rpool: Pool) -> N
     open_old = await make_session(rpool, status="idle", age_days=40)
     active_old = await make_session(rpool, status="active", age_days=40)
     before = {sid: await counts(rpool, sid) for sid in (recent, open_old, active_old)}
-    assert all(c[1] > 0 for c in before.values())  # the search trigger made documents
+    assert all(c[1] > 0 for c in before.values())  # the index pass made documents
 
     result = await run_pass(rpool, 30, batch=BATCH, pause=0)
 
