@@ -45,7 +45,7 @@ async def store_only(pool, sid: str, updates: list[dict[str, Any]]) -> None:
 
 
 async def test_the_writer_indexes_only_batches_that_can_change_a_document(
-    pool, redis, channels, new_session, monkeypatch
+    pool, redis, channels, new_session, workspace_id, monkeypatch
 ) -> None:
     passes: list[bool] = []
     real = search_db.index_session
@@ -56,7 +56,9 @@ async def test_the_writer_indexes_only_batches_that_can_change_a_document(
 
     monkeypatch.setattr(search_db, "index_session", counted)
     sid = await new_session()
-    writer = EventWriter(pool, redis, channels, uuid.UUID(sid))
+    writer = EventWriter(
+        pool, redis, channels, uuid.UUID(sid), workspace_id=workspace_id
+    )
     try:
         writer.append(gateway_update("acp_status", status="connecting"))
         writer.append(gateway_update("acp_status", status="ready"))
@@ -173,7 +175,7 @@ async def test_closing_a_dead_owners_session_indexes_its_tail(
 
 
 async def test_a_long_message_is_indexed_as_it_goes(
-    pool, redis, channels, new_session, monkeypatch
+    pool, redis, channels, new_session, workspace_id, monkeypatch
 ) -> None:
     """Past INDEX_BACKLOG chunks a pass runs without waiting for the message's end, so
     the end's pass is short; the text kept so far makes the whole body."""
@@ -187,7 +189,9 @@ async def test_a_long_message_is_indexed_as_it_goes(
     monkeypatch.setattr(search_db, "index_session", counted)
     monkeypatch.setattr(eventlog, "INDEX_BACKLOG", 4)
     sid = await new_session()
-    writer = EventWriter(pool, redis, channels, uuid.UUID(sid))
+    writer = EventWriter(
+        pool, redis, channels, uuid.UUID(sid), workspace_id=workspace_id
+    )
     try:
         for i in range(10):
             writer.append(chunk(f"m{i} "))

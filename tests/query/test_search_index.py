@@ -207,7 +207,7 @@ async def test_the_migration_keeps_the_documents_and_sets_the_watermark(
     continues from there: nothing indexed twice, the open message closed whole."""
     everything = migrate_mod.load_migrations()
     before = [m for m in everything if m.version < "0010"]
-    assert len(before) == len(everything) - 1
+    assert everything[len(before)].version.startswith("0010")  # the index passes
     monkeypatch.setattr(migrate_mod, "load_migrations", lambda: before)
     await migrate(fresh_db)
     pool = await create_pool(fresh_db, min_size=1, max_size=2)
