@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 
@@ -16,6 +17,9 @@ from shared.retry import Backoff
 logger = logging.getLogger(__name__)
 
 STARTUP_ATTEMPTS = 20
+# asyncpg's Pool.close waits for every connection to be given back: one held by a task
+# that never ends would hold the shutdown forever. After this, the pool is terminated.
+POOL_CLOSE_WAIT = 10.0
 
 
 async def postgres_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -37,7 +41,15 @@ async def postgres_ctx(app: web.Application) -> AsyncIterator[None]:
         max_size=settings.pg_pool_max,
     )
     yield
-    await app[PG_POOL].close()
+    pool = app[PG_POOL]
+    try:
+        await asyncio.wait_for(pool.close(), POOL_CLOSE_WAIT)
+    except TimeoutError:
+        logger.error(
+            "postgres pool: connections still held after %.1f s; terminated",
+            POOL_CLOSE_WAIT,
+        )
+        pool.terminate()
 
 
 async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
