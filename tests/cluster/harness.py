@@ -194,6 +194,32 @@ def _info(port: int, *command: str, tls: TlsFiles | None = None) -> dict[str, st
     return fields
 
 
+class _Servers:
+    """Started on entering a `with` (stopped again if the start fails), stopped on leaving."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
 @dataclass
 class Node:
     port: int
@@ -234,7 +260,7 @@ class Node:
 
 
 @dataclass
-class RedisClusterServers:
+class RedisClusterServers(_Servers):
     """Six redis-server processes joined into one cluster; a context manager."""
 
     masters: int = 3
@@ -433,25 +459,9 @@ class RedisClusterServers:
                 raise RuntimeError(f"redis cluster: timed out waiting for {what}")
             time.sleep(0.1)
 
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
 
 @dataclass
-class RedisTlsServer:
+class RedisTlsServer(_Servers):
     """One redis-server (no cluster) speaking only TLS, with client certificates required."""
 
     port: int = 0
@@ -508,19 +518,3 @@ class RedisTlsServer:
                 self.proc.wait(timeout=5)
         if self._root is not None:
             shutil.rmtree(self._root, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

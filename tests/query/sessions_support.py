@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 
 from services.query.app import create_app
+from services.query.session_views import consolidate
 from shared.db import sessions as sessions_db
 from shared.events import record
 
@@ -121,3 +122,14 @@ async def wait_for(predicate, *, timeout: float = 10.0, interval: float = 0.05):
             if value:
                 return value
             await asyncio.sleep(interval)
+
+
+def searchable_texts(updates: list[dict[str, Any]]) -> list[tuple[int, str]]:
+    """(eventId, text) of the documents search must hold for these updates stored as events
+    1..n: the prompts and agent messages consolidated history gives."""
+    history = [{"eventId": str(i + 1), "update": u} for i, u in enumerate(updates)]
+    return [
+        (int(e["eventId"]), e["update"]["content"]["text"])
+        for e in consolidate(history)
+        if e["update"]["sessionUpdate"] in ("agent_message", "user_message")
+    ]

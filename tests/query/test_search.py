@@ -19,14 +19,19 @@ from yarl import URL
 from services.gateway.app import create_app as create_gateway
 from services.query import search as search_mod
 from services.query.app import create_app
-from services.query.session_views import consolidate
 from shared.db import migrate as migrate_mod
 from shared.db.connect import create_pool
 from shared.db.migrate import migrate
 from shared.events import record
 from tests.gateway.conftest import wait_fanout_ready
 from tests.gateway.rpcutil import ok
-from tests.query.sessions_support import ISO_MS, add_events, chunk, make_session
+from tests.query.sessions_support import (
+    ISO_MS,
+    add_events,
+    chunk,
+    make_session,
+    searchable_texts,
+)
 
 TAGS = re.compile(r"<[^>]*>")
 
@@ -185,7 +190,7 @@ async def test_messages_merge_like_consolidated_history(
 async def test_documents_do_not_depend_on_how_events_were_batched(
     pool, workspace_id
 ) -> None:
-    """The trigger sees one stored batch at a time: whatever the cuts, every session ends
+    """Index passes see one stored batch at a time: whatever the cuts, every session ends
     with the documents consolidation gives (messages continued across batches included)."""
     events = [
         user("first prompt"),
@@ -207,12 +212,7 @@ async def test_documents_do_not_depend_on_how_events_were_batched(
         chunk("e2", "d"),
         DONE,
     ]
-    history = [{"eventId": str(i + 1), "update": u} for i, u in enumerate(events)]
-    expected = [
-        (int(e["eventId"]), e["update"]["content"]["text"])
-        for e in consolidate(history)
-        if e["update"]["sessionUpdate"] in ("agent_message", "user_message")
-    ]
+    expected = searchable_texts(events)
     rng = random.Random(14)
     splits = [[], list(range(1, len(events)))]  # one batch; one event per batch
     splits += [sorted(rng.sample(range(1, len(events)), k)) for k in (2, 4, 7) * 3]

@@ -18,13 +18,17 @@ import asyncpg
 import pytest
 from yarl import URL
 
-from services.query.session_views import consolidate
 from shared.db import migrate as migrate_mod
 from shared.db import search as search_db
 from shared.db.connect import create_pool
 from shared.db.migrate import migrate
 from shared.events import encode_batch, gateway_update, store
-from tests.query.sessions_support import add_events, chunk, make_session
+from tests.query.sessions_support import (
+    add_events,
+    chunk,
+    make_session,
+    searchable_texts,
+)
 
 WAIT = 30.0  # hang guard only
 DONE = {"sessionUpdate": "turn_complete", "stopReason": "end_turn"}
@@ -164,12 +168,7 @@ async def test_passes_at_any_points_give_the_documents_consolidation_gives(
         chunk("e2", "d"),
         DONE,
     ]
-    history = [{"eventId": str(i + 1), "update": u} for i, u in enumerate(events)]
-    expected = [
-        (int(e["eventId"]), e["update"]["content"]["text"])
-        for e in consolidate(history)
-        if e["update"]["sessionUpdate"] in ("agent_message", "user_message")
-    ]
+    expected = searchable_texts(events)
     rng = random.Random(10)
     for _ in range(12):
         sid = await make_session(pool, workspace_id)
