@@ -91,6 +91,19 @@ def database_url() -> Iterator[str]:
     asyncio.run(_drop())
 
 
+@pytest.fixture
+async def fresh_db(database_url: str) -> AsyncIterator[str]:
+    """The URL of a database of its own, not created yet (a migration test creates it with
+    its own set of migrations); dropped after the test."""
+    name = f"routa_fresh_{uuid.uuid4().hex[:8]}"
+    yield str(URL(database_url).with_path(f"/{name}"))
+    admin = await asyncpg.connect(str(URL(database_url).with_path("/postgres")))
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
 @pytest.fixture(scope="session")
 def redis_url() -> str:
     return os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")

@@ -78,10 +78,11 @@ async def new_ready_session(client: Any, pool: Any, workspace_id: str) -> str:
 
 
 @pytest.fixture
-def new_session(pool, workspace_id) -> Callable[[], Awaitable[str]]:
-    """Insert a session row directly (no agent); returns its id."""
+def new_session(pool, workspace_id) -> Callable[..., Awaitable[str]]:
+    """Insert a session row directly (no agent); returns its id. Keyword arguments take
+    NewSession's fields (an owner, a lease, a status)."""
 
-    async def _new() -> str:
+    async def _new(**fields: Any) -> str:
         sid = uuid.uuid4()
         async with pool.acquire() as conn:
             await sessions.insert(
@@ -91,6 +92,7 @@ def new_session(pool, workspace_id) -> Callable[[], Awaitable[str]]:
                     workspace_id=workspace_id,
                     cwd="/tmp",
                     provider="echo",
+                    **fields,
                 ),
             )
         return str(sid)

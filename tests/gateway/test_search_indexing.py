@@ -15,7 +15,6 @@ from typing import Any
 from services.gateway import eventlog
 from services.gateway.eventlog import EventWriter
 from shared.db import search as search_db
-from shared.db import sessions
 from shared.events import encode_batch, gateway_update, store
 from tests.gateway.conftest import chunk, new_ready_session, user_message
 from tests.gateway.rpcutil import ok
@@ -140,25 +139,18 @@ async def test_a_claim_indexes_what_a_crashed_owner_stored(
 
 
 async def test_closing_a_dead_owners_session_indexes_its_tail(
-    new_gw, pool, workspace_id
+    new_gw, new_session, pool
 ) -> None:
     """The owner died mid-message before its pass; the instance that closes the session
     for it (the sweeper) ends the turn and indexes, closing the message."""
-    sid = uuid.uuid4()
-    async with pool.acquire() as conn:
-        await sessions.insert(
-            conn,
-            sessions.NewSession(
-                session_id=sid,
-                workspace_id=workspace_id,
-                cwd="/tmp",
-                provider="echo",
-                acp_status="ready",
-                status="active",
-                owner_instance_id=f"dead-{uuid.uuid4().hex[:6]}",
-                lease_ttl=60,
-            ),
+    sid = uuid.UUID(
+        await new_session(
+            acp_status="ready",
+            status="active",
+            owner_instance_id=f"dead-{uuid.uuid4().hex[:6]}",
+            lease_ttl=60,
         )
+    )
     await store_only(
         pool, str(sid), [user_message("quokka smiles"), chunk("happy quokka")]
     )

@@ -12,9 +12,7 @@ import re
 import uuid
 from typing import Any
 
-import asyncpg
 import pytest
-from yarl import URL
 
 from services.gateway.app import create_app as create_gateway
 from services.query import search as search_mod
@@ -465,18 +463,6 @@ async def test_an_echo_turn_through_the_gateway_is_found(
     ]
     assert hits["agent_message"]["eventId"] == merged[0]["eventId"]
     assert hits["agent_message"]["sessionName"] == "Echo"
-
-
-@pytest.fixture
-async def fresh_db(database_url: str):
-    name = f"routa_search_{uuid.uuid4().hex[:8]}"
-    url = str(URL(database_url).with_path(f"/{name}"))
-    yield url
-    admin = await asyncpg.connect(str(URL(database_url).with_path("/postgres")))
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
 
 
 async def test_the_migration_indexes_events_stored_before_it(

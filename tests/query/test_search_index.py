@@ -14,10 +14,6 @@ import random
 import uuid
 from typing import Any
 
-import asyncpg
-import pytest
-from yarl import URL
-
 from shared.db import migrate as migrate_mod
 from shared.db import search as search_db
 from shared.db.connect import create_pool
@@ -184,18 +180,6 @@ async def test_passes_at_any_points_give_the_documents_consolidation_gives(
             uuid.UUID(sid),
         )
         assert [(r["event_id"], r["body"]) for r in rows] == expected, cuts
-
-
-@pytest.fixture
-async def fresh_db(database_url: str):
-    name = f"routa_index_{uuid.uuid4().hex[:8]}"
-    url = str(URL(database_url).with_path(f"/{name}"))
-    yield url
-    admin = await asyncpg.connect(str(URL(database_url).with_path("/postgres")))
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
 
 
 async def test_the_migration_keeps_the_documents_and_sets_the_watermark(

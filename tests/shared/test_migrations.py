@@ -3,26 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 
 import asyncpg
 import pytest
-from yarl import URL
 
 from shared.db import migrate as migrate_mod
 from shared.db.migrate import Migration, MigrationError, apply_migrations, migrate
-
-
-@pytest.fixture
-async def fresh_db(database_url: str):
-    name = f"routa_mig_{uuid.uuid4().hex[:8]}"
-    url = str(URL(database_url).with_path(f"/{name}"))
-    yield url
-    admin = await asyncpg.connect(str(URL(database_url).with_path("/postgres")))
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
 
 
 async def test_concurrent_migrations_apply_each_file_once(fresh_db: str) -> None:
