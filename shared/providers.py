@@ -11,13 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from shared.echo_offer import ECHO_MODELS, ECHO_MODES
 from shared.settings import Settings
 
 ResumeMode = Literal["native", "replay", "both"]
-
-# What the echo agent offers: its catalogue takes them from here.
-ECHO_MODES: dict[str, str] = {"chat": "Chat", "plan": "Plan"}
-ECHO_MODELS: dict[str, str] = {"echo-small": "Echo small", "echo-large": "Echo large"}
 
 # where scripts/install-agents puts the pinned agents (agents/package-lock.json)
 AGENTS_BIN = Path(__file__).resolve().parents[1] / "agents" / "node_modules" / ".bin"

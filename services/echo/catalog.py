@@ -14,7 +14,7 @@ from acp.schema import (
     SessionModeState,
 )
 
-from shared.providers import ECHO_MODELS, ECHO_MODES
+from shared.echo_offer import ECHO_MODELS, ECHO_MODES
 
 PROTOCOL_VERSION = 1
 AGENT_NAME = "echo"
