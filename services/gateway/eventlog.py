@@ -15,6 +15,14 @@ INDEX_BACKLOG chunks. So a flood is not indexed per batch, an idle writer indexe
 milliseconds, and `indexed()` lets the turn's reply wait until its prompt and messages are
 searchable (the turn's end event closes its last message).
 
+Every store moves `sessions.last_activity`, which cached session lists show: after a store
+the writer invalidates its workspace's lists at most once per ACTIVITY_INTERVAL. Not while
+the last state it stored says a turn runs (status `active`): the query service caches a
+list whose scope has a running turn for at most a second (ACTIVE_LIST_TTL), the turn's start
+is announced with an invalidation, and the store that ends the turn invalidates again, so
+the lists' lastActivity lags by at most about a second either way, without the per-second
+invalidations that would make every query process drop its lists of the workspace.
+
 Each append carries the session's lease generation (the fencing token of its owner): once
 another instance has taken the session over, nothing more is stored and `on_fenced` tells
 the owner to stop its agent.
@@ -48,7 +56,8 @@ from shared.retry import Backoff
 
 logger = logging.getLogger(__name__)
 
-# lastActivity in the cached list may lag by up to this much
+# lastActivity in the cached list may lag by up to this much (outside a turn; during one the
+# query service's ACTIVE_LIST_TTL bounds it)
 ACTIVITY_INTERVAL = 1.0
 # what a queued event costs beyond its encoded bytes (the bytes and str objects, list slots)
 ENTRY_OVERHEAD = 128
@@ -164,7 +173,10 @@ class EventWriter:
         self._closing = False
         self._gone = False
         self._last_invalidate = 0.0
-        self._activity_dirty = False
+        self._activity_dirty = False  # stored since the last activity invalidation
+        # the status of the last state this writer stored (None: none yet, e.g. a claimed
+        # session's writer): while it is `active` the activity invalidation waits
+        self._stored_status: str | None = None
         # publishes run behind the next store, chained so they stay in order
         self._last_publish: asyncio.Task[None] | None = None
         self._publishes: set[asyncio.Task[None]] = set()
@@ -257,10 +269,21 @@ class EventWriter:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self._activity_dirty:
+        if self._activity_due():
             await try_invalidate_sessions(
                 self._redis, self._channels, self._workspace_id
             )
+
+    def _activity_due(self) -> bool:
+        """Stored since the last activity invalidation, and no turn runs.
+
+        While the stored status is `active`, lists showing this session are cached for at
+        most ACTIVE_LIST_TTL (the query service sees the running turn), and those cached
+        before the turn were dropped by its start's announcement: an invalidation would add
+        nothing. After the store that leaves `active` (turn end, error, close) it is due
+        again: its caller's announcement may not come (a prompt that failed to start).
+        """
+        return self._activity_dirty and self._stored_status != "active"
 
     async def _run(self) -> None:
         try:
@@ -269,7 +292,7 @@ class EventWriter:
                 if not self._rests:
                     self._wakeup.clear()
                     wait_for: float | None = None
-                    if self._activity_dirty:
+                    if self._activity_due():
                         wait_for = max(
                             0.0,
                             self._last_invalidate
@@ -287,6 +310,8 @@ class EventWriter:
                     state, self._state = self._state, None
                     self._kinds, self._rests, self._queued_bytes = [], [], 0
                     events = await self._store(kinds, rests, state)
+                    if state is not None and events:
+                        self._stored_status = state.status
                     self._stored_batch(kinds, bool(events))
                     # The next batch is stored while this one is published.
                     task = asyncio.create_task(
@@ -297,7 +322,7 @@ class EventWriter:
                     self._last_publish = task
                     self._activity_dirty = True
                 if (
-                    self._activity_dirty
+                    self._activity_due()
                     and time.monotonic() - self._last_invalidate >= ACTIVITY_INTERVAL
                 ):
                     self._activity_dirty = False

@@ -50,7 +50,9 @@ NO_STORE = {"Cache-Control": "no-store"}
 LIST_ERROR = "Failed to load sessions from database"
 PG_TIMEOUT = 5.0
 REDIS_TIMEOUT = 0.5
-ACTIVE_LIST_TTL = 1.0  # lastActivity may lag by up to 1 s while a turn runs
+# lastActivity may lag by up to 1 s while a turn runs: the gateway's event writers rely on
+# this bound and do not invalidate the lists for lastActivity during a turn
+ACTIVE_LIST_TTL = 1.0
 
 
 def session_id_of(request: web.Request) -> uuid.UUID:
