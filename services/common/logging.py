@@ -26,6 +26,9 @@ def configure_logging(level: str = "INFO", fmt: str = "console") -> None:
     )
     structlog.configure(
         processors=[
+            # first: a line below the logger's level (the per-call rpc line at WARNING)
+            # is dropped before the context merge and the timestamp are paid for
+            structlog.stdlib.filter_by_level,
             *shared_processors,
             structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
         ],
