@@ -32,7 +32,9 @@ async def test_stop_ends_a_listener_that_swallowed_its_cancellation(
                 return await real(self, *args, **kwargs)
             except asyncio.CancelledError:
                 swallowed.append(1)
-                asyncio.current_task().uncancel()  # type: ignore[union-attr]
+                task = asyncio.current_task()
+                assert task is not None
+                task.uncancel()
 
     monkeypatch.setattr(PubSub, "get_message", swallowing)
     names = Channels(f"hubstop-{uuid.uuid4().hex[:8]}")
