@@ -93,6 +93,10 @@ class EventBuffer:
         self.readers_waiting = 0
         self._room = asyncio.Event()
         self._room.set()
+        # when a store of any writer of the process last succeeded (monotonic): a
+        # writer that waits its turn while others store sees a busy Postgres, not a
+        # down one (EventWriter.flush_unless_down)
+        self.stored_at = 0.0
 
     def full(self) -> bool:
         return self.used >= self.limit
@@ -187,6 +191,11 @@ class EventWriter:
         return self._session_id
 
     @property
+    def appended(self) -> int:
+        """How many events were handed to append() so far (the last one's position)."""
+        return self._appended
+
+    @property
     def fenced(self) -> bool:
         """True once a store found our lease generation stale: nothing more is stored."""
         return self._fenced
@@ -227,6 +236,25 @@ class EventWriter:
             await self._progress.wait_for(
                 lambda: self._stored >= target or self._task.done()
             )
+
+    async def flush_unless_down(self, upto: int, down_after: float) -> None:
+        """`flush(upto)`, or TimeoutError once no store of the whole process has succeeded
+        for `down_after` seconds of our wait.
+
+        A fixed time-out would call Postgres down when it is only busy: with a thousand
+        sessions streaming at once, a store can wait longer than that for a pooled
+        connection while the other writers' stores go through.
+        """
+        started = time.monotonic()
+        async with self._progress:
+            while not (self._stored >= upto or self._task.done()):
+                alive = max(started, self._buffer.stored_at)
+                remaining = alive + down_after - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(remaining):
+                        await self._progress.wait()
 
     async def indexed(self) -> None:
         """Wait until every event appended so far is stored, published and searchable."""
@@ -466,6 +494,7 @@ class EventWriter:
                         state=state,
                         generation=self.generation,
                     )
+                self._buffer.stored_at = time.monotonic()
                 if self._on_batch is not None:
                     self._on_batch(len(rests), time.perf_counter() - started)
                 break

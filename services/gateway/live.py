@@ -73,7 +73,8 @@ ResumeMode = Literal["attached", "resumed", "native", "recreated"]
 # what session/prompt does when the session (or its workspace) is busy
 IfBusy = Literal["reject", "enqueue", "interrupt"]
 
-# how long session/prompt waits to store its user_message before answering (Postgres down)
+# how long session/prompt waits for its user_message while no store of the process
+# succeeds before answering that Postgres is down (a busy Postgres is waited for)
 USER_MESSAGE_STORE_WAIT = 5.0
 # how long a stop waits for its final state to be stored before tearing down (the
 # writer's close then tries a while longer)
@@ -294,8 +295,9 @@ class LiveSession:
         """Give back a workspace turn slot no turn started on: status idle, and no event
         (the claim took it without one). Written after everything queued, so no earlier
         state lands over it; raises like Postgres while the writer cannot store."""
-        async with asyncio.timeout(USER_MESSAGE_STORE_WAIT):
-            await self.writer.flush()
+        await self.writer.flush_unless_down(
+            self.writer.appended, USER_MESSAGE_STORE_WAIT
+        )
         if self.writer.fenced or self.turn is not None:
             return  # not ours any more, or a turn runs on the slot
         await sessions.release_turn_slot(
@@ -602,8 +604,7 @@ class LiveSession:
                 self.acp_status, "active", turn.traced("user_message", **content)
             )
             try:
-                async with asyncio.timeout(USER_MESSAGE_STORE_WAIT):
-                    await self.writer.flush(stored)
+                await self.writer.flush_unless_down(stored, USER_MESSAGE_STORE_WAIT)
             except TimeoutError as err:
                 # Postgres is down: answer now instead of hanging (the writer retries)
                 raise DependencyDown(
