@@ -13,10 +13,8 @@ list behind.
 from __future__ import annotations
 
 import logging
-from collections.abc import Set
+from collections.abc import Sequence, Set
 
-from redis.asyncio.client import Pipeline
-from redis.asyncio.cluster import ClusterPipeline
 from redis.exceptions import RedisError
 
 from shared.channels import Channels
@@ -39,96 +37,87 @@ def _scopes(workspace_ids: Set[str]) -> list[str | None]:
     return [*sorted(workspace_ids), None]
 
 
-def queue_invalidation(
-    pipe: Pipeline | ClusterPipeline, channels: Channels, workspace_ids: Set[str]
-) -> None:
-    """The commands of `invalidate_sessions`, added to a caller's pipeline."""
-    for scope in _scopes(workspace_ids):
-        generation = channels.cache_sessions_generation(scope)
-        _ = pipe.incr(generation)
-        _ = pipe.expire(generation, GENERATION_TTL_SECONDS)
-        _ = pipe.delete(channels.cache_sessions_lists(scope))
-    for workspace_id in sorted(workspace_ids):
-        _ = pipe.publish(
-            channels.cache_invalidations,
-            channels.cache_sessions_invalidation(workspace_id),
-        )
-
-
-# On a Redis Cluster a MULTI cannot carry PUBLISH (it has no key to route by), so the same
-# commands run as one script on the master of the `{sessions}` slot. Every generation, every
-# lists hash and the sharded invalidation channel carry that hash tag, so the script touches
-# one slot whatever the workspaces: KEYS pairs (generation, lists hash) per scope, the last
-# KEY the sharded invalidation channel; ARGV[1] the generations' ttl, ARGV[2] the plain
-# invalidation channel, ARGV[3] the number m of invalidation messages, ARGV[4 .. 3+m] those
-# messages, then channel/message pairs published in order after them. The SPUBLISH is what
-# the in-process caches listen to (SSUBSCRIBE on that master, listcache.py): it is written to
+# The invalidation, as one script on one server or on the master of the `{sessions}` slot of
+# a Redis Cluster. KEYS: a (generation, lists hash) pair per scope, then on a cluster the
+# sharded invalidation channel. ARGV[1] the generations' ttl; ARGV[2] a number p of
+# (channel, message) pairs published first (a new session's first event), then those pairs;
+# then the plain invalidation channel, a number m of invalidation messages and those
+# messages; then (channel, message) pairs published last (the lifecycle message).
+# On a cluster a MULTI could not carry PUBLISH (it has no key to route by), and every
+# generation, lists hash and the sharded channel carry the `{sessions}` hash tag, so the
+# script touches one slot whatever the workspaces. The SPUBLISH is what a cluster's
+# in-process caches listen to (SSUBSCRIBE on that master, listcache.py): it is written to
 # their sockets while this script runs, before its reply, whereas a plain PUBLISH reaches
 # subscribers on other nodes over the cluster bus, possibly after the reply. The plain
-# PUBLISH stays for any other listener of `cache_invalidations`.
+# PUBLISH is what they listen to on one server, and stays on a cluster for any other
+# listener. One script instead of a MULTI of 3 commands per scope plus the publishes:
+# session/new sent eleven commands and read eleven replies for this.
 _INVALIDATE = """
-for i = 1, #KEYS - 1, 2 do
-  redis.call('INCR', KEYS[i])
-  redis.call('EXPIRE', KEYS[i], tonumber(ARGV[1]))
-  redis.call('DEL', KEYS[i + 1])
+local i = 3
+for _ = 1, tonumber(ARGV[2]) do
+  redis.call('PUBLISH', ARGV[i], ARGV[i + 1])
+  i = i + 2
 end
-local m = tonumber(ARGV[3])
-for i = 4, 3 + m do redis.call('SPUBLISH', KEYS[#KEYS], ARGV[i]) end
-for i = 4, 3 + m do redis.call('PUBLISH', ARGV[2], ARGV[i]) end
-for i = 4 + m, #ARGV, 2 do redis.call('PUBLISH', ARGV[i], ARGV[i + 1]) end
+for k = 1, #KEYS - 1, 2 do
+  redis.call('INCR', KEYS[k])
+  redis.call('EXPIRE', KEYS[k], tonumber(ARGV[1]))
+  redis.call('DEL', KEYS[k + 1])
+end
+local channel, m = ARGV[i], tonumber(ARGV[i + 1])
+i = i + 2
+if #KEYS % 2 == 1 then
+  for j = i, i + m - 1 do redis.call('SPUBLISH', KEYS[#KEYS], ARGV[j]) end
+end
+for j = i, i + m - 1 do redis.call('PUBLISH', channel, ARGV[j]) end
+i = i + m
+while i < #ARGV do
+  redis.call('PUBLISH', ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
 return 1
 """
+
+Announce = tuple[str, bytes]
 
 
 async def invalidate_sessions(
     redis: Redis,
     channels: Channels,
     workspace_ids: Set[str],
-    *announce: tuple[str, bytes],
+    *announce: Announce,
+    first: Sequence[Announce] = (),
 ) -> None:
     """Drop the cached lists of `workspace_ids` and the unscoped ones, then publish
-    `announce` (channel, message) pairs.
+    `announce` (channel, message) pairs; `first` pairs are published before all of it.
 
-    Raises RedisError when Redis is unreachable.
+    One round trip. Raises RedisError when Redis is unreachable.
     """
-    scopes = _scopes(workspace_ids)
-    if is_cluster(redis):
-        keys: list[str] = []
-        for scope in scopes:
-            keys += [
-                channels.cache_sessions_generation(scope),
-                channels.cache_sessions_lists(scope),
-            ]
-        messages = [
-            channels.cache_sessions_invalidation(w) for w in sorted(workspace_ids)
+    cluster = is_cluster(redis)
+    if cluster and first:
+        # their channels are not in the `{sessions}` slot: the caller publishes them
+        raise ValueError("on a Redis Cluster, publish `first` before the invalidation")
+    keys: list[str] = []
+    for scope in _scopes(workspace_ids):
+        keys += [
+            channels.cache_sessions_generation(scope),
+            channels.cache_sessions_lists(scope),
         ]
-        args: list[str | bytes | int] = [
-            GENERATION_TTL_SECONDS,
-            channels.cache_invalidations,
-            len(messages),
-            *messages,
-        ]
-        for channel, message in announce:
-            args += [channel, message]
-        # A GET in the same packet before the script: this connection then has a reply
-        # queued before the SPUBLISH queues the subscribers' message, and Redis writes the
-        # clients it queued later first, so the subscribers get theirs before our reply
-        # (as the MULTI's early replies do below). The script alone loses that race.
-        async with redis.pipeline(transaction=False) as pipe:
-            _ = pipe.get(keys[0])
-            _ = pipe.eval(
-                _INVALIDATE,
-                len(keys) + 1,
-                *keys,
-                channels.cache_invalidations_sharded,
-                *args,
-            )
-            await pipe.execute()
-        return
-    async with redis.pipeline(transaction=True) as pipe:
-        queue_invalidation(pipe, channels, workspace_ids)
-        for channel, message in announce:
-            _ = pipe.publish(channel, message)
+    if cluster:
+        keys.append(channels.cache_invalidations_sharded)
+    messages = [channels.cache_sessions_invalidation(w) for w in sorted(workspace_ids)]
+    args: list[str | bytes | int] = [GENERATION_TTL_SECONDS, len(first)]
+    for channel, message in first:
+        args += [channel, message]
+    args += [channels.cache_invalidations, len(messages), *messages]
+    for channel, message in announce:
+        args += [channel, message]
+    # A GET in the same packet before the script: this connection then has a reply
+    # queued before the script's PUBLISHes queue the subscribers' messages, and Redis
+    # writes the clients it queued later first, so the subscribers get theirs before our
+    # reply. The script alone loses that race (a MULTI wins it with its early replies).
+    async with redis.pipeline(transaction=False) as pipe:
+        _ = pipe.get(keys[0])
+        _ = pipe.eval(_INVALIDATE, len(keys), *keys, *args)
         await pipe.execute()
 
 

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from redis.exceptions import RedisError
 
-from shared.cache import invalidate_sessions, queue_invalidation
+from shared.cache import invalidate_sessions
 from shared.channels import Channels
 from shared.db.session_events import StoredEvent
 from shared.events import publish
@@ -77,12 +77,12 @@ async def session_changed_with_events(
     changes: dict[str, Any],
     events: Sequence[StoredEvent],
 ) -> bool:
-    """Publish stored `events`, then `session_changed`, in ONE round trip (MULTI/EXEC).
+    """Publish stored `events`, then `session_changed`, in ONE round trip (one script).
 
     Same messages in the same order as `shared.events.publish` followed by `session_changed`
     (session/new: event 1, the invalidation, `session:created`); False when Redis is
-    unreachable, like them. On a Redis Cluster the events go to their session's slot
-    first (sharded or not), then the rest in one script: two round trips, same order.
+    unreachable, like them. On a Redis Cluster (or with sharded event channels) the events
+    go to their session's slot first, then the rest: two round trips, same order.
     """
     if is_cluster(redis) or channels.sharded:
         if not await publish(redis, channels, session_id, events):
@@ -90,17 +90,18 @@ async def session_changed_with_events(
         return await session_changed(
             redis, channels, type_, session_id, workspace_id, changes
         )
+    events_channel = channels.session_events(session_id)
     try:
-        async with redis.pipeline(transaction=True) as pipe:
-            events_channel = channels.session_events(session_id)
-            for event in events:
-                _ = pipe.publish(events_channel, event.payload)
-            queue_invalidation(pipe, channels, {workspace_id})
-            _ = pipe.publish(
+        await invalidate_sessions(
+            redis,
+            channels,
+            {workspace_id},
+            (
                 channels.workspace_sessions(workspace_id),
                 lifecycle_message(type_, session_id, workspace_id, changes),
-            )
-            await pipe.execute()
+            ),
+            first=[(events_channel, event.payload) for event in events],
+        )
     except (RedisError, OSError) as err:
         logger.warning("lifecycle publish failed for session %s: %s", session_id, err)
         return False

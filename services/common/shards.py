@@ -31,6 +31,11 @@ from shared.retry import Backoff
 
 logger = logging.getLogger(__name__)
 
+# How long stop() waits for the readers to take their cancellation before it closes their
+# connections, and then for them to end.
+UNBLOCK_WAIT = 1.0
+STOP_WAIT = 5.0
+
 OnMessage = Callable[[str, bytes], None]
 OnChannel = Callable[[str], None]
 
@@ -90,8 +95,14 @@ class ShardLinks:
         for task in running:
             task.cancel()
         if running:
-            # bounded: a cancellation swallowed inside redis-py must not hang shutdown
-            _, stuck = await asyncio.wait(running, timeout=5.0)
+            _, stuck = await asyncio.wait(running, timeout=UNBLOCK_WAIT)
+            if stuck:
+                # redis-py can swallow a cancellation that lands inside a read
+                # (redis/redis-py#2028), and the readers block without a timeout:
+                # closing their connections ends the reads, `_stopping` the loops
+                for link in list(self._links.values()):
+                    await self._close(link)
+                _, stuck = await asyncio.wait(stuck, timeout=STOP_WAIT)
             if stuck:
                 logger.error("%s: %d shard tasks did not stop", self.name, len(stuck))
         for link in list(self._links.values()):
@@ -176,10 +187,14 @@ class ShardLinks:
     async def _read(self, link: _Link) -> None:
         try:
             while not self._stopping:
-                message = await link.pubsub.get_message(timeout=1.0)
+                # a blocking read, as the hub's own listener: with a timeout redis-py
+                # arms a timer around every read, and every event is read here
+                message = await link.pubsub.get_message(timeout=None)
                 if message is not None:
                     self._handle(link, message)
         except (RedisError, OSError) as err:
+            if self._stopping:
+                return  # stop() closed the connection under the read
             logger.warning("%s: lost shard node %s: %s", self.name, link.node, err)
         except Exception:  # a bug must not end live delivery of these channels
             logger.exception("%s: shard reader of %s failed", self.name, link.node)
