@@ -29,6 +29,7 @@ SECOND = {"color": "tab:orange", "marker": "^"}
 
 
 def _title(fig: Any, text: str, result: dict[str, Any]) -> None:
+    """`result`: the run, or one part of it measured on another machine (its own `machine`)."""
     fig.suptitle(f"{text}\n{result.get('machine', '')}", fontsize=10)
 
 
@@ -194,7 +195,11 @@ def plot_streams(result: dict[str, Any], out: Path) -> Path:
         ax.set_xlabel("sessions streaming at once")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
-    _title(fig, "Events stored and published against concurrent sessions", result)
+    _title(
+        fig,
+        "Events stored and published against concurrent sessions",
+        st if "machine" in st else result,
+    )
     return _save(fig, out / "streams.png")
 
 
