@@ -8,12 +8,12 @@ every write into a logged warning, never into an error or a hang.
 The L1 is kept per list scope, like the Redis entries: one workspace, or every workspace (a
 list without `workspaceId`). It keeps read-your-writes across query instances because every
 writer publishes the session's workspace on `cache_invalidations` inside the same script that
-bumps the generations (shared/cache.py), before it replies. The subscriber here is a raw protocol: a message
-naming workspace W drops W's and the unscoped lists, anything else it reads (other than a PING
-reply), including a message cut off at the end of a read, drops the whole L1, synchronously in
-`data_received`, i.e. in the event loop's I/O phase, before any request handler that was read
-in the same or a later loop iteration runs. Redis writes the
-message to this socket before the writer even reads the script's reply, so a request caused by the
+bumps the generations (shared/cache.py), before it replies. The subscriber here is a raw
+protocol: a message naming workspace W drops W's and the unscoped lists, anything else it reads
+(other than a PING reply), including a message cut off at the end of a read, drops the whole
+L1, synchronously in `data_received`, i.e. in the event loop's I/O phase, before any request
+handler that was read in the same or a later loop iteration runs. Redis writes the message to
+this socket before the writer even reads the script's reply, so a request caused by the
 writer's answer finds the L1 already dropped (same host; across hosts this relies on the
 invalidation travelling Redis→here no slower than Redis→writer→client→here). Fills are
 guarded by an epoch so a read that raced an invalidation is never kept. While the
