@@ -90,7 +90,7 @@ async def invalidate_sessions(
     """Drop the cached lists of `workspace_ids` and the unscoped ones, then publish
     `announce` (channel, message) pairs; `first` pairs are published before all of it.
 
-    One round trip. Raises RedisError when Redis is unreachable.
+    One round trip (two on a cluster). Raises RedisError when Redis is unreachable.
     """
     cluster = is_cluster(redis)
     if cluster and first:
@@ -111,6 +111,16 @@ async def invalidate_sessions(
     args += [channels.cache_invalidations, len(messages), *messages]
     for channel, message in announce:
         args += [channel, message]
+    if cluster:
+        # The subscribers' messages are written in the event-loop iteration of the
+        # script's reply, so a reply to a later command comes after them whatever order
+        # Redis writes one iteration's clients in. A cluster pipeline cannot promise the
+        # one-packet order below: on a redirection (a failover, a resharding) it sends
+        # its commands again one by one. (A read-your-writes check after a failover
+        # failed once in CI with the one-packet order.)
+        await redis.eval(_INVALIDATE, len(keys), *keys, *args)
+        await redis.get(keys[0])
+        return
     # A GET in the same packet before the script: this connection then has a reply
     # queued before the script's PUBLISHes queue the subscribers' messages, and Redis
     # writes the clients it queued later first, so the subscribers get theirs before our

@@ -23,7 +23,7 @@ invalidation pending, the L1 is empty and unused.
 On a Redis Cluster the invalidation runs as a script on the master of the `{sessions}` slot
 and SPUBLISHes on a channel of that slot; the subscriber here SSUBSCRIBEs on that master
 (found from the slot map), so the message again reaches this socket while the writer's
-command runs. When the slot moves (a failover, a resharding) the master sends
+command runs, and the writer waits for one more reply from that master before it answers. When the slot moves (a failover, a resharding) the master sends
 `sunsubscribe`; a refused SSUBSCRIBE (MOVED: the slot map was stale), a lost connection or a
 silent node end the subscription too. Each drops the L1, and the slot map is read again
 before subscribing on the slot's current master. Not noticed: a master cut off from the rest
