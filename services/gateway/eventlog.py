@@ -191,11 +191,6 @@ class EventWriter:
         return self._session_id
 
     @property
-    def appended(self) -> int:
-        """How many events were handed to append() so far (the last one's position)."""
-        return self._appended
-
-    @property
     def fenced(self) -> bool:
         """True once a store found our lease generation stale: nothing more is stored."""
         return self._fenced
@@ -237,7 +232,9 @@ class EventWriter:
                 lambda: self._stored >= target or self._task.done()
             )
 
-    async def flush_unless_down(self, upto: int, down_after: float) -> None:
+    async def flush_unless_down(
+        self, down_after: float, upto: int | None = None
+    ) -> None:
         """`flush(upto)`, or TimeoutError once no store of the whole process has succeeded
         for `down_after` seconds of our wait.
 
@@ -245,9 +242,10 @@ class EventWriter:
         sessions streaming at once, a store can wait longer than that for a pooled
         connection while the other writers' stores go through.
         """
+        target = self._appended if upto is None else upto
         started = time.monotonic()
         async with self._progress:
-            while not (self._stored >= upto or self._task.done()):
+            while not (self._stored >= target or self._task.done()):
                 alive = max(started, self._buffer.stored_at)
                 remaining = alive + down_after - time.monotonic()
                 if remaining <= 0:

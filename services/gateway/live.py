@@ -295,9 +295,7 @@ class LiveSession:
         """Give back a workspace turn slot no turn started on: status idle, and no event
         (the claim took it without one). Written after everything queued, so no earlier
         state lands over it; raises like Postgres while the writer cannot store."""
-        await self.writer.flush_unless_down(
-            self.writer.appended, USER_MESSAGE_STORE_WAIT
-        )
+        await self.writer.flush_unless_down(USER_MESSAGE_STORE_WAIT)
         if self.writer.fenced or self.turn is not None:
             return  # not ours any more, or a turn runs on the slot
         await sessions.release_turn_slot(
@@ -604,7 +602,7 @@ class LiveSession:
                 self.acp_status, "active", turn.traced("user_message", **content)
             )
             try:
-                await self.writer.flush_unless_down(stored, USER_MESSAGE_STORE_WAIT)
+                await self.writer.flush_unless_down(USER_MESSAGE_STORE_WAIT, stored)
             except TimeoutError as err:
                 # Postgres is down: answer now instead of hanging (the writer retries)
                 raise DependencyDown(

@@ -20,8 +20,9 @@ from services.gateway.keys import SESSION_MANAGER
 from shared.db import session_events
 from shared.db.connect import create_pool
 from tests.faults.support import wait_gone
+from tests.gateway.eventlog_support import chunk, new_session
 from tests.gateway.rpcutil import call, ok, wait_ready
-from tests.gateway.test_agents_eventlog import _chunk, _session, _texts
+from tests.gateway.test_agents_eventlog import _texts
 from tests.proxy import TcpProxy
 
 WAIT = 20.0  # hang guard only
@@ -50,7 +51,7 @@ async def _wait_stored(pool, sid, count: int) -> None:
 async def test_batch_committed_but_not_acknowledged_is_stored_once(
     database_url, pool, redis, channels, workspace_id
 ):
-    sid = await _session(pool, workspace_id)
+    sid = await new_session(pool, workspace_id)
     proxy = TcpProxy.for_url(database_url)
     await proxy.start()
     proxied = await create_pool(proxy.rewrite(database_url), min_size=1, max_size=2)
@@ -58,12 +59,12 @@ async def test_batch_committed_but_not_acknowledged_is_stored_once(
     try:
         for round_ in range(3):
             base = round_ * 10
-            writer.append(_chunk(base))
+            writer.append(chunk(base))
             await writer.flush()
             # the next batch reaches Postgres and commits; its reply is lost
             proxy.drop_replies = True
             for i in range(base + 1, base + 10):
-                writer.append(_chunk(i))
+                writer.append(chunk(i))
             await _wait_stored(pool, sid, base + 10)
             proxy.drop_replies = False
             await proxy.cut()  # the writer sees the connection fail and retries

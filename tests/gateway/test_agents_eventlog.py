@@ -8,28 +8,10 @@ import uuid
 import orjson
 
 from services.gateway.eventlog import EventWriter
-from shared.db import session_events, sessions
+from shared.db import session_events
 from shared.db.connect import create_pool
-from shared.events import gateway_update
+from tests.gateway.eventlog_support import chunk, new_session
 from tests.proxy import TcpProxy
-
-
-async def _session(pool, workspace_id) -> uuid.UUID:
-    sid = uuid.uuid4()
-    async with pool.acquire() as conn:
-        await sessions.insert(
-            conn,
-            sessions.NewSession(
-                session_id=sid, workspace_id=workspace_id, cwd="/tmp", provider="echo"
-            ),
-        )
-    return sid
-
-
-def _chunk(i: int) -> dict:
-    return gateway_update(
-        "agent_message_chunk", content={"type": "text", "text": str(i)}
-    )
 
 
 async def _texts(pool, sid) -> list[tuple[int, str]]:
@@ -41,7 +23,7 @@ async def _texts(pool, sid) -> list[tuple[int, str]]:
 
 
 async def test_batches_in_order_and_publishes(pool, redis, channels, workspace_id):
-    sid = await _session(pool, workspace_id)
+    sid = await new_session(pool, workspace_id)
     pubsub = redis.pubsub()
     await pubsub.subscribe(channels.session_events(str(sid)))
     batches: list[int] = []
@@ -55,7 +37,7 @@ async def test_batches_in_order_and_publishes(pool, redis, channels, workspace_i
     )
     try:
         for i in range(300):
-            writer.append(_chunk(i))
+            writer.append(chunk(i))
         await writer.flush()
         assert await _texts(pool, sid) == [(i + 1, str(i)) for i in range(300)]
         assert sum(batches) == 300
@@ -77,18 +59,18 @@ async def test_batches_in_order_and_publishes(pool, redis, channels, workspace_i
 async def test_postgres_outage_retries_without_loss(
     database_url, pool, redis, channels, workspace_id
 ):
-    sid = await _session(pool, workspace_id)
+    sid = await new_session(pool, workspace_id)
     proxy = TcpProxy.for_url(database_url)
     await proxy.start()
     proxied = await create_pool(proxy.rewrite(database_url), min_size=1, max_size=2)
     writer = EventWriter(proxied, redis, channels, sid, workspace_id=workspace_id)
     try:
-        writer.append(_chunk(0))
+        writer.append(chunk(0))
         await writer.flush()
         await proxy.stop()
         await proxy.cut()
         for i in range(1, 20):
-            writer.append(_chunk(i))
+            writer.append(chunk(i))
         # nothing can be stored while Postgres is unreachable
         assert [t for _, t in await _texts(pool, sid)] == ["0"]
         await proxy.start()
@@ -106,14 +88,14 @@ async def test_activity_invalidates_only_its_workspaces_lists(
 ):
     """lastActivity moves the lists of the session's workspace and the unscoped ones; a
     list cached for another workspace stays."""
-    sid = await _session(pool, workspace_id)
+    sid = await new_session(pool, workspace_id)
     other = f"ws-other-{uuid.uuid4().hex[:8]}"
     await redis.hset(channels.cache_sessions_lists(other), "q", b"[]")
     await redis.hset(channels.cache_sessions_lists(None), "q", b"[]")
     await redis.hset(channels.cache_sessions_lists(workspace_id), "q", b"[]")
     writer = EventWriter(pool, redis, channels, sid, workspace_id=workspace_id)
     try:
-        writer.append(_chunk(0))
+        writer.append(chunk(0))
         await writer.flush()
         async with asyncio.timeout(30):
             while (

@@ -14,32 +14,13 @@ import asyncio
 import uuid
 
 from services.gateway.eventlog import EventBuffer, EventWriter
-from shared.db import sessions
-from shared.events import gateway_update
+from tests.gateway.eventlog_support import chunk, new_session
 
 DOWN_AFTER = 1.0
 # the other writer stores one event this often: far below DOWN_AFTER, so a loaded machine
 # still sees a store succeed within every DOWN_AFTER window
 CADENCE = 0.05
 LOCK = "SELECT 1 FROM sessions WHERE session_id = $1 FOR UPDATE"
-
-
-async def _session(pool, workspace_id) -> uuid.UUID:
-    sid = uuid.uuid4()
-    async with pool.acquire() as conn:
-        await sessions.insert(
-            conn,
-            sessions.NewSession(
-                session_id=sid, workspace_id=workspace_id, cwd="/tmp", provider="echo"
-            ),
-        )
-    return sid
-
-
-def _chunk(i: int) -> dict:
-    return gateway_update(
-        "agent_message_chunk", content={"type": "text", "text": str(i)}
-    )
 
 
 async def _stored(pool, sid: uuid.UUID) -> int:
@@ -49,7 +30,10 @@ async def _stored(pool, sid: uuid.UUID) -> int:
 
 
 async def test_a_busy_postgres_is_waited_for(pool, redis, channels, workspace_id):
-    held, other = await _session(pool, workspace_id), await _session(pool, workspace_id)
+    held, other = (
+        await new_session(pool, workspace_id),
+        await new_session(pool, workspace_id),
+    )
     buffer = EventBuffer(1 << 30)
     waiting = EventWriter(
         pool, redis, channels, held, workspace_id=workspace_id, buffer=buffer
@@ -64,13 +48,13 @@ async def test_a_busy_postgres_is_waited_for(pool, redis, channels, workspace_id
     try:
         # the held session's store bumps its row's counter: it waits for this lock
         await lock.execute(LOCK, held)
-        position = waiting.append(_chunk(0))
-        flushed = asyncio.create_task(waiting.flush_unless_down(position, DOWN_AFTER))
+        position = waiting.append(chunk(0))
+        flushed = asyncio.create_task(waiting.flush_unless_down(DOWN_AFTER, position))
         # the other session stores one event every CADENCE until the lock has been held
         # through at least three DOWN_AFTER windows' worth of its stores
         needed = int(3 * DOWN_AFTER / CADENCE)
         for i in range(needed):
-            storing.append(_chunk(i))
+            storing.append(chunk(i))
             await asyncio.sleep(CADENCE)
             assert not flushed.done(), "gave up while other stores succeeded"
         await storing.flush()
@@ -90,15 +74,15 @@ async def test_a_busy_postgres_is_waited_for(pool, redis, channels, workspace_id
 
 
 async def test_nothing_storing_is_an_outage(pool, redis, channels, workspace_id):
-    held = await _session(pool, workspace_id)
+    held = await new_session(pool, workspace_id)
     waiting = EventWriter(pool, redis, channels, held, workspace_id=workspace_id)
     lock = await pool.acquire()
     tx = lock.transaction()
     await tx.start()
     try:
         await lock.execute(LOCK, held)
-        position = waiting.append(_chunk(0))
-        flushed = asyncio.create_task(waiting.flush_unless_down(position, DOWN_AFTER))
+        position = waiting.append(chunk(0))
+        flushed = asyncio.create_task(waiting.flush_unless_down(DOWN_AFTER, position))
         # a guard, not a timing: the wait itself gives up after DOWN_AFTER
         done, _ = await asyncio.wait({flushed}, timeout=30)
         assert flushed in done
