@@ -55,8 +55,12 @@ async def run_pass(
     """One pass over the sessions closed more than `days` days ago."""
     cutoff = (now or datetime.now(UTC)) - timedelta(days=days)
     async with pool.acquire() as conn:
-        if not await db.try_lock(conn):
-            return PassResult(ran=False)
+        try:
+            if not await db.try_lock(conn):
+                return PassResult(ran=False)
+        except BaseException:
+            conn.terminate()  # the lock may be held, see below
+            raise
         result = PassResult(ran=True)
         try:
             after = uuid.UUID(int=0)
@@ -81,7 +85,13 @@ async def run_pass(
                         )
                 after = window[-1][0]
         finally:
-            await db.unlock(conn)
+            try:
+                await db.unlock(conn)
+            except BaseException:
+                # the pool does not reset connections (shared.db.connect): a lock left
+                # on a pooled connection would stop every later pass of every instance
+                conn.terminate()
+                raise
     return result
 
 

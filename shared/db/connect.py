@@ -60,6 +60,20 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         )
 
 
+async def _end_transaction_only(conn: asyncpg.Connection) -> None:
+    """The pool's reset on release: nothing beyond what asyncpg always does.
+
+    asyncpg's default reset sends `SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *;
+    RESET ALL;` on every release: a round trip that each event store, session/new and
+    list query waited for before going on (about a quarter of a single-event store's
+    acquire-store-release time). Before calling this, asyncpg still rolls back a
+    transaction left open and drops listeners. Our code leaves no other state on a
+    pooled connection: no session-level SET, LISTEN, cursor outside a transaction or
+    advisory lock, except the retention pass's lock, which unlocks it itself or closes
+    the connection (services/query/retention.py).
+    """
+
+
 async def create_pool(
     database_url: str, *, min_size: int = 1, max_size: int = 10, timeout: float = 5.0
 ) -> Pool:
@@ -68,6 +82,7 @@ async def create_pool(
         min_size=min_size,
         max_size=max_size,
         init=_init_connection,
+        reset=_end_transaction_only,
         timeout=timeout,
         command_timeout=30,
     )

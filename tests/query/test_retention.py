@@ -185,6 +185,30 @@ async def test_one_pass_at_a_time(rpool: Pool, retention_db: str) -> None:
     assert (await counts(rpool, sid))[0] == 0
 
 
+async def test_a_failed_unlock_closes_the_connection_so_no_lock_stays(
+    rpool: Pool, retention_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pool does not reset connections: a pass whose unlock fails must not leave the
+    lock on a pooled connection, or no later pass of any instance would run."""
+
+    async def broken_unlock(conn: object) -> None:
+        raise OSError("connection lost during unlock")
+
+    monkeypatch.setattr("services.query.retention.db.unlock", broken_unlock)
+    with pytest.raises(OSError):
+        await run_pass(rpool, 30, batch=BATCH, pause=0)
+    monkeypatch.undo()
+    other = await asyncpg.connect(retention_db)
+    try:
+        assert await other.fetchval(
+            "SELECT pg_try_advisory_lock($1)", RETENTION_LOCK_ID
+        )
+        await other.execute("SELECT pg_advisory_unlock($1)", RETENTION_LOCK_ID)
+    finally:
+        await other.close()
+    assert (await run_pass(rpool, 30, batch=BATCH, pause=0)).ran
+
+
 async def test_query_app_runs_the_periodic_pass(
     rpool: Pool, retention_db: str, make_settings, aiohttp_client
 ) -> None:
