@@ -6,7 +6,8 @@ Method (spec/perf-ceilings.md): servers on core 0, load generators and clients o
 Postgres/Redis unpinned, wrk -t1 -c64 --latency, uvloop everywhere.
 Env: BENCH_DURATION (s per wrk run / paced phase, default 10), BENCH_SOAK (s, default 600),
 BENCH_ONLY (comma list of scenario numbers), BENCH_EVENTS (scenario 6's log size),
-TEST_DATABASE_URL, TEST_REDIS_URL. `--curves` runs tests/bench/curves.py instead.
+TEST_DATABASE_URL, TEST_REDIS_URL. `--curves` runs tests/bench/curves.py instead, `--ab REV`
+tests/bench/ab.py (a paired comparison with another commit).
 """
 
 from __future__ import annotations
@@ -207,7 +208,10 @@ end
 
 
 def wrk(
-    url: str, workspaces: list[str] | None = None, path: str = ""
+    url: str,
+    workspaces: list[str] | None = None,
+    path: str = "",
+    duration: float | None = None,
 ) -> dict[str, float]:
     cmd = [
         "taskset",
@@ -216,7 +220,7 @@ def wrk(
         "wrk",
         "-t1",
         "-c64",
-        f"-d{max(1, int(DURATION))}s",
+        f"-d{max(1, int(DURATION if duration is None else duration))}s",
         "--latency",
     ]
     if workspaces:
@@ -974,6 +978,11 @@ def main() -> None:
         from tests.bench import curves
 
         curves.main(sys.argv[2:])
+        return
+    if sys.argv[1:2] == ["--ab"]:
+        from tests.bench import ab
+
+        ab.main(sys.argv[2:])
         return
     only = (
         set(os.environ["BENCH_ONLY"].split(","))

@@ -207,3 +207,22 @@ async def test_curves_measure_every_curve_and_plot_it(monkeypatch, tmp_path):
         "streams",
         "fanout_search",
     }
+
+
+async def test_ab_compares_with_a_commit(monkeypatch, capsys):
+    """`scripts/bench --ab REV`: both versions measured in alternating rounds, one row per
+    figure (this checkout against its own HEAD: the figures are not compared here)."""
+    from tests.bench import ab
+
+    monkeypatch.setenv("BENCH_AB_EVENTS", "200")
+    monkeypatch.setenv("BENCH_AB_NEW", "2")
+    await ab.run("HEAD", 1)
+    text = capsys.readouterr().out
+    for figure in (
+        "hop p50 ms",
+        "hop p99 ms",
+        "session/new median ms",
+        "KiB per subscriber",
+        "session/new p99 ms, all calls",
+    ):
+        assert f"| {figure} |" in text, text
