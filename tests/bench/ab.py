@@ -240,6 +240,7 @@ async def run(rev: str, count: int) -> None:
                 replies = await new_sessions(side, s, news)
                 side.add("session/new median ms", statistics.median(replies))
                 side.figures.setdefault("new", []).extend(replies)
+                await warm_list(side, s)  # session/new and delete dropped some
                 listed = await asyncio.to_thread(list_load, side, list_seconds)
                 side.add("warm list req/s", listed["rps"])
                 side.add("warm list p99 ms", listed["p99"])
