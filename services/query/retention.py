@@ -58,40 +58,44 @@ async def run_pass(
         try:
             if not await db.try_lock(conn):
                 return PassResult(ran=False)
-        except BaseException:
-            conn.terminate()  # the lock may be held, see below
-            raise
-        result = PassResult(ran=True)
-        try:
-            after = uuid.UUID(int=0)
-            while window := await db.expired_window(conn, after, cutoff, PAGE):
-                for session_id, holds_rows in window:
-                    if not holds_rows:
-                        continue
-                    events = await _drain(
-                        conn, session_id, cutoff, batch, pause, result, db.delete_events
-                    )
-                    docs = await _drain(
-                        conn, session_id, cutoff, batch, pause, result, db.delete_search
-                    )
-                    result.events += events
-                    result.search_documents += docs
-                    if events or docs:
-                        result.sessions += 1
-                        logger.info(
-                            "retention: deleted %d events of session %s",
-                            events,
-                            session_id,
-                        )
-                after = window[-1][0]
-        finally:
             try:
+                return await _expire(conn, cutoff, batch, pause)
+            finally:
                 await db.unlock(conn)
-            except BaseException:
-                # the pool does not reset connections (shared.db.connect): a lock left
-                # on a pooled connection would stop every later pass of every instance
-                conn.terminate()
-                raise
+        except BaseException:
+            # The pool does not reset connections (shared.db.connect): a lock left on a
+            # pooled connection would stop every later pass of every instance. After a
+            # failure anywhere here the lock's state is unknown, so the connection goes.
+            conn.terminate()
+            raise
+
+
+async def _expire(
+    conn: Connection, cutoff: datetime, batch: int, pause: float
+) -> PassResult:
+    """The pass itself, under the lock."""
+    result = PassResult(ran=True)
+    after = uuid.UUID(int=0)
+    while window := await db.expired_window(conn, after, cutoff, PAGE):
+        for session_id, holds_rows in window:
+            if not holds_rows:
+                continue
+            events = await _drain(
+                conn, session_id, cutoff, batch, pause, result, db.delete_events
+            )
+            docs = await _drain(
+                conn, session_id, cutoff, batch, pause, result, db.delete_search
+            )
+            result.events += events
+            result.search_documents += docs
+            if events or docs:
+                result.sessions += 1
+                logger.info(
+                    "retention: deleted %d events of session %s",
+                    events,
+                    session_id,
+                )
+        after = window[-1][0]
     return result
 
 

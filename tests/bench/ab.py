@@ -28,7 +28,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -54,35 +53,17 @@ class Side:
     query: int = 0
     session: str = ""
     figures: dict[str, list[float]] = field(default_factory=dict)
+    replies: list[float] = field(default_factory=list)  # every session/new, ms
 
     def add(self, name: str, value: float) -> None:
         self.figures.setdefault(name, []).append(value)
 
-    def env(self, port: int) -> dict[str, str]:
-        return suite.env_for(self.ctx, PORT=str(port), PYTHONPATH=str(self.root))
-
     async def start(self, module: str) -> tuple[int, subprocess.Popen[bytes]]:
         port = suite.free_port()
-        with open(self.ctx.tmp / f"{port}.log", "wb") as log:
-            proc = subprocess.Popen(
-                ["taskset", "-c", suite.SERVER_CORE, suite.PY, "-m", module],
-                cwd=self.root,
-                env=self.env(port),
-                stdout=subprocess.DEVNULL,
-                stderr=log,
-            )
-        self.ctx.procs.append(proc)
-        async with aiohttp.ClientSession() as s, asyncio.timeout(30):
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(
-                        f"{self.label}: {module} exited ({self.ctx.tmp})"
-                    )
-                with contextlib.suppress(aiohttp.ClientError):
-                    async with s.get(f"http://127.0.0.1:{port}/healthz") as r:
-                        if r.status < 500:
-                            return port, proc
-                await asyncio.sleep(0.1)
+        proc = await suite.start(
+            self.ctx, ["-m", module], port, "/healthz", root=self.root
+        )
+        return port, proc
 
 
 async def make_side(label: str, root: Path) -> Side:
@@ -128,14 +109,7 @@ def list_load(side: Side, seconds: float) -> dict[str, float]:
 
 async def hop(side: Side, s: aiohttp.ClientSession, events: int) -> list[int]:
     """One paced turn at 1,000 events/s; the hop of each event in µs."""
-    conn = await asyncpg.connect(side.ctx.db_url)
-    try:
-        head = await conn.fetchval(
-            "SELECT last_event_id FROM sessions WHERE session_id = $1",
-            uuid.UUID(side.session),
-        )
-    finally:
-        await conn.close()
+    head = await suite.head_event_id(side.ctx, side.session)
     url = f"http://127.0.0.1:{side.gateway}/api/acp?sessionId={side.session}&lastEventId={head}"
     clients = suite.Clients(side.ctx, url, 1, 1, events, 60)
     await clients.ready()
@@ -149,23 +123,10 @@ async def hop(side: Side, s: aiohttp.ClientSession, events: int) -> list[int]:
 
 async def new_sessions(side: Side, s: aiohttp.ClientSession, count: int) -> list[float]:
     """`count` session/new replies in ms (each waited to ready, then deleted)."""
-    out = []
-    for _ in range(count):
-        t0 = time.perf_counter()
-        res = await suite.rpc(
-            s,
-            side.gateway,
-            "session/new",
-            {"workspaceId": "bench-ws-002", "provider": "echo"},
-        )
-        out.append((time.perf_counter() - t0) * 1000)
-        await suite.wait_ready(s, side.gateway, res["sessionId"])
-        async with s.delete(
-            f"http://127.0.0.1:{side.query}/api/sessions/{res['sessionId']}"
-        ) as r:
-            if r.status != 200:
-                raise RuntimeError(f"{side.label}: delete answered {r.status}")
-    return out
+    return [
+        (await suite.new_echo_session(s, side.gateway, side.query))[0]
+        for _ in range(count)
+    ]
 
 
 async def rss_per_subscriber(side: Side) -> float:
@@ -239,7 +200,7 @@ async def run(rev: str, count: int) -> None:
                 side.add("hop p99 ms", suite.pct(lat, 99) / 1000)
                 replies = await new_sessions(side, s, news)
                 side.add("session/new median ms", statistics.median(replies))
-                side.figures.setdefault("new", []).extend(replies)
+                side.replies.extend(replies)
                 await warm_list(side, s)  # session/new and delete dropped some
                 listed = await asyncio.to_thread(list_load, side, list_seconds)
                 side.add("warm list req/s", listed["rps"])
@@ -282,14 +243,12 @@ async def run(rev: str, count: int) -> None:
     ).stdout.strip()
     print(f"\nPaired A/B — A: {rev}, B: this checkout ({head}) — {suite.machine()}")
     print(
-        f"{count} rounds; hop {events} events/round at 1,000/s; {news} session/new per round\n"
+        f"{count} rounds; hop {events} events/round at 1,000/s; {news} session/new per "
+        "round; lower is better except req/s\n"
     )
     print("| figure | A median | B median | B/A (median of rounds) | rounds B lower |")
-    # (for req/s, higher is better: B lower in few rounds is B better)
     print("|---|---|---|---|---|")
     for name, values in a.figures.items():
-        if name == "new":
-            continue
         ratio, wins = paired(values, b.figures[name])
         print(
             f"| {name} | {statistics.median(values):.2f} | "
@@ -297,8 +256,8 @@ async def run(rev: str, count: int) -> None:
         )
     for p in (50, 99):
         print(
-            f"| session/new p{p} ms, all calls | {suite.pct(a.figures['new'], p):.2f} | "
-            f"{suite.pct(b.figures['new'], p):.2f} | | |"
+            f"| session/new p{p} ms, all calls | {suite.pct(a.replies, p):.2f} | "
+            f"{suite.pct(b.replies, p):.2f} | | |"
         )
 
 

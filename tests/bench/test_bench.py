@@ -223,6 +223,8 @@ async def test_ab_compares_with_a_commit(monkeypatch, capsys):
         "hop p99 ms",
         "session/new median ms",
         "KiB per subscriber",
+        "warm list req/s",
+        "warm list p99 ms",
         "session/new p99 ms, all calls",
     ):
         assert f"| {figure} |" in text, text
