@@ -15,11 +15,7 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 
-from services.common.badrequest import (
-    PARSE_ERROR_KEY,
-    REQUEST_ID_KEY,
-    UnparsedRequest,
-)
+from services.common.badrequest import REQUEST_ID_KEY, parse_error
 
 ACCESS_LOGGER = logging.getLogger("routa.access")
 _log = structlog.stdlib.get_logger("routa.access")
@@ -40,14 +36,15 @@ def _route(request: BaseRequest) -> str:
 
 class AccessLogger(AbstractAccessLogger):
     def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
-        if isinstance(request, UnparsedRequest):
+        error = parse_error(request)
+        if error is not None:
             # the parser refused it: no method, path or route to speak of
             _log.info(
                 "request",
                 route="<unparsed>",
                 status=response.status,
                 duration_ms=round(time * 1000, 3),
-                error=request.get(PARSE_ERROR_KEY),
+                error=error,
                 request_id=request.get(REQUEST_ID_KEY),
             )
             return
