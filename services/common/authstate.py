@@ -15,6 +15,7 @@ from typing import Literal
 
 import asyncpg
 
+from services.common.singleflight import SingleFlight
 from shared.db import sessions as sessions_db
 from shared.db import shares as shares_db
 from shared.db import tasks as tasks_db
@@ -86,6 +87,10 @@ class TokenStore:
         self._revoked: set[str] = set()
         self._on = mode == "on" or (mode == "auto" and bool(env))
         self._table_checked = -math.inf
+        # an expired answer is read once however many requests ask for it meanwhile
+        self._table_reads: SingleFlight[str, bool] = SingleFlight()
+        self._token_reads: SingleFlight[str, Scope | Unknown] = SingleFlight()
+        self._share_reads: SingleFlight[str, shares_db.Grant | None] = SingleFlight()
 
     async def refresh_table_state(self, *, at_startup: bool = False) -> bool:
         """Read the table's flag (auto mode); off → on is logged, on never goes back."""
@@ -116,6 +121,9 @@ class TokenStore:
         on = self.enabled_now()
         if on is not None:
             return on
+        return await self._table_reads.run("auth_required", self._read_table_state)
+
+    async def _read_table_state(self) -> bool:
         try:
             return await self.refresh_table_state()
         except PG_ERRORS as err:
@@ -127,10 +135,17 @@ class TokenStore:
         token_hash = tokens_db.hash_token(token)
         if token_hash in self.env:
             return self.env[token_hash]
+        cached = self._cache.get(token_hash)
+        if cached is not None and time.monotonic() - cached[0] < self._ttl:
+            return cached[1]
+        return await self._token_reads.run(
+            token_hash, lambda: self._read_token(token_hash)
+        )
+
+    async def _read_token(self, token_hash: str) -> Scope | Unknown:
+        """The table's answer for a token, cached; the last one while Postgres is down."""
         now = time.monotonic()
         cached = self._cache.get(token_hash)
-        if cached is not None and now - cached[0] < self._ttl:
-            return cached[1]
         try:
             workspaces = await tokens_db.lookup(self._pool, token_hash)
         except PG_ERRORS as err:
@@ -148,26 +163,34 @@ class TokenStore:
     async def lookup_share(self, token: str) -> shares_db.Grant | None:
         """The grant of a share token (expired or not), None when unknown or revoked."""
         token_hash = tokens_db.hash_token(token)
-        now = time.monotonic()
         cached = self._shares.get(token_hash)
-        if cached is not None and now - cached[0] < self._ttl:
+        if cached is not None and time.monotonic() - cached[0] < self._ttl:
             grant = cached[1]
         else:
-            try:
-                grant = await shares_db.lookup(self._pool, token)
-            except PG_ERRORS as err:
-                if cached is None:
-                    raise DependencyDown(
-                        f"Postgres unavailable: cannot check the share token "
-                        f"({err.__class__.__name__})"
-                    ) from err
-                grant = cached[1]
-            else:
-                if len(self._shares) >= CACHE_MAX:
-                    self._shares.clear()
-                self._shares[token_hash] = (now, grant)
+            grant = await self._share_reads.run(
+                token_hash, lambda: self._read_share(token, token_hash)
+            )
+        # after the read: a revocation heard while it was under way counts
         if grant is None or grant.share_id in self._revoked:
             return None
+        return grant
+
+    async def _read_share(self, token: str, token_hash: str) -> shares_db.Grant | None:
+        """The table's grant for a share token, cached; the last one while Postgres is down."""
+        now = time.monotonic()
+        cached = self._shares.get(token_hash)
+        try:
+            grant = await shares_db.lookup(self._pool, token)
+        except PG_ERRORS as err:
+            if cached is None:
+                raise DependencyDown(
+                    f"Postgres unavailable: cannot check the share token "
+                    f"({err.__class__.__name__})"
+                ) from err
+            return cached[1]
+        if len(self._shares) >= CACHE_MAX:
+            self._shares.clear()
+        self._shares[token_hash] = (now, grant)
         return grant
 
     def forget_share(self, share_id: str) -> None:
@@ -224,6 +247,7 @@ class AuthState:
     limiters: dict[float, RateLimiter] = field(default_factory=dict)
     # a session never changes workspace: its id → workspace is cached for good
     session_workspaces: dict[str, str] = field(default_factory=dict)
+    session_reads: SingleFlight[str, str | None] = field(default_factory=SingleFlight)
 
     def limiter(self, authed: bool) -> RateLimiter | None:
         rate = self.rate_limit
@@ -241,16 +265,21 @@ class AuthState:
         cached = self.session_workspaces.get(session_id)
         if cached is not None:
             return cached
+        return await self.session_reads.run(
+            session_id, lambda: self._read_session_workspace(session_id)
+        )
+
+    async def _read_session_workspace(self, session_id: str) -> str | None:
         parsed = sessions_db.parse_session_id(session_id)
         if parsed is None:
             return None
-        session = await sessions_db.get(self.pool, parsed)
-        if session is None:
+        workspace = await sessions_db.workspace_of(self.pool, parsed)
+        if workspace is None:
             return None
         if len(self.session_workspaces) >= CACHE_MAX:
             self.session_workspaces.clear()
-        self.session_workspaces[session_id] = session.workspace_id
-        return session.workspace_id
+        self.session_workspaces[session_id] = workspace
+        return workspace
 
     async def task_workspace(self, task_id: str) -> str | None:
         if "\x00" in task_id:
