@@ -15,6 +15,9 @@ the median of the per-round ratios and how many rounds each side won:
 - gateway RSS per SSE subscriber (1,000 streams on one session, a fresh gateway per side
   and round, so allocator reuse does not flatter the later rounds).
 
+BENCH_AB_ONLY (comma-separated of hop, new, list, memory; default all) runs some rows only:
+`BENCH_AB_ONLY=list` compares the query services alone, with no gateway beside them.
+
 REV is checked out with `git worktree` into a temporary directory (removed afterwards) and
 migrated with its own migrations. Figures only.
 """
@@ -39,6 +42,18 @@ import asyncpg
 from tests.bench import suite
 
 SUBSCRIBERS = 1000
+ROWS = ("hop", "new", "list", "memory")
+
+
+def rows_to_run(value: str) -> frozenset[str]:
+    """BENCH_AB_ONLY's rows; all of them when unset or empty."""
+    rows = frozenset(r.strip() for r in value.split(",") if r.strip()) or frozenset(
+        ROWS
+    )
+    unknown = rows - set(ROWS)
+    if unknown:
+        raise SystemExit(f"BENCH_AB_ONLY: unknown rows {sorted(unknown)}; known {ROWS}")
+    return rows
 
 
 @dataclass
@@ -172,6 +187,8 @@ async def run(rev: str, count: int) -> None:
     events = int(os.environ.get("BENCH_AB_EVENTS", "3000"))
     news = int(os.environ.get("BENCH_AB_NEW", "10"))
     list_seconds = float(os.environ.get("BENCH_AB_LIST", "5"))
+    only = rows_to_run(os.environ.get("BENCH_AB_ONLY", ""))
+    gateway = bool(only & {"hop", "new"})
     worktree = Path(tempfile.mkdtemp(prefix="routa-ab-rev-"))
     subprocess.run(
         ["git", "worktree", "add", "--detach", "--force", str(worktree), rev],
@@ -184,30 +201,38 @@ async def run(rev: str, count: int) -> None:
         sides = [await make_side("A", worktree), await make_side("B", suite.ROOT)]
         for side in sides:
             side.query, _ = await side.start("services.query")
-            side.gateway, _ = await side.start("services.gateway")
+            if gateway:
+                side.gateway, _ = await side.start("services.gateway")
         async with aiohttp.ClientSession() as s:
             for side in sides:
-                side.session = await suite.new_pace_session(
-                    s, side.gateway, "bench-ws-000"
-                )
-                await hop(side, s, 500)  # warm-up
-                await new_sessions(side, s, 3)
+                if gateway:
+                    side.session = await suite.new_pace_session(
+                        s, side.gateway, "bench-ws-000"
+                    )
+                    await hop(side, s, 500)  # warm-up
+                    await new_sessions(side, s, 3)
                 await warm_list(side, s)
 
             async def both(side: Side) -> None:
-                lat = await hop(side, s, events)
-                side.add("hop p50 ms", suite.pct(lat, 50) / 1000)
-                side.add("hop p99 ms", suite.pct(lat, 99) / 1000)
-                replies = await new_sessions(side, s, news)
-                side.add("session/new median ms", statistics.median(replies))
-                side.replies.extend(replies)
-                await warm_list(side, s)  # session/new and delete dropped some
-                listed = await asyncio.to_thread(list_load, side, list_seconds)
-                side.add("warm list req/s", listed["rps"])
-                side.add("warm list p99 ms", listed["p99"])
+                if "hop" in only:
+                    lat = await hop(side, s, events)
+                    side.add("hop p50 ms", suite.pct(lat, 50) / 1000)
+                    side.add("hop p99 ms", suite.pct(lat, 99) / 1000)
+                if "new" in only:
+                    replies = await new_sessions(side, s, news)
+                    side.add("session/new median ms", statistics.median(replies))
+                    side.replies.extend(replies)
+                if "list" in only:
+                    await warm_list(side, s)  # session/new and delete dropped some
+                    listed = await asyncio.to_thread(list_load, side, list_seconds)
+                    side.add("warm list req/s", listed["rps"])
+                    side.add("warm list p99 ms", listed["p99"])
 
-            suite.progress(f"hop, session/new and warm list: {count} rounds")
-            await rounds(sides, count, both)
+            if only - {"memory"}:
+                suite.progress(
+                    f"{', '.join(sorted(only - {'memory'}))}: {count} rounds"
+                )
+                await rounds(sides, count, both)
         for side in sides:  # idle while the memory rounds run
             for proc in list(side.ctx.procs):
                 suite.stop(side.ctx, proc)
@@ -215,9 +240,10 @@ async def run(rev: str, count: int) -> None:
         async def memory(side: Side) -> None:
             side.add("KiB per subscriber", await rss_per_subscriber(side))
 
-        memory_rounds = max(2, count // 2)
-        suite.progress(f"memory per subscriber: {memory_rounds} rounds")
-        await rounds(sides, memory_rounds, memory)
+        if "memory" in only:
+            memory_rounds = max(2, count // 2)
+            suite.progress(f"memory per subscriber: {memory_rounds} rounds")
+            await rounds(sides, memory_rounds, memory)
     finally:
         for side in sides:
             for proc in list(side.ctx.procs):
@@ -254,7 +280,7 @@ async def run(rev: str, count: int) -> None:
             f"| {name} | {statistics.median(values):.2f} | "
             f"{statistics.median(b.figures[name]):.2f} | {ratio:.3f} | {wins}/{len(values)} |"
         )
-    for p in (50, 99):
+    for p in (50, 99) if a.replies else ():
         print(
             f"| session/new p{p} ms, all calls | {suite.pct(a.replies, p):.2f} | "
             f"{suite.pct(b.replies, p):.2f} | | |"
