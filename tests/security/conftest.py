@@ -9,8 +9,8 @@ import asyncpg
 import pytest
 from yarl import URL
 
-from shared.db import sessions
 from shared.db.migrate import migrate
+from tests.gateway.eventlog_support import new_session
 
 TOKEN_A = "tok-a-" + uuid.uuid4().hex
 TOKEN_B = "tok-b-" + uuid.uuid4().hex
@@ -52,12 +52,5 @@ def auth_tokens(two_workspaces) -> str:
 
 
 async def insert_session(pool, workspace_id: str) -> str:
-    sid = uuid.uuid4()
-    async with pool.acquire() as conn:
-        await sessions.insert(
-            conn,
-            sessions.NewSession(
-                session_id=sid, workspace_id=workspace_id, cwd="/tmp", provider="echo"
-            ),
-        )
-    return str(sid)
+    """A bare session row (no agent); its id as the routes spell it."""
+    return str(await new_session(pool, workspace_id))

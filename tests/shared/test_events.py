@@ -8,7 +8,7 @@ import uuid
 
 import orjson
 
-from shared.db import session_events, sessions
+from shared.db import session_events
 from shared.events import (
     SSE_DATA_PREFIX,
     encode,
@@ -19,19 +19,7 @@ from shared.events import (
     sse_frame,
     store,
 )
-
-
-async def _new_session(pool, workspace_id: str) -> uuid.UUID:
-    sid = uuid.uuid4()
-    async with pool.acquire() as conn:
-        await sessions.insert(
-            conn,
-            sessions.NewSession(
-                session_id=sid, workspace_id=workspace_id, cwd="/tmp", provider="echo"
-            ),
-        )
-    return sid
-
+from tests.gateway.eventlog_support import new_session
 
 SID = "6f0c1e2a-0000-4000-8000-000000000001"
 
@@ -80,7 +68,7 @@ def test_sse_frame_wraps_the_payload_in_a_notification() -> None:
 
 async def test_stored_bytes_are_encode(pool, workspace_id) -> None:
     """What Postgres holds and `store` returns is `encode`, byte for byte."""
-    sid = await _new_session(pool, workspace_id)
+    sid = await new_session(pool, workspace_id)
     params = [gateway_update("plan", entries=[]), {"update": {"x": "\u00e9"}}, {}]
     stored = await record(pool, sid, params)
     assert [e.payload for e in stored] == [
@@ -94,7 +82,7 @@ async def test_stored_bytes_are_encode(pool, workspace_id) -> None:
 
 
 async def test_concurrent_appends_get_contiguous_ids(pool, workspace_id) -> None:
-    sid = await _new_session(pool, workspace_id)
+    sid = await new_session(pool, workspace_id)
 
     async def writer(n: int) -> None:
         for i in range(10):
@@ -124,7 +112,7 @@ async def test_concurrent_appends_get_contiguous_ids(pool, workspace_id) -> None
 async def test_record_publishes_stored_events(
     pool, redis, channels, workspace_id
 ) -> None:
-    sid = await _new_session(pool, workspace_id)
+    sid = await new_session(pool, workspace_id)
     pubsub = redis.pubsub()
     await pubsub.subscribe(channels.session_events(str(sid)))
     await pubsub.get_message(timeout=1.0)  # subscribe confirmation
@@ -165,7 +153,7 @@ def _chunks(*texts: str) -> list[dict]:
 
 async def test_append_batch_with_a_batch_id_is_idempotent(pool, workspace_id) -> None:
     """A retried batch (same id) is stored once and answers the ids it got first."""
-    sid = await _new_session(pool, workspace_id)
+    sid = await new_session(pool, workspace_id)
     batch = uuid.uuid4()
     first = await _store(pool, sid, _chunks("a", "b", "c"), batch_id=batch)
     await _store(pool, sid, _chunks("d"), batch_id=uuid.uuid4())
@@ -180,7 +168,7 @@ async def test_append_batch_with_a_batch_id_is_idempotent(pool, workspace_id) ->
 async def test_append_batch_retry_racing_the_first_attempt(pool, workspace_id) -> None:
     """The first attempt is still open when the retry starts: the retry waits for it and
     finds its batch instead of storing it again (or failing)."""
-    sid = await _new_session(pool, workspace_id)
+    sid = await new_session(pool, workspace_id)
     batch = uuid.uuid4()
     async with pool.acquire() as first_conn, pool.acquire() as retry_conn:
         tx = first_conn.transaction()
@@ -221,7 +209,7 @@ async def test_append_batch_fenced_idempotent_and_with_state(
     """One statement does all three: a stale generation stores nothing (events nor
     state), a batch already stored comes back as stored even once the generation moved
     on, and the state lands with its event."""
-    sid = await _new_session(pool, workspace_id)
+    sid = await new_session(pool, workspace_id)
     await pool.execute(
         "UPDATE sessions SET lease_generation = 7 WHERE session_id = $1", sid
     )
