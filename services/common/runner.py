@@ -1,8 +1,7 @@
 """Running an app factory as a process: flags, logging, uvloop, the port, the drain.
 
 What `web.run_app` does, with two differences. Between setting the runner up and serving,
-the server's request factory learns to answer the HTTP parser's 400s as JSON
-(badrequest.py). And on SIGTERM / SIGINT the app's on_shutdown hooks (readiness turns 503,
+the server's connections learn to answer the HTTP parser's 400s as JSON (badrequest.py). And on SIGTERM / SIGINT the app's on_shutdown hooks (readiness turns 503,
 a gateway's running turns finish) run while the listener is still open: probes and the
 balancer get a 503 rather than a refused connection until the drain is over; only then
 are the listener and the connections closed. A second signal stops at once.
