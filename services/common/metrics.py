@@ -25,6 +25,8 @@ from prometheus_client import (
 )
 from prometheus_client.aiohttp import make_aiohttp_handler
 
+from services.common.fastmetrics import FastCounter, FastHistogram
+
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
 _UNMATCHED = "<unmatched>"
@@ -70,13 +72,14 @@ class Metrics:
         r = self.registry
         # the /metrics handler of this registry (metrics_handler serves it)
         self.exposition = make_aiohttp_handler(r, disable_compression=True)
-        self.request_latency = Histogram(
+        # on every request: counted without prometheus_client's locks (fastmetrics.py)
+        self.request_latency = FastHistogram(
             "routa_http_request_duration_seconds",
             "HTTP request latency by route template",
             ["method", "route", "status"],
-            registry=r,
-            buckets=LATENCY_BUCKETS,
+            LATENCY_BUCKETS,
         )
+        r.register(self.request_latency)
         self.jsonrpc_calls = Counter(
             "routa_jsonrpc_calls_total",
             "JSON-RPC calls by method and error code (0 = success)",
@@ -140,34 +143,25 @@ class Metrics:
             ["provider", "currency"],
             registry=r,
         )
-        self.cache_requests = Counter(
+        self.cache_requests = FastCounter(
             "routa_cache_requests_total",
             "Session list cache lookups by result (hit_local, hit_redis, miss, bypass)",
-            ["result"],
-            registry=r,
+            "result",
         )
+        r.register(self.cache_requests)
         # labelled children by label values: `labels()` takes a lock and builds keys on
-        # every call, a visible share of a warm-list hit (py-spy)
-        self._latency_children: dict[tuple[str, str, str], Any] = {}
-        self._cache_children: dict[str, Any] = {}
+        # every call
         self._rpc_children: dict[str, Any] = {}
         self._call_children: dict[tuple[str, int], Any] = {}
 
     def observe_request(
         self, method: str, route: str, status: str, seconds: float
     ) -> None:
-        key = (method, route, status)
-        child = self._latency_children.get(key)
-        if child is None:
-            child = self._latency_children[key] = self.request_latency.labels(*key)
-        child.observe(seconds)
+        self.request_latency.observe((method, route, status), seconds)
 
     def cache_lookup(self, result: str) -> None:
         """One session-list cache lookup: `hit_local`, `hit_redis`, `miss` or `bypass`."""
-        child = self._cache_children.get(result)
-        if child is None:
-            child = self._cache_children[result] = self.cache_requests.labels(result)
-        child.inc()
+        self.cache_requests.inc(result)
 
     def observe_rpc(self, method: str, code: int, seconds: float) -> None:
         """One JSON-RPC call: its latency by method, its count by method and code."""
