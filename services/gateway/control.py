@@ -24,6 +24,9 @@ from shared.redisconn import pubsub_of
 from shared.retry import Backoff
 
 logger = logging.getLogger(__name__)
+# how long cleanup waits for the listener: a stop under way (farewell, agent exit) is
+# bounded by its own steps, and a lost cancellation by the 1 s message wait
+STOP_WAIT = 15.0
 
 
 async def handle_control(app: web.Application, message: dict[str, Any]) -> bool:
@@ -41,18 +44,25 @@ async def handle_control(app: web.Application, message: dict[str, Any]) -> bool:
     return stopped
 
 
-async def _listen(app: web.Application, ready: asyncio.Event) -> None:
-    """Subscribe; resubscribe after Redis outages; each message handled in order."""
+async def _listen(
+    app: web.Application, ready: asyncio.Event, stopping: asyncio.Event
+) -> None:
+    """Subscribe; resubscribe after Redis outages; each message handled in order.
+
+    Ends at its cancellation, or at `stopping` when the cancellation was lost: redis-py's
+    read can swallow one, and so can an `asyncio.timeout` that expires in the same
+    iteration (Python 3.11) while a stop is under way.
+    """
     channel = app[CHANNELS].gateway_control(app[SETTINGS].instance_id)
     backoff = Backoff()
-    while True:
+    while not stopping.is_set():
         pubsub = app[REDIS].pubsub()
         try:
             pubsub = await pubsub_of(app[REDIS])
             await pubsub.subscribe(channel)
             ready.set()
             backoff.reset()
-            while True:
+            while not stopping.is_set():
                 message = await pubsub.get_message(
                     ignore_subscribe_messages=True, timeout=1.0
                 )
@@ -68,6 +78,8 @@ async def _listen(app: web.Application, ready: asyncio.Event) -> None:
                         await handle_control(app, body)
                     except Exception:
                         logger.exception("control message failed: %s", body)
+            with contextlib.suppress(Exception):  # stopping, its cancellation lost
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
@@ -81,12 +93,17 @@ async def _listen(app: web.Application, ready: asyncio.Event) -> None:
 
 async def control_ctx(app: web.Application) -> AsyncIterator[None]:
     """Owns the listener task; after the session manager so stops find it alive."""
-    ready = asyncio.Event()
-    task = asyncio.create_task(_listen(app, ready), name="gateway-control")
+    ready, stopping = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(_listen(app, ready, stopping), name="gateway-control")
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(5):
             await ready.wait()
     yield
+    stopping.set()
     task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    # bounded: a lost cancellation ends the loop at its next message wait (1 s) instead
+    _, pending = await asyncio.wait({task}, timeout=STOP_WAIT)
+    if pending:
+        logger.error("control listener did not stop within %.0f s", STOP_WAIT)
+    elif not task.cancelled() and task.exception() is not None:
+        logger.warning("control listener ended with %r", task.exception())
