@@ -9,9 +9,9 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeVar
 
 import asyncpg
 
@@ -32,6 +32,8 @@ DEFAULT_RATE = (
     50.0  # requests per second per token when auth is on and RATE_LIMIT is unset
 )
 CACHE_MAX = 10_000  # entries of each in-process cache before it is cleared
+
+T = TypeVar("T")
 
 PG_ERRORS = (OSError, ConnectionError, TimeoutError, asyncpg.PostgresError)
 
@@ -143,22 +145,11 @@ class TokenStore:
         )
 
     async def _read_token(self, token_hash: str) -> Scope | Unknown:
-        """The table's answer for a token, cached; the last one while Postgres is down."""
-        now = time.monotonic()
-        cached = self._cache.get(token_hash)
-        try:
+        async def read() -> Scope | Unknown:
             workspaces = await tokens_db.lookup(self._pool, token_hash)
-        except PG_ERRORS as err:
-            if cached is not None:
-                return cached[1]
-            raise DependencyDown(
-                f"Postgres unavailable: cannot check the token ({err.__class__.__name__})"
-            ) from err
-        scope: Scope | Unknown = UNKNOWN if workspaces is None else scope_of(workspaces)
-        if len(self._cache) >= CACHE_MAX:
-            self._cache.clear()
-        self._cache[token_hash] = (now, scope)
-        return scope
+            return UNKNOWN if workspaces is None else scope_of(workspaces)
+
+        return await self._read_through(self._cache, token_hash, read, "the token")
 
     async def lookup_share(self, token: str) -> shares_db.Grant | None:
         """The grant of a share token (expired or not), None when unknown or revoked."""
@@ -176,22 +167,35 @@ class TokenStore:
         return grant
 
     async def _read_share(self, token: str, token_hash: str) -> shares_db.Grant | None:
-        """The table's grant for a share token, cached; the last one while Postgres is down."""
+        return await self._read_through(
+            self._shares,
+            token_hash,
+            lambda: shares_db.lookup(self._pool, token),
+            "the share token",
+        )
+
+    @staticmethod
+    async def _read_through(
+        cache: dict[str, tuple[float, T]],
+        key: str,
+        read: Callable[[], Awaitable[T]],
+        what: str,
+    ) -> T:
+        """The table's answer, cached; the last one while Postgres is down (503 without)."""
         now = time.monotonic()
-        cached = self._shares.get(token_hash)
+        cached = cache.get(key)
         try:
-            grant = await shares_db.lookup(self._pool, token)
+            value = await read()
         except PG_ERRORS as err:
-            if cached is None:
-                raise DependencyDown(
-                    f"Postgres unavailable: cannot check the share token "
-                    f"({err.__class__.__name__})"
-                ) from err
-            return cached[1]
-        if len(self._shares) >= CACHE_MAX:
-            self._shares.clear()
-        self._shares[token_hash] = (now, grant)
-        return grant
+            if cached is not None:
+                return cached[1]
+            raise DependencyDown(
+                f"Postgres unavailable: cannot check {what} ({err.__class__.__name__})"
+            ) from err
+        if len(cache) >= CACHE_MAX:
+            cache.clear()
+        cache[key] = (now, value)
+        return value
 
     def forget_share(self, share_id: str) -> None:
         """A revoked share: refused from now on, even by a lookup already under way."""
